@@ -1,0 +1,132 @@
+//! The [`Actor`] trait, the [`Context`] a handler runs in, and why actors stop.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::address::{ActorId, Addr};
+use crate::cell::Cell;
+use crate::timer::TimerHandle;
+
+/// A unit of application state that handles one type of message at a time.
+///
+/// The runtime guarantees that `handle` and the lifecycle hooks of one actor never run
+/// concurrently, so an actor needs no locks around its own state.
+///
+/// # Examples
+///
+/// ```
+/// use baton_runtime::{Actor, Context, Runtime};
+///
+/// struct Counter(u64);
+/// impl Actor for Counter {
+///     type Message = u64;
+///     fn handle(&mut self, _ctx: &mut Context<Self>, n: u64) {
+///         self.0 += n;
+///     }
+/// }
+///
+/// let rt = Runtime::new();
+/// let addr = rt.spawn(Counter(0));
+/// addr.send(2).unwrap();
+/// rt.shutdown(std::time::Duration::from_secs(1)).unwrap();
+/// ```
+pub trait Actor: Send + Sized + 'static {
+    /// The one message type this actor handles.
+    type Message: Send + 'static;
+
+    /// Handles one message.
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: Self::Message);
+
+    /// Runs once before the first message (and again after each restart).
+    fn started(&mut self, _ctx: &mut Context<Self>) {}
+
+    /// Runs when the actor has been asked to stop, after its accepted messages were handled.
+    fn stopping(&mut self, _ctx: &mut Context<Self>) {}
+
+    /// Runs last, with the reason the actor stopped.
+    fn stopped(&mut self, _reason: &ExitReason) {}
+
+    /// Receives the notice that an actor this one monitors has stopped.
+    ///
+    /// It arrives on the control lane, so it is never refused because the mailbox is full.
+    fn down(&mut self, _ctx: &mut Context<Self>, _down: Down) {}
+}
+
+/// Why an actor stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// It called [`Context::stop`], or it was stopped through its address.
+    Normal,
+    /// A handler or hook panicked; the payload's text if it had one.
+    Panicked(String),
+    /// The runtime shut down.
+    Shutdown,
+    /// A supervisor gave up: its children restarted more often than its intensity allows.
+    Escalated,
+}
+
+impl ExitReason {
+    /// Whether the stop was a failure (a panic or an escalation).
+    pub fn is_abnormal(&self) -> bool {
+        matches!(self, ExitReason::Panicked(_) | ExitReason::Escalated)
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Normal => f.write_str("normal"),
+            ExitReason::Panicked(m) => write!(f, "panicked: {m}"),
+            ExitReason::Shutdown => f.write_str("shutdown"),
+            ExitReason::Escalated => f.write_str("escalated: restart intensity exceeded"),
+        }
+    }
+}
+
+/// The notice a monitor receives when the monitored actor stops (or crashes, when supervised).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Down {
+    /// The actor that stopped.
+    pub id: ActorId,
+    /// Why it stopped.
+    pub reason: ExitReason,
+}
+
+/// What a handler can do besides changing its own state: learn its address, stop, monitor
+/// others, and set timers that send to itself.
+pub struct Context<A: Actor> {
+    pub(crate) cell: Arc<Cell<A>>,
+    pub(crate) stop_requested: bool,
+}
+
+impl<A: Actor> Context<A> {
+    /// This actor's id.
+    pub fn id(&self) -> ActorId {
+        self.cell.id
+    }
+
+    /// An address of this actor.
+    pub fn address(&self) -> Addr<A> {
+        Addr::from_cell(self.cell.clone())
+    }
+
+    /// Stops the actor once the current message is handled. Messages already accepted into its
+    /// mailbox are still handled first; new ones are handed back to their senders.
+    pub fn stop(&mut self) {
+        self.stop_requested = true;
+    }
+
+    /// Delivers a [`Down`] to this actor (through [`Actor::down`]) when `other` stops.
+    /// If `other` has already stopped, the notice comes at once.
+    pub fn monitor<B: Actor>(&self, other: &Addr<B>) {
+        let me = self.cell.clone();
+        other.cell.add_monitor(Box::new(move |down| me.signal_down(down)));
+    }
+
+    /// Sends `msg` to this actor after `delay`. See [`crate::Runtime::send_after`].
+    pub fn send_after(&self, delay: Duration, msg: A::Message) -> TimerHandle {
+        let runtime = self.cell.runtime.clone();
+        crate::timer::send_after(&runtime, self.address().recipient(), delay, msg)
+    }
+}

@@ -1,0 +1,205 @@
+//! Addresses: [`Addr`] for a known actor type, [`Recipient`] for anything that takes `M`.
+//!
+//! Every send path respects the mailbox bound: [`Addr::send`] waits for room,
+//! [`Addr::send_timeout`] waits up to a deadline, [`Addr::try_send`] never waits. Each hands the
+//! message back when it cannot be delivered.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::actor::Actor;
+use crate::ask::{AskError, ReplyTo};
+use crate::cell::Cell;
+use crate::mailbox::{SendError, SendTimeoutError, TrySendError};
+
+/// A process-unique actor id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ActorId(pub(crate) u64);
+
+impl fmt::Display for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "actor#{}", self.0)
+    }
+}
+
+/// The address of an actor of type `A`. Cheap to clone (one reference count).
+pub struct Addr<A: Actor> {
+    pub(crate) cell: Arc<Cell<A>>,
+}
+
+impl<A: Actor> Clone for Addr<A> {
+    fn clone(&self) -> Self {
+        Addr { cell: self.cell.clone() }
+    }
+}
+
+impl<A: Actor> fmt::Debug for Addr<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Addr({}, {})", self.cell.id, self.cell.type_name)
+    }
+}
+
+impl<A: Actor> Addr<A> {
+    pub(crate) fn from_cell(cell: Arc<Cell<A>>) -> Self {
+        Addr { cell }
+    }
+
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.cell.id
+    }
+
+    /// Sends `msg`, waiting for room in a bounded mailbox.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError`] hands the message back when the actor has stopped or is stopping.
+    /// Called from inside a pool-thread handler against a full mailbox, it does not wait (that
+    /// could deadlock the pool) and returns the message as if the actor were closed; use
+    /// [`Addr::try_send`] there to tell the two apart.
+    pub fn send(&self, msg: A::Message) -> Result<(), SendError<A::Message>> {
+        self.cell.send(msg, None).map_err(|e| SendError(e.into_inner()))
+    }
+
+    /// Sends `msg`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// [`SendTimeoutError::Timeout`] or [`SendTimeoutError::Closed`], with the message.
+    pub fn send_timeout(&self, msg: A::Message, timeout: Duration) -> Result<(), SendTimeoutError<A::Message>> {
+        self.cell.send(msg, Some(Instant::now() + timeout))
+    }
+
+    /// Sends `msg` if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// [`TrySendError::Full`] or [`TrySendError::Closed`], with the message.
+    pub fn try_send(&self, msg: A::Message) -> Result<(), TrySendError<A::Message>> {
+        self.cell.try_send(msg)
+    }
+
+    /// Sends a request built by `make` and waits up to `timeout` for the reply.
+    ///
+    /// # Errors
+    ///
+    /// See [`AskError`]: asking yourself, asking from a pool thread, a full or closed mailbox,
+    /// a dropped reply, or the deadline.
+    pub fn ask<R: Send + 'static>(
+        &self,
+        make: impl FnOnce(ReplyTo<R>) -> A::Message,
+        timeout: Duration,
+    ) -> Result<R, AskError> {
+        crate::ask::ask(self.cell.id, timeout, make, |m, t| {
+            self.send_timeout(m, t).map_err(|e| match e {
+                SendTimeoutError::Timeout(_) => AskError::Timeout,
+                SendTimeoutError::Closed(_) => AskError::Closed,
+            })
+        })
+    }
+
+    /// Asks the actor to stop: accepted messages are handled, then it stops with
+    /// [`crate::ExitReason::Normal`]. Travels on the control lane, so it is never refused.
+    pub fn stop(&self) {
+        self.cell.signal_stop(crate::ExitReason::Normal);
+    }
+
+    /// Whether the actor has stopped for good.
+    pub fn is_stopped(&self) -> bool {
+        self.cell.is_terminated()
+    }
+
+    /// Messages waiting in the mailbox now.
+    pub fn mailbox_len(&self) -> usize {
+        self.cell.user_rx.len()
+    }
+
+    /// An address that hides the actor type.
+    pub fn recipient(&self) -> Recipient<A::Message> {
+        Recipient { inner: Arc::new(self.clone()) }
+    }
+}
+
+pub(crate) trait Deliver<M>: Send + Sync {
+    fn id(&self) -> ActorId;
+    fn send(&self, msg: M, deadline: Option<Instant>) -> Result<(), SendTimeoutError<M>>;
+    fn try_send(&self, msg: M) -> Result<(), TrySendError<M>>;
+}
+
+impl<A: Actor> Deliver<A::Message> for Addr<A> {
+    fn id(&self) -> ActorId {
+        self.cell.id
+    }
+    fn send(&self, msg: A::Message, deadline: Option<Instant>) -> Result<(), SendTimeoutError<A::Message>> {
+        self.cell.send(msg, deadline)
+    }
+    fn try_send(&self, msg: A::Message) -> Result<(), TrySendError<A::Message>> {
+        self.cell.try_send(msg)
+    }
+}
+
+/// An address of any actor whose message type is `M`. Cheap to clone.
+pub struct Recipient<M: Send + 'static> {
+    inner: Arc<dyn Deliver<M>>,
+}
+
+impl<M: Send + 'static> Clone for Recipient<M> {
+    fn clone(&self) -> Self {
+        Recipient { inner: self.inner.clone() }
+    }
+}
+
+impl<M: Send + 'static> fmt::Debug for Recipient<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Recipient({})", self.inner.id())
+    }
+}
+
+impl<M: Send + 'static> Recipient<M> {
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.inner.id()
+    }
+
+    /// As [`Addr::send`].
+    ///
+    /// # Errors
+    ///
+    /// [`SendError`] with the message when the actor is closed.
+    pub fn send(&self, msg: M) -> Result<(), SendError<M>> {
+        self.inner.send(msg, None).map_err(|e| SendError(e.into_inner()))
+    }
+
+    /// As [`Addr::send_timeout`].
+    ///
+    /// # Errors
+    ///
+    /// [`SendTimeoutError`] with the message.
+    pub fn send_timeout(&self, msg: M, timeout: Duration) -> Result<(), SendTimeoutError<M>> {
+        self.inner.send(msg, Some(Instant::now() + timeout))
+    }
+
+    /// As [`Addr::try_send`].
+    ///
+    /// # Errors
+    ///
+    /// [`TrySendError`] with the message.
+    pub fn try_send(&self, msg: M) -> Result<(), TrySendError<M>> {
+        self.inner.try_send(msg)
+    }
+
+    /// As [`Addr::ask`].
+    ///
+    /// # Errors
+    ///
+    /// See [`AskError`].
+    pub fn ask<R: Send + 'static>(&self, make: impl FnOnce(ReplyTo<R>) -> M, timeout: Duration) -> Result<R, AskError> {
+        crate::ask::ask(self.id(), timeout, make, |m, t| {
+            self.send_timeout(m, t).map_err(|e| match e {
+                SendTimeoutError::Timeout(_) => AskError::Timeout,
+                SendTimeoutError::Closed(_) => AskError::Closed,
+            })
+        })
+    }
+}

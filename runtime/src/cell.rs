@@ -1,0 +1,489 @@
+//! The per-actor state machine: mailbox lanes, the `scheduled` flag, and the lifecycle.
+//!
+//! See `SCHEDULER.md` beside this crate for the wake-up protocol in prose.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, SendTimeoutError as CbSendTimeout, Sender, TrySendError as CbTrySend};
+use parking_lot::Mutex;
+
+use crate::actor::{Actor, Context, Down, ExitReason};
+use crate::address::ActorId;
+use crate::mailbox::{SendTimeoutError, TrySendError};
+use crate::metrics::ActorMetrics;
+use crate::runtime::RuntimeShared;
+use crate::scheduler::{Executor, Runnable};
+
+/// How many user messages one turn handles before the actor yields its thread.
+pub(crate) const BATCH: usize = 64;
+
+pub(crate) enum Signal {
+    Stop(ExitReason),
+    Down(Down),
+    Restart,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+enum Phase {
+    /// `started` has not run yet for the current instance.
+    Starting,
+    Running,
+    /// Closed to new messages; handles what was accepted, then exits with the reason.
+    Draining(ExitReason),
+    /// A supervised actor exited; its mailbox is kept until the supervisor decides.
+    AwaitingSupervisor,
+    Terminated,
+}
+
+type Factory<A> = Box<dyn FnMut() -> A + Send>;
+type Monitor = Box<dyn FnOnce(Down) + Send>;
+
+#[derive(Default)]
+struct Monitors {
+    waiting: Vec<Monitor>,
+    exit: Option<ExitReason>,
+}
+pub(crate) type SupervisorHook = Box<dyn Fn(Down) + Send + Sync>;
+
+struct Inner<A: Actor> {
+    actor: Option<A>,
+    factory: Option<Factory<A>>,
+    phase: Phase,
+}
+
+/// Type-erased control over any cell: what the runtime registry and supervisors hold.
+pub(crate) trait Control: Send + Sync {
+    fn signal(&self, sig: Signal);
+    fn is_terminated(&self) -> bool;
+}
+
+pub(crate) struct Cell<A: Actor> {
+    pub(crate) id: ActorId,
+    pub(crate) type_name: &'static str,
+    pub(crate) runtime: Arc<RuntimeShared>,
+    user_tx: Sender<A::Message>,
+    pub(crate) user_rx: Receiver<A::Message>,
+    control: Mutex<VecDeque<Signal>>,
+    has_control: AtomicBool,
+    scheduled: AtomicBool,
+    /// Set when the mailbox stops accepting; read by every sender after it announced itself
+    /// in `senders_in_flight` (a Dekker pair: see SCHEDULER.md, "Closing a mailbox").
+    closed: AtomicBool,
+    senders_in_flight: AtomicUsize,
+    terminated: AtomicBool,
+    runnable_since: AtomicU64,
+    pub(crate) executor: Executor,
+    inner: Mutex<Inner<A>>,
+    monitors: Mutex<Monitors>,
+    supervisor: Option<SupervisorHook>,
+    pub(crate) registry_key: AtomicUsize,
+    metrics: Arc<ActorMetrics>,
+}
+
+pub(crate) struct CellParts<A: Actor> {
+    pub actor: A,
+    pub factory: Option<Factory<A>>,
+    pub supervisor: Option<SupervisorHook>,
+    pub user_tx: Sender<A::Message>,
+    pub user_rx: Receiver<A::Message>,
+    pub executor: Executor,
+}
+
+impl<A: Actor> Cell<A> {
+    pub(crate) fn new(id: ActorId, runtime: Arc<RuntimeShared>, parts: CellParts<A>) -> Arc<Self> {
+        let type_name = short_type_name::<A>();
+        let metrics = runtime.metrics_for(type_name);
+        Arc::new(Cell {
+            id,
+            type_name,
+            runtime,
+            user_tx: parts.user_tx,
+            user_rx: parts.user_rx,
+            control: Mutex::new(VecDeque::new()),
+            has_control: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            senders_in_flight: AtomicUsize::new(0),
+            terminated: AtomicBool::new(false),
+            runnable_since: AtomicU64::new(0),
+            executor: parts.executor,
+            inner: Mutex::new(Inner { actor: Some(parts.actor), factory: parts.factory, phase: Phase::Starting }),
+            monitors: Mutex::new(Monitors::default()),
+            supervisor: parts.supervisor,
+            registry_key: AtomicUsize::new(usize::MAX),
+            metrics,
+        })
+    }
+
+    // ---- sending -------------------------------------------------------------------------
+
+    fn enter_send(&self) -> bool {
+        self.senders_in_flight.fetch_add(1, SeqCst);
+        if self.closed.load(SeqCst) {
+            self.senders_in_flight.fetch_sub(1, SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn leave_send(self: &Arc<Self>, delivered: bool) {
+        self.senders_in_flight.fetch_sub(1, SeqCst);
+        if delivered {
+            self.metrics.sent.increment(1);
+            self.wake();
+        } else if self.closed.load(SeqCst) {
+            // A stopping actor may be waiting for this sender to leave.
+            self.wake();
+        }
+    }
+
+    pub(crate) fn try_send(self: &Arc<Self>, msg: A::Message) -> Result<(), TrySendError<A::Message>> {
+        if !self.enter_send() {
+            return Err(TrySendError::Closed(msg));
+        }
+        let r = self.user_tx.try_send(msg);
+        self.leave_send(r.is_ok());
+        r.map_err(|e| match e {
+            CbTrySend::Full(m) => TrySendError::Full(m),
+            CbTrySend::Disconnected(m) => TrySendError::Closed(m),
+        })
+    }
+
+    pub(crate) fn send(self: &Arc<Self>, msg: A::Message, deadline: Option<Instant>) -> Result<(), SendTimeoutError<A::Message>> {
+        match self.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(m)) => Err(SendTimeoutError::Closed(m)),
+            Err(TrySendError::Full(m)) => {
+                if crate::ask::on_pool_thread() {
+                    // Waiting here could hold the very thread the receiver needs.
+                    log::warn!("send from a pool thread to the full mailbox of {} ({}): handed back", self.id, self.type_name);
+                    return Err(SendTimeoutError::Closed(m));
+                }
+                if !self.enter_send() {
+                    return Err(SendTimeoutError::Closed(m));
+                }
+                // Wait in slices so a mailbox closed meanwhile is noticed.
+                let mut m = m;
+                loop {
+                    let slice = Instant::now() + std::time::Duration::from_millis(10);
+                    let until = deadline.map_or(slice, |d| d.min(slice));
+                    match self.user_tx.send_deadline(m, until) {
+                        Ok(()) => {
+                            self.leave_send(true);
+                            return Ok(());
+                        }
+                        Err(CbSendTimeout::Disconnected(back)) => {
+                            self.leave_send(false);
+                            return Err(SendTimeoutError::Closed(back));
+                        }
+                        Err(CbSendTimeout::Timeout(back)) => {
+                            if deadline.is_some_and(|d| Instant::now() >= d) {
+                                self.leave_send(false);
+                                return Err(SendTimeoutError::Timeout(back));
+                            }
+                            if self.closed.load(SeqCst) {
+                                self.leave_send(false);
+                                return Err(SendTimeoutError::Closed(back));
+                            }
+                            m = back;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn push_signal(self: &Arc<Self>, sig: Signal) {
+        if self.terminated.load(SeqCst) {
+            return;
+        }
+        self.control.lock().push_back(sig);
+        self.has_control.store(true, SeqCst);
+        self.wake();
+    }
+
+    pub(crate) fn signal_stop(self: &Arc<Self>, reason: ExitReason) {
+        self.push_signal(Signal::Stop(reason));
+    }
+
+    pub(crate) fn signal_down(self: &Arc<Self>, down: Down) {
+        self.push_signal(Signal::Down(down));
+    }
+
+    pub(crate) fn add_monitor(&self, monitor: Monitor) {
+        let mut monitors = self.monitors.lock();
+        match monitors.exit.clone() {
+            Some(reason) => {
+                drop(monitors);
+                monitor(Down { id: self.id, reason });
+            }
+            None => monitors.waiting.push(monitor),
+        }
+    }
+
+    pub(crate) fn is_terminated(&self) -> bool {
+        self.terminated.load(SeqCst)
+    }
+
+    /// The empty-to-runnable edge: whoever flips `scheduled` from false to true enqueues.
+    pub(crate) fn wake(self: &Arc<Self>) {
+        if !self.scheduled.swap(true, SeqCst) {
+            self.runnable_since.store(self.runtime.now_nanos(), SeqCst);
+            self.executor.schedule(self.clone());
+        }
+    }
+
+    // ---- running -------------------------------------------------------------------------
+
+    fn turn(self: &Arc<Self>) {
+        let mut inner = self.inner.lock();
+        if inner.phase == Phase::Terminated {
+            return;
+        }
+        let previous = crate::ask::set_current_actor(Some(self.id));
+        let mut ctx = Context { cell: self.clone(), stop_requested: false };
+
+        if self.has_control.swap(false, SeqCst) {
+            let signals: Vec<Signal> = self.control.lock().drain(..).collect();
+            for sig in signals {
+                self.on_signal(&mut inner, &mut ctx, sig);
+            }
+        }
+
+        if inner.phase == Phase::Starting {
+            self.start_instance(&mut inner, &mut ctx);
+        }
+
+        if matches!(inner.phase, Phase::Running | Phase::Draining(_)) {
+            let waited = self.runtime.now_nanos().saturating_sub(self.runnable_since.load(SeqCst));
+            self.metrics.mailbox_wait.record(waited as f64 / 1e9);
+            let started = Instant::now();
+            let mut handled = 0u64;
+            while handled < BATCH as u64 {
+                let Ok(msg) = self.user_rx.try_recv() else { break };
+                handled += 1;
+                let actor = inner.actor.as_mut().expect("running phase has an actor");
+                let r = catch_unwind(AssertUnwindSafe(|| actor.handle(&mut ctx, msg)));
+                if let Err(payload) = r {
+                    self.crashed(&mut inner, &mut ctx, payload);
+                    break;
+                }
+                if ctx.stop_requested {
+                    ctx.stop_requested = false;
+                    if inner.phase == Phase::Running {
+                        self.begin_drain(&mut inner, ExitReason::Normal);
+                    }
+                }
+            }
+            if handled > 0 {
+                self.metrics.handled.increment(handled);
+                self.metrics.handler.record(started.elapsed().as_secs_f64() / handled as f64);
+            }
+            self.metrics.depth.set(self.user_rx.len() as f64);
+            if let Phase::Draining(reason) = inner.phase.clone() {
+                if self.user_rx.is_empty() && self.senders_in_flight.load(SeqCst) == 0 {
+                    self.exit_instance(&mut inner, &mut ctx, reason);
+                }
+            }
+        }
+        crate::ask::set_current_actor(previous);
+    }
+
+    fn wants_turn(&self) -> bool {
+        if self.terminated.load(SeqCst) {
+            return false;
+        }
+        if self.has_control.load(SeqCst) {
+            return true;
+        }
+        // A draining actor also needs a turn when the last in-flight sender leaves.
+        !self.user_rx.is_empty() && !self.awaiting_supervisor()
+    }
+
+    fn awaiting_supervisor(&self) -> bool {
+        // Only consulted after the turn released the lock; a stale answer costs one empty turn.
+        self.inner.try_lock().is_some_and(|i| i.phase == Phase::AwaitingSupervisor)
+    }
+
+    fn on_signal(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>, sig: Signal) {
+        match sig {
+            Signal::Stop(reason) => match inner.phase {
+                Phase::Starting | Phase::Running => {
+                    if inner.phase == Phase::Starting {
+                        self.start_instance(inner, ctx);
+                    }
+                    if inner.phase == Phase::Running {
+                        self.begin_drain(inner, reason);
+                    } else if inner.phase == Phase::AwaitingSupervisor {
+                        self.terminate(inner, reason);
+                    }
+                }
+                Phase::Draining(ref current) => {
+                    if reason == ExitReason::Shutdown && *current != ExitReason::Shutdown {
+                        inner.phase = Phase::Draining(reason);
+                    }
+                }
+                Phase::AwaitingSupervisor => self.terminate(inner, reason),
+                Phase::Terminated => {}
+            },
+            Signal::Down(down) => {
+                if matches!(inner.phase, Phase::Running | Phase::Draining(_)) {
+                    let actor = inner.actor.as_mut().expect("running phase has an actor");
+                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.down(ctx, down))) {
+                        self.crashed(inner, ctx, p);
+                    }
+                }
+            }
+            Signal::Restart => match inner.phase {
+                Phase::Running | Phase::Draining(_) => {
+                    if let Some(mut actor) = inner.actor.take() {
+                        let _ = catch_unwind(AssertUnwindSafe(|| {
+                            actor.stopping(ctx);
+                            actor.stopped(&ExitReason::Shutdown);
+                        }));
+                    }
+                    self.rebuild(inner, ctx);
+                }
+                Phase::AwaitingSupervisor => self.rebuild(inner, ctx),
+                Phase::Starting | Phase::Terminated => {}
+            },
+        }
+    }
+
+    fn rebuild(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>) {
+        let Some(factory) = inner.factory.as_mut() else {
+            self.terminate(inner, ExitReason::Normal);
+            return;
+        };
+        match catch_unwind(AssertUnwindSafe(factory)) {
+            Ok(actor) => {
+                self.metrics.restarts.increment(1);
+                inner.actor = Some(actor);
+                inner.phase = Phase::Starting;
+                self.closed.store(false, SeqCst);
+                self.start_instance(inner, ctx);
+            }
+            Err(p) => {
+                log::error!("{} ({}): factory panicked during restart", self.id, self.type_name);
+                self.crashed(inner, ctx, p);
+            }
+        }
+    }
+
+    fn start_instance(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>) {
+        inner.phase = Phase::Running;
+        let actor = inner.actor.as_mut().expect("starting phase has an actor");
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.started(ctx))) {
+            self.crashed(inner, ctx, p);
+            return;
+        }
+        if ctx.stop_requested {
+            ctx.stop_requested = false;
+            self.begin_drain(inner, ExitReason::Normal);
+        }
+    }
+
+    fn begin_drain(self: &Arc<Self>, inner: &mut Inner<A>, reason: ExitReason) {
+        self.closed.store(true, SeqCst);
+        inner.phase = Phase::Draining(reason);
+    }
+
+    fn crashed(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>, payload: Box<dyn std::any::Any + Send>) {
+        let text = panic_text(&payload);
+        log::error!("{} ({}) panicked: {text}", self.id, self.type_name);
+        self.metrics.panics.increment(1);
+        // The state that panicked is suspect: drop it without running more of its code.
+        let actor = inner.actor.take();
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(actor)));
+        self.after_exit(inner, ctx, ExitReason::Panicked(text));
+    }
+
+    fn exit_instance(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>, reason: ExitReason) {
+        if let Some(mut actor) = inner.actor.take() {
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                actor.stopping(ctx);
+                actor.stopped(&reason);
+            }));
+            if let Err(p) = r {
+                log::error!("{} ({}) panicked while stopping: {}", self.id, self.type_name, panic_text(&p));
+            }
+        }
+        self.after_exit(inner, ctx, reason);
+    }
+
+    fn after_exit(self: &Arc<Self>, inner: &mut Inner<A>, _ctx: &mut Context<A>, reason: ExitReason) {
+        match &self.supervisor {
+            Some(hook) if reason != ExitReason::Shutdown && !self.runtime.is_shutting_down() => {
+                inner.phase = Phase::AwaitingSupervisor;
+                hook(Down { id: self.id, reason });
+            }
+            _ => self.terminate(inner, reason),
+        }
+    }
+
+    fn terminate(self: &Arc<Self>, inner: &mut Inner<A>, reason: ExitReason) {
+        inner.phase = Phase::Terminated;
+        inner.actor = None;
+        inner.factory = None;
+        self.closed.store(true, SeqCst);
+        let mut dropped = 0usize;
+        while self.user_rx.try_recv().is_ok() {
+            dropped += 1;
+        }
+        if dropped > 0 {
+            log::warn!("{} ({}) stopped ({reason}) with {dropped} unhandled messages", self.id, self.type_name);
+            self.metrics.dropped.increment(dropped as u64);
+        }
+        let monitors = {
+            let mut m = self.monitors.lock();
+            self.terminated.store(true, SeqCst);
+            m.exit = Some(reason.clone());
+            std::mem::take(&mut m.waiting)
+        };
+        for m in monitors {
+            m(Down { id: self.id, reason: reason.clone() });
+        }
+        self.control.lock().clear();
+        self.runtime.deregister(self.registry_key.load(SeqCst));
+    }
+}
+
+impl<A: Actor> Runnable for Cell<A> {
+    fn run(self: Arc<Self>) {
+        self.turn();
+        self.scheduled.store(false, SeqCst);
+        if self.wants_turn() {
+            self.wake();
+        }
+    }
+}
+
+impl<A: Actor> Control for Arc<Cell<A>> {
+    fn signal(&self, sig: Signal) {
+        self.push_signal(sig);
+    }
+    fn is_terminated(&self) -> bool {
+        self.terminated.load(SeqCst)
+    }
+}
+
+pub(crate) fn panic_text(payload: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+fn short_type_name<A>() -> &'static str {
+    let full = std::any::type_name::<A>();
+    let base = full.split('<').next().unwrap_or(full);
+    let start = base.rfind("::").map_or(0, |i| i + 2);
+    &full[start..]
+}

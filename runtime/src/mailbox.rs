@@ -1,0 +1,87 @@
+//! Mailbox capacity and the errors of each send operation. Every error hands the message back.
+
+use std::fmt;
+
+/// How many user messages a mailbox holds. Control signals are not counted: they have their
+/// own lane that is never full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mailbox {
+    /// At most this many messages; senders wait or get the message back.
+    Bounded(usize),
+    /// No bound. Must be asked for by name: a producer faster than its consumer grows it
+    /// without limit.
+    Unbounded,
+}
+
+impl Mailbox {
+    /// The default: bounded, 1024 messages.
+    pub const DEFAULT: Mailbox = Mailbox::Bounded(1024);
+}
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        Mailbox::DEFAULT
+    }
+}
+
+/// [`crate::Addr::send`] failed: the actor is closed. The message is handed back.
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub struct SendError<M>(pub M);
+
+/// [`crate::Addr::try_send`] failed; the message is handed back.
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum TrySendError<M> {
+    /// The mailbox is at its bound.
+    Full(M),
+    /// The actor has stopped or is stopping.
+    Closed(M),
+}
+
+/// [`crate::Addr::send_timeout`] failed; the message is handed back.
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum SendTimeoutError<M> {
+    /// The mailbox stayed full until the deadline.
+    Timeout(M),
+    /// The actor has stopped or is stopping.
+    Closed(M),
+}
+
+impl<M> TrySendError<M> {
+    /// The message that was not delivered.
+    pub fn into_inner(self) -> M {
+        match self {
+            TrySendError::Full(m) | TrySendError::Closed(m) => m,
+        }
+    }
+}
+
+impl<M> SendTimeoutError<M> {
+    /// The message that was not delivered.
+    pub fn into_inner(self) -> M {
+        match self {
+            SendTimeoutError::Timeout(m) | SendTimeoutError::Closed(m) => m,
+        }
+    }
+}
+
+macro_rules! error_impls {
+    ($t:ident, $($pat:pat => $text:expr),+) => {
+        impl<M> fmt::Debug for $t<M> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+        impl<M> fmt::Display for $t<M> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                #[allow(unused_variables)]
+                let text = match self { $($pat => $text),+ };
+                f.write_str(text)
+            }
+        }
+        impl<M> std::error::Error for $t<M> {}
+    };
+}
+
+error_impls!(SendError, SendError(_) => "sending to a closed actor");
+error_impls!(TrySendError, TrySendError::Full(_) => "mailbox full", TrySendError::Closed(_) => "sending to a closed actor");
+error_impls!(SendTimeoutError, SendTimeoutError::Timeout(_) => "mailbox stayed full until the deadline", SendTimeoutError::Closed(_) => "sending to a closed actor");

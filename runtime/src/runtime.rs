@@ -1,0 +1,328 @@
+//! [`Runtime`]: the pool, the registry of live actors, spawning, and shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded};
+use parking_lot::{Condvar, Mutex};
+use slab::Slab;
+
+use crate::actor::Actor;
+use crate::address::{ActorId, Addr, Recipient};
+use crate::cell::{Cell, CellParts, Control, SupervisorHook};
+use crate::mailbox::Mailbox;
+use crate::metrics::ActorMetrics;
+use crate::scheduler::{dedicated_loop, Executor, Pool};
+use crate::supervisor::{Intensity, Strategy, SupervisorHandle};
+use crate::timer::{TimerHandle, Timers};
+
+/// Builds a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    threads: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder { threads: std::thread::available_parallelism().map_or(2, |n| n.get()) }
+    }
+}
+
+impl Builder {
+    /// Pool threads (default: available parallelism; at least one).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n.max(1);
+        self
+    }
+
+    /// Starts the pool and timer threads.
+    pub fn build(self) -> Runtime {
+        let pool = Pool::new(self.threads);
+        let threads = pool.start();
+        let shared = Arc::new(RuntimeShared {
+            pool,
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            registry: Mutex::new(Slab::new()),
+            registry_changed: Condvar::new(),
+            metrics: Mutex::new(HashMap::new()),
+            dedicated: Mutex::new(Vec::new()),
+            timers: Timers::new(),
+        });
+        let timer_thread = shared.timers.start(&shared);
+        Runtime { shared, threads: Mutex::new(threads), timer_thread: Mutex::new(Some(timer_thread)) }
+    }
+}
+
+struct Entry {
+    depth: u32,
+    control: Box<dyn Control>,
+}
+
+pub(crate) struct RuntimeShared {
+    pub(crate) pool: Arc<Pool>,
+    epoch: Instant,
+    next_id: AtomicU64,
+    shutting_down: AtomicBool,
+    registry: Mutex<Slab<Entry>>,
+    registry_changed: Condvar,
+    metrics: Mutex<HashMap<&'static str, Arc<ActorMetrics>>>,
+    dedicated: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) timers: Timers,
+}
+
+impl RuntimeShared {
+    pub(crate) fn now_nanos(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(SeqCst)
+    }
+
+    pub(crate) fn metrics_for(&self, actor: &'static str) -> Arc<ActorMetrics> {
+        self.metrics.lock().entry(actor).or_insert_with(|| Arc::new(ActorMetrics::register(actor))).clone()
+    }
+
+    pub(crate) fn deregister(&self, key: usize) {
+        let mut registry = self.registry.lock();
+        if registry.contains(key) {
+            registry.remove(key);
+        }
+        self.registry_changed.notify_all();
+    }
+
+    /// Creates, registers and starts a cell. Shared by every spawn path.
+    pub(crate) fn spawn_cell<A: Actor>(
+        self: &Arc<Self>,
+        actor: A,
+        factory: Option<Box<dyn FnMut() -> A + Send>>,
+        supervisor: Option<SupervisorHook>,
+        spec: SpawnOptions,
+    ) -> Result<Addr<A>, SpawnError> {
+        if self.is_shutting_down() {
+            return Err(SpawnError::ShuttingDown);
+        }
+        let (user_tx, user_rx) = match spec.mailbox {
+            Mailbox::Bounded(n) => bounded(n.max(1)),
+            Mailbox::Unbounded => unbounded(),
+        };
+        let id = ActorId(self.next_id.fetch_add(1, SeqCst));
+        let (executor, wakeups) = if spec.dedicated {
+            let (tx, rx) = unbounded();
+            (Executor::Dedicated(tx), Some(rx))
+        } else {
+            (Executor::Pool(self.pool.clone()), None)
+        };
+        let cell = Cell::new(id, self.clone(), CellParts { actor, factory, supervisor, user_tx, user_rx, executor });
+        {
+            let mut registry = self.registry.lock();
+            let key = registry.insert(Entry { depth: spec.depth, control: Box::new(cell.clone()) });
+            cell.registry_key.store(key, SeqCst);
+        }
+        if let Some(wakeups) = wakeups {
+            let task = cell.clone();
+            let watch = cell.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("baton-{}", cell.type_name))
+                .spawn(move || dedicated_loop(task, wakeups, move || watch.is_terminated()))
+                .map_err(SpawnError::Thread)?;
+            self.dedicated.lock().push(handle);
+        }
+        cell.wake();
+        Ok(Addr::from_cell(cell))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpawnOptions {
+    pub mailbox: Mailbox,
+    pub dedicated: bool,
+    pub depth: u32,
+}
+
+/// Why a spawn failed.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The runtime is shutting down and takes no new actors.
+    ShuttingDown,
+    /// The operating system refused a dedicated thread.
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::ShuttingDown => f.write_str("the runtime is shutting down"),
+            SpawnError::Thread(e) => write!(f, "cannot start a dedicated thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// Shutdown did not finish before its deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownError {
+    /// Actors still running at the deadline.
+    pub unfinished: usize,
+}
+
+impl std::fmt::Display for ShutdownError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} actors had not stopped by the shutdown deadline", self.unfinished)
+    }
+}
+
+impl std::error::Error for ShutdownError {}
+
+/// Actors on a fixed pool of threads, plus timers and supervision.
+///
+/// Dropping a runtime shuts it down with a five-second deadline.
+pub struct Runtime {
+    shared: Arc<RuntimeShared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    timer_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime::new()
+    }
+}
+
+impl Runtime {
+    /// A runtime with one pool thread per available core.
+    pub fn new() -> Runtime {
+        Builder::default().build()
+    }
+
+    /// Configure before starting.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Spawns `actor` on the pool with the default bounded mailbox ([`Mailbox::DEFAULT`]).
+    ///
+    /// # Panics
+    ///
+    /// If the runtime is shutting down; use [`Runtime::try_spawn`] to get an error instead.
+    pub fn spawn<A: Actor>(&self, actor: A) -> Addr<A> {
+        self.try_spawn(actor, Mailbox::DEFAULT).expect("spawn on a runtime that is shutting down")
+    }
+
+    /// Spawns `actor` on the pool with the given mailbox.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::ShuttingDown`] once shutdown has begun.
+    pub fn try_spawn<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
+        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, dedicated: false, depth: 0 })
+    }
+
+    /// Spawns `actor` on a thread of its own, for handlers that block (disk, DNS, foreign
+    /// libraries). It can be monitored and stopped like any other actor; blocking asks are
+    /// allowed from its handlers.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError`] when shutting down or when no thread can be started.
+    pub fn spawn_dedicated<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
+        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, dedicated: true, depth: 0 })
+    }
+
+    /// Starts a supervisor; add children with [`SupervisorHandle::start_child`].
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::ShuttingDown`] once shutdown has begun.
+    pub fn supervisor(&self, strategy: Strategy, intensity: Intensity) -> Result<SupervisorHandle, SpawnError> {
+        crate::supervisor::start(&self.shared, strategy, intensity, 0)
+    }
+
+    /// Sends `msg` to `to` after `delay`. If the mailbox is full then, delivery is retried
+    /// every millisecond until it is accepted, the timer is cancelled, or the actor closes.
+    pub fn send_after<M: Send + 'static>(&self, to: Recipient<M>, delay: Duration, msg: M) -> TimerHandle {
+        crate::timer::send_after(&self.shared, to, delay, msg)
+    }
+
+    /// Sends `make()` to `to` every `period`. A tick that finds the mailbox full is skipped and
+    /// counted (`baton_timer_ticks_skipped_total`); the timer ends when the actor closes.
+    pub fn send_interval<M: Send + 'static>(
+        &self,
+        to: Recipient<M>,
+        period: Duration,
+        make: impl FnMut() -> M + Send + 'static,
+    ) -> TimerHandle {
+        crate::timer::send_interval(&self.shared, to, period, make)
+    }
+
+    /// Actors that have not stopped yet.
+    pub fn live_actors(&self) -> usize {
+        self.shared.registry.lock().len()
+    }
+
+    /// Shuts down: no new actors; every actor is stopped children-first (deepest supervision
+    /// level first), each after handling the messages it had accepted; then every thread is
+    /// joined. Messages sent after an actor closed are handed back to their senders.
+    ///
+    /// # Errors
+    ///
+    /// [`ShutdownError`] if actors were still running at the deadline. Their threads are then
+    /// left running (detached) rather than joined, so the call still returns.
+    pub fn shutdown(&self, timeout: Duration) -> Result<(), ShutdownError> {
+        let deadline = Instant::now() + timeout;
+        let shared = &self.shared;
+        shared.shutting_down.store(true, SeqCst);
+        shared.timers.stop();
+        let mut result = Ok(());
+        loop {
+            let level = {
+                let registry = shared.registry.lock();
+                let Some(depth) = registry.iter().map(|(_, e)| e.depth).max() else { break };
+                for (_, e) in registry.iter().filter(|(_, e)| e.depth == depth) {
+                    e.control.signal(crate::cell::Signal::Stop(crate::ExitReason::Shutdown));
+                }
+                depth
+            };
+            let mut registry = shared.registry.lock();
+            while registry.iter().any(|(_, e)| e.depth == level) {
+                if shared.registry_changed.wait_until(&mut registry, deadline).timed_out() {
+                    result = Err(ShutdownError { unfinished: registry.len() });
+                    break;
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Some(t) = self.timer_thread.lock().take() {
+            let _ = t.join();
+        }
+        if let Err(e) = result {
+            log::error!("runtime shutdown: {e}");
+            shared.pool.stop_threads();
+            return Err(e);
+        }
+        shared.pool.stop_threads();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        for t in shared.dedicated.lock().drain(..) {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if !self.threads.lock().is_empty() {
+            let _ = self.shutdown(Duration::from_secs(5));
+        }
+    }
+}
