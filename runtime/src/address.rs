@@ -30,7 +30,9 @@ pub struct Addr<A: Actor> {
 
 impl<A: Actor> Clone for Addr<A> {
     fn clone(&self) -> Self {
-        Addr { cell: self.cell.clone() }
+        Addr {
+            cell: self.cell.clone(),
+        }
     }
 }
 
@@ -117,7 +119,9 @@ impl<A: Actor> Addr<A> {
 
     /// An address that hides the actor type.
     pub fn recipient(&self) -> Recipient<A::Message> {
-        Recipient { inner: Arc::new(self.clone()) }
+        Recipient {
+            inner: Arc::new(self.clone()),
+        }
     }
 }
 
@@ -146,7 +150,9 @@ pub struct Recipient<M: Send + 'static> {
 
 impl<M: Send + 'static> Clone for Recipient<M> {
     fn clone(&self) -> Self {
-        Recipient { inner: self.inner.clone() }
+        Recipient {
+            inner: self.inner.clone(),
+        }
     }
 }
 

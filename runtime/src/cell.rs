@@ -17,6 +17,7 @@ use crate::mailbox::{SendTimeoutError, TrySendError};
 use crate::metrics::ActorMetrics;
 use crate::runtime::RuntimeShared;
 use crate::scheduler::{Executor, Runnable};
+use crate::supervisor::Restart;
 
 /// How many user messages one turn handles before the actor yields its thread.
 pub(crate) const BATCH: usize = 64;
@@ -53,6 +54,8 @@ struct Inner<A: Actor> {
     actor: Option<A>,
     factory: Option<Factory<A>>,
     phase: Phase,
+    /// Why the last instance exited, while the supervisor decides.
+    last_exit: Option<ExitReason>,
 }
 
 /// Type-erased control over any cell: what the runtime registry and supervisors hold.
@@ -80,6 +83,7 @@ pub(crate) struct Cell<A: Actor> {
     inner: Mutex<Inner<A>>,
     monitors: Mutex<Monitors>,
     supervisor: Option<SupervisorHook>,
+    restart: Restart,
     pub(crate) registry_key: AtomicUsize,
     metrics: Arc<ActorMetrics>,
 }
@@ -88,6 +92,7 @@ pub(crate) struct CellParts<A: Actor> {
     pub actor: A,
     pub factory: Option<Factory<A>>,
     pub supervisor: Option<SupervisorHook>,
+    pub restart: Restart,
     pub user_tx: Sender<A::Message>,
     pub user_rx: Receiver<A::Message>,
     pub executor: Executor,
@@ -111,9 +116,15 @@ impl<A: Actor> Cell<A> {
             terminated: AtomicBool::new(false),
             runnable_since: AtomicU64::new(0),
             executor: parts.executor,
-            inner: Mutex::new(Inner { actor: Some(parts.actor), factory: parts.factory, phase: Phase::Starting }),
+            inner: Mutex::new(Inner {
+                actor: Some(parts.actor),
+                factory: parts.factory,
+                phase: Phase::Starting,
+                last_exit: None,
+            }),
             monitors: Mutex::new(Monitors::default()),
             supervisor: parts.supervisor,
+            restart: parts.restart,
             registry_key: AtomicUsize::new(usize::MAX),
             metrics,
         })
@@ -153,14 +164,22 @@ impl<A: Actor> Cell<A> {
         })
     }
 
-    pub(crate) fn send(self: &Arc<Self>, msg: A::Message, deadline: Option<Instant>) -> Result<(), SendTimeoutError<A::Message>> {
+    pub(crate) fn send(
+        self: &Arc<Self>,
+        msg: A::Message,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError<A::Message>> {
         match self.try_send(msg) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(m)) => Err(SendTimeoutError::Closed(m)),
             Err(TrySendError::Full(m)) => {
                 if crate::ask::on_pool_thread() {
                     // Waiting here could hold the very thread the receiver needs.
-                    log::warn!("send from a pool thread to the full mailbox of {} ({}): handed back", self.id, self.type_name);
+                    log::warn!(
+                        "send from a pool thread to the full mailbox of {} ({}): handed back",
+                        self.id,
+                        self.type_name
+                    );
                     return Err(SendTimeoutError::Closed(m));
                 }
                 if !self.enter_send() {
@@ -245,7 +264,10 @@ impl<A: Actor> Cell<A> {
             return;
         }
         let previous = crate::ask::set_current_actor(Some(self.id));
-        let mut ctx = Context { cell: self.clone(), stop_requested: false };
+        let mut ctx = Context {
+            cell: self.clone(),
+            stop_requested: false,
+        };
 
         if self.has_control.swap(false, SeqCst) {
             let signals: Vec<Signal> = self.control.lock().drain(..).collect();
@@ -259,7 +281,10 @@ impl<A: Actor> Cell<A> {
         }
 
         if matches!(inner.phase, Phase::Running | Phase::Draining(_)) {
-            let waited = self.runtime.now_nanos().saturating_sub(self.runnable_since.load(SeqCst));
+            let waited = self
+                .runtime
+                .now_nanos()
+                .saturating_sub(self.runnable_since.load(SeqCst));
             self.metrics.mailbox_wait.record(waited as f64 / 1e9);
             let started = Instant::now();
             let mut handled = 0u64;
@@ -281,7 +306,9 @@ impl<A: Actor> Cell<A> {
             }
             if handled > 0 {
                 self.metrics.handled.increment(handled);
-                self.metrics.handler.record(started.elapsed().as_secs_f64() / handled as f64);
+                self.metrics
+                    .handler
+                    .record(started.elapsed().as_secs_f64() / handled as f64);
             }
             self.metrics.depth.set(self.user_rx.len() as f64);
             if let Phase::Draining(reason) = inner.phase.clone() {
@@ -306,7 +333,9 @@ impl<A: Actor> Cell<A> {
 
     fn awaiting_supervisor(&self) -> bool {
         // Only consulted after the turn released the lock; a stale answer costs one empty turn.
-        self.inner.try_lock().is_some_and(|i| i.phase == Phase::AwaitingSupervisor)
+        self.inner
+            .try_lock()
+            .is_some_and(|i| i.phase == Phase::AwaitingSupervisor)
     }
 
     fn on_signal(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>, sig: Signal) {
@@ -327,7 +356,16 @@ impl<A: Actor> Cell<A> {
                         inner.phase = Phase::Draining(reason);
                     }
                 }
-                Phase::AwaitingSupervisor => self.terminate(inner, reason),
+                Phase::AwaitingSupervisor => {
+                    // Shutdown overtook the supervisor's decision. A child it would restart is
+                    // rebuilt now so the messages it had accepted are still handled.
+                    let last = inner.last_exit.clone().unwrap_or(ExitReason::Normal);
+                    if reason == ExitReason::Shutdown && self.restart.restarts_after(&last) {
+                        self.rebuild(inner, ctx);
+                    } else {
+                        self.terminate(inner, reason);
+                    }
+                }
                 Phase::Terminated => {}
             },
             Signal::Down(down) => {
@@ -366,6 +404,10 @@ impl<A: Actor> Cell<A> {
                 inner.phase = Phase::Starting;
                 self.closed.store(false, SeqCst);
                 self.start_instance(inner, ctx);
+                if self.runtime.is_shutting_down() && inner.phase == Phase::Running {
+                    // Restarted during shutdown: finish what was accepted, then stop for good.
+                    self.begin_drain(inner, ExitReason::Shutdown);
+                }
             }
             Err(p) => {
                 log::error!("{} ({}): factory panicked during restart", self.id, self.type_name);
@@ -409,7 +451,12 @@ impl<A: Actor> Cell<A> {
                 actor.stopped(&reason);
             }));
             if let Err(p) = r {
-                log::error!("{} ({}) panicked while stopping: {}", self.id, self.type_name, panic_text(&p));
+                log::error!(
+                    "{} ({}) panicked while stopping: {}",
+                    self.id,
+                    self.type_name,
+                    panic_text(&p)
+                );
             }
         }
         self.after_exit(inner, ctx, reason);
@@ -417,8 +464,9 @@ impl<A: Actor> Cell<A> {
 
     fn after_exit(self: &Arc<Self>, inner: &mut Inner<A>, _ctx: &mut Context<A>, reason: ExitReason) {
         match &self.supervisor {
-            Some(hook) if reason != ExitReason::Shutdown && !self.runtime.is_shutting_down() => {
+            Some(hook) if reason != ExitReason::Shutdown => {
                 inner.phase = Phase::AwaitingSupervisor;
+                inner.last_exit = Some(reason.clone());
                 hook(Down { id: self.id, reason });
             }
             _ => self.terminate(inner, reason),
@@ -435,7 +483,11 @@ impl<A: Actor> Cell<A> {
             dropped += 1;
         }
         if dropped > 0 {
-            log::warn!("{} ({}) stopped ({reason}) with {dropped} unhandled messages", self.id, self.type_name);
+            log::warn!(
+                "{} ({}) stopped ({reason}) with {dropped} unhandled messages",
+                self.id,
+                self.type_name
+            );
             self.metrics.dropped.increment(dropped as u64);
         }
         let monitors = {
@@ -445,7 +497,10 @@ impl<A: Actor> Cell<A> {
             std::mem::take(&mut m.waiting)
         };
         for m in monitors {
-            m(Down { id: self.id, reason: reason.clone() });
+            m(Down {
+                id: self.id,
+                reason: reason.clone(),
+            });
         }
         self.control.lock().clear();
         self.runtime.deregister(self.registry_key.load(SeqCst));

@@ -27,7 +27,9 @@ pub struct Builder {
 
 impl Default for Builder {
     fn default() -> Self {
-        Builder { threads: std::thread::available_parallelism().map_or(2, |n| n.get()) }
+        Builder {
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
     }
 }
 
@@ -54,7 +56,11 @@ impl Builder {
             timers: Timers::new(),
         });
         let timer_thread = shared.timers.start(&shared);
-        Runtime { shared, threads: Mutex::new(threads), timer_thread: Mutex::new(Some(timer_thread)) }
+        Runtime {
+            shared,
+            threads: Mutex::new(threads),
+            timer_thread: Mutex::new(Some(timer_thread)),
+        }
     }
 }
 
@@ -85,7 +91,11 @@ impl RuntimeShared {
     }
 
     pub(crate) fn metrics_for(&self, actor: &'static str) -> Arc<ActorMetrics> {
-        self.metrics.lock().entry(actor).or_insert_with(|| Arc::new(ActorMetrics::register(actor))).clone()
+        self.metrics
+            .lock()
+            .entry(actor)
+            .or_insert_with(|| Arc::new(ActorMetrics::register(actor)))
+            .clone()
     }
 
     pub(crate) fn deregister(&self, key: usize) {
@@ -101,7 +111,7 @@ impl RuntimeShared {
         self: &Arc<Self>,
         actor: A,
         factory: Option<Box<dyn FnMut() -> A + Send>>,
-        supervisor: Option<SupervisorHook>,
+        supervisor: Option<(SupervisorHook, crate::supervisor::Restart)>,
         spec: SpawnOptions,
     ) -> Result<Addr<A>, SpawnError> {
         if self.is_shutting_down() {
@@ -118,10 +128,26 @@ impl RuntimeShared {
         } else {
             (Executor::Pool(self.pool.clone()), None)
         };
-        let cell = Cell::new(id, self.clone(), CellParts { actor, factory, supervisor, user_tx, user_rx, executor });
+        let (supervisor, restart) = match supervisor {
+            Some((hook, restart)) => (Some(hook), restart),
+            None => (None, crate::supervisor::Restart::Temporary),
+        };
+        let parts = CellParts {
+            actor,
+            factory,
+            supervisor,
+            restart,
+            user_tx,
+            user_rx,
+            executor,
+        };
+        let cell = Cell::new(id, self.clone(), parts);
         {
             let mut registry = self.registry.lock();
-            let key = registry.insert(Entry { depth: spec.depth, control: Box::new(cell.clone()) });
+            let key = registry.insert(Entry {
+                depth: spec.depth,
+                control: Box::new(cell.clone()),
+            });
             cell.registry_key.store(key, SeqCst);
         }
         if let Some(wakeups) = wakeups {
@@ -212,7 +238,8 @@ impl Runtime {
     ///
     /// If the runtime is shutting down; use [`Runtime::try_spawn`] to get an error instead.
     pub fn spawn<A: Actor>(&self, actor: A) -> Addr<A> {
-        self.try_spawn(actor, Mailbox::DEFAULT).expect("spawn on a runtime that is shutting down")
+        self.try_spawn(actor, Mailbox::DEFAULT)
+            .expect("spawn on a runtime that is shutting down")
     }
 
     /// Spawns `actor` on the pool with the given mailbox.
@@ -221,7 +248,16 @@ impl Runtime {
     ///
     /// [`SpawnError::ShuttingDown`] once shutdown has begun.
     pub fn try_spawn<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
-        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, dedicated: false, depth: 0 })
+        self.shared.spawn_cell(
+            actor,
+            None,
+            None,
+            SpawnOptions {
+                mailbox,
+                dedicated: false,
+                depth: 0,
+            },
+        )
     }
 
     /// Spawns `actor` on a thread of its own, for handlers that block (disk, DNS, foreign
@@ -232,7 +268,16 @@ impl Runtime {
     ///
     /// [`SpawnError`] when shutting down or when no thread can be started.
     pub fn spawn_dedicated<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
-        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, dedicated: true, depth: 0 })
+        self.shared.spawn_cell(
+            actor,
+            None,
+            None,
+            SpawnOptions {
+                mailbox,
+                dedicated: true,
+                depth: 0,
+            },
+        )
     }
 
     /// Starts a supervisor; add children with [`SupervisorHandle::start_child`].
@@ -283,7 +328,9 @@ impl Runtime {
         loop {
             let level = {
                 let registry = shared.registry.lock();
-                let Some(depth) = registry.iter().map(|(_, e)| e.depth).max() else { break };
+                let Some(depth) = registry.iter().map(|(_, e)| e.depth).max() else {
+                    break;
+                };
                 for (_, e) in registry.iter().filter(|(_, e)| e.depth == depth) {
                     e.control.signal(crate::cell::Signal::Stop(crate::ExitReason::Shutdown));
                 }
@@ -292,7 +339,9 @@ impl Runtime {
             let mut registry = shared.registry.lock();
             while registry.iter().any(|(_, e)| e.depth == level) {
                 if shared.registry_changed.wait_until(&mut registry, deadline).timed_out() {
-                    result = Err(ShutdownError { unfinished: registry.len() });
+                    result = Err(ShutdownError {
+                        unfinished: registry.len(),
+                    });
                     break;
                 }
             }

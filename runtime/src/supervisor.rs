@@ -40,6 +40,16 @@ pub enum Restart {
     Temporary,
 }
 
+impl Restart {
+    pub(crate) fn restarts_after(self, reason: &ExitReason) -> bool {
+        match self {
+            Restart::Permanent => true,
+            Restart::Transient => reason.is_abnormal(),
+            Restart::Temporary => false,
+        }
+    }
+}
+
 /// At most `max_restarts` restarts within any `period`; one more escalates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Intensity {
@@ -52,7 +62,10 @@ pub struct Intensity {
 impl Default for Intensity {
     /// OTP's default: 1 restart in 5 seconds.
     fn default() -> Self {
-        Intensity { max_restarts: 1, period: Duration::from_secs(5) }
+        Intensity {
+            max_restarts: 1,
+            period: Duration::from_secs(5),
+        }
     }
 }
 
@@ -67,7 +80,12 @@ pub struct ChildSpec<A: Actor> {
 impl<A: Actor> ChildSpec<A> {
     /// A permanent pool child with the default mailbox, built (and rebuilt) by `factory`.
     pub fn new(factory: impl FnMut() -> A + Send + 'static) -> Self {
-        ChildSpec { factory: Box::new(factory), restart: Restart::Permanent, mailbox: Mailbox::DEFAULT, dedicated: false }
+        ChildSpec {
+            factory: Box::new(factory),
+            restart: Restart::Permanent,
+            mailbox: Mailbox::DEFAULT,
+            dedicated: false,
+        }
     }
 
     /// Sets the restart type.
@@ -120,13 +138,10 @@ impl Actor for Supervisor {
 
     fn down(&mut self, ctx: &mut Context<Self>, down: Down) {
         let mut st = self.state.lock();
-        let Some(pos) = st.children.iter().position(|c| c.id == down.id) else { return };
-        let restart = match st.children[pos].restart {
-            Restart::Permanent => true,
-            Restart::Transient => down.reason.is_abnormal(),
-            Restart::Temporary => false,
+        let Some(pos) = st.children.iter().position(|c| c.id == down.id) else {
+            return;
         };
-        if !restart {
+        if !st.children[pos].restart.restarts_after(&down.reason) {
             let child = st.children.remove(pos);
             child.control.signal(Signal::Stop(down.reason));
             return;
@@ -138,7 +153,11 @@ impl Actor for Supervisor {
         }
         st.restarts.push_back(now);
         if st.restarts.len() > st.intensity.max_restarts as usize {
-            log::error!("supervisor {}: restart intensity exceeded ({}), escalating", ctx.id(), down.reason);
+            log::error!(
+                "supervisor {}: restart intensity exceeded ({}), escalating",
+                ctx.id(),
+                down.reason
+            );
             for child in st.children.drain(..).rev() {
                 child.control.signal(Signal::Stop(ExitReason::Escalated));
             }
@@ -183,15 +202,34 @@ impl std::fmt::Debug for SupervisorHandle {
     }
 }
 
-pub(crate) fn start(shared: &Arc<RuntimeShared>, strategy: Strategy, intensity: Intensity, depth: u32) -> Result<SupervisorHandle, SpawnError> {
-    let state = Arc::new(Mutex::new(State { strategy, intensity, children: Vec::new(), restarts: VecDeque::new() }));
+pub(crate) fn start(
+    shared: &Arc<RuntimeShared>,
+    strategy: Strategy,
+    intensity: Intensity,
+    depth: u32,
+) -> Result<SupervisorHandle, SpawnError> {
+    let state = Arc::new(Mutex::new(State {
+        strategy,
+        intensity,
+        children: Vec::new(),
+        restarts: VecDeque::new(),
+    }));
     let addr = shared.spawn_cell(
         Supervisor { state: state.clone() },
         None,
         None,
-        SpawnOptions { mailbox: Mailbox::Bounded(1), dedicated: false, depth },
+        SpawnOptions {
+            mailbox: Mailbox::Bounded(1),
+            dedicated: false,
+            depth,
+        },
     )?;
-    Ok(SupervisorHandle { addr, state, shared: shared.clone(), depth })
+    Ok(SupervisorHandle {
+        addr,
+        state,
+        shared: shared.clone(),
+        depth,
+    })
 }
 
 impl SupervisorHandle {
@@ -206,7 +244,12 @@ impl SupervisorHandle {
     ///
     /// [`SpawnError`] when shutting down, or when a dedicated thread cannot start.
     pub fn start_child<A: Actor>(&self, spec: ChildSpec<A>) -> Result<Addr<A>, SpawnError> {
-        let ChildSpec { mut factory, restart, mailbox, dedicated } = spec;
+        let ChildSpec {
+            mut factory,
+            restart,
+            mailbox,
+            dedicated,
+        } = spec;
         let first = factory();
         let sup = self.addr.cell.clone();
         let hook = Box::new(move |down: Down| sup.signal_down(down));
@@ -215,10 +258,18 @@ impl SupervisorHandle {
         let addr = self.shared.spawn_cell(
             first,
             Some(factory),
-            Some(hook),
-            SpawnOptions { mailbox, dedicated, depth: self.depth + 1 },
+            Some((hook, restart)),
+            SpawnOptions {
+                mailbox,
+                dedicated,
+                depth: self.depth + 1,
+            },
         )?;
-        st.children.push(Child { id: addr.id(), restart, control: Box::new(addr.cell.clone()) });
+        st.children.push(Child {
+            id: addr.id(),
+            restart,
+            control: Box::new(addr.cell.clone()),
+        });
         Ok(addr)
     }
 

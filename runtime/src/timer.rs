@@ -98,7 +98,13 @@ impl Timers {
         }
         let key = state.next;
         state.next += 1;
-        state.entries.insert(key, Entry { fire, cancelled: cancelled.clone() });
+        state.entries.insert(
+            key,
+            Entry {
+                fire,
+                cancelled: cancelled.clone(),
+            },
+        );
         state.heap.push(Reverse((at, key)));
         self.changed.notify_one();
         TimerHandle { cancelled }
@@ -125,7 +131,9 @@ impl Timers {
             }
         }
         let Reverse((_, key)) = state.heap.pop().expect("peeked");
-        let Some(mut entry) = state.entries.remove(&key) else { return true };
+        let Some(mut entry) = state.entries.remove(&key) else {
+            return true;
+        };
         if entry.cancelled.load(SeqCst) {
             return true;
         }
@@ -142,7 +150,12 @@ impl Timers {
     }
 }
 
-pub(crate) fn send_after<M: Send + 'static>(rt: &Arc<RuntimeShared>, to: Recipient<M>, delay: Duration, msg: M) -> TimerHandle {
+pub(crate) fn send_after<M: Send + 'static>(
+    rt: &Arc<RuntimeShared>,
+    to: Recipient<M>,
+    delay: Duration,
+    msg: M,
+) -> TimerHandle {
     let mut msg = Some(msg);
     rt.timers.add(
         Instant::now() + delay,

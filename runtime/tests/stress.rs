@@ -53,12 +53,24 @@ fn thousands_of_actors_millions_of_messages_exactly_once_in_order() {
     let (done_tx, done) = unbounded();
     let sink_addrs: Vec<Addr<Sink>> = (0..sinks)
         .map(|_| {
-            let sink = Sink { next_from: vec![0; sources], total: 0, expected: sources as u64 * per_sink, done: done_tx.clone() };
+            let sink = Sink {
+                next_from: vec![0; sources],
+                total: 0,
+                expected: sources as u64 * per_sink,
+                done: done_tx.clone(),
+            };
             rt.try_spawn(sink, Mailbox::Unbounded).unwrap()
         })
         .collect();
-    let source_addrs: Vec<Addr<Source>> =
-        (0..sources).map(|me| rt.spawn(Source { me, sinks: sink_addrs.clone(), per_sink })).collect();
+    let source_addrs: Vec<Addr<Source>> = (0..sources)
+        .map(|me| {
+            rt.spawn(Source {
+                me,
+                sinks: sink_addrs.clone(),
+                per_sink,
+            })
+        })
+        .collect();
     for s in &source_addrs {
         s.send(()).unwrap();
     }
@@ -80,7 +92,15 @@ fn bounded_mailbox_under_many_blocking_senders_loses_nothing() {
     let per = 50_000u64;
     let (done_tx, done) = unbounded();
     let sink = rt
-        .try_spawn(Sink { next_from: vec![0; senders], total: 0, expected: senders as u64 * per, done: done_tx }, Mailbox::Bounded(16))
+        .try_spawn(
+            Sink {
+                next_from: vec![0; senders],
+                total: 0,
+                expected: senders as u64 * per,
+                done: done_tx,
+            },
+            Mailbox::Bounded(16),
+        )
         .unwrap();
     let threads: Vec<_> = (0..senders)
         .map(|me| {
