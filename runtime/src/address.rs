@@ -82,6 +82,24 @@ impl<A: Actor> Addr<A> {
         self.cell.try_send(msg)
     }
 
+    /// Sends `msg` if there is room now; when the mailbox is full, keeps `notify` and calls it
+    /// once room appears (after the actor's next turn) or the actor closes. This is how a
+    /// producer such as a socket reader pauses without polling and resumes on time.
+    ///
+    /// `notify` runs on whichever thread makes room: keep it short (set a flag, wake a poller).
+    ///
+    /// # Errors
+    ///
+    /// [`TrySendError::Full`] (with `notify` registered) or [`TrySendError::Closed`], with the
+    /// message.
+    pub fn try_send_notify(
+        &self,
+        msg: A::Message,
+        notify: impl FnOnce() + Send + 'static,
+    ) -> Result<(), TrySendError<A::Message>> {
+        self.cell.try_send_notify(msg, Box::new(notify))
+    }
+
     /// Sends a request built by `make` and waits up to `timeout` for the reply.
     ///
     /// # Errors
@@ -129,6 +147,7 @@ pub(crate) trait Deliver<M>: Send + Sync {
     fn id(&self) -> ActorId;
     fn send(&self, msg: M, deadline: Option<Instant>) -> Result<(), SendTimeoutError<M>>;
     fn try_send(&self, msg: M) -> Result<(), TrySendError<M>>;
+    fn try_send_notify(&self, msg: M, notify: Box<dyn FnOnce() + Send>) -> Result<(), TrySendError<M>>;
 }
 
 impl<A: Actor> Deliver<A::Message> for Addr<A> {
@@ -140,6 +159,13 @@ impl<A: Actor> Deliver<A::Message> for Addr<A> {
     }
     fn try_send(&self, msg: A::Message) -> Result<(), TrySendError<A::Message>> {
         self.cell.try_send(msg)
+    }
+    fn try_send_notify(
+        &self,
+        msg: A::Message,
+        notify: Box<dyn FnOnce() + Send>,
+    ) -> Result<(), TrySendError<A::Message>> {
+        self.cell.try_send_notify(msg, notify)
     }
 }
 
@@ -193,6 +219,15 @@ impl<M: Send + 'static> Recipient<M> {
     /// [`TrySendError`] with the message.
     pub fn try_send(&self, msg: M) -> Result<(), TrySendError<M>> {
         self.inner.try_send(msg)
+    }
+
+    /// As [`Addr::try_send_notify`].
+    ///
+    /// # Errors
+    ///
+    /// [`TrySendError`] with the message.
+    pub fn try_send_notify(&self, msg: M, notify: impl FnOnce() + Send + 'static) -> Result<(), TrySendError<M>> {
+        self.inner.try_send_notify(msg, Box::new(notify))
     }
 
     /// As [`Addr::ask`].

@@ -42,6 +42,7 @@ enum Phase {
 
 type Factory<A> = Box<dyn FnMut() -> A + Send>;
 type Monitor = Box<dyn FnOnce(Down) + Send>;
+type RoomWaiter = Box<dyn FnOnce() + Send>;
 
 #[derive(Default)]
 struct Monitors {
@@ -82,6 +83,9 @@ pub(crate) struct Cell<A: Actor> {
     pub(crate) executor: Executor,
     inner: Mutex<Inner<A>>,
     monitors: Mutex<Monitors>,
+    /// Producers that found the mailbox full and want a call when there is room again.
+    room_waiters: Mutex<Vec<RoomWaiter>>,
+    has_room_waiters: AtomicBool,
     supervisor: Option<SupervisorHook>,
     restart: Restart,
     pub(crate) registry_key: AtomicUsize,
@@ -123,6 +127,8 @@ impl<A: Actor> Cell<A> {
                 last_exit: None,
             }),
             monitors: Mutex::new(Monitors::default()),
+            room_waiters: Mutex::new(Vec::new()),
+            has_room_waiters: AtomicBool::new(false),
             supervisor: parts.supervisor,
             restart: parts.restart,
             registry_key: AtomicUsize::new(usize::MAX),
@@ -212,6 +218,37 @@ impl<A: Actor> Cell<A> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// As `try_send`, but when the mailbox is full `notify` is kept and called once there is
+    /// room again (or the actor closes), so a producer can pause instead of polling.
+    pub(crate) fn try_send_notify(
+        self: &Arc<Self>,
+        msg: A::Message,
+        notify: RoomWaiter,
+    ) -> Result<(), TrySendError<A::Message>> {
+        match self.try_send(msg) {
+            Err(TrySendError::Full(m)) => {
+                self.room_waiters.lock().push(notify);
+                self.has_room_waiters.store(true, SeqCst);
+                // The actor may have emptied its mailbox between the failed push and the
+                // registration; it would then never look at the waiters. Check again.
+                if !self.user_rx.is_full() || self.closed.load(SeqCst) {
+                    self.call_room_waiters();
+                }
+                Err(TrySendError::Full(m))
+            }
+            other => other,
+        }
+    }
+
+    fn call_room_waiters(&self) {
+        if self.has_room_waiters.swap(false, SeqCst) {
+            let waiters = std::mem::take(&mut *self.room_waiters.lock());
+            for w in waiters {
+                w();
             }
         }
     }
@@ -311,6 +348,9 @@ impl<A: Actor> Cell<A> {
                     .record(started.elapsed().as_secs_f64() / handled as f64);
             }
             self.metrics.depth.set(self.user_rx.len() as f64);
+            if handled > 0 {
+                self.call_room_waiters();
+            }
             if let Phase::Draining(reason) = inner.phase.clone() {
                 if self.user_rx.is_empty() && self.senders_in_flight.load(SeqCst) == 0 {
                     self.exit_instance(&mut inner, &mut ctx, reason);
@@ -503,6 +543,7 @@ impl<A: Actor> Cell<A> {
             });
         }
         self.control.lock().clear();
+        self.call_room_waiters();
         self.runtime.deregister(self.registry_key.load(SeqCst));
     }
 }

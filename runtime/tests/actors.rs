@@ -490,3 +490,26 @@ fn context_send_after_reaches_the_actor_itself() {
     assert_eq!(*seen.lock().unwrap(), vec![7]);
     rt.shutdown(WAIT).unwrap();
 }
+
+#[test]
+fn a_producer_paused_on_a_full_mailbox_is_told_when_there_is_room() {
+    let rt = Runtime::builder().threads(2).build();
+    let (addr, release, seen) = gate(&rt, 1);
+    addr.try_send(1).unwrap();
+    let (room_tx, room) = unbounded();
+    let r = addr.recipient();
+    match r.try_send_notify(2, move || room_tx.send(()).unwrap()) {
+        Err(TrySendError::Full(2)) => {}
+        other => panic!("expected Full(2), got {other:?}"),
+    }
+    assert!(
+        room.recv_timeout(Duration::from_millis(50)).is_err(),
+        "notified while still full"
+    );
+    release.send(()).unwrap();
+    room.recv_timeout(WAIT).expect("never told about room");
+    addr.try_send(2).unwrap();
+    let got: Vec<u32> = (0..3).map(|_| seen.recv_timeout(WAIT).unwrap()).collect();
+    assert_eq!(got, vec![0, 1, 2]);
+    rt.shutdown(WAIT).unwrap();
+}
