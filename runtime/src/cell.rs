@@ -69,6 +69,8 @@ struct Inner<A: Actor> {
     phase: Phase,
     /// Why the last instance exited, while the supervisor decides.
     last_exit: Option<ExitReason>,
+    /// Turns that handled messages; one in `SAMPLE_EVERY` (starting with the first) is timed.
+    busy_turns: u64,
 }
 
 /// Type-erased control over any cell: what the runtime registry and supervisors hold.
@@ -140,6 +142,7 @@ impl<A: Actor> Cell<A> {
                 factory: parts.factory,
                 phase: Phase::Starting,
                 last_exit: None,
+                busy_turns: 0,
             }),
             monitors: Mutex::new(Monitors::default()),
             room_waiters: Mutex::new(Vec::new()),
@@ -350,11 +353,11 @@ impl<A: Actor> Cell<A> {
 
         if matches!(inner.phase, Phase::Running | Phase::Draining(_)) {
             let since = self.runnable_since.load(Relaxed);
-            let started = (since != 0).then(|| {
+            if since != 0 {
                 let waited = self.runtime.now_nanos().saturating_sub(since);
                 self.metrics.mailbox_wait.record(waited as f64 / 1e9);
-                Instant::now()
-            });
+            }
+            let started = (inner.busy_turns % SAMPLE_EVERY == 0).then(Instant::now);
             let mut handled = 0u64;
             while handled < BATCH as u64 {
                 let msg = match self.user_rx.try_recv() {
@@ -383,6 +386,7 @@ impl<A: Actor> Cell<A> {
                 }
             }
             if handled > 0 {
+                inner.busy_turns += 1;
                 self.metrics.handled.increment(handled);
                 if let Some(started) = started {
                     self.metrics
