@@ -84,7 +84,9 @@ impl fmt::Display for ExitReason {
     }
 }
 
-/// The notice a monitor receives when the monitored actor stops (or crashes, when supervised).
+/// The notice a monitor receives when the monitored actor stops for good. A supervised actor
+/// that is restarted in place has not stopped for good, so its monitors hear nothing; they
+/// hear when its supervisor gives up on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Down {
     /// The actor that stopped.

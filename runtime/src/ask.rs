@@ -23,6 +23,10 @@ pub(crate) fn set_current_actor(id: Option<ActorId>) -> Option<ActorId> {
     CURRENT_ACTOR.with(|c| c.replace(id))
 }
 
+pub(crate) fn current_actor() -> Option<ActorId> {
+    CURRENT_ACTOR.with(|c| c.get())
+}
+
 pub(crate) fn mark_pool_thread() {
     ON_POOL.with(|p| p.set(true));
 }

@@ -156,9 +156,13 @@ impl<A: Actor> Cell<A> {
 
     // ---- sending -------------------------------------------------------------------------
 
-    fn enter_send(&self) -> bool {
+    fn enter_send(self: &Arc<Self>) -> bool {
         if self.send_state.fetch_add(1, SeqCst) & CLOSED != 0 {
             self.send_state.fetch_sub(1, SeqCst);
+            // A draining actor may have counted this sender and now waits for it to leave.
+            if !self.terminated.load(SeqCst) {
+                self.wake();
+            }
             return false;
         }
         true
@@ -196,7 +200,7 @@ impl<A: Actor> Cell<A> {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(m)) => Err(SendTimeoutError::Closed(m)),
             Err(TrySendError::Full(m)) => {
-                if crate::ask::on_pool_thread() {
+                if crate::ask::on_pool_thread() || crate::ask::current_actor() == Some(self.id) {
                     // Waiting here could hold the very thread the receiver needs.
                     log::warn!(
                         "send from a pool thread to the full mailbox of {} ({}): handed back",
@@ -265,7 +269,9 @@ impl<A: Actor> Cell<A> {
         if self.has_room_waiters.load(SeqCst) && self.has_room_waiters.swap(false, SeqCst) {
             let waiters = std::mem::take(&mut *self.room_waiters.lock());
             for w in waiters {
-                w();
+                if catch_unwind(AssertUnwindSafe(w)).is_err() {
+                    log::error!("a room-waiter callback of {} panicked", self.id);
+                }
             }
         }
     }
@@ -340,15 +346,17 @@ impl<A: Actor> Cell<A> {
             stop_requested: false,
         };
 
+        // Start first, so a Down or Stop that arrived before the first turn finds an instance.
+        if inner.phase == Phase::Starting {
+            self.start_instance(&mut inner, &mut ctx);
+        }
+
         if self.has_control.swap(false, SeqCst) {
             let signals: Vec<Signal> = self.control.lock().drain(..).collect();
             for sig in signals {
                 self.on_signal(&mut inner, &mut ctx, sig);
+                self.apply_stop_request(&mut inner, &mut ctx);
             }
-        }
-
-        if inner.phase == Phase::Starting {
-            self.start_instance(&mut inner, &mut ctx);
         }
 
         if matches!(inner.phase, Phase::Running | Phase::Draining(_)) {
@@ -378,12 +386,7 @@ impl<A: Actor> Cell<A> {
                     self.crashed(&mut inner, &mut ctx, payload);
                     break;
                 }
-                if ctx.stop_requested {
-                    ctx.stop_requested = false;
-                    if inner.phase == Phase::Running {
-                        self.begin_drain(&mut inner, ExitReason::Normal);
-                    }
-                }
+                self.apply_stop_request(&mut inner, &mut ctx);
             }
             if handled > 0 {
                 inner.busy_turns += 1;
@@ -399,12 +402,23 @@ impl<A: Actor> Cell<A> {
                 self.call_room_waiters();
             }
             if let Phase::Draining(reason) = inner.phase.clone() {
-                if self.user_rx.is_empty() && self.send_state.load(SeqCst) & !CLOSED == 0 {
+                // Count first: a sender that entered before CLOSED has pushed by the time it
+                // leaves, so "no sender, then empty" cannot miss its message.
+                if self.send_state.load(SeqCst) & !CLOSED == 0 && self.user_rx.is_empty() {
                     self.exit_instance(&mut inner, &mut ctx, reason);
                 }
             }
         }
         crate::ask::set_current_actor(previous);
+    }
+
+    fn apply_stop_request(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>) {
+        if ctx.stop_requested {
+            ctx.stop_requested = false;
+            if inner.phase == Phase::Running {
+                self.begin_drain(inner, ExitReason::Normal);
+            }
+        }
     }
 
     fn spin_for_message(&self) -> Option<A::Message> {
@@ -476,15 +490,19 @@ impl<A: Actor> Cell<A> {
                 }
             }
             Signal::Restart => match inner.phase {
-                Phase::Running | Phase::Draining(_) => {
+                // Without a factory (a nested supervisor) there is nothing to rebuild from.
+                // A draining actor keeps draining: a pending stop outranks a sibling's restart.
+                Phase::Running if inner.factory.is_some() => {
                     if let Some(mut actor) = inner.actor.take() {
                         let _ = catch_unwind(AssertUnwindSafe(|| {
                             actor.stopping(ctx);
                             actor.stopped(&ExitReason::Shutdown);
+                            drop(actor);
                         }));
                     }
                     self.rebuild(inner, ctx);
                 }
+                Phase::Running | Phase::Draining(_) => {}
                 Phase::AwaitingSupervisor => self.rebuild(inner, ctx),
                 Phase::Starting | Phase::Terminated => {}
             },
@@ -548,6 +566,7 @@ impl<A: Actor> Cell<A> {
             let r = catch_unwind(AssertUnwindSafe(|| {
                 actor.stopping(ctx);
                 actor.stopped(&reason);
+                drop(actor);
             }));
             if let Err(p) = r {
                 log::error!(
@@ -563,7 +582,8 @@ impl<A: Actor> Cell<A> {
 
     fn after_exit(self: &Arc<Self>, inner: &mut Inner<A>, _ctx: &mut Context<A>, reason: ExitReason) {
         match &self.supervisor {
-            Some(hook) if reason != ExitReason::Shutdown => {
+            // Shutdown and escalation are final: there is no supervisor left to decide.
+            Some(hook) if !matches!(reason, ExitReason::Shutdown | ExitReason::Escalated) => {
                 inner.phase = Phase::AwaitingSupervisor;
                 inner.last_exit = Some(reason.clone());
                 hook(Down { id: self.id, reason });
@@ -577,9 +597,19 @@ impl<A: Actor> Cell<A> {
         inner.actor = None;
         inner.factory = None;
         self.send_state.fetch_or(CLOSED, SeqCst);
+        // Senders that entered before CLOSED may still push; wait for them so nothing they
+        // were told was accepted stays behind in a dead mailbox.
         let mut dropped = 0usize;
-        while self.user_rx.try_recv().is_ok() {
-            dropped += 1;
+        loop {
+            let in_flight = self.send_state.load(SeqCst) & !CLOSED;
+            while let Ok(msg) = self.user_rx.try_recv() {
+                dropped += 1;
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(msg)));
+            }
+            if in_flight == 0 {
+                break;
+            }
+            std::thread::yield_now();
         }
         if dropped > 0 {
             log::warn!(
@@ -596,10 +626,13 @@ impl<A: Actor> Cell<A> {
             std::mem::take(&mut m.waiting)
         };
         for m in monitors {
-            m(Down {
+            let down = Down {
                 id: self.id,
                 reason: reason.clone(),
-            });
+            };
+            if catch_unwind(AssertUnwindSafe(move || m(down))).is_err() {
+                log::error!("a monitor of {} panicked", self.id);
+            }
         }
         self.control.lock().clear();
         self.call_room_waiters();
@@ -611,8 +644,11 @@ impl<A: Actor> Runnable for Cell<A> {
     fn run(self: Arc<Self>) {
         self.turn();
         self.scheduled.store(false, SeqCst);
-        if self.wants_turn() {
-            self.wake();
+        if self.wants_turn() && !self.scheduled.swap(true, SeqCst) {
+            // Still busy: go to the back of the shared queue, not this thread's LIFO slot, so
+            // the batch bound really lets other actors run.
+            self.runnable_since.store(0, Relaxed);
+            self.executor.schedule_fair(self.clone());
         }
     }
 }

@@ -12,8 +12,9 @@
 //! handlers block run on a dedicated thread ([`Runtime::spawn_dedicated`]). The protocol is
 //! written up in `SCHEDULER.md` beside this crate.
 //!
-//! A panic in a handler is caught: the actor stops with [`ExitReason::Panicked`], its monitors
-//! hear about it, and a [`Supervisor`] may restart it in place (same address, same mailbox).
+//! A panic in a handler is caught. An unsupervised actor stops with [`ExitReason::Panicked`] and
+//! its monitors hear about it; a supervised one is reported to its [`Supervisor`], which may
+//! restart it in place (same address, same mailbox) or let it stop for good.
 //!
 //! Request/reply ([`Addr::ask`]) always has a deadline and refuses to block a pool thread, so it
 //! cannot deadlock the pool (see [`AskError`]).

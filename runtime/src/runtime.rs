@@ -176,6 +176,8 @@ pub(crate) struct SpawnOptions {
 pub enum SpawnError {
     /// The runtime is shutting down and takes no new actors.
     ShuttingDown,
+    /// The supervisor has escalated or stopped and takes no new children.
+    SupervisorStopped,
     /// The operating system refused a dedicated thread.
     Thread(std::io::Error),
 }
@@ -184,6 +186,7 @@ impl std::fmt::Display for SpawnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SpawnError::ShuttingDown => f.write_str("the runtime is shutting down"),
+            SpawnError::SupervisorStopped => f.write_str("the supervisor has stopped"),
             SpawnError::Thread(e) => write!(f, "cannot start a dedicated thread: {e}"),
         }
     }
@@ -317,8 +320,10 @@ impl Runtime {
     ///
     /// # Errors
     ///
-    /// [`ShutdownError`] if actors were still running at the deadline. Their threads are then
-    /// left running (detached) rather than joined, so the call still returns.
+    /// [`ShutdownError`] if actors were still running at the deadline. The pool threads finish
+    /// the turns they are in and exit; actors that had not stopped are abandoned (their
+    /// remaining messages are never handled) and their threads are detached, not joined, so
+    /// the call returns at the deadline.
     pub fn shutdown(&self, timeout: Duration) -> Result<(), ShutdownError> {
         let deadline = Instant::now() + timeout;
         let shared = &self.shared;
@@ -355,6 +360,9 @@ impl Runtime {
         if let Err(e) = result {
             log::error!("runtime shutdown: {e}");
             shared.pool.stop_threads();
+            // Detach: a handler stuck past the deadline must not make Drop wait again.
+            self.threads.lock().clear();
+            shared.dedicated.lock().clear();
             return Err(e);
         }
         shared.pool.stop_threads();

@@ -86,6 +86,11 @@ impl Pool {
         }
     }
 
+    /// Enqueues at the back of the shared queue, bypassing the LIFO slot.
+    pub(crate) fn push_fair(&self, task: Task) {
+        let _ = self.tx.send(Job::Run(task));
+    }
+
     pub(crate) fn stop_threads(&self) {
         for _ in 0..self.threads {
             let _ = self.tx.send(Job::Exit);
@@ -131,7 +136,13 @@ impl Pool {
                 }
             };
             match job {
-                Job::Run(task) => task.run(),
+                // Cells catch handler panics themselves; this backstop keeps the thread (and
+                // the actors queued behind it) alive if anything else unwinds.
+                Job::Run(task) => {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
+                        log::error!("a task unwound onto pool thread {:?}", std::thread::current().name());
+                    }
+                }
                 Job::Exit => break,
             }
         }
@@ -158,12 +169,22 @@ impl Executor {
             }
         }
     }
+
+    pub(crate) fn schedule_fair(&self, task: Task) {
+        match self {
+            Executor::Pool(pool) => pool.push_fair(task),
+            Executor::Dedicated(_) => self.schedule(task),
+        }
+    }
 }
 
 /// The loop of a dedicated-thread actor: run a turn for every wake-up token until terminated.
 pub(crate) fn dedicated_loop(task: Task, wakeups: Receiver<()>, terminated: impl Fn() -> bool) {
     while wakeups.recv().is_ok() {
-        task.clone().run();
+        let task = task.clone();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
+            log::error!("a task unwound onto a dedicated thread");
+        }
         if terminated() {
             break;
         }

@@ -118,6 +118,8 @@ struct State {
     intensity: Intensity,
     children: Vec<Child>,
     restarts: VecDeque<Instant>,
+    /// Set when the supervisor escalates or stops: it takes no new children after that.
+    stopped: bool,
 }
 
 /// The supervisor actor. Its work happens in [`Actor::down`] as children exit.
@@ -158,6 +160,7 @@ impl Actor for Supervisor {
                 ctx.id(),
                 down.reason
             );
+            st.stopped = true;
             for child in st.children.drain(..).rev() {
                 child.control.signal(Signal::Stop(ExitReason::Escalated));
             }
@@ -180,8 +183,12 @@ impl Actor for Supervisor {
     }
 
     fn stopping(&mut self, _ctx: &mut Context<Self>) {
-        // Children stop before their supervisor (last started, first stopped).
-        for child in self.state.lock().children.drain(..).rev() {
+        // Tell the children to stop, last started first. The signals are asynchronous: the
+        // supervisor may finish before its children do. Runtime shutdown still stops children
+        // first, because it stops the deepest level and waits before the next.
+        let mut st = self.state.lock();
+        st.stopped = true;
+        for child in st.children.drain(..).rev() {
             child.control.signal(Signal::Stop(ExitReason::Shutdown));
         }
     }
@@ -213,6 +220,7 @@ pub(crate) fn start(
         intensity,
         children: Vec::new(),
         restarts: VecDeque::new(),
+        stopped: false,
     }));
     let addr = shared.spawn_cell(
         Supervisor { state: state.clone() },
@@ -255,6 +263,9 @@ impl SupervisorHandle {
         let hook = Box::new(move |down: Down| sup.signal_down(down));
         // Hold the state lock across the spawn so an instant crash finds the child listed.
         let mut st = self.state.lock();
+        if st.stopped {
+            return Err(SpawnError::SupervisorStopped);
+        }
         let addr = self.shared.spawn_cell(
             first,
             Some(factory),

@@ -138,7 +138,14 @@ impl Timers {
             return true;
         }
         drop(state);
-        let fired = (entry.fire)(now);
+        // A panicking `make` retires its own timer, not the timer thread.
+        let fired = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (entry.fire)(now))) {
+            Ok(fired) => fired,
+            Err(_) => {
+                log::error!("a timer callback panicked; that timer is cancelled");
+                Fired::Done
+            }
+        };
         if let Fired::RetryAt(at) = fired {
             let mut state = self.state.lock();
             if !state.stopped && !entry.cancelled.load(SeqCst) {

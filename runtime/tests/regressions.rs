@@ -1,0 +1,177 @@
+//! Regression tests, each named after the bug it guards against (found in review).
+
+use std::time::{Duration, Instant};
+
+use baton_runtime::*;
+use crossbeam_channel::{unbounded, Sender};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+struct Quiet;
+impl Actor for Quiet {
+    type Message = ();
+    fn handle(&mut self, _ctx: &mut Context<Self>, _: ()) {}
+}
+
+struct StopOnDown;
+impl Actor for StopOnDown {
+    type Message = Addr<Quiet>;
+    fn handle(&mut self, ctx: &mut Context<Self>, other: Addr<Quiet>) {
+        ctx.monitor(&other);
+    }
+    fn down(&mut self, ctx: &mut Context<Self>, _down: Down) {
+        ctx.stop();
+    }
+}
+
+#[test]
+fn stop_requested_inside_down_is_honoured() {
+    let rt = Runtime::new();
+    let quiet = rt.spawn(Quiet);
+    let watcher = rt.spawn(StopOnDown);
+    watcher.send(quiet.clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    quiet.stop();
+    wait_until("the watcher stops after its down()", || watcher.is_stopped());
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[derive(Debug)]
+enum Cmd {
+    Panic,
+}
+
+struct Child;
+impl Actor for Child {
+    type Message = Cmd;
+    fn handle(&mut self, _ctx: &mut Context<Self>, msg: Cmd) {
+        match msg {
+            Cmd::Panic => panic!("child crashed"),
+        }
+    }
+}
+
+#[test]
+fn escalation_terminates_every_sibling_and_refuses_new_children() {
+    let rt = Runtime::new();
+    let sup = rt
+        .supervisor(
+            Strategy::OneForOne,
+            Intensity {
+                max_restarts: 0,
+                period: WAIT,
+            },
+        )
+        .unwrap();
+    let a = sup.start_child(ChildSpec::new(|| Child)).unwrap();
+    let b = sup.start_child(ChildSpec::new(|| Child)).unwrap();
+    let c = sup.start_child(ChildSpec::new(|| Child)).unwrap();
+    a.send(Cmd::Panic).unwrap();
+    wait_until("all children and the supervisor stop", || {
+        a.is_stopped() && b.is_stopped() && c.is_stopped() && sup.addr().is_stopped()
+    });
+    assert_eq!(rt.live_actors(), 0, "an escalated supervisor left actors behind");
+    assert!(matches!(
+        sup.start_child(ChildSpec::new(|| Child)),
+        Err(SpawnError::SupervisorStopped)
+    ));
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn a_sibling_restart_does_not_destroy_a_nested_supervisor() {
+    let rt = Runtime::new();
+    let top = rt
+        .supervisor(
+            Strategy::OneForAll,
+            Intensity {
+                max_restarts: 5,
+                period: WAIT,
+            },
+        )
+        .unwrap();
+    let inner = top.start_supervisor(Strategy::OneForOne, Intensity::default()).unwrap();
+    let worker = top.start_child(ChildSpec::new(|| Child)).unwrap();
+    worker.send(Cmd::Panic).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !inner.addr().is_stopped(),
+        "the nested supervisor was torn down by a sibling's restart"
+    );
+    assert!(inner.start_child(ChildSpec::new(|| Child)).is_ok());
+    rt.shutdown(WAIT).unwrap();
+}
+
+struct SelfSender(Sender<bool>);
+impl Actor for SelfSender {
+    type Message = u8;
+    fn handle(&mut self, ctx: &mut Context<Self>, n: u8) {
+        if n == 0 {
+            // The mailbox (capacity 1) is full of our own message: waiting would never end.
+            let me = ctx.address();
+            me.try_send(1).unwrap();
+            self.0.send(me.send(2).is_err()).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_dedicated_actor_sending_to_its_own_full_mailbox_does_not_hang() {
+    let rt = Runtime::new();
+    let (tx, rx) = unbounded();
+    let a = rt.spawn_dedicated(SelfSender(tx), Mailbox::Bounded(1)).unwrap();
+    a.send(0).unwrap();
+    assert!(rx.recv_timeout(WAIT).expect("the actor hung sending to itself"));
+    rt.shutdown(WAIT).unwrap();
+}
+
+struct Tick(Sender<()>);
+impl Actor for Tick {
+    type Message = ();
+    fn handle(&mut self, _ctx: &mut Context<Self>, _: ()) {
+        let _ = self.0.send(());
+    }
+}
+
+#[test]
+fn a_panicking_timer_callback_does_not_stop_other_timers() {
+    let rt = Runtime::new();
+    let (tx, rx) = unbounded();
+    let t = rt.spawn(Tick(tx));
+    rt.send_interval(t.recipient(), Duration::from_millis(5), || panic!("bad timer"));
+    std::thread::sleep(Duration::from_millis(30));
+    rt.send_after(t.recipient(), Duration::from_millis(5), ());
+    rx.recv_timeout(WAIT)
+        .expect("the timer thread died with the panicking timer");
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn a_panicking_room_waiter_does_not_kill_the_pool() {
+    let rt = Runtime::builder().threads(1).build();
+    let (tx, rx) = unbounded();
+    let t = rt.try_spawn(Tick(tx), Mailbox::Bounded(1)).unwrap();
+    // Fill the mailbox from outside before the actor can run, then register a bad waiter.
+    let mut registered = false;
+    for _ in 0..1000 {
+        if let Err(TrySendError::Full(())) = t.try_send_notify((), || panic!("bad waiter")) {
+            registered = true;
+            break;
+        }
+    }
+    assert!(registered, "never saw the mailbox full");
+    let other_tx = unbounded();
+    let other = rt.spawn(Tick(other_tx.0));
+    other.send(()).unwrap();
+    other_tx.1.recv_timeout(WAIT).expect("the only pool thread died");
+    rx.recv_timeout(WAIT).unwrap();
+    rt.shutdown(WAIT).unwrap();
+}
