@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use crate::address::{ActorId, Addr};
 use crate::cell::Cell;
+use crate::mailbox::Mailbox;
+use crate::runtime::{SpawnError, SpawnOptions};
 use crate::timer::TimerHandle;
 
 /// A unit of application state that handles one type of message at a time.
@@ -124,6 +126,35 @@ impl<A: Actor> Context<A> {
     pub fn monitor<B: Actor>(&self, other: &Addr<B>) {
         let me = self.cell.clone();
         other.cell.add_monitor(Box::new(move |down| me.signal_down(down)));
+    }
+
+    /// Spawns a child actor on the pool. It is one level deeper than this actor, so runtime
+    /// shutdown stops it before this one. To restart children on failure, use a supervisor.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::ShuttingDown`] once shutdown has begun.
+    pub fn spawn<B: Actor>(&self, actor: B, mailbox: Mailbox) -> Result<Addr<B>, SpawnError> {
+        let options = SpawnOptions {
+            mailbox,
+            dedicated: false,
+            depth: self.cell.depth + 1,
+        };
+        self.cell.runtime.spawn_cell(actor, None, None, options)
+    }
+
+    /// Spawns a child actor on a thread of its own (see [`crate::Runtime::spawn_dedicated`]).
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError`] once shutdown has begun, or when no thread can be started.
+    pub fn spawn_dedicated<B: Actor>(&self, actor: B, mailbox: Mailbox) -> Result<Addr<B>, SpawnError> {
+        let options = SpawnOptions {
+            mailbox,
+            dedicated: true,
+            depth: self.cell.depth + 1,
+        };
+        self.cell.runtime.spawn_cell(actor, None, None, options)
     }
 
     /// Sends `msg` to this actor after `delay`. See [`crate::Runtime::send_after`].

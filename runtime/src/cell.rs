@@ -106,10 +106,13 @@ pub(crate) struct Cell<A: Actor> {
     supervisor: Option<SupervisorHook>,
     restart: Restart,
     pub(crate) registry_key: AtomicUsize,
+    /// Supervision depth: 0 for top-level actors, one more than the parent otherwise.
+    pub(crate) depth: u32,
     metrics: Arc<ActorMetrics>,
 }
 
 pub(crate) struct CellParts<A: Actor> {
+    pub depth: u32,
     pub actor: A,
     pub factory: Option<Factory<A>>,
     pub supervisor: Option<SupervisorHook>,
@@ -150,6 +153,7 @@ impl<A: Actor> Cell<A> {
             supervisor: parts.supervisor,
             restart: parts.restart,
             registry_key: AtomicUsize::new(usize::MAX),
+            depth: parts.depth,
             metrics,
         })
     }

@@ -114,9 +114,6 @@ impl RuntimeShared {
         supervisor: Option<(SupervisorHook, crate::supervisor::Restart)>,
         spec: SpawnOptions,
     ) -> Result<Addr<A>, SpawnError> {
-        if self.is_shutting_down() {
-            return Err(SpawnError::ShuttingDown);
-        }
         let (user_tx, user_rx) = match spec.mailbox {
             Mailbox::Bounded(n) => bounded(n.max(1)),
             Mailbox::Unbounded => unbounded(),
@@ -133,6 +130,7 @@ impl RuntimeShared {
             None => (None, crate::supervisor::Restart::Temporary),
         };
         let parts = CellParts {
+            depth: spec.depth,
             actor,
             factory,
             supervisor,
@@ -142,22 +140,39 @@ impl RuntimeShared {
             executor,
         };
         let cell = Cell::new(id, self.clone(), parts);
-        {
+        let key = {
+            // Checked under the registry lock, which shutdown also takes to set the flag: an
+            // actor is either refused or seen by shutdown, never missed.
             let mut registry = self.registry.lock();
+            if self.is_shutting_down() {
+                return Err(SpawnError::ShuttingDown);
+            }
             let key = registry.insert(Entry {
                 depth: spec.depth,
                 control: Box::new(cell.clone()),
             });
             cell.registry_key.store(key, SeqCst);
-        }
+            key
+        };
         if let Some(wakeups) = wakeups {
             let task = cell.clone();
             let watch = cell.clone();
-            let handle = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("baton-{}", cell.type_name))
-                .spawn(move || dedicated_loop(task, wakeups, move || watch.is_terminated()))
-                .map_err(SpawnError::Thread)?;
-            self.dedicated.lock().push(handle);
+                .spawn(move || dedicated_loop(task, wakeups, move || watch.is_terminated()));
+            match spawned {
+                Ok(handle) => {
+                    let mut dedicated = self.dedicated.lock();
+                    // Threads of actors that already stopped are done: drop (detach) their
+                    // handles so a long-lived runtime does not accumulate them.
+                    dedicated.retain(|h| !h.is_finished());
+                    dedicated.push(handle);
+                }
+                Err(e) => {
+                    self.deregister(key);
+                    return Err(SpawnError::Thread(e));
+                }
+            }
         }
         cell.wake();
         Ok(Addr::from_cell(cell))
@@ -327,7 +342,10 @@ impl Runtime {
     pub fn shutdown(&self, timeout: Duration) -> Result<(), ShutdownError> {
         let deadline = Instant::now() + timeout;
         let shared = &self.shared;
-        shared.shutting_down.store(true, SeqCst);
+        {
+            let _registry = shared.registry.lock();
+            shared.shutting_down.store(true, SeqCst);
+        }
         shared.timers.stop();
         let mut result = Ok(());
         loop {

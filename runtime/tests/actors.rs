@@ -513,3 +513,46 @@ fn a_producer_paused_on_a_full_mailbox_is_told_when_there_is_room() {
     assert_eq!(got, vec![0, 1, 2]);
     rt.shutdown(WAIT).unwrap();
 }
+
+struct Parent {
+    out: Sender<(u64, &'static str)>,
+    child: Option<Addr<Tally>>,
+}
+
+impl Actor for Parent {
+    type Message = u64;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let tally = Tally {
+            n: 0,
+            slow: Duration::from_micros(50),
+            out: self.out.clone(),
+            name: "spawned child",
+        };
+        self.child = Some(ctx.spawn(tally, Mailbox::Unbounded).unwrap());
+    }
+    fn handle(&mut self, _ctx: &mut Context<Self>, n: u64) {
+        self.child.as_ref().unwrap().try_send(n).unwrap();
+    }
+    fn stopped(&mut self, _reason: &ExitReason) {
+        self.out.send((0, "parent")).unwrap();
+    }
+}
+
+#[test]
+fn actors_spawned_from_handlers_are_stopped_before_their_parent() {
+    let rt = Runtime::new();
+    let (tx, rx) = unbounded();
+    let parent = rt.spawn(Parent { out: tx, child: None });
+    for n in 0..200 {
+        parent.send(n).unwrap();
+    }
+    // Spawning is refused once shutdown begins, so let the parent start its child first.
+    let deadline = Instant::now() + WAIT;
+    while rt.live_actors() < 2 {
+        assert!(Instant::now() < deadline, "the parent never spawned its child");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    rt.shutdown(WAIT).unwrap();
+    let order: Vec<(u64, &str)> = rx.try_iter().collect();
+    assert_eq!(order, vec![(200, "spawned child"), (0, "parent")]);
+}
