@@ -232,3 +232,17 @@ fn nested_supervisor_escalation_reaches_the_parent() {
     assert!(!top.addr().is_stopped());
     rt.shutdown(WAIT).unwrap();
 }
+
+#[test]
+fn dedicated_thread_children_are_supervised_like_the_rest() {
+    let rt = Runtime::new();
+    let (tx, rx) = unbounded();
+    let sup = rt.supervisor(Strategy::OneForOne, intensity(5)).unwrap();
+    let d = sup.start_child(spec("dedicated", &tx).dedicated(true)).unwrap();
+    expect(&rx, "dedicated", 0, "started");
+    d.send(Cmd::Panic).unwrap();
+    d.send(Cmd::Echo(9)).unwrap();
+    expect(&rx, "dedicated", 1, "started");
+    expect(&rx, "dedicated", 1, "echo 9");
+    rt.shutdown(WAIT).unwrap();
+}

@@ -1,0 +1,1 @@
+//! Runnable programs for baton; see the `[[example]]` entries in this crate's manifest.
