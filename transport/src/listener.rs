@@ -1,0 +1,547 @@
+//! Listeners: accept in bounded batches and post each socket to the owner actor.
+//!
+//! When the owner's mailbox is full the listener stops accepting (the kernel's backlog holds
+//! the rest) until the runtime says there is room again ([`baton_runtime::Recipient::try_send_notify`]).
+//! When the process runs out of descriptors, the listener spends a reserved descriptor to accept
+//! and close one waiting client at a time (so clients see a closed connection instead of hanging),
+//! logs once per episode, counts it, and retries after a short back-off instead of spinning.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_runtime::{Recipient, TrySendError};
+use parking_lot::Mutex;
+use polling::Event;
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+use crate::reactor::{Command, Reactor, Shared, Source};
+
+/// Identifies a listener within its reactor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerId(pub(crate) usize);
+
+/// An accepted (or adopted) connected socket, not yet bound to a reactor.
+#[derive(Debug)]
+pub enum Stream {
+    /// TCP, IPv4 or IPv6.
+    Tcp(TcpStream),
+    /// A Unix stream socket.
+    Unix(UnixStream),
+}
+
+impl From<Stream> for OwnedFd {
+    fn from(s: Stream) -> OwnedFd {
+        match s {
+            Stream::Tcp(s) => s.into(),
+            Stream::Unix(s) => s.into(),
+        }
+    }
+}
+
+/// A socket address of either family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// IPv4 or IPv6.
+    Inet(SocketAddr),
+    /// A Unix socket; `None` when unnamed (the usual case for a connecting client).
+    Unix(Option<PathBuf>),
+}
+
+/// The message a listener posts to its owner for every connection it accepts.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The connected socket: non-blocking and close-on-exec.
+    pub stream: Stream,
+    /// The client's address.
+    pub peer: Address,
+    /// The address the connection arrived on.
+    pub local: Address,
+    /// The listener that accepted it.
+    pub listener: ListenerId,
+}
+
+/// How to bind a listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenOptions {
+    /// The kernel's accept queue length (`listen(2)` backlog). Default 1024.
+    pub backlog: i32,
+    /// `SO_REUSEADDR` (default on, for TCP).
+    pub reuse_address: bool,
+    /// `SO_REUSEPORT` (default off).
+    pub reuse_port: bool,
+    /// Most connections accepted per readiness event before yielding to other sources.
+    /// Default 64.
+    pub batch: usize,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            backlog: 1024,
+            reuse_address: true,
+            reuse_port: false,
+            batch: 64,
+        }
+    }
+}
+
+enum Socket {
+    Tcp(TcpListener),
+    /// The path is removed when the listener closes.
+    Unix(UnixListener, Option<PathBuf>),
+}
+
+impl Socket {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Socket::Tcp(l) => l.as_fd(),
+            Socket::Unix(l, _) => l.as_fd(),
+        }
+    }
+}
+
+struct State<M> {
+    socket: Option<Socket>,
+    /// A connection the owner's full mailbox handed back; delivered first on resume.
+    pending: Option<M>,
+    paused: bool,
+    /// Set while a room notification is outstanding, so at most one is registered.
+    waiting_for_room: bool,
+    reserve: Option<OwnedFd>,
+    in_fd_episode: bool,
+}
+
+struct ListenerSource<M: Send + 'static> {
+    id: ListenerId,
+    local: Address,
+    batch: usize,
+    owner: Recipient<M>,
+    state: Mutex<State<M>>,
+}
+
+const FD_BACKOFF: Duration = Duration::from_millis(50);
+
+fn reserve_fd() -> Option<OwnedFd> {
+    rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
+}
+
+impl<M: From<Accepted> + Send + 'static> ListenerSource<M> {
+    /// Offers `msg` to the owner; false when the listener must stop (mailbox full or closed).
+    fn deliver(&self, reactor: &Arc<Shared>, key: usize, state: &mut State<M>, msg: M) -> bool {
+        let notify = {
+            let reactor = reactor.clone();
+            move || reactor.command(Command::Rearm(key))
+        };
+        let result = if state.waiting_for_room {
+            self.owner.try_send(msg)
+        } else {
+            self.owner.try_send_notify(msg, notify)
+        };
+        match result {
+            Ok(()) => true,
+            Err(TrySendError::Full(msg)) => {
+                state.pending = Some(msg);
+                state.waiting_for_room = true;
+                metrics::counter!("baton_listener_paused_total").increment(1);
+                false
+            }
+            Err(TrySendError::Closed(msg)) => {
+                // Nobody will serve it: closing the socket tells the client at once.
+                drop(msg);
+                log::warn!("listener {:?}: owner actor is gone; closing the listener", self.id);
+                reactor.command(Command::Close(key));
+                false
+            }
+        }
+    }
+
+    fn accept_batch(&self, reactor: &Arc<Shared>, key: usize, state: &mut State<M>) {
+        for _ in 0..self.batch {
+            let accepted = {
+                let Some(socket) = state.socket.as_ref() else { return };
+                rustix::net::accept_with(socket.fd(), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+                    .map(|fd| (fd, matches!(socket, Socket::Unix(..))))
+            };
+            match accepted {
+                Ok((fd, is_unix)) => {
+                    if state.in_fd_episode {
+                        state.in_fd_episode = false;
+                        log::info!("listener {:?}: descriptors available again", self.id);
+                    }
+                    let accepted = self.describe(fd, is_unix);
+                    if !self.deliver(reactor, key, state, M::from(accepted)) {
+                        return;
+                    }
+                }
+                Err(Errno::AGAIN) => break,
+                Err(Errno::INTR) | Err(Errno::CONNABORTED) => continue,
+                Err(Errno::MFILE) | Err(Errno::NFILE) | Err(Errno::NOBUFS) | Err(Errno::NOMEM) => {
+                    self.out_of_descriptors(reactor, key, state);
+                    return;
+                }
+                Err(e) => {
+                    log::error!("listener {:?}: accept failed: {e}; backing off", self.id);
+                    reactor.command(Command::RearmAt(key, Instant::now() + FD_BACKOFF));
+                    return;
+                }
+            }
+        }
+        self.rearm_now(reactor, key, state);
+    }
+
+    fn out_of_descriptors(&self, reactor: &Arc<Shared>, key: usize, state: &mut State<M>) {
+        if !state.in_fd_episode {
+            state.in_fd_episode = true;
+            log::warn!(
+                "listener {:?}: out of file descriptors; closing new clients until some free up",
+                self.id
+            );
+        }
+        metrics::counter!("baton_listener_fd_exhausted_total").increment(1);
+        // Spend the reserve to accept and close waiting clients, so they are not left hanging.
+        while let Some(reserve) = state.reserve.take() {
+            drop(reserve);
+            let closed = match state.socket.as_ref() {
+                Some(s) => rustix::net::accept_with(s.fd(), SocketFlags::CLOEXEC).is_ok(),
+                None => false,
+            };
+            state.reserve = reserve_fd();
+            if !closed {
+                break;
+            }
+            metrics::counter!("baton_listener_refused_total").increment(1);
+        }
+        reactor.command(Command::RearmAt(key, Instant::now() + FD_BACKOFF));
+    }
+
+    fn describe(&self, fd: OwnedFd, is_unix: bool) -> Accepted {
+        if is_unix {
+            let stream = UnixStream::from(fd);
+            let peer = stream
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+            Accepted {
+                stream: Stream::Unix(stream),
+                peer: Address::Unix(peer),
+                local: self.local.clone(),
+                listener: self.id,
+            }
+        } else {
+            let stream = TcpStream::from(fd);
+            let peer = stream.peer_addr().map(Address::Inet).unwrap_or(Address::Unix(None));
+            let local = stream
+                .local_addr()
+                .map(Address::Inet)
+                .unwrap_or_else(|_| self.local.clone());
+            Accepted {
+                stream: Stream::Tcp(stream),
+                peer,
+                local,
+                listener: self.id,
+            }
+        }
+    }
+
+    fn rearm_now(&self, reactor: &Arc<Shared>, key: usize, state: &mut State<M>) {
+        if state.paused || state.pending.is_some() {
+            return;
+        }
+        if let Some(socket) = state.socket.as_ref() {
+            if let Err(e) = reactor.poller.modify(socket.fd(), Event::readable(key)) {
+                log::error!("listener {:?}: re-arm failed: {e}", self.id);
+            }
+        }
+    }
+}
+
+impl<M: From<Accepted> + Send + 'static> Source for ListenerSource<M> {
+    fn ready(&self, reactor: &Arc<Shared>, key: usize, _event: Event) {
+        let mut state = self.state.lock();
+        if state.paused || state.pending.is_some() {
+            return;
+        }
+        self.accept_batch(reactor, key, &mut state);
+    }
+
+    fn rearm(&self, reactor: &Arc<Shared>, key: usize) {
+        let mut state = self.state.lock();
+        if let Some(msg) = state.pending.take() {
+            state.waiting_for_room = false;
+            if !self.deliver(reactor, key, &mut state, msg) {
+                return;
+            }
+        }
+        state.waiting_for_room = false;
+        if state.paused || state.socket.is_none() {
+            return;
+        }
+        // Accept what queued while we were paused or backing off, then re-arm.
+        self.accept_batch(reactor, key, &mut state);
+    }
+
+    fn close(&self, reactor: &Arc<Shared>, key: usize) {
+        let mut state = self.state.lock();
+        if let Some(socket) = state.socket.take() {
+            // Deregister before closing: the poller tracks the open file, not the number.
+            if let Err(e) = reactor.poller.delete(socket.fd()) {
+                log::error!("listener {:?}: deregister failed: {e}", self.id);
+            }
+            if let Socket::Unix(_, Some(path)) = &socket {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        state.pending = None;
+        state.reserve = None;
+        drop(state);
+        reactor.remove(key);
+    }
+}
+
+/// Controls a registered listener. Dropping the handle leaves the listener running.
+#[derive(Clone)]
+pub struct Listener {
+    id: ListenerId,
+    local: Address,
+    reactor: Arc<Shared>,
+    control: Arc<dyn ListenerControl>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Listener({:?}, {:?})", self.id, self.local)
+    }
+}
+
+trait ListenerControl: Send + Sync {
+    fn set_paused(&self, paused: bool);
+}
+
+impl<M: Send + 'static> ListenerControl for ListenerSource<M> {
+    fn set_paused(&self, paused: bool) {
+        self.state.lock().paused = paused;
+    }
+}
+
+impl Listener {
+    /// The listener's id, as carried in [`Accepted::listener`].
+    pub fn id(&self) -> ListenerId {
+        self.id
+    }
+
+    /// The bound address (the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> &Address {
+        &self.local
+    }
+
+    /// Stops accepting; the kernel's backlog holds new clients until [`Listener::resume`].
+    pub fn pause(&self) {
+        self.control.set_paused(true);
+    }
+
+    /// Resumes accepting after [`Listener::pause`].
+    pub fn resume(&self) {
+        self.control.set_paused(false);
+        self.reactor.command(Command::Rearm(self.id.0));
+    }
+
+    /// Deregisters and closes the listening socket (removing a Unix socket's path).
+    pub fn close(&self) {
+        self.reactor.command(Command::Close(self.id.0));
+    }
+}
+
+/// Why a descriptor cannot be adopted as a listener.
+#[derive(Debug)]
+pub enum AdoptError {
+    /// Not an open descriptor.
+    BadDescriptor,
+    /// Open, but not a socket.
+    NotASocket,
+    /// A socket, but not a stream socket.
+    NotStream,
+    /// A stream socket that is not listening.
+    NotListening,
+    /// A family other than IPv4, IPv6 or Unix.
+    UnsupportedFamily,
+    /// Any other system error.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for AdoptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdoptError::BadDescriptor => f.write_str("not an open descriptor"),
+            AdoptError::NotASocket => f.write_str("the descriptor is not a socket"),
+            AdoptError::NotStream => f.write_str("the socket is not a stream socket"),
+            AdoptError::NotListening => f.write_str("the socket is not listening"),
+            AdoptError::UnsupportedFamily => f.write_str("the socket's family is not IPv4, IPv6 or Unix"),
+            AdoptError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AdoptError {}
+
+impl Reactor {
+    /// Binds a TCP listener (IPv4 or IPv6) and posts every accepted connection to `owner`.
+    ///
+    /// # Errors
+    ///
+    /// Socket, bind and listen errors (address in use, permission denied...).
+    pub fn listen_tcp<M: From<Accepted> + Send + 'static>(
+        &self,
+        addr: SocketAddr,
+        options: ListenOptions,
+        owner: Recipient<M>,
+    ) -> io::Result<Listener> {
+        let family = if addr.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        let fd = rustix::net::socket_with(
+            family,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        if options.reuse_address {
+            rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+        }
+        if options.reuse_port {
+            rustix::net::sockopt::set_socket_reuseport(&fd, true)?;
+        }
+        rustix::net::bind(&fd, &addr)?;
+        rustix::net::listen(&fd, options.backlog)?;
+        self.register(Socket::Tcp(TcpListener::from(fd)), options, owner)
+    }
+
+    /// Binds a Unix stream listener at `path`. A stale socket file left by a dead process is
+    /// replaced; a live one is an `AddrInUse` error. The file is created with mode 0600 and
+    /// removed when the listener closes.
+    ///
+    /// # Errors
+    ///
+    /// Socket, bind and listen errors.
+    pub fn listen_unix<M: From<Accepted> + Send + 'static>(
+        &self,
+        path: &Path,
+        options: ListenOptions,
+        owner: Recipient<M>,
+    ) -> io::Result<Listener> {
+        if path.exists() {
+            match UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "a live socket is listening there",
+                    ))
+                }
+                Err(_) => std::fs::remove_file(path)?,
+            }
+        }
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        // Permissions apply from the moment the file exists: set them on the descriptor first.
+        rustix::fs::fchmod(&fd, rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR)?;
+        let addr = rustix::net::SocketAddrUnix::new(path)?;
+        rustix::net::bind(&fd, &addr)?;
+        rustix::net::listen(&fd, options.backlog)?;
+        let listener = UnixListener::from(fd);
+        self.register(Socket::Unix(listener, Some(path.to_path_buf())), options, owner)
+    }
+
+    /// Adopts a listening socket given as a descriptor (from a parent process, systemd, or a
+    /// predecessor). It is validated, made non-blocking, and served like a bound one. The
+    /// descriptor is consumed even on error (closed).
+    ///
+    /// # Errors
+    ///
+    /// [`AdoptError`] says what is wrong with the descriptor.
+    pub fn adopt_listener<M: From<Accepted> + Send + 'static>(
+        &self,
+        fd: OwnedFd,
+        options: ListenOptions,
+        owner: Recipient<M>,
+    ) -> Result<Listener, AdoptError> {
+        let kind = rustix::net::sockopt::socket_type(&fd).map_err(|e| match e {
+            Errno::BADF => AdoptError::BadDescriptor,
+            Errno::NOTSOCK => AdoptError::NotASocket,
+            e => AdoptError::Io(e.into()),
+        })?;
+        if kind != SocketType::STREAM {
+            return Err(AdoptError::NotStream);
+        }
+        if !rustix::net::sockopt::socket_acceptconn(&fd).map_err(|e| AdoptError::Io(e.into()))? {
+            return Err(AdoptError::NotListening);
+        }
+        let family = rustix::net::sockopt::socket_domain(&fd).map_err(|e| AdoptError::Io(e.into()))?;
+        rustix::io::ioctl_fionbio(&fd, true).map_err(|e| AdoptError::Io(e.into()))?;
+        let socket = if family == AddressFamily::INET || family == AddressFamily::INET6 {
+            Socket::Tcp(TcpListener::from(fd))
+        } else if family == AddressFamily::UNIX {
+            Socket::Unix(UnixListener::from(fd), None)
+        } else {
+            return Err(AdoptError::UnsupportedFamily);
+        };
+        self.register(socket, options, owner).map_err(AdoptError::Io)
+    }
+
+    fn register<M: From<Accepted> + Send + 'static>(
+        &self,
+        socket: Socket,
+        options: ListenOptions,
+        owner: Recipient<M>,
+    ) -> io::Result<Listener> {
+        let local = match &socket {
+            Socket::Tcp(l) => Address::Inet(l.local_addr()?),
+            Socket::Unix(l, _) => Address::Unix(l.local_addr()?.as_pathname().map(Path::to_path_buf)),
+        };
+        let raw = socket.fd().as_raw_fd();
+        let mut control: Option<Arc<dyn ListenerControl>> = None;
+        let key = self.shared.insert(|key| {
+            let source = Arc::new(ListenerSource {
+                id: ListenerId(key),
+                local: local.clone(),
+                batch: options.batch.max(1),
+                owner,
+                state: Mutex::new(State {
+                    socket: Some(socket),
+                    pending: None,
+                    paused: false,
+                    waiting_for_room: false,
+                    reserve: reserve_fd(),
+                    in_fd_episode: false,
+                }),
+            });
+            // SAFETY: the socket is owned by this source's state and is deleted from the poller
+            // in `close` before it is dropped; it is never closed any other way.
+            // The socket is in the state before it is armed: the first event may come at once.
+            unsafe { self.shared.poller.add(raw, Event::readable(key))? };
+            control = Some(source.clone());
+            Ok(source)
+        })?;
+        Ok(Listener {
+            id: ListenerId(key),
+            local,
+            reactor: self.shared.clone(),
+            control: control.expect("set by insert"),
+        })
+    }
+}

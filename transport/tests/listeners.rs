@@ -1,0 +1,196 @@
+//! Listeners through the public API: accepted sockets reach the owner actor, the listener
+//! pauses when the owner cannot keep up, adopted descriptors are validated, nothing leaks.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use baton_runtime::{Actor, Context, Mailbox, Runtime};
+use baton_transport::*;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Greets each accepted client with one byte and reports what it saw.
+struct Greeter {
+    seen: Sender<(Address, ListenerId)>,
+    hold: Option<Receiver<()>>,
+}
+
+impl Actor for Greeter {
+    type Message = Accepted;
+    fn handle(&mut self, _ctx: &mut Context<Self>, acc: Accepted) {
+        if let Some(hold) = self.hold.take() {
+            let _ = hold.recv_timeout(WAIT);
+        }
+        match acc.stream {
+            Stream::Tcp(mut s) => {
+                let _ = s.write_all(b"!");
+            }
+            Stream::Unix(mut s) => {
+                let _ = s.write_all(b"!");
+            }
+        }
+        self.seen.send((acc.peer, acc.listener)).unwrap();
+    }
+}
+
+fn greeted(mut s: impl Read) {
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).expect("no greeting");
+    assert_eq!(&b, b"!");
+}
+
+fn local_inet(l: &Listener) -> SocketAddr {
+    match l.local_addr() {
+        Address::Inet(a) => *a,
+        other => panic!("not inet: {other:?}"),
+    }
+}
+
+#[test]
+fn listener_pauses_while_the_owner_is_full_and_loses_no_client() {
+    let rt = Runtime::builder().threads(2).build();
+    let reactor = Reactor::start().unwrap();
+    let (tx, seen) = unbounded();
+    let (release_tx, release) = unbounded();
+    // Mailbox of one, and the first handler blocks: the listener must stop and wait.
+    let owner = rt
+        .try_spawn(
+            Greeter {
+                seen: tx,
+                hold: Some(release),
+            },
+            Mailbox::Bounded(1),
+        )
+        .unwrap();
+    let l = reactor
+        .listen_tcp(
+            "127.0.0.1:0".parse().unwrap(),
+            ListenOptions::default(),
+            owner.recipient(),
+        )
+        .unwrap();
+    let addr = local_inet(&l);
+    let clients: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(seen.try_recv().is_err(), "the owner is still blocked");
+    assert!(owner.mailbox_len() <= 1, "the listener ignored the mailbox bound");
+    release_tx.send(()).unwrap();
+    for c in &clients {
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        greeted(c);
+    }
+    for _ in 0..clients.len() {
+        seen.recv_timeout(WAIT)
+            .expect("a client was lost while the listener was paused");
+    }
+    reactor.stop();
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn explicit_pause_leaves_clients_in_the_backlog_until_resume() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (tx, seen) = unbounded();
+    let owner = rt.spawn(Greeter { seen: tx, hold: None });
+    let l = reactor
+        .listen_tcp(
+            "127.0.0.1:0".parse().unwrap(),
+            ListenOptions::default(),
+            owner.recipient(),
+        )
+        .unwrap();
+    l.pause();
+    let c = TcpStream::connect(local_inet(&l)).unwrap();
+    assert!(
+        seen.recv_timeout(Duration::from_millis(150)).is_err(),
+        "accepted while paused"
+    );
+    l.resume();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    greeted(&c);
+    seen.recv_timeout(WAIT).unwrap();
+    reactor.stop();
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn unix_listener_has_tight_permissions_replaces_stale_files_and_cleans_up() {
+    let dir = std::env::temp_dir().join(format!("baton-transport-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("listener.sock");
+    // A stale file from a dead process.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (tx, seen) = unbounded();
+    let owner = rt.spawn(Greeter { seen: tx, hold: None });
+    let l = reactor
+        .listen_unix(&path, ListenOptions::default(), owner.recipient())
+        .unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A live listener is not replaced.
+    let err = reactor
+        .listen_unix(&path, ListenOptions::default(), owner.recipient())
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    let c = UnixStream::connect(&path).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    greeted(&c);
+    assert!(matches!(seen.recv_timeout(WAIT).unwrap().0, Address::Unix(_)));
+    l.close();
+    let deadline = Instant::now() + WAIT;
+    while path.exists() {
+        assert!(Instant::now() < deadline, "socket file not removed on close");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    reactor.stop();
+    rt.shutdown(WAIT).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn adopting_a_descriptor_validates_it() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (tx, seen) = unbounded();
+    let owner = rt.spawn(Greeter { seen: tx, hold: None });
+    let opts = ListenOptions::default();
+
+    let (a, _b) = UnixStream::pair().unwrap();
+    let file: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    assert!(matches!(
+        reactor.adopt_listener(file, opts, owner.recipient()),
+        Err(AdoptError::NotASocket)
+    ));
+    let udp: OwnedFd = UdpSocket::bind("127.0.0.1:0").unwrap().into();
+    assert!(matches!(
+        reactor.adopt_listener(udp, opts, owner.recipient()),
+        Err(AdoptError::NotStream)
+    ));
+    assert!(matches!(
+        reactor.adopt_listener(OwnedFd::from(a), opts, owner.recipient()),
+        Err(AdoptError::NotListening)
+    ));
+
+    // A real listening socket, as a parent or systemd would pass it.
+    let std_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let adopted = reactor
+        .adopt_listener(OwnedFd::from(std_listener), opts, owner.recipient())
+        .unwrap();
+    assert_eq!(adopted.local_addr(), &Address::Inet(addr));
+    let c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    greeted(&c);
+    seen.recv_timeout(WAIT).unwrap();
+    reactor.stop();
+    rt.shutdown(WAIT).unwrap();
+}
