@@ -6,12 +6,18 @@
 //! and resumes when the runtime reports room. Listening sockets can also be adopted from a raw
 //! descriptor, with validation.
 //!
-//! Connections as actor messages (reads, buffered writes, water marks, half-close, detach and
-//! adopt) are the next part of this crate and are not here yet.
+//! A [`Connection`] binds a connected socket to an owner actor ([`Reactor::adopt`]): bytes read
+//! arrive as [`ConnEvent::Data`] (reading pauses while the owner's mailbox is full), writes go
+//! straight to the socket from the writer's thread and are buffered only when the kernel does
+//! not take them, with high/low-water events for producers; half-close, close-after-flush,
+//! abort (RST), and exactly one [`ConnEvent::Closed`]. [`Connection::detach`] takes the socket
+//! out with the bytes read but not delivered, for handing to another reactor or process.
 #![warn(missing_docs)]
 
+mod connection;
 mod listener;
 mod reactor;
 
+pub use crate::connection::{CloseReason, ConnEvent, ConnId, ConnOptions, Connection, Detached, WriteError};
 pub use crate::listener::{Accepted, Address, AdoptError, ListenOptions, Listener, ListenerId, Stream};
 pub use crate::reactor::Reactor;

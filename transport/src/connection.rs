@@ -1,0 +1,546 @@
+//! Connections: a connected socket bound to an owner actor.
+//!
+//! Bytes read arrive as [`ConnEvent::Data`]; reading pauses while the owner's mailbox is full
+//! (so backpressure reaches the peer's TCP window) or on request. Writes go straight to the
+//! socket from the calling thread when possible; what the kernel does not take is buffered and
+//! flushed by the reactor when the socket is writable. Crossing the high-water mark sends
+//! [`ConnEvent::HighWater`], draining below the low-water mark sends [`ConnEvent::LowWater`]
+//! (Twisted's push-producer contract). Exactly one [`ConnEvent::Closed`] ends every connection.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Arc;
+
+use baton_runtime::{Recipient, TrySendError};
+use parking_lot::Mutex;
+use polling::Event;
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags, Shutdown};
+
+use crate::listener::Stream;
+use crate::reactor::{Command, Reactor, Shared, Source};
+
+/// Identifies a connection within its reactor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId(pub(crate) usize);
+
+/// Why a connection closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The application closed it (after flushing).
+    Closed,
+    /// The application aborted it (RST, buffered bytes discarded).
+    Aborted,
+    /// Taken out of the reactor with [`Connection::detach`].
+    Detached,
+    /// The peer reset it, or the socket failed.
+    Error(io::ErrorKind),
+}
+
+/// What a connection tells its owner.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// Bytes read, in order.
+    Data(ConnId, Vec<u8>),
+    /// The peer will send no more (it shut down its write side or closed).
+    ReadClosed(ConnId),
+    /// The write buffer grew past the high-water mark: stop producing.
+    HighWater(ConnId),
+    /// The write buffer drained below the low-water mark: produce again.
+    LowWater(ConnId),
+    /// The connection is gone; always the last event, exactly once.
+    Closed(ConnId, CloseReason),
+}
+
+/// Per-connection settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnOptions {
+    /// Largest single read (and `Data` message). Default 64 KiB.
+    pub read_size: usize,
+    /// Buffered bytes above which `HighWater` is sent. Default 256 KiB.
+    pub high_water: usize,
+    /// Buffered bytes below which `LowWater` is sent after a `HighWater`. Default 64 KiB.
+    pub low_water: usize,
+}
+
+impl Default for ConnOptions {
+    fn default() -> Self {
+        ConnOptions {
+            read_size: 64 * 1024,
+            high_water: 256 * 1024,
+            low_water: 64 * 1024,
+        }
+    }
+}
+
+/// Why a write was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// The connection is closed or closing, or its write side was shut down.
+    Closed,
+    /// The buffer is already above the high-water mark and `high_water * 4` would be exceeded:
+    /// the producer ignored `HighWater`. Memory stays bounded.
+    BufferFull,
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriteError::Closed => "the connection is closed for writing",
+            WriteError::BufferFull => "write buffer full (the producer ignored HighWater)",
+        })
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// A socket taken out of the reactor with the bytes it had read but not delivered.
+#[derive(Debug)]
+pub struct Detached {
+    /// The socket, still connected, non-blocking.
+    pub stream: Stream,
+    /// Bytes read from the socket that the owner has not been given, in order.
+    pub unread: Vec<u8>,
+}
+
+struct State {
+    stream: Option<Stream>,
+    wbuf: VecDeque<u8>,
+    /// Events the owner's full mailbox handed back, in order; reading pauses while non-empty.
+    pending: VecDeque<ConnEvent>,
+    waiting_for_room: bool,
+    user_paused: bool,
+    read_eof: bool,
+    above_high: bool,
+    shutdown_write_requested: bool,
+    write_shut: bool,
+    close_requested: bool,
+    /// The socket is gone; the source stays registered until `Closed` is delivered.
+    finished: bool,
+}
+
+pub(crate) struct ConnSource {
+    id: ConnId,
+    options: ConnOptions,
+    owner: Recipient<ConnEvent>,
+    state: Mutex<State>,
+}
+
+fn fd(stream: &Stream) -> BorrowedFd<'_> {
+    match stream {
+        Stream::Tcp(s) => s.as_fd(),
+        Stream::Unix(s) => s.as_fd(),
+    }
+}
+
+impl ConnSource {
+    /// Offers an event to the owner (after any still pending); false once the mailbox is full.
+    fn emit(&self, reactor: &Arc<Shared>, state: &mut State, ev: ConnEvent) -> bool {
+        state.pending.push_back(ev);
+        self.flush_pending(reactor, state)
+    }
+
+    fn flush_pending(&self, reactor: &Arc<Shared>, state: &mut State) -> bool {
+        while let Some(ev) = state.pending.pop_front() {
+            let key = self.id.0;
+            let result = if state.waiting_for_room {
+                self.owner.try_send(ev)
+            } else {
+                let reactor = reactor.clone();
+                self.owner
+                    .try_send_notify(ev, move || reactor.command(Command::Rearm(key)))
+            };
+            match result {
+                Ok(()) => {}
+                Err(TrySendError::Full(ev)) => {
+                    state.pending.push_front(ev);
+                    state.waiting_for_room = true;
+                    return false;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    // The owner is gone: nobody will ever read this connection.
+                    log::debug!("connection {:?}: owner gone, closing", self.id);
+                    state.pending.clear();
+                    if state.stream.is_some() {
+                        self.finish(reactor, state, CloseReason::Closed, false);
+                    } else {
+                        reactor.remove(self.id.0);
+                    }
+                    return false;
+                }
+            }
+        }
+        if state.finished {
+            reactor.remove(self.id.0);
+        }
+        true
+    }
+
+    fn read_some(&self, reactor: &Arc<Shared>, state: &mut State) {
+        // Bounded: at most 16 reads per event so one busy connection cannot hog the reactor.
+        for _ in 0..16 {
+            if state.user_paused || state.read_eof || !state.pending.is_empty() {
+                return;
+            }
+            let Some(stream) = state.stream.as_ref() else { return };
+            let mut buf = vec![0u8; self.options.read_size];
+            match rustix::net::recv(fd(stream), &mut buf[..], RecvFlags::empty()) {
+                Ok((0, _)) => {
+                    state.read_eof = true;
+                    self.emit(reactor, state, ConnEvent::ReadClosed(self.id));
+                    if state.write_shut && state.stream.is_some() {
+                        self.finish(reactor, state, CloseReason::Closed, true);
+                    }
+                    return;
+                }
+                Ok((n, _)) => {
+                    buf.truncate(n);
+                    if !self.emit(reactor, state, ConnEvent::Data(self.id, buf)) {
+                        return;
+                    }
+                }
+                Err(Errno::AGAIN) => return,
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    let kind = io::Error::from(e).kind();
+                    self.finish(reactor, state, CloseReason::Error(kind), true);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes buffered bytes; true while the socket is healthy.
+    fn flush(&self, reactor: &Arc<Shared>, state: &mut State) -> bool {
+        while !state.wbuf.is_empty() {
+            let Some(stream) = state.stream.as_ref() else {
+                return false;
+            };
+            let (a, b) = state.wbuf.as_slices();
+            let slices = [io::IoSlice::new(a), io::IoSlice::new(b)];
+            let written = match rustix::net::sendmsg(fd(stream), &slices, &mut Default::default(), SendFlags::NOSIGNAL)
+            {
+                Ok(n) => n,
+                Err(Errno::AGAIN) => break,
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    let kind = io::Error::from(e).kind();
+                    self.finish(reactor, state, CloseReason::Error(kind), true);
+                    return false;
+                }
+            };
+            state.wbuf.drain(..written);
+        }
+        if state.above_high && state.wbuf.len() <= self.options.low_water {
+            state.above_high = false;
+            self.emit(reactor, state, ConnEvent::LowWater(self.id));
+        }
+        if state.wbuf.is_empty() {
+            if state.close_requested {
+                self.finish(reactor, state, CloseReason::Closed, true);
+                return false;
+            }
+            if state.shutdown_write_requested && !state.write_shut {
+                if let Some(stream) = state.stream.as_ref() {
+                    let _ = rustix::net::shutdown(fd(stream), Shutdown::Write);
+                }
+                state.write_shut = true;
+                if state.read_eof {
+                    self.finish(reactor, state, CloseReason::Closed, true);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn interest(&self, state: &State) -> Event {
+        let key = self.id.0;
+        let read = !state.user_paused && !state.read_eof && state.pending.is_empty();
+        let write = !state.wbuf.is_empty();
+        match (read, write) {
+            (true, true) => Event::all(key),
+            (true, false) => Event::readable(key),
+            (false, true) => Event::writable(key),
+            (false, false) => Event::none(key),
+        }
+    }
+
+    fn arm(&self, reactor: &Arc<Shared>, state: &State) {
+        if let Some(stream) = state.stream.as_ref() {
+            if let Err(e) = reactor.poller.modify(fd(stream), self.interest(state)) {
+                log::error!("connection {:?}: re-arm failed: {e}", self.id);
+            }
+        }
+    }
+
+    /// Deregisters, closes (or hands back) the socket, and queues the one `Closed` event. The
+    /// source leaves the reactor's table once the owner has taken every pending event, so a
+    /// full mailbox delays `Closed` (through the usual room notification) but never loses it.
+    fn finish(&self, reactor: &Arc<Shared>, state: &mut State, reason: CloseReason, notify: bool) -> Option<Stream> {
+        let stream = state.stream.take()?;
+        // Deregister before closing: the poller tracks the open file, not the number.
+        let _ = reactor.poller.delete(fd(&stream));
+        state.wbuf = VecDeque::new();
+        state.finished = true;
+        if notify {
+            state.pending.push_back(ConnEvent::Closed(self.id, reason.clone()));
+        }
+        self.flush_pending(reactor, state);
+        match reason {
+            CloseReason::Detached => Some(stream),
+            CloseReason::Aborted => {
+                let _ = rustix::net::sockopt::set_socket_linger(fd(&stream), Some(std::time::Duration::ZERO));
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Source for ConnSource {
+    fn ready(&self, reactor: &Arc<Shared>, _key: usize, event: Event) {
+        let mut state = self.state.lock();
+        if state.stream.is_none() {
+            return;
+        }
+        if event.writable && !self.flush(reactor, &mut state) {
+            return;
+        }
+        if event.readable {
+            self.read_some(reactor, &mut state);
+        }
+        self.arm(reactor, &state);
+    }
+
+    fn rearm(&self, reactor: &Arc<Shared>, _key: usize) {
+        let mut state = self.state.lock();
+        state.waiting_for_room = false;
+        if !self.flush_pending(reactor, &mut state) || state.stream.is_none() {
+            return;
+        }
+        self.arm(reactor, &state);
+    }
+
+    fn close(&self, reactor: &Arc<Shared>, key: usize) {
+        let mut state = self.state.lock();
+        if self.finish(reactor, &mut state, CloseReason::Closed, true).is_none() && state.stream.is_none() {
+            // Reactor shutdown: forget the source even if its owner never took `Closed`.
+            reactor.remove(key);
+        }
+    }
+}
+
+/// A connection bound to an owner actor. Cheap to clone; any thread may write.
+#[derive(Clone)]
+pub struct Connection {
+    source: Arc<ConnSource>,
+    reactor: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Connection({:?})", self.source.id)
+    }
+}
+
+impl Connection {
+    /// The id carried by this connection's events.
+    pub fn id(&self) -> ConnId {
+        self.source.id
+    }
+
+    /// Writes `data`: straight to the socket when nothing is buffered, else into the buffer.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Closed`] after close, abort or shutdown of the write side;
+    /// [`WriteError::BufferFull`] when the buffer would exceed four times the high-water mark.
+    pub fn write(&self, data: &[u8]) -> Result<(), WriteError> {
+        self.write_vectored(&[io::IoSlice::new(data)])
+    }
+
+    /// Writes several buffers in order, with one system call when the socket takes them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::write`].
+    pub fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> Result<(), WriteError> {
+        let src = &self.source;
+        let mut state = src.state.lock();
+        if state.stream.is_none() || state.close_requested || state.shutdown_write_requested {
+            return Err(WriteError::Closed);
+        }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if state.wbuf.len() + total > src.options.high_water.saturating_mul(4) {
+            return Err(WriteError::BufferFull);
+        }
+        let mut skip = 0;
+        if state.wbuf.is_empty() {
+            let stream = state.stream.as_ref().expect("checked");
+            match rustix::net::sendmsg(fd(stream), bufs, &mut Default::default(), SendFlags::NOSIGNAL) {
+                Ok(n) => skip = n,
+                Err(Errno::AGAIN) | Err(Errno::INTR) => {}
+                Err(e) => {
+                    let kind = io::Error::from(e).kind();
+                    src.finish(&self.reactor, &mut state, CloseReason::Error(kind), true);
+                    return Err(WriteError::Closed);
+                }
+            }
+        }
+        if skip == total {
+            return Ok(());
+        }
+        for b in bufs {
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            state.wbuf.extend(&b[skip..]);
+            skip = 0;
+        }
+        if !state.above_high && state.wbuf.len() > src.options.high_water {
+            state.above_high = true;
+            src.emit(&self.reactor, &mut state, ConnEvent::HighWater(src.id));
+        }
+        drop(state);
+        self.reactor.command(Command::Rearm(src.id.0));
+        Ok(())
+    }
+
+    /// Bytes buffered and not yet taken by the kernel.
+    pub fn buffered(&self) -> usize {
+        self.source.state.lock().wbuf.len()
+    }
+
+    /// Half-close: after the buffer drains, shut down the write side (the peer reads EOF) and
+    /// keep reading. The connection closes once both directions are done.
+    pub fn shutdown_write(&self) {
+        let mut state = self.source.state.lock();
+        state.shutdown_write_requested = true;
+        drop(state);
+        self.reactor.command(Command::Rearm(self.source.id.0));
+        self.kick();
+    }
+
+    /// Closes after the buffered bytes are written.
+    pub fn close(&self) {
+        self.source.state.lock().close_requested = true;
+        self.kick();
+    }
+
+    /// Closes at once with a reset (RST); buffered bytes are discarded.
+    pub fn abort(&self) {
+        let mut state = self.source.state.lock();
+        self.source
+            .finish(&self.reactor, &mut state, CloseReason::Aborted, true);
+    }
+
+    /// Stops reading (the peer's TCP window fills) until [`Connection::resume_reading`].
+    pub fn pause_reading(&self) {
+        self.source.state.lock().user_paused = true;
+        self.reactor.command(Command::Rearm(self.source.id.0));
+    }
+
+    /// Resumes reading.
+    pub fn resume_reading(&self) {
+        self.source.state.lock().user_paused = false;
+        self.reactor.command(Command::Rearm(self.source.id.0));
+    }
+
+    /// Takes the socket out of the reactor, with the bytes read but not yet delivered.
+    /// The owner gets `Closed(Detached)`.
+    ///
+    /// # Errors
+    ///
+    /// `NotConnected` when the connection is already closed.
+    pub fn detach(&self) -> io::Result<Detached> {
+        let src = &self.source;
+        let mut state = src.state.lock();
+        let mut unread = Vec::new();
+        for ev in std::mem::take(&mut state.pending) {
+            if let ConnEvent::Data(_, bytes) = ev {
+                unread.extend_from_slice(&bytes);
+            }
+        }
+        match src.finish(&self.reactor, &mut state, CloseReason::Detached, true) {
+            Some(stream) => Ok(Detached { stream, unread }),
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "connection already closed")),
+        }
+    }
+
+    /// Runs a flush on the reactor (used after close/shutdown requests).
+    fn kick(&self) {
+        let mut state = self.source.state.lock();
+        if state.stream.is_some() {
+            self.source.flush(&self.reactor, &mut state);
+        }
+    }
+
+    /// `TCP_NODELAY` (TCP only; ignored for Unix sockets).
+    ///
+    /// # Errors
+    ///
+    /// The system error, or `NotConnected` after close.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match self.source.state.lock().stream.as_ref() {
+            Some(Stream::Tcp(s)) => s.set_nodelay(on),
+            Some(Stream::Unix(_)) => Ok(()),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Reactor {
+    /// Registers a connected socket and binds it to `owner`: from now on its bytes arrive as
+    /// [`ConnEvent`]s. Use it for accepted sockets, sockets from another process, and the
+    /// `stream` of a [`Detached`] connection (deliver its `unread` bytes yourself first).
+    ///
+    /// # Errors
+    ///
+    /// When the socket cannot be made non-blocking or registered.
+    pub fn adopt(&self, stream: Stream, options: ConnOptions, owner: Recipient<ConnEvent>) -> io::Result<Connection> {
+        let raw = fd(&stream).as_raw_fd();
+        rustix::io::ioctl_fionbio(fd(&stream), true)?;
+        let mut made: Option<Arc<ConnSource>> = None;
+        self.shared.insert(|key| {
+            let source = Arc::new(ConnSource {
+                id: ConnId(key),
+                options,
+                owner,
+                state: Mutex::new(State {
+                    stream: Some(stream),
+                    wbuf: VecDeque::new(),
+                    pending: VecDeque::new(),
+                    waiting_for_room: false,
+                    user_paused: false,
+                    read_eof: false,
+                    above_high: false,
+                    shutdown_write_requested: false,
+                    write_shut: false,
+                    close_requested: false,
+                    finished: false,
+                }),
+            });
+            // SAFETY: the socket lives in this source's state and `finish` deletes it from the
+            // poller before it is dropped or handed out; nothing else closes it.
+            unsafe { self.shared.poller.add(raw, Event::readable(key))? };
+            made = Some(source.clone());
+            Ok(source as Arc<dyn Source>)
+        })?;
+        Ok(Connection {
+            source: made.expect("set by insert"),
+            reactor: self.shared.clone(),
+        })
+    }
+}
+
+impl From<Stream> for Detached {
+    fn from(stream: Stream) -> Detached {
+        Detached {
+            stream,
+            unread: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Connections through the public API: echo at scale, half-close both ways, abort, exactly one
+//! Closed, backpressure at the high-water mark, detach and adopt with unread bytes.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use baton_runtime::{Actor, Addr, Context, Mailbox, Runtime};
+use baton_transport::*;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Adopts every accepted socket and echoes its bytes back; reports every Closed.
+struct Echo {
+    reactor: Reactor,
+    me: Option<Addr<Echo>>,
+    conns: std::collections::HashMap<ConnId, Connection>,
+    closed: Sender<(ConnId, CloseReason)>,
+}
+
+enum EchoMsg {
+    Accepted(Accepted),
+    Conn(ConnEvent),
+}
+
+impl From<Accepted> for EchoMsg {
+    fn from(a: Accepted) -> Self {
+        EchoMsg::Accepted(a)
+    }
+}
+
+/// Forwards connection events into the echo actor's own message type.
+struct Relay(Addr<Echo>);
+impl Actor for Relay {
+    type Message = ConnEvent;
+    fn handle(&mut self, _ctx: &mut Context<Self>, ev: ConnEvent) {
+        let _ = self.0.send(EchoMsg::Conn(ev));
+    }
+}
+
+impl Actor for Echo {
+    type Message = EchoMsg;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address());
+    }
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: EchoMsg) {
+        match msg {
+            EchoMsg::Accepted(acc) => {
+                let relay = ctx.spawn(Relay(self.me.clone().unwrap()), Mailbox::Unbounded).unwrap();
+                let conn = self
+                    .reactor
+                    .adopt(acc.stream, ConnOptions::default(), relay.recipient())
+                    .unwrap();
+                self.conns.insert(conn.id(), conn);
+            }
+            EchoMsg::Conn(ConnEvent::Data(id, bytes)) => {
+                if let Some(c) = self.conns.get(&id) {
+                    c.write(&bytes).unwrap();
+                }
+            }
+            EchoMsg::Conn(ConnEvent::ReadClosed(id)) => {
+                if let Some(c) = self.conns.get(&id) {
+                    c.close();
+                }
+            }
+            EchoMsg::Conn(ConnEvent::Closed(id, reason)) => {
+                self.conns.remove(&id);
+                self.closed.send((id, reason)).unwrap();
+            }
+            EchoMsg::Conn(_) => {}
+        }
+    }
+}
+
+fn echo_server(rt: &Runtime, reactor: &Reactor) -> (SocketAddr, Receiver<(ConnId, CloseReason)>) {
+    let (tx, closed) = unbounded();
+    let echo = rt
+        .try_spawn(
+            Echo {
+                reactor: reactor.clone(),
+                me: None,
+                conns: Default::default(),
+                closed: tx,
+            },
+            Mailbox::Unbounded,
+        )
+        .unwrap();
+    let l = reactor
+        .listen_tcp(
+            "127.0.0.1:0".parse().unwrap(),
+            ListenOptions::default(),
+            echo.recipient(),
+        )
+        .unwrap();
+    let Address::Inet(addr) = *l.local_addr() else {
+        unreachable!()
+    };
+    (addr, closed)
+}
+
+#[test]
+fn echo_with_a_thousand_concurrent_connections_returns_every_byte_in_order() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (addr, closed) = echo_server(&rt, &reactor);
+    let mut clients: Vec<TcpStream> = (0..1000).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let msg = format!("hello {i:05} ").repeat(20);
+        c.write_all(msg.as_bytes()).unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let expected = format!("hello {i:05} ").repeat(20);
+        let mut got = vec![0u8; expected.len()];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(got, expected.as_bytes());
+        c.shutdown(Shutdown::Write).unwrap();
+    }
+    for _ in 0..clients.len() {
+        let (_, reason) = closed.recv_timeout(WAIT).expect("a Closed is missing");
+        assert_eq!(reason, CloseReason::Closed);
+    }
+    assert!(
+        closed.recv_timeout(Duration::from_millis(100)).is_err(),
+        "a Closed came twice"
+    );
+    for c in &mut clients {
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// Collects events for one connection in a test-visible channel.
+struct Collect(Sender<ConnEvent>);
+impl Actor for Collect {
+    type Message = ConnEvent;
+    fn handle(&mut self, _ctx: &mut Context<Self>, ev: ConnEvent) {
+        let _ = self.0.send(ev);
+    }
+}
+
+fn pair(rt: &Runtime, reactor: &Reactor, opts: ConnOptions) -> (Connection, TcpStream, Receiver<ConnEvent>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let (tx, rx) = unbounded();
+    let owner = rt.try_spawn(Collect(tx), Mailbox::Unbounded).unwrap();
+    let conn = reactor.adopt(Stream::Tcp(server), opts, owner.recipient()).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    (conn, client, rx)
+}
+
+fn next(rx: &Receiver<ConnEvent>) -> ConnEvent {
+    rx.recv_timeout(WAIT).expect("no event")
+}
+
+#[test]
+fn half_close_both_ways_and_closed_exactly_once() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (conn, mut client, events) = pair(&rt, &reactor, ConnOptions::default());
+    let id = conn.id();
+    // The peer half-closes: we see its data, then ReadClosed, and can still write.
+    client.write_all(b"last words").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    loop {
+        match next(&events) {
+            ConnEvent::Data(_, b) => got.extend(b),
+            ConnEvent::ReadClosed(i) => {
+                assert_eq!(i, id);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, b"last words");
+    conn.write(b"reply after your EOF").unwrap();
+    // We half-close: the peer reads our bytes then EOF; both directions done means Closed.
+    conn.shutdown_write();
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"reply after your EOF");
+    assert_eq!(next(&events), ConnEvent::Closed(id, CloseReason::Closed));
+    assert!(
+        events.recv_timeout(Duration::from_millis(100)).is_err(),
+        "more than one Closed"
+    );
+    assert_eq!(conn.write(b"x"), Err(WriteError::Closed));
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn abort_sends_a_reset() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (conn, mut client, events) = pair(&rt, &reactor, ConnOptions::default());
+    conn.abort();
+    assert_eq!(next(&events), ConnEvent::Closed(conn.id(), CloseReason::Aborted));
+    let mut b = [0u8; 8];
+    match client.read(&mut b) {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+        Ok(n) => panic!("expected a reset, read {n} bytes"),
+    }
+    conn.abort(); // again: no second Closed
+    assert!(events.recv_timeout(Duration::from_millis(100)).is_err());
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_slow_reader_pauses_the_writer_at_the_high_water_mark_with_bounded_memory() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let opts = ConnOptions {
+        high_water: 64 * 1024,
+        low_water: 16 * 1024,
+        ..ConnOptions::default()
+    };
+    let (conn, mut client, events) = pair(&rt, &reactor, opts);
+    let chunk = vec![7u8; 16 * 1024];
+    let mut written = 0usize;
+    // A producer that ignores HighWater (the peer reads nothing yet) is refused before memory
+    // grows without bound.
+    loop {
+        match conn.write(&chunk) {
+            Ok(()) => written += chunk.len(),
+            Err(WriteError::BufferFull) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(written < 64 * 1024 * 1024, "no BufferFull after 64 MiB");
+    }
+    assert!(conn.buffered() > opts.high_water);
+    assert!(conn.buffered() <= 4 * opts.high_water);
+    assert_eq!(next(&events), ConnEvent::HighWater(conn.id()), "HighWater is sent once");
+    // The reader catches up: LowWater, and every byte arrives.
+    let mut got = vec![0u8; written];
+    client.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 7));
+    assert_eq!(next(&events), ConnEvent::LowWater(conn.id()));
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn detach_then_adopt_in_another_reactor_keeps_unread_bytes_in_order() {
+    let rt = Runtime::new();
+    let first = Reactor::start().unwrap();
+    let second = Reactor::start().unwrap();
+    // The first owner has a mailbox of one and is never drained while we fill it, so bytes
+    // pile up as undelivered events inside the connection.
+    let (hold_tx, hold) = unbounded::<()>();
+    struct Stuck(Option<Receiver<()>>);
+    impl Actor for Stuck {
+        type Message = ConnEvent;
+        fn handle(&mut self, _ctx: &mut Context<Self>, _ev: ConnEvent) {
+            if let Some(hold) = self.0.take() {
+                let _ = hold.recv_timeout(WAIT);
+            }
+        }
+    }
+    let stuck = rt.try_spawn(Stuck(Some(hold)), Mailbox::Bounded(1)).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let conn = first
+        .adopt(
+            Stream::Tcp(server),
+            ConnOptions {
+                read_size: 4,
+                ..Default::default()
+            },
+            stuck.recipient(),
+        )
+        .unwrap();
+    for i in 0..10u8 {
+        client.write_all(&[b'a' + i; 4]).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let detached = conn.detach().unwrap();
+    hold_tx.send(()).unwrap();
+    // The first owner took two chunks (one in its handler, one in its mailbox); the chunk it
+    // could not take comes back as `unread`; reading had paused, so the rest is still in the
+    // socket and the new reactor reads it, in order, before "after".
+    let (tx, events) = unbounded();
+    let owner = rt.try_spawn(Collect(tx), Mailbox::Unbounded).unwrap();
+    let adopted = second
+        .adopt(detached.stream, ConnOptions::default(), owner.recipient())
+        .unwrap();
+    client.write_all(b"after").unwrap();
+    let mut later = Vec::new();
+    while !later.ends_with(b"after") {
+        match next(&events) {
+            ConnEvent::Data(_, b) => later.extend(b),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut all = detached.unread.clone();
+    all.extend(&later);
+    let total = b"aaaabbbbccccddddeeeeffffgggghhhhiiiijjjjafter";
+    assert!(
+        total.ends_with(&all),
+        "unread + later {:?} is not the tail of the stream",
+        String::from_utf8_lossy(&all)
+    );
+    assert_eq!(
+        detached.unread, b"cccc",
+        "the undelivered chunk travels with the socket"
+    );
+    assert_eq!(all, &total[8..], "nothing lost or reordered across the move");
+    adopted.close();
+    first.stop();
+    second.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
