@@ -22,8 +22,13 @@ impl Actor for Greeter {
     }
 }
 
-fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+/// Reads process CPU time through a file opened beforehand: opening one while out of
+/// descriptors would fail.
+fn cpu_ticks(stat_file: &std::fs::File) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    let n = stat_file.read_at(&mut buf, 0).unwrap();
+    let stat = String::from_utf8_lossy(&buf[..n]).into_owned();
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
@@ -52,6 +57,7 @@ fn out_of_descriptors_closes_clients_backs_off_and_recovers() {
         c.set_read_timeout(Some(WAIT)).unwrap();
     }
 
+    let stat_file = std::fs::File::open("/proc/self/stat").unwrap();
     // Fill the descriptor table up to a lowered limit.
     let original = getrlimit(Resource::Nofile);
     let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
@@ -79,11 +85,11 @@ fn out_of_descriptors_closes_clients_backs_off_and_recovers() {
         }
     }
     // Still out of descriptors: the listener backs off instead of spinning on accept.
-    let before = cpu_ticks();
+    let before = cpu_ticks(&stat_file);
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let used = cpu_ticks() - before;
+    let used = cpu_ticks(&stat_file) - before;
     assert!(
         used <= 10,
         "{used} ticks of CPU in 0.5 s while out of descriptors: spinning"
