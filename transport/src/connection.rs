@@ -36,6 +36,8 @@ pub enum CloseReason {
     Detached,
     /// The peer reset it, or the socket failed.
     Error(io::ErrorKind),
+    /// Nothing was read or written for [`ConnOptions::idle_timeout`].
+    IdleTimeout,
 }
 
 /// What a connection tells its owner.
@@ -62,6 +64,9 @@ pub struct ConnOptions {
     pub high_water: usize,
     /// Buffered bytes below which `LowWater` is sent after a `HighWater`. Default 64 KiB.
     pub low_water: usize,
+    /// Close with [`CloseReason::IdleTimeout`] after this long without a byte read or
+    /// written. Default: none.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for ConnOptions {
@@ -70,6 +75,7 @@ impl Default for ConnOptions {
             read_size: 64 * 1024,
             high_water: 256 * 1024,
             low_water: 64 * 1024,
+            idle_timeout: None,
         }
     }
 }
@@ -118,6 +124,7 @@ struct State {
     close_requested: bool,
     /// The socket is gone; the source stays registered until `Closed` is delivered.
     finished: bool,
+    last_activity: std::time::Instant,
 }
 
 pub(crate) struct ConnSource {
@@ -195,6 +202,7 @@ impl ConnSource {
                     return;
                 }
                 Ok((n, _)) => {
+                    state.last_activity = std::time::Instant::now();
                     buf.truncate(n);
                     if !self.emit(reactor, state, ConnEvent::Data(self.id, buf)) {
                         return;
@@ -231,6 +239,7 @@ impl ConnSource {
                 }
             };
             state.wbuf.drain(..written);
+            state.last_activity = std::time::Instant::now();
         }
         if state.above_high && state.wbuf.len() <= self.options.low_water {
             state.above_high = false;
@@ -323,6 +332,21 @@ impl Source for ConnSource {
         self.arm(reactor, &state);
     }
 
+    fn timeout(&self, reactor: &Arc<Shared>, key: usize) {
+        let Some(idle) = self.options.idle_timeout else { return };
+        let mut state = self.state.lock();
+        if state.stream.is_none() {
+            return;
+        }
+        let quiet_until = state.last_activity + idle;
+        if std::time::Instant::now() >= quiet_until {
+            log::debug!("connection {:?}: idle for {idle:?}, closing", self.id);
+            self.finish(reactor, &mut state, CloseReason::IdleTimeout, true);
+        } else {
+            reactor.command(Command::TimeoutAt(key, quiet_until));
+        }
+    }
+
     fn close(&self, reactor: &Arc<Shared>, key: usize) {
         let mut state = self.state.lock();
         if self.finish(reactor, &mut state, CloseReason::Closed, true).is_none() && state.stream.is_none() {
@@ -380,7 +404,10 @@ impl Connection {
         if state.wbuf.is_empty() {
             let stream = state.stream.as_ref().expect("checked");
             match rustix::net::sendmsg(fd(stream), bufs, &mut Default::default(), SendFlags::NOSIGNAL) {
-                Ok(n) => skip = n,
+                Ok(n) => {
+                    skip = n;
+                    state.last_activity = std::time::Instant::now();
+                }
                 Err(Errno::AGAIN) | Err(Errno::INTR) => {}
                 Err(e) => {
                     let kind = io::Error::from(e).kind();
@@ -478,6 +505,45 @@ impl Connection {
         }
     }
 
+    /// The peer's address.
+    ///
+    /// # Errors
+    ///
+    /// The system error, or `NotConnected` after close.
+    pub fn peer_addr(&self) -> io::Result<crate::Address> {
+        match self.source.state.lock().stream.as_ref() {
+            Some(Stream::Tcp(s)) => s.peer_addr().map(crate::Address::Inet),
+            Some(Stream::Unix(s)) => Ok(crate::Address::Unix(s.peer_addr()?.as_pathname().map(Into::into))),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    ///
+    /// The system error, or `NotConnected` after close.
+    pub fn local_addr(&self) -> io::Result<crate::Address> {
+        match self.source.state.lock().stream.as_ref() {
+            Some(Stream::Tcp(s)) => s.local_addr().map(crate::Address::Inet),
+            Some(Stream::Unix(s)) => Ok(crate::Address::Unix(s.local_addr()?.as_pathname().map(Into::into))),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// `SO_KEEPALIVE` (TCP only; ignored for Unix sockets).
+    ///
+    /// # Errors
+    ///
+    /// The system error, or `NotConnected` after close.
+    pub fn set_keepalive(&self, on: bool) -> io::Result<()> {
+        match self.source.state.lock().stream.as_ref() {
+            Some(Stream::Tcp(s)) => Ok(rustix::net::sockopt::set_socket_keepalive(s, on)?),
+            Some(Stream::Unix(_)) => Ok(()),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
     /// `TCP_NODELAY` (TCP only; ignored for Unix sockets).
     ///
     /// # Errors
@@ -521,6 +587,7 @@ impl Reactor {
                     write_shut: false,
                     close_requested: false,
                     finished: false,
+                    last_activity: std::time::Instant::now(),
                 }),
             });
             // SAFETY: the socket lives in this source's state and `finish` deletes it from the
@@ -529,8 +596,13 @@ impl Reactor {
             made = Some(source.clone());
             Ok(source as Arc<dyn Source>)
         })?;
+        let source = made.expect("set by insert");
+        if let Some(idle) = options.idle_timeout {
+            self.shared
+                .command(Command::TimeoutAt(source.id.0, std::time::Instant::now() + idle));
+        }
         Ok(Connection {
-            source: made.expect("set by insert"),
+            source,
             reactor: self.shared.clone(),
         })
     }

@@ -24,11 +24,14 @@ pub(crate) trait Source: Send + Sync {
     fn rearm(&self, reactor: &Arc<Shared>, key: usize);
     /// Deregisters and closes. Runs on the reactor thread.
     fn close(&self, reactor: &Arc<Shared>, key: usize);
+    /// A deadline the source asked for with [`Command::TimeoutAt`] has come.
+    fn timeout(&self, _reactor: &Arc<Shared>, _key: usize) {}
 }
 
 pub(crate) enum Command {
     Rearm(usize),
     RearmAt(usize, Instant),
+    TimeoutAt(usize, Instant),
     Close(usize),
 }
 
@@ -125,11 +128,12 @@ impl Reactor {
 
 fn run_loop(shared: &Arc<Shared>) {
     let mut events = Events::new();
-    let mut timed: Vec<(Instant, usize)> = Vec::new();
+    // (deadline, key, is_timeout): re-arms after a back-off, and connection deadlines.
+    let mut timed: Vec<(Instant, usize, bool)> = Vec::new();
     loop {
         let timeout = timed
             .iter()
-            .map(|(at, _)| *at)
+            .map(|(at, _, _)| *at)
             .min()
             .map(|at| at.saturating_duration_since(Instant::now()));
         events.clear();
@@ -149,17 +153,21 @@ fn run_loop(shared: &Arc<Shared>) {
         }
         let now = Instant::now();
         let mut due = Vec::new();
-        timed.retain(|&(at, key)| {
+        timed.retain(|&(at, key, is_timeout)| {
             if at <= now {
-                due.push(key);
+                due.push((key, is_timeout));
                 false
             } else {
                 true
             }
         });
-        for key in due {
+        for (key, is_timeout) in due {
             if let Some(source) = shared.source(key) {
-                source.rearm(shared, key);
+                if is_timeout {
+                    source.timeout(shared, key);
+                } else {
+                    source.rearm(shared, key);
+                }
             }
         }
         let commands = std::mem::take(&mut *shared.commands.lock());
@@ -170,7 +178,8 @@ fn run_loop(shared: &Arc<Shared>) {
                         source.rearm(shared, key);
                     }
                 }
-                Command::RearmAt(key, at) => timed.push((at, key)),
+                Command::RearmAt(key, at) => timed.push((at, key, false)),
+                Command::TimeoutAt(key, at) => timed.push((at, key, true)),
                 Command::Close(key) => {
                     if let Some(source) = shared.source(key) {
                         source.close(shared, key);

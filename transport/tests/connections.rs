@@ -319,3 +319,39 @@ fn detach_then_adopt_in_another_reactor_keeps_unread_bytes_in_order() {
     second.stop();
     rt.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn idle_timeout_closes_quiet_connections_but_not_busy_ones() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let opts = ConnOptions {
+        idle_timeout: Some(Duration::from_millis(150)),
+        ..ConnOptions::default()
+    };
+    let (quiet, mut quiet_client, quiet_events) = pair(&rt, &reactor, opts);
+    let (busy, mut busy_client, busy_events) = pair(&rt, &reactor, opts);
+    assert!(matches!(busy.peer_addr().unwrap(), Address::Inet(a) if a.ip().is_loopback()));
+    assert!(matches!(busy.local_addr().unwrap(), Address::Inet(_)));
+    busy.set_keepalive(true).unwrap();
+    busy.set_nodelay(true).unwrap();
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(50));
+        busy_client.write_all(b"ping").unwrap();
+    }
+    assert_eq!(
+        next(&quiet_events),
+        ConnEvent::Closed(quiet.id(), CloseReason::IdleTimeout)
+    );
+    let mut b = [0u8; 1];
+    assert_eq!(quiet_client.read(&mut b).unwrap(), 0, "the quiet client sees EOF");
+    // The busy one is still open: all its events are data.
+    while let Ok(ev) = busy_events.try_recv() {
+        assert!(matches!(ev, ConnEvent::Data(..)), "busy connection got {ev:?}");
+    }
+    busy.write(b"still here").unwrap();
+    let mut got = [0u8; 10];
+    busy_client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still here");
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
