@@ -608,6 +608,40 @@ impl Reactor {
     }
 }
 
+impl Reactor {
+    /// Connects to `addr` without blocking and returns the connection at once. Writes made
+    /// before the handshake completes are buffered and sent when it does; a failed connect
+    /// arrives as `Closed(Error(ConnectionRefused))` (or another kind).
+    ///
+    /// # Errors
+    ///
+    /// When the socket cannot be created or registered.
+    pub fn connect_tcp(
+        &self,
+        addr: std::net::SocketAddr,
+        options: ConnOptions,
+        owner: Recipient<ConnEvent>,
+    ) -> io::Result<Connection> {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType};
+        let family = if addr.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        let fd = rustix::net::socket_with(
+            family,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) | Err(Errno::INPROGRESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.adopt(Stream::Tcp(std::net::TcpStream::from(fd)), options, owner)
+    }
+}
+
 impl From<Stream> for Detached {
     fn from(stream: Stream) -> Detached {
         Detached {

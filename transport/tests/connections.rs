@@ -355,3 +355,51 @@ fn idle_timeout_closes_quiet_connections_but_not_busy_ones() {
     reactor.stop();
     rt.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn a_client_connection_buffers_until_connected_and_reports_refusal() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    // A plain echo peer on a thread.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf).unwrap();
+    });
+    let (tx, events) = unbounded();
+    let owner = rt.try_spawn(Collect(tx), Mailbox::Unbounded).unwrap();
+    let conn = reactor
+        .connect_tcp(addr, ConnOptions::default(), owner.recipient())
+        .unwrap();
+    conn.write(b"hello").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        match next(&events) {
+            ConnEvent::Data(_, b) => got.extend(b),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, b"hello");
+    peer.join().unwrap();
+    conn.close();
+
+    // Nothing listens on a port we just released: the connection reports the refusal.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (tx, events) = unbounded();
+    let owner = rt.try_spawn(Collect(tx), Mailbox::Unbounded).unwrap();
+    let refused = reactor
+        .connect_tcp(free, ConnOptions::default(), owner.recipient())
+        .unwrap();
+    assert_eq!(
+        next(&events),
+        ConnEvent::Closed(refused.id(), CloseReason::Error(ErrorKind::ConnectionRefused))
+    );
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
