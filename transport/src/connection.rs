@@ -21,6 +21,10 @@ use rustix::net::{RecvFlags, SendFlags, Shutdown};
 use crate::listener::Stream;
 use crate::reactor::{Command, Reactor, Shared, Source};
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Identifies a connection within its reactor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId(pub(crate) usize);
@@ -191,8 +195,19 @@ impl ConnSource {
                 return;
             }
             let Some(stream) = state.stream.as_ref() else { return };
-            let mut buf = vec![0u8; self.options.read_size];
-            match rustix::net::recv(fd(stream), &mut buf[..], RecvFlags::empty()) {
+            let size = self.options.read_size.max(1);
+            // Read into one reused scratch buffer (reads only happen on the reactor thread) and
+            // copy out exactly what arrived: a fresh zeroed 64 KiB per read, kept alive by every
+            // small `Data` message, cost more than the read itself.
+            let read = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                if scratch.len() < size {
+                    scratch.resize(size, 0);
+                }
+                rustix::net::recv(fd(stream), &mut scratch[..size], RecvFlags::empty())
+                    .map(|(n, _)| scratch[..n].to_vec())
+            });
+            match read.map(|bytes| (bytes.len(), bytes)) {
                 Ok((0, _)) => {
                     state.read_eof = true;
                     self.emit(reactor, state, ConnEvent::ReadClosed(self.id));
@@ -201,10 +216,14 @@ impl ConnSource {
                     }
                     return;
                 }
-                Ok((n, _)) => {
+                Ok((n, bytes)) => {
                     state.last_activity = std::time::Instant::now();
-                    buf.truncate(n);
-                    if !self.emit(reactor, state, ConnEvent::Data(self.id, buf)) {
+                    if !self.emit(reactor, state, ConnEvent::Data(self.id, bytes)) {
+                        return;
+                    }
+                    if n < size {
+                        // A short read drained the socket; the oneshot re-arm reports new data,
+                        // so skip the extra recv that would only say EAGAIN.
                         return;
                     }
                 }
