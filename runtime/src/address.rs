@@ -141,6 +141,96 @@ impl<A: Actor> Addr<A> {
             inner: Arc::new(self.clone()),
         }
     }
+
+    /// A recipient of another message type `M`, for an actor whose message is an enum with a
+    /// variant for `M` (for example connection events alongside the actor's own requests).
+    /// `wrap` builds the variant; `unwrap` takes it apart again so a message the mailbox
+    /// refuses can be handed back to the sender as an `M`. `unwrap` must invert `wrap`; if it
+    /// does not, the refused message is dropped with a logged error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use baton_runtime::{Actor, Context, Runtime};
+    /// enum Msg { Line(String), Tick }
+    /// struct Logger;
+    /// impl Actor for Logger {
+    ///     type Message = Msg;
+    ///     fn handle(&mut self, _ctx: &mut Context<Self>, _msg: Msg) {}
+    /// }
+    /// let rt = Runtime::new();
+    /// let lines = rt.spawn(Logger).recipient_map(Msg::Line, |m| match m {
+    ///     Msg::Line(s) => Ok(s),
+    ///     other => Err(other),
+    /// });
+    /// lines.send("hello".to_string()).unwrap();
+    /// # rt.shutdown(std::time::Duration::from_secs(1)).unwrap();
+    /// ```
+    pub fn recipient_map<M: Send + 'static>(
+        &self,
+        wrap: fn(M) -> A::Message,
+        unwrap: fn(A::Message) -> Result<M, A::Message>,
+    ) -> Recipient<M> {
+        Recipient {
+            inner: Arc::new(Mapped {
+                addr: self.clone(),
+                wrap,
+                unwrap,
+            }),
+        }
+    }
+}
+
+/// A recipient of `M` that wraps each message into the actor's own message type.
+struct Mapped<A: Actor, M> {
+    addr: Addr<A>,
+    wrap: fn(M) -> A::Message,
+    unwrap: fn(A::Message) -> Result<M, A::Message>,
+}
+
+impl<A: Actor, M: Send + 'static> Mapped<A, M> {
+    /// Turns a message the mailbox handed back into the caller's type again.
+    fn back(&self, msg: A::Message) -> Option<M> {
+        match (self.unwrap)(msg) {
+            Ok(m) => Some(m),
+            Err(_) => {
+                log::error!(
+                    "recipient_map for {}: unwrap did not invert wrap; message dropped",
+                    self.addr.cell.id
+                );
+                None
+            }
+        }
+    }
+
+    fn back_try(&self, e: TrySendError<A::Message>) -> Result<(), TrySendError<M>> {
+        match e {
+            TrySendError::Full(m) => self.back(m).map_or(Ok(()), |m| Err(TrySendError::Full(m))),
+            TrySendError::Closed(m) => self.back(m).map_or(Ok(()), |m| Err(TrySendError::Closed(m))),
+        }
+    }
+}
+
+impl<A: Actor, M: Send + 'static> Deliver<M> for Mapped<A, M> {
+    fn id(&self) -> ActorId {
+        self.addr.cell.id
+    }
+    fn send(&self, msg: M, deadline: Option<Instant>) -> Result<(), SendTimeoutError<M>> {
+        match self.addr.cell.send((self.wrap)(msg), deadline) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(m)) => self.back(m).map_or(Ok(()), |m| Err(SendTimeoutError::Timeout(m))),
+            Err(SendTimeoutError::Closed(m)) => self.back(m).map_or(Ok(()), |m| Err(SendTimeoutError::Closed(m))),
+        }
+    }
+    fn try_send(&self, msg: M) -> Result<(), TrySendError<M>> {
+        self.addr.cell.try_send((self.wrap)(msg)).or_else(|e| self.back_try(e))
+    }
+    fn try_send_notify(&self, msg: M, notify: Box<dyn FnOnce() + Send>) -> Result<(), TrySendError<M>> {
+        self.addr
+            .cell
+            .try_send_notify((self.wrap)(msg), notify)
+            .or_else(|e| self.back_try(e))
+    }
 }
 
 pub(crate) trait Deliver<M>: Send + Sync {

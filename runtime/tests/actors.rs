@@ -556,3 +556,46 @@ fn actors_spawned_from_handlers_are_stopped_before_their_parent() {
     let order: Vec<(u64, &str)> = rx.try_iter().collect();
     assert_eq!(order, vec![(200, "spawned child"), (0, "parent")]);
 }
+
+enum Mixed {
+    Text(String),
+    Number(u32),
+}
+
+struct MixedSink(Sender<String>);
+impl Actor for MixedSink {
+    type Message = Mixed;
+    fn handle(&mut self, _ctx: &mut Context<Self>, msg: Mixed) {
+        let line = match msg {
+            Mixed::Text(s) => s,
+            Mixed::Number(n) => n.to_string(),
+        };
+        self.0.send(line).unwrap();
+    }
+}
+
+#[test]
+fn a_mapped_recipient_wraps_messages_and_hands_refused_ones_back_unwrapped() {
+    let rt = Runtime::builder().threads(2).build();
+    let (tx, rx) = unbounded();
+    let sink = rt.try_spawn(MixedSink(tx), Mailbox::Bounded(1)).unwrap();
+    let texts: Recipient<String> = sink.recipient_map(Mixed::Text, |m| match m {
+        Mixed::Text(s) => Ok(s),
+        other => Err(other),
+    });
+    texts.send("one".into()).unwrap();
+    sink.send(Mixed::Number(2)).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "one");
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "2");
+    sink.stop();
+    let deadline = Instant::now() + WAIT;
+    while !sink.is_stopped() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    match texts.try_send("late".into()) {
+        Err(TrySendError::Closed(s)) => assert_eq!(s, "late"),
+        other => panic!("expected the String back, got {other:?}"),
+    }
+    rt.shutdown(WAIT).unwrap();
+}
