@@ -582,6 +582,11 @@ impl Reactor {
     /// [`ConnEvent`]s. Use it for accepted sockets, sockets from another process, and the
     /// `stream` of a [`Detached`] connection (deliver its `unread` bytes yourself first).
     ///
+    /// Events can arrive as soon as this returns. Call it from the owner's own handler (send
+    /// the owner the stream, and let it adopt for itself): its events then queue in its
+    /// mailbox until that handler has stored the returned [`Connection`], so the first
+    /// `Data` never finds the owner without the handle it needs to reply.
+    ///
     /// # Errors
     ///
     /// When the socket cannot be made non-blocking or registered.
