@@ -646,18 +646,7 @@ impl Reactor {
         options: ConnOptions,
         owner: Recipient<ConnEvent>,
     ) -> io::Result<Connection> {
-        use rustix::net::{AddressFamily, SocketFlags, SocketType};
-        let family = if addr.is_ipv4() {
-            AddressFamily::INET
-        } else {
-            AddressFamily::INET6
-        };
-        let fd = rustix::net::socket_with(
-            family,
-            SocketType::STREAM,
-            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-            None,
-        )?;
+        let fd = crate::listener::tcp_socket(&addr)?;
         match rustix::net::connect(&fd, &addr) {
             Ok(()) | Err(Errno::INPROGRESS) => {}
             Err(e) => return Err(e.into()),

@@ -362,6 +362,21 @@ impl Listener {
     }
 }
 
+/// A non-blocking, close-on-exec TCP socket of `addr`'s family.
+pub(crate) fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    Ok(rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
 /// Why a descriptor cannot be adopted as a listener.
 #[derive(Debug)]
 pub enum AdoptError {
@@ -406,17 +421,7 @@ impl Reactor {
         options: ListenOptions,
         owner: Recipient<M>,
     ) -> io::Result<Listener> {
-        let family = if addr.is_ipv4() {
-            AddressFamily::INET
-        } else {
-            AddressFamily::INET6
-        };
-        let fd = rustix::net::socket_with(
-            family,
-            SocketType::STREAM,
-            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-            None,
-        )?;
+        let fd = tcp_socket(&addr)?;
         if options.reuse_address {
             rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
         }

@@ -1,56 +1,18 @@
 //! Accepted sockets reach the owner with their addresses, and the process's descriptor count
 //! returns to its baseline (alone in this binary, so other tests' sockets do not blur the count).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::TcpStream;
 
-use baton_runtime::{Actor, Context, Runtime};
+use baton_runtime::Runtime;
 use baton_transport::*;
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::unbounded;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-const WAIT: Duration = Duration::from_secs(5);
-
-/// Greets each accepted client with one byte and reports what it saw.
-struct Greeter {
-    seen: Sender<(Address, ListenerId)>,
-    hold: Option<Receiver<()>>,
-}
-
-impl Actor for Greeter {
-    type Message = Accepted;
-    fn handle(&mut self, _ctx: &mut Context<Self>, acc: Accepted) {
-        if let Some(hold) = self.hold.take() {
-            let _ = hold.recv_timeout(WAIT);
-        }
-        match acc.stream {
-            Stream::Tcp(mut s) => {
-                let _ = s.write_all(b"!");
-            }
-            Stream::Unix(mut s) => {
-                let _ = s.write_all(b"!");
-            }
-        }
-        self.seen.send((acc.peer, acc.listener)).unwrap();
-    }
-}
-
-fn greeted(mut s: impl Read) {
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).expect("no greeting");
-    assert_eq!(&b, b"!");
-}
-
-fn local_inet(l: &Listener) -> SocketAddr {
-    match l.local_addr() {
-        Address::Inet(a) => *a,
-        other => panic!("not inet: {other:?}"),
-    }
-}
+mod common;
+use common::{greeted, local_inet, Greeter, WAIT};
 
 #[test]
 fn accepted_connections_reach_the_owner_with_their_addresses() {

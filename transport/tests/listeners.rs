@@ -1,55 +1,18 @@
 //! Listeners through the public API: accepted sockets reach the owner actor, the listener
 //! pauses when the owner cannot keep up, adopted descriptors are validated, nothing leaks.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use baton_runtime::{Actor, Context, Mailbox, Runtime};
+use baton_runtime::{Mailbox, Runtime};
 use baton_transport::*;
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::unbounded;
 
-const WAIT: Duration = Duration::from_secs(5);
-
-/// Greets each accepted client with one byte and reports what it saw.
-struct Greeter {
-    seen: Sender<(Address, ListenerId)>,
-    hold: Option<Receiver<()>>,
-}
-
-impl Actor for Greeter {
-    type Message = Accepted;
-    fn handle(&mut self, _ctx: &mut Context<Self>, acc: Accepted) {
-        if let Some(hold) = self.hold.take() {
-            let _ = hold.recv_timeout(WAIT);
-        }
-        match acc.stream {
-            Stream::Tcp(mut s) => {
-                let _ = s.write_all(b"!");
-            }
-            Stream::Unix(mut s) => {
-                let _ = s.write_all(b"!");
-            }
-        }
-        self.seen.send((acc.peer, acc.listener)).unwrap();
-    }
-}
-
-fn greeted(mut s: impl Read) {
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).expect("no greeting");
-    assert_eq!(&b, b"!");
-}
-
-fn local_inet(l: &Listener) -> SocketAddr {
-    match l.local_addr() {
-        Address::Inet(a) => *a,
-        other => panic!("not inet: {other:?}"),
-    }
-}
+mod common;
+use common::{greeted, local_inet, Greeter, WAIT};
 
 #[test]
 fn listener_pauses_while_the_owner_is_full_and_loses_no_client() {

@@ -1,0 +1,49 @@
+//! Helpers shared by the listener test binaries.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use baton_runtime::{Actor, Context};
+use baton_transport::*;
+use crossbeam_channel::{Receiver, Sender};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Greets each accepted client with one byte and reports what it saw.
+pub struct Greeter {
+    pub seen: Sender<(Address, ListenerId)>,
+    pub hold: Option<Receiver<()>>,
+}
+
+impl Actor for Greeter {
+    type Message = Accepted;
+    fn handle(&mut self, _ctx: &mut Context<Self>, acc: Accepted) {
+        if let Some(hold) = self.hold.take() {
+            let _ = hold.recv_timeout(WAIT);
+        }
+        match acc.stream {
+            Stream::Tcp(mut s) => {
+                let _ = s.write_all(b"!");
+            }
+            Stream::Unix(mut s) => {
+                let _ = s.write_all(b"!");
+            }
+        }
+        self.seen.send((acc.peer, acc.listener)).unwrap();
+    }
+}
+
+pub fn greeted(mut s: impl Read) {
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).expect("no greeting");
+    assert_eq!(&b, b"!");
+}
+
+pub fn local_inet(l: &Listener) -> SocketAddr {
+    match l.local_addr() {
+        Address::Inet(a) => *a,
+        other => panic!("not inet: {other:?}"),
+    }
+}
