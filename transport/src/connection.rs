@@ -42,6 +42,8 @@ pub enum CloseReason {
     Error(io::ErrorKind),
     /// Nothing was read or written for [`ConnOptions::idle_timeout`].
     IdleTimeout,
+    /// Nothing was read for [`ConnOptions::read_timeout`] (writes do not count).
+    ReadTimeout,
 }
 
 /// What a connection tells its owner.
@@ -71,6 +73,10 @@ pub struct ConnOptions {
     /// Close with [`CloseReason::IdleTimeout`] after this long without a byte read or
     /// written. Default: none.
     pub idle_timeout: Option<std::time::Duration>,
+    /// Close with [`CloseReason::ReadTimeout`] after this long without a byte read, however
+    /// much is written (a peer that stopped sending). Time spent with reading paused, by the
+    /// application or by a full mailbox, does not count. Default: none.
+    pub read_timeout: Option<std::time::Duration>,
 }
 
 impl Default for ConnOptions {
@@ -80,6 +86,7 @@ impl Default for ConnOptions {
             high_water: 256 * 1024,
             low_water: 64 * 1024,
             idle_timeout: None,
+            read_timeout: None,
         }
     }
 }
@@ -129,6 +136,7 @@ struct State {
     /// The socket is gone; the source stays registered until `Closed` is delivered.
     finished: bool,
     last_activity: std::time::Instant,
+    last_read: std::time::Instant,
 }
 
 pub(crate) struct ConnSource {
@@ -218,6 +226,7 @@ impl ConnSource {
                 }
                 Ok((n, bytes)) => {
                     state.last_activity = std::time::Instant::now();
+                    state.last_read = state.last_activity;
                     if !self.emit(reactor, state, ConnEvent::Data(self.id, bytes)) {
                         return;
                     }
@@ -352,17 +361,25 @@ impl Source for ConnSource {
     }
 
     fn timeout(&self, reactor: &Arc<Shared>, key: usize) {
-        let Some(idle) = self.options.idle_timeout else { return };
         let mut state = self.state.lock();
         if state.stream.is_none() {
             return;
         }
-        let quiet_until = state.last_activity + idle;
-        if std::time::Instant::now() >= quiet_until {
-            log::debug!("connection {:?}: idle for {idle:?}, closing", self.id);
+        let now = std::time::Instant::now();
+        if state.user_paused || !state.pending.is_empty() {
+            // Not reading on purpose: the read clock starts again when reading resumes.
+            state.last_read = now;
+        }
+        let idle_at = self.options.idle_timeout.map(|t| state.last_activity + t);
+        let read_at = self.options.read_timeout.map(|t| state.last_read + t);
+        if idle_at.is_some_and(|at| now >= at) {
+            log::debug!("connection {:?}: idle timeout, closing", self.id);
             self.finish(reactor, &mut state, CloseReason::IdleTimeout, true);
-        } else {
-            reactor.command(Command::TimeoutAt(key, quiet_until));
+        } else if read_at.is_some_and(|at| now >= at) {
+            log::debug!("connection {:?}: read timeout, closing", self.id);
+            self.finish(reactor, &mut state, CloseReason::ReadTimeout, true);
+        } else if let Some(at) = [idle_at, read_at].into_iter().flatten().min() {
+            reactor.command(Command::TimeoutAt(key, at));
         }
     }
 
@@ -612,6 +629,7 @@ impl Reactor {
                     close_requested: false,
                     finished: false,
                     last_activity: std::time::Instant::now(),
+                    last_read: std::time::Instant::now(),
                 }),
             });
             // SAFETY: the socket lives in this source's state and `finish` deletes it from the
@@ -621,9 +639,9 @@ impl Reactor {
             Ok(source as Arc<dyn Source>)
         })?;
         let source = made.expect("set by insert");
-        if let Some(idle) = options.idle_timeout {
+        if let Some(first) = [options.idle_timeout, options.read_timeout].into_iter().flatten().min() {
             self.shared
-                .command(Command::TimeoutAt(source.id.0, std::time::Instant::now() + idle));
+                .command(Command::TimeoutAt(source.id.0, std::time::Instant::now() + first));
         }
         Ok(Connection {
             source,

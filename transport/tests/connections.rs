@@ -403,3 +403,33 @@ fn a_client_connection_buffers_until_connected_and_reports_refusal() {
     reactor.stop();
     rt.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn read_timeout_closes_a_silent_peer_even_while_we_write() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let opts = ConnOptions {
+        read_timeout: Some(Duration::from_millis(150)),
+        ..ConnOptions::default()
+    };
+    let (conn, mut client, events) = pair(&rt, &reactor, opts);
+    // We keep writing (so the connection is not idle), the peer never sends.
+    let mut closed = None;
+    for _ in 0..40 {
+        if conn.write(b"tick").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        if let Ok(ev) = events.try_recv() {
+            closed = Some(ev);
+            break;
+        }
+    }
+    let ev = closed.unwrap_or_else(|| next(&events));
+    assert_eq!(ev, ConnEvent::Closed(conn.id(), CloseReason::ReadTimeout));
+    let mut all = Vec::new();
+    client.read_to_end(&mut all).unwrap();
+    assert!(all.starts_with(b"tick"));
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
