@@ -15,9 +15,10 @@
 //! Before the criterion groups, `main` prints the heap bytes held per idle actor, measured
 //! with the counting global allocator below. See `BENCHMARKS.md` at the workspace root.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use baton_benches::{live_bytes, set_counting, CountingAlloc};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,53 +29,8 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 // ---- counting allocator ------------------------------------------------------------------
 
-/// Wraps [`System`] and, while [`COUNTING`] is set, tracks live heap bytes in [`LIVE`].
-///
-/// Counting is off during the criterion groups so the shared counter does not slow them down.
-struct CountingAlloc;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
-        if !p.is_null() && COUNTING.load(Relaxed) {
-            LIVE.fetch_add(layout.size() as isize, Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(layout);
-        if !p.is_null() && COUNTING.load(Relaxed) {
-            LIVE.fetch_add(layout.size() as isize, Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
-        if COUNTING.load(Relaxed) {
-            LIVE.fetch_sub(layout.size() as isize, Relaxed);
-        }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
-        if !p.is_null() && COUNTING.load(Relaxed) {
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
-        }
-        p
-    }
-}
-
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
-
-fn live_bytes() -> isize {
-    LIVE.load(Relaxed)
-}
 
 // ---- shared settings ---------------------------------------------------------------------
 
@@ -1068,7 +1024,7 @@ impl Actor for Idle {
 /// `COUNTING` going on and off: the runtime is built after it goes on and dropped before it
 /// goes off, so the residue after shutdown is what the runtime leaked.
 fn memory_per_idle_actor() {
-    COUNTING.store(true, Relaxed);
+    set_counting(true);
     let start = live_bytes();
     // The same number of bare crossbeam bounded(1) channels, for scale.
     let mut channels: Vec<(Sender<u64>, Receiver<u64>)> = Vec::with_capacity(IDLE_ACTORS);
@@ -1111,7 +1067,7 @@ fn memory_per_idle_actor() {
     drop(rt);
     drop(channels);
     let residue = live_bytes() - start;
-    COUNTING.store(false, Relaxed);
+    set_counting(false);
 
     println!("== Memory per idle actor (Mailbox::Bounded(1), {IDLE_ACTORS} actors, {THREADS} pool threads) ==");
     println!(

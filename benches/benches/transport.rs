@@ -506,7 +506,77 @@ fn bench_echo(c: &mut Criterion) {
 
 criterion_group!(benches, bench_accept, bench_echo);
 
+#[global_allocator]
+static GLOBAL: baton_benches::CountingAlloc = baton_benches::CountingAlloc;
+
+/// Idle connections for the memory measurement. Each takes two descriptors here (both ends
+/// of a Unix socket pair live in this process).
+const IDLE_CONNS: usize = 10_000;
+
+/// User-space bytes per idle connection: heap growth from adopting `IDLE_CONNS` idle sockets,
+/// all owned by one actor (the usual shape: one owner per worker, not one per connection).
+fn memory_per_idle_connection() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let want = (2 * IDLE_CONNS + 256) as u64;
+    if limit.current.is_some_and(|c| c < want) {
+        let raised = Rlimit {
+            current: limit.maximum.map_or(Some(want), |m| Some(m.min(want))),
+            maximum: limit.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, raised);
+    }
+    let room = getrlimit(Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+        .saturating_sub(256) as usize
+        / 2;
+    let conns = IDLE_CONNS.min(room);
+
+    struct Sink;
+    impl Actor for Sink {
+        type Message = ConnEvent;
+        fn handle(&mut self, _ctx: &mut Context<Self>, _ev: ConnEvent) {}
+    }
+    let rt = Runtime::builder().threads(2).build();
+    let reactor = Reactor::start().expect("reactor");
+    let owner = rt.try_spawn(Sink, Mailbox::Unbounded).expect("spawn");
+    let recipient = owner.recipient();
+    let mut peers = Vec::with_capacity(conns);
+    let mut handles = Vec::with_capacity(conns);
+    let pairs: Vec<_> = (0..conns)
+        .map(|_| std::os::unix::net::UnixStream::pair().expect("socketpair"))
+        .collect();
+    baton_benches::set_counting(true);
+    let before = baton_benches::live_bytes();
+    for (ours, theirs) in pairs {
+        let conn = reactor
+            .adopt(
+                baton_transport::Stream::Unix(ours),
+                ConnOptions::default(),
+                recipient.clone(),
+            )
+            .expect("adopt");
+        handles.push(conn);
+        peers.push(theirs);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let grown = baton_benches::live_bytes() - before;
+    baton_benches::set_counting(false);
+    // The handle and peer Vecs were allocated before counting began, so `grown` is baton's.
+    let per_conn = grown as f64 / conns as f64;
+    println!("== Memory per idle connection ({conns} connections, one owner actor) ==");
+    println!("heap growth: {grown} bytes");
+    println!("user-space bytes per idle connection: {per_conn:.1} (target <= 1024)");
+    println!();
+    drop(handles);
+    drop(peers);
+    reactor.stop();
+    let _ = rt.shutdown(Duration::from_secs(10));
+}
+
 fn main() {
+    memory_per_idle_connection();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }
