@@ -18,13 +18,13 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use baton_benches::{live_bytes, set_counting, CountingAlloc};
+use baton_benches::{group, live_bytes, set_counting, timed, wait, CountingAlloc, ROUND_TIMEOUT};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use baton_runtime::{Actor, Addr, Context, Mailbox, ReplyTo, Runtime};
-use criterion::{criterion_group, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_group, Criterion};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 // ---- counting allocator ------------------------------------------------------------------
@@ -36,36 +36,10 @@ static GLOBAL: CountingAlloc = CountingAlloc;
 
 /// Pool threads of every runtime here: one per core of the 2-vCPU benchmark machine.
 const THREADS: usize = 2;
-/// How long a round may take before the benchmark reports a hang instead of waiting forever.
-const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN: Duration = Duration::from_secs(10);
 
 fn runtime() -> Runtime {
     Runtime::builder().threads(THREADS).build()
-}
-
-fn group<'a>(c: &'a mut Criterion, name: &str, elements: u64) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
-    let mut g = c.benchmark_group(name);
-    g.sample_size(10)
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500))
-        .sampling_mode(SamplingMode::Flat)
-        .throughput(Throughput::Elements(elements));
-    g
-}
-
-/// Runs `round` `iters` times and returns the total time: the shape of every `iter_custom`.
-fn timed(iters: u64, mut round: impl FnMut()) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        round();
-    }
-    start.elapsed()
-}
-
-fn wait(done: &Receiver<()>, what: &str) {
-    done.recv_timeout(ROUND_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{what}: round did not finish: {e}"));
 }
 
 fn shutdown(rt: Runtime, what: &str) {

@@ -18,11 +18,12 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use baton_benches::{group, timed, wait, ROUND_TIMEOUT};
 use baton_runtime::{Actor, Context, Mailbox, Runtime};
 use baton_transport::{Accepted, Address, ConnEvent, ConnOptions, Connection, ListenOptions, Reactor};
-use criterion::{criterion_group, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_group, BenchmarkGroup, Criterion};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use rustix::event::{epoll, Timespec};
 use rustix::io::Errno;
@@ -42,37 +43,12 @@ const ECHO_ROUNDS: usize = 50;
 const MSG: usize = 64;
 /// Listen backlog of both servers (baton's default).
 const BACKLOG: i32 = 1024;
-/// How long a round may take before the benchmark reports a hang instead of waiting forever.
-const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN: Duration = Duration::from_secs(10);
 /// How often the baseline loops look at their stop flag.
 const POLL_TICK: Timespec = Timespec {
     tv_sec: 0,
     tv_nsec: 50_000_000,
 };
-
-fn group<'a>(c: &'a mut Criterion, name: &str, elements: u64) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
-    let mut g = c.benchmark_group(name);
-    g.sample_size(10)
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500))
-        .sampling_mode(SamplingMode::Flat)
-        .throughput(Throughput::Elements(elements));
-    g
-}
-
-fn timed(iters: u64, mut round: impl FnMut()) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        round();
-    }
-    start.elapsed()
-}
-
-fn wait(done: &Receiver<()>, what: &str) {
-    done.recv_timeout(ROUND_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{what}: round did not finish: {e}"));
-}
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))

@@ -4,6 +4,41 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use crossbeam_channel::Receiver;
+
+/// How long a round may take before a benchmark reports a hang instead of waiting forever.
+pub const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A criterion group with the settings every suite here uses (sized for a shared 2-vCPU
+/// machine), reporting `elements` per iteration.
+pub fn group<'a>(c: &'a mut Criterion, name: &str, elements: u64) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sampling_mode(SamplingMode::Flat)
+        .throughput(Throughput::Elements(elements));
+    g
+}
+
+/// Runs `round` `iters` times and returns the total time: the shape of every `iter_custom`.
+pub fn timed(iters: u64, mut round: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        round();
+    }
+    start.elapsed()
+}
+
+/// Waits for the end of a round, panicking (instead of hanging) after [`ROUND_TIMEOUT`].
+pub fn wait(done: &Receiver<()>, what: &str) {
+    done.recv_timeout(ROUND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{what}: round did not finish: {e}"));
+}
 
 /// Wraps [`System`] and, while counting is on ([`set_counting`]), tracks live heap bytes.
 /// A bench binary installs it with `#[global_allocator]`. Counting is off during the timed
