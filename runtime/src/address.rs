@@ -111,12 +111,7 @@ impl<A: Actor> Addr<A> {
         make: impl FnOnce(ReplyTo<R>) -> A::Message,
         timeout: Duration,
     ) -> Result<R, AskError> {
-        crate::ask::ask(self.cell.id, timeout, make, |m, t| {
-            self.send_timeout(m, t).map_err(|e| match e {
-                SendTimeoutError::Timeout(_) => AskError::Timeout,
-                SendTimeoutError::Closed(_) => AskError::Closed,
-            })
-        })
+        crate::ask::ask(self.cell.id, timeout, make, |m, t| self.send_timeout(m, t))
     }
 
     /// Asks the actor to stop: accepted messages are handled, then it stops with
@@ -326,11 +321,6 @@ impl<M: Send + 'static> Recipient<M> {
     ///
     /// See [`AskError`].
     pub fn ask<R: Send + 'static>(&self, make: impl FnOnce(ReplyTo<R>) -> M, timeout: Duration) -> Result<R, AskError> {
-        crate::ask::ask(self.id(), timeout, make, |m, t| {
-            self.send_timeout(m, t).map_err(|e| match e {
-                SendTimeoutError::Timeout(_) => AskError::Timeout,
-                SendTimeoutError::Closed(_) => AskError::Closed,
-            })
-        })
+        crate::ask::ask(self.id(), timeout, make, |m, t| self.send_timeout(m, t))
     }
 }

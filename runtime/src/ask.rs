@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 
 use crate::address::ActorId;
+use crate::mailbox::SendTimeoutError;
 
 thread_local! {
     static CURRENT_ACTOR: StdCell<Option<ActorId>> = const { StdCell::new(None) };
@@ -90,7 +91,7 @@ pub(crate) fn ask<M, R>(
     target: ActorId,
     timeout: Duration,
     make: impl FnOnce(ReplyTo<R>) -> M,
-    send: impl FnOnce(M, Duration) -> Result<(), AskError>,
+    send: impl FnOnce(M, Duration) -> Result<(), SendTimeoutError<M>>,
 ) -> Result<R, AskError> {
     if CURRENT_ACTOR.with(|c| c.get()) == Some(target) {
         return Err(AskError::SelfAsk);
@@ -100,7 +101,10 @@ pub(crate) fn ask<M, R>(
     }
     let deadline = Instant::now() + timeout;
     let (tx, rx) = bounded(1);
-    send(make(ReplyTo { tx }), timeout)?;
+    send(make(ReplyTo { tx }), timeout).map_err(|e| match e {
+        SendTimeoutError::Timeout(_) => AskError::Timeout,
+        SendTimeoutError::Closed(_) => AskError::Closed,
+    })?;
     match rx.recv_deadline(deadline) {
         Ok(r) => Ok(r),
         Err(RecvTimeoutError::Timeout) => Err(AskError::Timeout),

@@ -339,10 +339,12 @@ impl<A: Actor> Cell<A> {
 
     // ---- running -------------------------------------------------------------------------
 
-    fn turn(self: &Arc<Self>) {
+    /// Runs one turn. Returns whether the actor handles user messages in its current phase
+    /// (not while awaiting its supervisor's decision, nor after terminating).
+    fn turn(self: &Arc<Self>) -> bool {
         let mut inner = self.inner.lock();
         if inner.phase == Phase::Terminated {
-            return;
+            return false;
         }
         let previous = crate::ask::set_current_actor(Some(self.id));
         let mut ctx = Context {
@@ -414,6 +416,7 @@ impl<A: Actor> Cell<A> {
             }
         }
         crate::ask::set_current_actor(previous);
+        !matches!(inner.phase, Phase::AwaitingSupervisor | Phase::Terminated)
     }
 
     fn apply_stop_request(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>) {
@@ -437,22 +440,11 @@ impl<A: Actor> Cell<A> {
         None
     }
 
-    fn wants_turn(&self) -> bool {
+    fn wants_turn(&self, handles_user_messages: bool) -> bool {
         if self.terminated.load(SeqCst) {
             return false;
         }
-        if self.has_control.load(SeqCst) {
-            return true;
-        }
-        // A draining actor also needs a turn when the last in-flight sender leaves.
-        !self.user_rx.is_empty() && !self.awaiting_supervisor()
-    }
-
-    fn awaiting_supervisor(&self) -> bool {
-        // Only consulted after the turn released the lock; a stale answer costs one empty turn.
-        self.inner
-            .try_lock()
-            .is_some_and(|i| i.phase == Phase::AwaitingSupervisor)
+        self.has_control.load(SeqCst) || (handles_user_messages && !self.user_rx.is_empty())
     }
 
     fn on_signal(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>, sig: Signal) {
@@ -646,9 +638,9 @@ impl<A: Actor> Cell<A> {
 
 impl<A: Actor> Runnable for Cell<A> {
     fn run(self: Arc<Self>) {
-        self.turn();
+        let handles_user_messages = self.turn();
         self.scheduled.store(false, SeqCst);
-        if self.wants_turn() && !self.scheduled.swap(true, SeqCst) {
+        if self.wants_turn(handles_user_messages) && !self.scheduled.swap(true, SeqCst) {
             // Still busy: go to the back of the shared queue, not this thread's LIFO slot, so
             // the batch bound really lets other actors run.
             self.runnable_since.store(0, Relaxed);
