@@ -19,7 +19,7 @@ use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, Shutdown};
 
 use crate::listener::Stream;
-use crate::reactor::{Command, Reactor, Shared, Source};
+use crate::reactor::{offer, Command, Reactor, Shared, Source};
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -162,19 +162,10 @@ impl ConnSource {
 
     fn flush_pending(&self, reactor: &Arc<Shared>, state: &mut State) -> bool {
         while let Some(ev) = state.pending.pop_front() {
-            let key = self.id.0;
-            let result = if state.waiting_for_room {
-                self.owner.try_send(ev)
-            } else {
-                let reactor = reactor.clone();
-                self.owner
-                    .try_send_notify(ev, move || reactor.command(Command::Rearm(key)))
-            };
-            match result {
+            match offer(reactor, self.id.0, &self.owner, &mut state.waiting_for_room, ev) {
                 Ok(()) => {}
                 Err(TrySendError::Full(ev)) => {
                     state.pending.push_front(ev);
-                    state.waiting_for_room = true;
                     return false;
                 }
                 Err(TrySendError::Closed(_)) => {

@@ -20,7 +20,7 @@ use polling::Event;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
-use crate::reactor::{Command, Reactor, Shared, Source};
+use crate::reactor::{offer, Command, Reactor, Shared, Source};
 
 /// Identifies a listener within its reactor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -139,20 +139,10 @@ fn reserve_fd() -> Option<OwnedFd> {
 impl<M: From<Accepted> + Send + 'static> ListenerSource<M> {
     /// Offers `msg` to the owner; false when the listener must stop (mailbox full or closed).
     fn deliver(&self, reactor: &Arc<Shared>, key: usize, state: &mut State<M>, msg: M) -> bool {
-        let notify = {
-            let reactor = reactor.clone();
-            move || reactor.command(Command::Rearm(key))
-        };
-        let result = if state.waiting_for_room {
-            self.owner.try_send(msg)
-        } else {
-            self.owner.try_send_notify(msg, notify)
-        };
-        match result {
+        match offer(reactor, key, &self.owner, &mut state.waiting_for_room, msg) {
             Ok(()) => true,
             Err(TrySendError::Full(msg)) => {
                 state.pending = Some(msg);
-                state.waiting_for_room = true;
                 metrics::counter!("baton_listener_paused_total").increment(1);
                 false
             }
@@ -277,13 +267,12 @@ impl<M: From<Accepted> + Send + 'static> Source for ListenerSource<M> {
 
     fn rearm(&self, reactor: &Arc<Shared>, key: usize) {
         let mut state = self.state.lock();
+        state.waiting_for_room = false;
         if let Some(msg) = state.pending.take() {
-            state.waiting_for_room = false;
             if !self.deliver(reactor, key, &mut state, msg) {
                 return;
             }
         }
-        state.waiting_for_room = false;
         if state.paused || state.socket.is_none() {
             return;
         }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use baton_runtime::{Recipient, TrySendError};
 use parking_lot::Mutex;
 use polling::{Event, Events, Poller};
 use slab::Slab;
@@ -71,6 +72,28 @@ impl Shared {
     fn source(&self, key: usize) -> Option<Arc<dyn Source>> {
         self.sources.lock().get(key).cloned()
     }
+}
+
+/// Offers `msg` to a source's owner. When the mailbox is full, the runtime is asked (once per
+/// pause; `waiting_for_room` remembers it) to re-arm source `key` as soon as there is room, so
+/// the source stops instead of polling and resumes on time.
+pub(crate) fn offer<M: Send + 'static>(
+    reactor: &Arc<Shared>,
+    key: usize,
+    owner: &Recipient<M>,
+    waiting_for_room: &mut bool,
+    msg: M,
+) -> Result<(), TrySendError<M>> {
+    let result = if *waiting_for_room {
+        owner.try_send(msg)
+    } else {
+        let reactor = reactor.clone();
+        owner.try_send_notify(msg, move || reactor.command(Command::Rearm(key)))
+    };
+    if matches!(result, Err(TrySendError::Full(_))) {
+        *waiting_for_room = true;
+    }
+    result
 }
 
 /// A running reactor thread. Cheap to share: clone the [`Reactor`] handle.
