@@ -226,6 +226,9 @@ impl<A: Actor, M: Send + 'static> Deliver<M> for Mapped<A, M> {
             .try_send_notify((self.wrap)(msg), notify)
             .or_else(|e| self.back_try(e))
     }
+    fn mailbox_len(&self) -> usize {
+        self.addr.mailbox_len()
+    }
 }
 
 pub(crate) trait Deliver<M>: Send + Sync {
@@ -233,6 +236,7 @@ pub(crate) trait Deliver<M>: Send + Sync {
     fn send(&self, msg: M, deadline: Option<Instant>) -> Result<(), SendTimeoutError<M>>;
     fn try_send(&self, msg: M) -> Result<(), TrySendError<M>>;
     fn try_send_notify(&self, msg: M, notify: Box<dyn FnOnce() + Send>) -> Result<(), TrySendError<M>>;
+    fn mailbox_len(&self) -> usize;
 }
 
 impl<A: Actor> Deliver<A::Message> for Addr<A> {
@@ -251,6 +255,9 @@ impl<A: Actor> Deliver<A::Message> for Addr<A> {
         notify: Box<dyn FnOnce() + Send>,
     ) -> Result<(), TrySendError<A::Message>> {
         self.cell.try_send_notify(msg, notify)
+    }
+    fn mailbox_len(&self) -> usize {
+        Addr::mailbox_len(self)
     }
 }
 
@@ -313,6 +320,11 @@ impl<M: Send + 'static> Recipient<M> {
     /// [`TrySendError`] with the message.
     pub fn try_send_notify(&self, msg: M, notify: impl FnOnce() + Send + 'static) -> Result<(), TrySendError<M>> {
         self.inner.try_send_notify(msg, Box::new(notify))
+    }
+
+    /// As [`Addr::mailbox_len`].
+    pub fn mailbox_len(&self) -> usize {
+        self.inner.mailbox_len()
     }
 
     /// As [`Addr::ask`].

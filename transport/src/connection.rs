@@ -137,7 +137,15 @@ struct State {
     finished: bool,
     last_activity: std::time::Instant,
     last_read: std::time::Instant,
+    /// Runs once, when the socket leaves this process's hands (closed or detached).
+    on_close: Option<CloseHook>,
 }
+
+/// A function run once when a connection's socket is closed or detached, with the reason
+/// (see [`Reactor::adopt_with`]). It runs on whichever thread closed the connection, with the
+/// connection's lock held: keep it short (count, queue a message), and never call back into the
+/// same connection.
+pub type CloseHook = Box<dyn FnOnce(&CloseReason) + Send>;
 
 pub(crate) struct ConnSource {
     id: ConnId,
@@ -312,18 +320,23 @@ impl ConnSource {
         let _ = reactor.poller.delete(fd(&stream));
         state.wbuf = VecDeque::new();
         state.finished = true;
+        let on_close = state.on_close.take();
         if notify {
             state.pending.push_back(ConnEvent::Closed(self.id, reason.clone()));
         }
-        self.flush_pending(reactor, state);
-        match reason {
+        let kept = match reason {
             CloseReason::Detached => Some(stream),
             CloseReason::Aborted => {
                 let _ = rustix::net::sockopt::set_socket_linger(fd(&stream), Some(std::time::Duration::ZERO));
                 None
             }
             _ => None,
+        };
+        if let Some(hook) = on_close {
+            hook(&reason);
         }
+        self.flush_pending(reactor, state);
+        kept
     }
 }
 
@@ -599,10 +612,35 @@ impl Reactor {
     ///
     /// When the socket cannot be made non-blocking or registered.
     pub fn adopt(&self, stream: Stream, options: ConnOptions, owner: Recipient<ConnEvent>) -> io::Result<Connection> {
+        self.adopt_with(stream, Vec::new(), None, options, owner)
+    }
+
+    /// [`Reactor::adopt`] for a socket that arrives with bytes already read from it (the
+    /// `unread` of a [`Detached`] connection, or a handshake another process read first):
+    /// `unread` is delivered as the first [`ConnEvent::Data`], before anything read later.
+    /// `on_close`, when given, runs once when the socket is closed or detached (see
+    /// [`CloseHook`]); the handoff layer uses it to report closed connections to its parent.
+    ///
+    /// # Errors
+    ///
+    /// When the socket cannot be made non-blocking or registered.
+    pub fn adopt_with(
+        &self,
+        stream: Stream,
+        unread: Vec<u8>,
+        on_close: Option<CloseHook>,
+        options: ConnOptions,
+        owner: Recipient<ConnEvent>,
+    ) -> io::Result<Connection> {
         let raw = fd(&stream).as_raw_fd();
         rustix::io::ioctl_fionbio(fd(&stream), true)?;
+        let has_unread = !unread.is_empty();
         let mut made: Option<Arc<ConnSource>> = None;
         self.shared.insert(|key| {
+            let mut pending = VecDeque::new();
+            if has_unread {
+                pending.push_back(ConnEvent::Data(ConnId(key), unread));
+            }
             let source = Arc::new(ConnSource {
                 id: ConnId(key),
                 options,
@@ -610,7 +648,7 @@ impl Reactor {
                 state: Mutex::new(State {
                     stream: Some(stream),
                     wbuf: VecDeque::new(),
-                    pending: VecDeque::new(),
+                    pending,
                     waiting_for_room: false,
                     user_paused: false,
                     read_eof: false,
@@ -621,15 +659,25 @@ impl Reactor {
                     finished: false,
                     last_activity: std::time::Instant::now(),
                     last_read: std::time::Instant::now(),
+                    on_close,
                 }),
             });
+            // Bytes already read go first: the socket is armed only after they are delivered.
+            let interest = if has_unread {
+                Event::none(key)
+            } else {
+                Event::readable(key)
+            };
             // SAFETY: the socket lives in this source's state and `finish` deletes it from the
             // poller before it is dropped or handed out; nothing else closes it.
-            unsafe { self.shared.poller.add(raw, Event::readable(key))? };
+            unsafe { self.shared.poller.add(raw, interest)? };
             made = Some(source.clone());
             Ok(source as Arc<dyn Source>)
         })?;
         let source = made.expect("set by insert");
+        if has_unread {
+            self.shared.command(Command::Rearm(source.id.0));
+        }
         if let Some(first) = [options.idle_timeout, options.read_timeout].into_iter().flatten().min() {
             self.shared
                 .command(Command::TimeoutAt(source.id.0, std::time::Instant::now() + first));

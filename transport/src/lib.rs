@@ -17,7 +17,9 @@
 mod connection;
 mod listener;
 mod reactor;
+mod watch;
 
-pub use crate::connection::{CloseReason, ConnEvent, ConnId, ConnOptions, Connection, Detached, WriteError};
+pub use crate::connection::{CloseHook, CloseReason, ConnEvent, ConnId, ConnOptions, Connection, Detached, WriteError};
 pub use crate::listener::{Accepted, Address, AdoptError, ListenOptions, Listener, ListenerId, Stream};
 pub use crate::reactor::Reactor;
+pub use crate::watch::{Interest, Readiness, Watch, WatchId};

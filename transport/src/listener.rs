@@ -26,6 +26,13 @@ use crate::reactor::{offer, Command, Reactor, Shared, Source};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ListenerId(pub(crate) usize);
 
+impl ListenerId {
+    /// A small number, unique among this reactor's live sources.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// An accepted (or adopted) connected socket, not yet bound to a reactor.
 #[derive(Debug)]
 pub enum Stream {

@@ -1,0 +1,98 @@
+//! baton-handoff: hand connected sockets to worker processes, with status back and nothing lost.
+//!
+//! The dispatcher pattern: a parent process accepts connections (optionally reading a short
+//! handshake first) and hands each socket to a worker process, which from then on owns it
+//! completely. The parent learns from each worker how loaded it is and places the next socket
+//! accordingly.
+//!
+//! ```text
+//! client ──TCP──▶ parent: Listener ──Accepted──▶ Handoff actor ── policy picks a worker
+//!                    HANDOFF record + descriptor ──SEQPACKET / SCM_RIGHTS──▶ worker process
+//!                    worker: link actor ──Incoming──▶ application actor ── Incoming::adopt
+//!                    ADOPTED / REJECTED / CLOSED / LOAD ──▶ parent closes its copy, updates load
+//! ```
+//!
+//! - [`record`]: the wire format (specified byte for byte in `PROTOCOL.md`).
+//! - [`Channel`]: one SEQPACKET socket per worker; records with their descriptors.
+//! - [`bootstrap`]: how a worker reaches its channel (inherited, socket path, abstract name)
+//!   and the peer-credential check.
+//! - [`Parent`] and the [`Handoff`] actor: placement, the parent's copy kept until adoption,
+//!   re-placement on refusal, death or timeout, bounded work in flight, worker processes
+//!   supervised with an intensity limit, graceful drain.
+//! - [`policy`]: least-loaded (default), round-robin, power-of-two-choices, sticky by key, or
+//!   your own [`Policy`].
+//! - [`Worker`]: the worker side; the application receives [`Incoming`] sockets.
+//!
+//! # Examples
+//!
+//! One binary plays both roles: started normally it is the parent; started by the parent it
+//! finds its channel in the environment and serves.
+//!
+//! ```no_run
+//! use baton_handoff::{Incoming, Parent, Worker, WorkerCommand, WorkerOptions};
+//! use baton_runtime::{Actor, Context, Runtime};
+//! use baton_transport::{ConnEvent, ConnOptions, Connection, ListenOptions, Reactor};
+//! use std::collections::HashMap;
+//!
+//! enum Msg { Incoming(Incoming), Conn(ConnEvent) }
+//! impl From<ConnEvent> for Msg { fn from(e: ConnEvent) -> Msg { Msg::Conn(e) } }
+//!
+//! struct Echo { conns: HashMap<baton_transport::ConnId, Connection> }
+//! impl Actor for Echo {
+//!     type Message = Msg;
+//!     fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
+//!         match msg {
+//!             Msg::Incoming(inc) => {
+//!                 let owner = ctx.address().recipient_map(Msg::Conn, |m| match m {
+//!                     Msg::Conn(e) => Ok(e),
+//!                     other => Err(other),
+//!                 });
+//!                 if let Ok(conn) = inc.adopt(owner, ConnOptions::default()) {
+//!                     self.conns.insert(conn.id(), conn);
+//!                 }
+//!             }
+//!             Msg::Conn(ConnEvent::Data(id, bytes)) => { let _ = self.conns[&id].write(&bytes); }
+//!             Msg::Conn(ConnEvent::ReadClosed(id)) => self.conns[&id].close(),
+//!             Msg::Conn(ConnEvent::Closed(id, _)) => { self.conns.remove(&id); }
+//!             Msg::Conn(_) => {}
+//!         }
+//!     }
+//! }
+//!
+//! fn main() -> std::io::Result<()> {
+//!     let rt = Runtime::new();
+//!     let reactor = Reactor::start()?;
+//!     if let Some(channel) = baton_handoff::channel_from_env(Default::default()) {
+//!         let app = rt.spawn(Echo { conns: HashMap::new() });
+//!         let incoming = app.recipient_map(Msg::Incoming, |m| match m {
+//!             Msg::Incoming(i) => Ok(i),
+//!             other => Err(other),
+//!         });
+//!         let worker = Worker::serve(channel?, &rt, &reactor, incoming, WorkerOptions::default())?;
+//!         worker.wait();
+//!         return Ok(());
+//!     }
+//!     let parent = Parent::builder().spawn(2, WorkerCommand::current_exe()?).start(&rt, &reactor)?;
+//!     parent.listen_tcp("127.0.0.1:8080".parse().unwrap(), ListenOptions::default())?;
+//!     std::thread::park();
+//!     Ok(())
+//! }
+//! ```
+#![warn(missing_docs)]
+
+pub mod bootstrap;
+mod channel;
+mod parent;
+pub mod policy;
+mod process;
+pub mod record;
+mod worker;
+
+pub use crate::bootstrap::{channel_from_env, ChannelListener, Endpoint, PeerCheck};
+pub use crate::channel::{BadRecord, Channel, RecvBuf, RecvError};
+pub use crate::parent::{
+    Control, Dispatch, DrainReport, Handoff, HandoffMsg, Parent, ParentBuilder, Stats, WorkerStats,
+};
+pub use crate::policy::{Candidate, LeastLoaded, Policy, PowerOfTwo, RoundRobin, Sticky};
+pub use crate::process::{WorkerCommand, ENV_SLOT};
+pub use crate::worker::{Incoming, Worker, WorkerExit, WorkerOptions};

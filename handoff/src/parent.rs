@@ -1,0 +1,1252 @@
+//! The parent side: the Handoff actor, which places every accepted socket on a worker process.
+//!
+//! # The life of a socket in the parent
+//!
+//! 1. A listener (or an application actor that read a handshake first) sends a [`Dispatch`]:
+//!    the socket, its addresses, a tag, an optional routing key and the prelude bytes already
+//!    read. It gets an id and becomes *pending*.
+//! 2. The [`Policy`] picks a worker among those that can take it now. The id joins that
+//!    worker's outbox; a `Flush` the actor sends itself (which runs after the messages already
+//!    queued) sends the outbox as HANDOFF records of up to [`ParentBuilder::batch`] sockets.
+//! 3. The parent **keeps its copy** of the socket until the worker answers. ADOPTED closes the
+//!    copy (close, never shutdown: the connection is the worker's now). REJECTED, the worker's
+//!    death, or no answer within [`ParentBuilder::adopt_timeout`] put the socket on another
+//!    worker; after [`ParentBuilder::max_tries`] placements it is closed and counted.
+//! 4. When nothing can take a socket (every worker at its in-flight bound, backed up, starting,
+//!    or gone) it waits in the parent and the listeners pause, so the kernel's backlog holds
+//!    new clients; they resume when load drops.
+//!
+//! A worker that misses the adoption deadline is presumed hung. A worker this parent spawned
+//! is killed first (`SIGKILL`), so it cannot adopt a socket that has meanwhile gone elsewhere;
+//! a worker that connected by name is cut off (its channel closed).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_runtime::{Actor, Addr, AskError, Context, Intensity, Mailbox, Recipient, ReplyTo, Runtime, SpawnError};
+use baton_transport::{
+    Accepted, Address, Interest, ListenOptions, Listener, Reactor, Readiness, Stream, Watch, WatchId,
+};
+
+use crate::bootstrap::{ChannelListener, Endpoint, PeerCheck};
+use crate::channel::{Channel, RecvBuf, RecvError};
+use crate::policy::{Candidate, LeastLoaded, Policy};
+use crate::process::WorkerCommand;
+use crate::record::{self, Item, Kind, Load, Reason, Record, MAX_RECORD};
+
+/// How often the parent checks deadlines, reaps and restarts workers.
+const TICK: Duration = Duration::from_millis(20);
+
+/// A socket for the parent to place on a worker.
+#[derive(Debug)]
+pub struct Dispatch {
+    /// The connected socket.
+    pub stream: Stream,
+    /// The client's address.
+    pub peer: Address,
+    /// The address it arrived on.
+    pub local: Address,
+    /// An application label the worker receives (for accepted sockets: the listener's index).
+    pub tag: u32,
+    /// A routing key for [`Sticky`](crate::Sticky) placement.
+    pub key: Option<Vec<u8>>,
+    /// Bytes already read from the socket; the worker's application receives them first.
+    pub prelude: Vec<u8>,
+}
+
+impl From<Accepted> for Dispatch {
+    fn from(a: Accepted) -> Dispatch {
+        Dispatch {
+            stream: a.stream,
+            peer: a.peer,
+            local: a.local,
+            tag: a.listener.index() as u32,
+            key: None,
+            prelude: Vec::new(),
+        }
+    }
+}
+
+/// The Handoff actor's messages.
+#[derive(Debug)]
+pub enum HandoffMsg {
+    /// A socket to place.
+    Dispatch(Dispatch),
+    /// A worker channel (or the named channel listener) is ready.
+    Ready(Readiness),
+    /// Send what the outboxes hold.
+    Flush,
+    /// Deadlines, reaping, restarts.
+    Tick,
+    /// Requests from the [`Parent`] handle.
+    Control(Control),
+}
+
+impl From<Accepted> for HandoffMsg {
+    fn from(a: Accepted) -> HandoffMsg {
+        HandoffMsg::Dispatch(a.into())
+    }
+}
+
+impl From<Dispatch> for HandoffMsg {
+    fn from(d: Dispatch) -> HandoffMsg {
+        HandoffMsg::Dispatch(d)
+    }
+}
+
+impl From<Readiness> for HandoffMsg {
+    fn from(r: Readiness) -> HandoffMsg {
+        HandoffMsg::Ready(r)
+    }
+}
+
+/// Requests the [`Parent`] handle makes of its actor.
+#[derive(Debug)]
+pub enum Control {
+    /// Spawn the configured workers.
+    Start(ReplyTo<io::Result<()>>),
+    /// Pause this listener while nothing can take sockets.
+    Attach(Listener),
+    /// Accept workers that connect to this named channel.
+    AcceptWorkers(ChannelListener),
+    /// A snapshot of the counters.
+    Stats(ReplyTo<Stats>),
+    /// Stop accepting, place what was accepted, let workers finish, stop them.
+    Drain(Duration, ReplyTo<DrainReport>),
+}
+
+/// Counters and per-worker state, for tests and dashboards.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Sockets received for placement.
+    pub dispatched: u64,
+    /// Sockets adopted by a worker.
+    pub adopted: u64,
+    /// Rejections received.
+    pub rejected: u64,
+    /// Sockets placed again after a rejection, a worker's death or a missed deadline.
+    pub replaced: u64,
+    /// Sockets closed after too many tries.
+    pub closed_after_retries: u64,
+    /// Sockets accepted and not yet adopted.
+    pub in_flight: usize,
+    /// Sockets waiting for any worker to be able to take them.
+    pub waiting: usize,
+    /// Worker restarts.
+    pub restarts: u64,
+    /// One entry per worker slot.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One worker's view in [`Stats`].
+#[derive(Clone, Debug, Default)]
+pub struct WorkerStats {
+    /// Slot number.
+    pub slot: usize,
+    /// Process id, when known.
+    pub pid: Option<u32>,
+    /// Ready for handoffs.
+    pub ready: bool,
+    /// Connections open in the worker.
+    pub open: u32,
+    /// Handoffs not yet answered.
+    pub in_flight: u32,
+    /// Sockets this slot adopted, over all its incarnations.
+    pub adopted: u64,
+}
+
+/// What [`Parent::drain`] achieved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Accepted sockets that were never adopted (closed at the deadline).
+    pub unplaced: usize,
+    /// Workers that exited by themselves.
+    pub exited: usize,
+    /// Workers still running at the deadline, killed.
+    pub killed: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Channel open, HELLO sent, READY not yet received.
+    Starting,
+    Ready,
+    /// Told to drain; takes nothing new.
+    Draining,
+    /// No channel. A spawned slot may be restarted.
+    Down,
+}
+
+struct Link {
+    channel: Arc<Channel>,
+    watch: Watch,
+}
+
+struct Slot {
+    phase: Phase,
+    link: Option<Link>,
+    child: Option<Child>,
+    pid: Option<u32>,
+    /// Spawned by us (and so restarted by us); false for workers that connected by name.
+    spawned: bool,
+    outbox: VecDeque<u64>,
+    /// The last send said EAGAIN: the worker is not reading. Nothing more goes to it until
+    /// its channel is writable again.
+    backed_up: bool,
+    in_flight: u32,
+    open: u32,
+    queued: u32,
+    adopted: u64,
+    restarts: VecDeque<Instant>,
+    restart_at: Option<Instant>,
+    gave_up: bool,
+}
+
+impl Slot {
+    fn new(spawned: bool) -> Slot {
+        Slot {
+            phase: Phase::Down,
+            link: None,
+            child: None,
+            pid: None,
+            spawned,
+            outbox: VecDeque::new(),
+            backed_up: false,
+            in_flight: 0,
+            open: 0,
+            queued: 0,
+            adopted: 0,
+            restarts: VecDeque::new(),
+            restart_at: None,
+            gave_up: false,
+        }
+    }
+}
+
+struct Pending {
+    socket: Dispatch,
+    worker: Option<usize>,
+    sent: Option<Instant>,
+    accepted_at: Instant,
+    tries: u32,
+    /// Slots that already refused or lost this socket (bit per slot, slots < 64).
+    tried: u64,
+}
+
+struct DrainState {
+    deadline: Instant,
+    reply: Option<ReplyTo<DrainReport>>,
+    told_workers: bool,
+    report: DrainReport,
+}
+
+/// Limits and choices for the parent.
+pub struct ParentBuilder {
+    workers: usize,
+    command: Option<WorkerCommand>,
+    policy: Box<dyn Policy>,
+    max_in_flight: usize,
+    max_per_worker: u32,
+    adopt_timeout: Duration,
+    max_tries: u32,
+    batch: usize,
+    intensity: Intensity,
+}
+
+impl std::fmt::Debug for ParentBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParentBuilder")
+            .field("workers", &self.workers)
+            .field("command", &self.command)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_per_worker", &self.max_per_worker)
+            .field("adopt_timeout", &self.adopt_timeout)
+            .field("max_tries", &self.max_tries)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ParentBuilder {
+    fn default() -> Self {
+        ParentBuilder {
+            workers: 0,
+            command: None,
+            policy: Box::new(LeastLoaded::default()),
+            max_in_flight: 1024,
+            max_per_worker: 256,
+            adopt_timeout: Duration::from_secs(2),
+            max_tries: 3,
+            batch: 64,
+            intensity: Intensity {
+                max_restarts: 5,
+                period: Duration::from_secs(10),
+            },
+        }
+    }
+}
+
+impl ParentBuilder {
+    /// Spawns `n` workers running `command`, and restarts them when they die.
+    pub fn spawn(mut self, n: usize, command: WorkerCommand) -> Self {
+        self.workers = n;
+        self.command = Some(command);
+        self
+    }
+
+    /// The placement policy. Default: [`LeastLoaded`].
+    pub fn policy(mut self, policy: impl Policy) -> Self {
+        self.policy = Box::new(policy);
+        self
+    }
+
+    /// [`ParentBuilder::policy`] for a boxed policy (as [`crate::policy::by_name`] returns).
+    pub fn boxed_policy(mut self, policy: Box<dyn Policy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sockets accepted and not yet adopted, over all workers; at the bound the listeners pause.
+    /// In-flight descriptors count against the parent's descriptor limit. Default 1024.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Handoffs one worker may have unanswered. Default 256.
+    pub fn max_per_worker(mut self, n: u32) -> Self {
+        self.max_per_worker = n.max(1);
+        self
+    }
+
+    /// How long a worker has to answer a handoff. Default 2 s.
+    pub fn adopt_timeout(mut self, t: Duration) -> Self {
+        self.adopt_timeout = t;
+        self
+    }
+
+    /// Placements before a socket is given up and closed. Default 3.
+    pub fn max_tries(mut self, n: u32) -> Self {
+        self.max_tries = n.max(1);
+        self
+    }
+
+    /// Most sockets per HANDOFF record (1..=253). Default 64.
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.clamp(1, record::MAX_FDS);
+        self
+    }
+
+    /// Restarts allowed per slot within a period before the slot is given up. Default 5 in 10 s.
+    pub fn intensity(mut self, intensity: Intensity) -> Self {
+        self.intensity = intensity;
+        self
+    }
+
+    /// Starts the Handoff actor on `runtime`, watching its channels with `reactor`, and spawns
+    /// the workers.
+    ///
+    /// # Errors
+    ///
+    /// When the actor cannot be spawned, or the first worker cannot be started (a bad command,
+    /// no descriptors).
+    pub fn start(self, runtime: &Runtime, reactor: &Reactor) -> io::Result<Parent> {
+        let actor = Handoff {
+            reactor: reactor.clone(),
+            slots: (0..self.workers).map(|_| Slot::new(true)).collect(),
+            command: self.command,
+            policy: self.policy,
+            max_in_flight: self.max_in_flight,
+            max_per_worker: self.max_per_worker,
+            adopt_timeout: self.adopt_timeout,
+            max_tries: self.max_tries,
+            batch: self.batch,
+            intensity: self.intensity,
+            pending: HashMap::new(),
+            waiting: VecDeque::new(),
+            next_id: 1,
+            watches: HashMap::new(),
+            channel_listener: None,
+            listeners: Vec::new(),
+            listeners_paused: false,
+            flush_scheduled: false,
+            recv_buf: RecvBuf::default(),
+            send_buf: Vec::with_capacity(MAX_RECORD),
+            stats: Stats::default(),
+            drain: None,
+            me: None,
+        };
+        let addr = runtime
+            .try_spawn(actor, Mailbox::Bounded(1024))
+            .map_err(|e: SpawnError| io::Error::other(e.to_string()))?;
+        let parent = Parent {
+            addr,
+            reactor: reactor.clone(),
+        };
+        parent
+            .addr
+            .ask(|r| HandoffMsg::Control(Control::Start(r)), Duration::from_secs(10))
+            .map_err(|e| io::Error::other(e.to_string()))??;
+        Ok(parent)
+    }
+}
+
+/// The parent's handle on its Handoff actor. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Parent {
+    addr: Addr<Handoff>,
+    reactor: Reactor,
+}
+
+impl Parent {
+    /// Limits and choices; then [`ParentBuilder::start`].
+    pub fn builder() -> ParentBuilder {
+        ParentBuilder::default()
+    }
+
+    /// Where to send sockets: give it to a listener as its owner, or send [`Dispatch`]es.
+    pub fn recipient(&self) -> Recipient<HandoffMsg> {
+        self.addr.recipient()
+    }
+
+    /// Binds a TCP listener whose connections go straight to this parent, and lets the parent
+    /// pause it while no worker can take more.
+    ///
+    /// # Errors
+    ///
+    /// Socket, bind and listen errors.
+    pub fn listen_tcp(&self, addr: std::net::SocketAddr, options: ListenOptions) -> io::Result<Listener> {
+        let listener = self.reactor.listen_tcp(addr, options, self.recipient())?;
+        self.attach(listener.clone());
+        Ok(listener)
+    }
+
+    /// Lets the parent pause `listener` (whose owner should be [`Parent::recipient`]) while no
+    /// worker can take more, and close it on drain.
+    pub fn attach(&self, listener: Listener) {
+        if self.addr.send(HandoffMsg::Control(Control::Attach(listener))).is_err() {
+            log::warn!("handoff: attach after the parent stopped");
+        }
+    }
+
+    /// Accepts workers that connect to `endpoint` (a socket path or an abstract name) and pass
+    /// `check`. They are served like spawned ones but not restarted (they were not started here).
+    ///
+    /// # Errors
+    ///
+    /// From [`ChannelListener::bind`].
+    pub fn accept_workers(&self, endpoint: &Endpoint, check: PeerCheck) -> io::Result<()> {
+        let listener = ChannelListener::bind(endpoint, check)?;
+        self.addr
+            .send(HandoffMsg::Control(Control::AcceptWorkers(listener)))
+            .map_err(|_| io::Error::other("the parent has stopped"))
+    }
+
+    /// A snapshot of the counters.
+    ///
+    /// # Errors
+    ///
+    /// When the actor does not answer within a second, or has stopped.
+    pub fn stats(&self) -> Result<Stats, AskError> {
+        self.addr
+            .ask(|r| HandoffMsg::Control(Control::Stats(r)), Duration::from_secs(1))
+    }
+
+    /// Graceful stop: close the listeners, place every socket already accepted, tell the workers
+    /// to finish their connections, wait for them to exit, and kill what still runs at the
+    /// deadline. Returns when all that is done.
+    ///
+    /// # Errors
+    ///
+    /// When the actor has stopped.
+    pub fn drain(&self, deadline: Duration) -> Result<DrainReport, AskError> {
+        self.addr.ask(
+            |r| HandoffMsg::Control(Control::Drain(deadline, r)),
+            deadline + Duration::from_secs(5),
+        )
+    }
+
+    /// Stops the actor; its `stopped` hook stops and reaps every worker it spawned.
+    pub fn stop(&self) {
+        self.addr.stop();
+    }
+}
+
+/// The Handoff actor (build it with [`Parent::builder`]).
+pub struct Handoff {
+    reactor: Reactor,
+    slots: Vec<Slot>,
+    command: Option<WorkerCommand>,
+    policy: Box<dyn Policy>,
+    max_in_flight: usize,
+    max_per_worker: u32,
+    adopt_timeout: Duration,
+    max_tries: u32,
+    batch: usize,
+    intensity: Intensity,
+    pending: HashMap<u64, Pending>,
+    waiting: VecDeque<u64>,
+    next_id: u64,
+    /// Which slot each channel watch belongs to (`None`: the named channel listener).
+    watches: HashMap<WatchId, Option<usize>>,
+    channel_listener: Option<(Arc<ChannelListener>, Watch)>,
+    listeners: Vec<Listener>,
+    listeners_paused: bool,
+    flush_scheduled: bool,
+    recv_buf: RecvBuf,
+    send_buf: Vec<u8>,
+    stats: Stats,
+    drain: Option<DrainState>,
+    me: Option<Addr<Handoff>>,
+}
+
+impl Actor for Handoff {
+    type Message = HandoffMsg;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address());
+        ctx.send_after(TICK, HandoffMsg::Tick);
+    }
+
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: HandoffMsg) {
+        match msg {
+            HandoffMsg::Dispatch(d) => self.dispatch(d),
+            HandoffMsg::Ready(r) => self.on_ready(r),
+            HandoffMsg::Flush => {
+                self.flush_scheduled = false;
+                for slot in 0..self.slots.len() {
+                    self.flush(slot);
+                }
+            }
+            HandoffMsg::Tick => {
+                self.tick();
+                ctx.send_after(TICK, HandoffMsg::Tick);
+            }
+            HandoffMsg::Control(c) => self.control(c),
+        }
+        self.update_listeners();
+    }
+
+    fn stopped(&mut self, _reason: &baton_runtime::ExitReason) {
+        // No worker outlives the parent's actor: ask them to stop, then make sure.
+        for slot in 0..self.slots.len() {
+            self.send_record(slot, &Record::Stop);
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for s in &mut self.slots {
+            if let Some(child) = s.child.as_mut() {
+                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if matches!(child.try_wait(), Ok(None)) {
+                    let _ = child.kill();
+                }
+                let _ = child.wait();
+            }
+            if let Some(link) = s.link.take() {
+                link.watch.close();
+            }
+        }
+        if let Some((_, watch)) = self.channel_listener.take() {
+            watch.close();
+        }
+    }
+}
+
+impl Handoff {
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Start(reply) => {
+                let mut result = Ok(());
+                for slot in 0..self.slots.len() {
+                    if let Err(e) = self.spawn_worker(slot) {
+                        log::error!("handoff: cannot start worker {slot}: {e}");
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Control::Attach(l) => self.listeners.push(l),
+            Control::AcceptWorkers(listener) => {
+                let listener = Arc::new(listener);
+                match self
+                    .reactor
+                    .watch(listener.clone(), Interest::READ, self.ready_recipient())
+                {
+                    Ok(watch) => {
+                        self.watches.insert(watch.id(), None);
+                        self.channel_listener = Some((listener, watch));
+                    }
+                    Err(e) => log::error!("handoff: cannot watch the channel listener: {e}"),
+                }
+            }
+            Control::Stats(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Control::Drain(deadline, reply) => {
+                for l in self.listeners.drain(..) {
+                    l.close();
+                }
+                self.drain = Some(DrainState {
+                    deadline: Instant::now() + deadline,
+                    reply: Some(reply),
+                    told_workers: false,
+                    report: DrainReport::default(),
+                });
+                self.drain_progress();
+            }
+        }
+    }
+
+    // The handed-back message is a whole `HandoffMsg` by design (a mailbox slot, not a box).
+    #[allow(clippy::result_large_err)]
+    fn ready_recipient(&self) -> Recipient<Readiness> {
+        self.me
+            .as_ref()
+            .expect("set in started")
+            .recipient_map(HandoffMsg::Ready, |m| match m {
+                HandoffMsg::Ready(r) => Ok(r),
+                other => Err(other),
+            })
+    }
+
+    fn snapshot(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.in_flight = self.pending.len();
+        stats.waiting = self.waiting.len();
+        stats.workers = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(slot, s)| WorkerStats {
+                slot,
+                pid: s.pid,
+                ready: s.phase == Phase::Ready,
+                open: s.open,
+                in_flight: s.in_flight,
+                adopted: s.adopted,
+            })
+            .collect();
+        stats
+    }
+
+    // ----- workers -----------------------------------------------------------------------
+
+    fn spawn_worker(&mut self, slot: usize) -> io::Result<()> {
+        let command = self
+            .command
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no worker command"))?;
+        let (channel, child) = command.spawn(slot)?;
+        let pid = child.id();
+        self.slots[slot].child = Some(child);
+        self.slots[slot].pid = Some(pid);
+        log::info!("handoff: worker {slot} started (pid {pid})");
+        self.link(slot, channel)
+    }
+
+    /// Puts a channel into service for `slot`: watch it and say hello.
+    fn link(&mut self, slot: usize, channel: Channel) -> io::Result<()> {
+        let channel = Arc::new(channel);
+        let watch = self
+            .reactor
+            .watch(channel.clone(), Interest::READ, self.ready_recipient())?;
+        self.watches.insert(watch.id(), Some(slot));
+        let s = &mut self.slots[slot];
+        s.link = Some(Link { channel, watch });
+        s.phase = Phase::Starting;
+        s.backed_up = false;
+        s.open = 0;
+        s.queued = 0;
+        self.send_record(slot, &Record::Hello { worker: slot as u32 });
+        Ok(())
+    }
+
+    /// Sends a record without descriptors; a failure takes the worker down.
+    fn send_record(&mut self, slot: usize, record: &Record) -> bool {
+        let Some(link) = self.slots[slot].link.as_ref() else {
+            return false;
+        };
+        match link.channel.send(record, &[], &mut self.send_buf) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                log::warn!("handoff: worker {slot}'s channel is full; control record dropped");
+                false
+            }
+            Err(e) => {
+                self.worker_down(slot, &format!("send failed: {e}"));
+                false
+            }
+        }
+    }
+
+    /// The worker's channel is gone (end of file, error, or cut off): everything it had not
+    /// adopted goes elsewhere, and a spawned worker is restarted (within the intensity).
+    fn worker_down(&mut self, slot: usize, why: &str) {
+        let s = &mut self.slots[slot];
+        let Some(link) = s.link.take() else { return };
+        link.watch.close();
+        self.watches.remove(&link.watch.id());
+        drop(link);
+        log::warn!("handoff: worker {slot} (pid {:?}) is down: {why}", s.pid);
+        metrics::counter!("baton_handoff_worker_down_total").increment(1);
+        s.phase = Phase::Down;
+        s.outbox.clear();
+        s.backed_up = false;
+        s.in_flight = 0;
+        s.open = 0;
+        s.queued = 0;
+        if s.spawned && self.drain.is_none() {
+            s.restart_at = Some(Instant::now());
+        }
+        let lost: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.worker == Some(slot))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in lost {
+            self.retry(id, slot);
+        }
+    }
+
+    /// Restarts, within the intensity, the spawned slots that are down and reaps exited ones.
+    fn supervise(&mut self, now: Instant) {
+        for slot in 0..self.slots.len() {
+            let s = &mut self.slots[slot];
+            if let Some(child) = s.child.as_mut() {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        log::info!("handoff: worker {slot} (pid {}) exited: {status}", child.id());
+                        s.child = None;
+                        if let Some(d) = self.drain.as_mut() {
+                            d.report.exited += 1;
+                        }
+                        if s.link.is_some() {
+                            // Its channel may still hold records it sent; read them, then the
+                            // end of file takes the slot down.
+                            continue;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => log::error!("handoff: waiting for worker {slot}: {e}"),
+                }
+            }
+            let s = &mut self.slots[slot];
+            let due = s.restart_at.is_some_and(|at| at <= now);
+            if !due || s.child.is_some() || s.link.is_some() || s.gave_up || self.drain.is_some() {
+                continue;
+            }
+            s.restart_at = None;
+            while s
+                .restarts
+                .front()
+                .is_some_and(|&t| now.duration_since(t) > self.intensity.period)
+            {
+                s.restarts.pop_front();
+            }
+            if s.restarts.len() >= self.intensity.max_restarts as usize {
+                s.gave_up = true;
+                log::error!(
+                    "handoff: worker {slot} died more than {} times in {:?}; not restarting it",
+                    self.intensity.max_restarts,
+                    self.intensity.period
+                );
+                continue;
+            }
+            s.restarts.push_back(now);
+            self.stats.restarts += 1;
+            metrics::counter!("baton_handoff_worker_restarts_total").increment(1);
+            if let Err(e) = self.spawn_worker(slot) {
+                log::error!("handoff: restarting worker {slot} failed: {e}; retrying");
+                self.slots[slot].restart_at = Some(now + Duration::from_millis(200));
+            }
+        }
+    }
+
+    // ----- placement -----------------------------------------------------------------------
+
+    fn dispatch(&mut self, socket: Dispatch) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stats.dispatched += 1;
+        metrics::counter!("baton_handoff_dispatched_total").increment(1);
+        self.pending.insert(
+            id,
+            Pending {
+                socket,
+                worker: None,
+                sent: None,
+                accepted_at: Instant::now(),
+                tries: 0,
+                tried: 0,
+            },
+        );
+        if self.drain.as_ref().is_some_and(|d| d.told_workers) {
+            // Too late for any worker: nobody takes new sockets now.
+            self.give_up(id, "arrived after workers were told to drain");
+            return;
+        }
+        self.place(id);
+        metrics::gauge!("baton_handoff_in_flight").set(self.pending.len() as f64);
+    }
+
+    /// Chooses a worker for pending socket `id`, or parks it in `waiting`.
+    fn place(&mut self, id: u64) {
+        let Some(p) = self.pending.get(&id) else { return };
+        let eligible = |s: &Slot| s.phase == Phase::Ready && !s.backed_up && s.in_flight < self.max_per_worker;
+        let mut candidates: Vec<Candidate> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| eligible(s) && (*i >= 64 || p.tried & (1 << i) == 0))
+            .map(|(slot, s)| Candidate {
+                slot,
+                in_flight: s.in_flight,
+                open: s.open,
+                queued: s.queued,
+            })
+            .collect();
+        if candidates.is_empty() && p.tried != 0 {
+            // Every able worker already had a go: try them again rather than wait forever.
+            candidates = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| eligible(s))
+                .map(|(slot, s)| Candidate {
+                    slot,
+                    in_flight: s.in_flight,
+                    open: s.open,
+                    queued: s.queued,
+                })
+                .collect();
+        }
+        if candidates.is_empty() {
+            self.waiting.push_back(id);
+            return;
+        }
+        let key = p.socket.key.as_deref();
+        let choice = self.policy.choose(&candidates, key);
+        let slot = candidates.get(choice).unwrap_or(&candidates[0]).slot;
+        let p = self.pending.get_mut(&id).expect("checked above");
+        p.worker = Some(slot);
+        p.tries += 1;
+        let s = &mut self.slots[slot];
+        s.in_flight += 1;
+        s.outbox.push_back(id);
+        self.schedule_flush();
+    }
+
+    fn schedule_flush(&mut self) {
+        if self.flush_scheduled {
+            return;
+        }
+        self.flush_scheduled = true;
+        // The flush runs after the messages already queued, so a burst of accepts leaves in
+        // few records. If our own mailbox is full, flush now instead.
+        let me = self.me.as_ref().expect("set in started");
+        if me.try_send(HandoffMsg::Flush).is_err() {
+            self.flush_scheduled = false;
+            for slot in 0..self.slots.len() {
+                self.flush(slot);
+            }
+        }
+    }
+
+    /// Places waiting sockets while some worker can take them.
+    fn place_waiting(&mut self) {
+        let n = self.waiting.len();
+        for _ in 0..n {
+            let Some(id) = self.waiting.pop_front() else { break };
+            self.place(id);
+            if self.waiting.back() == Some(&id) {
+                // Nobody could take it; the rest will not fare better now.
+                break;
+            }
+        }
+    }
+
+    /// Another go for `id`, which `slot` refused or lost; closed after `max_tries`.
+    fn retry(&mut self, id: u64, slot: usize) {
+        let Some(p) = self.pending.get_mut(&id) else { return };
+        p.worker = None;
+        p.sent = None;
+        if slot < 64 {
+            p.tried |= 1 << slot;
+        }
+        if p.tries >= self.max_tries {
+            self.give_up(id, "too many tries");
+            return;
+        }
+        self.stats.replaced += 1;
+        metrics::counter!("baton_handoff_replaced_total").increment(1);
+        self.place(id);
+    }
+
+    fn give_up(&mut self, id: u64, why: &str) {
+        if let Some(p) = self.pending.remove(&id) {
+            log::warn!(
+                "handoff: closing a connection from {:?} after {} tries: {why}",
+                p.socket.peer,
+                p.tries
+            );
+            self.stats.closed_after_retries += 1;
+            metrics::counter!("baton_handoff_closed_after_retries_total").increment(1);
+        }
+    }
+
+    // ----- channel I/O ---------------------------------------------------------------------
+
+    /// Sends `slot`'s outbox as HANDOFF records until it is empty or the channel is full.
+    fn flush(&mut self, slot: usize) {
+        while !self.slots[slot].outbox.is_empty() && !self.slots[slot].backed_up {
+            let Some(link) = self.slots[slot].link.as_ref() else {
+                return;
+            };
+            let channel = link.channel.clone();
+            let mut items = Vec::new();
+            let mut ids = Vec::new();
+            let mut size = record::HEADER_LEN;
+            for &id in &self.slots[slot].outbox {
+                let Some(p) = self.pending.get(&id) else { continue };
+                let item = Item {
+                    id,
+                    kind: Kind::Connection,
+                    tag: p.socket.tag,
+                    peer: p.socket.peer.clone(),
+                    local: p.socket.local.clone(),
+                    key: p.socket.key.clone(),
+                    prelude: p.socket.prelude.clone(),
+                };
+                let len = record::item_len(&item);
+                if !items.is_empty() && (items.len() == self.batch || size + len > MAX_RECORD) {
+                    break;
+                }
+                size += len;
+                items.push(item);
+                ids.push(id);
+            }
+            let taken = self.slots[slot]
+                .outbox
+                .iter()
+                .position(|id| Some(id) == ids.last())
+                .map_or(0, |i| i + 1);
+            if items.is_empty() {
+                self.slots[slot].outbox.drain(..taken);
+                continue;
+            }
+            let fds: Vec<BorrowedFd<'_>> = ids
+                .iter()
+                .map(|id| stream_fd(&self.pending[id].socket.stream))
+                .collect();
+            let record = Record::Handoff(items);
+            match channel.send(&record, &fds, &mut self.send_buf) {
+                Ok(()) => {
+                    drop(fds);
+                    let now = Instant::now();
+                    self.slots[slot].outbox.drain(..taken);
+                    for id in ids {
+                        if let Some(p) = self.pending.get_mut(&id) {
+                            p.sent = Some(now);
+                        }
+                    }
+                    metrics::counter!("baton_handoff_records_sent_total").increment(1);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(fds);
+                    self.slots[slot].backed_up = true;
+                    log::debug!("handoff: worker {slot}'s channel is full; holding its outbox");
+                    if let Some(link) = self.slots[slot].link.as_ref() {
+                        link.watch.arm(Interest::BOTH);
+                    }
+                    // Whatever it holds beyond what it can send soon goes elsewhere.
+                    self.reroute_outbox(slot);
+                    return;
+                }
+                Err(e) => {
+                    drop(fds);
+                    self.worker_down(slot, &format!("send failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A backed-up worker's unsent sockets are placed on other workers.
+    fn reroute_outbox(&mut self, slot: usize) {
+        let ids: Vec<u64> = self.slots[slot].outbox.drain(..).collect();
+        for id in ids {
+            self.slots[slot].in_flight = self.slots[slot].in_flight.saturating_sub(1);
+            if let Some(p) = self.pending.get_mut(&id) {
+                p.worker = None;
+                p.tries = p.tries.saturating_sub(1);
+                if slot < 64 {
+                    p.tried |= 1 << slot;
+                }
+            }
+            self.place(id);
+        }
+    }
+
+    fn on_ready(&mut self, r: Readiness) {
+        let Some(&which) = self.watches.get(&r.watch) else {
+            return;
+        };
+        let Some(slot) = which else {
+            self.accept_workers();
+            return;
+        };
+        if r.writable && self.slots[slot].backed_up {
+            self.slots[slot].backed_up = false;
+            self.flush(slot);
+        }
+        if r.readable || !r.writable {
+            self.receive(slot);
+        }
+        if let Some(link) = self.slots[slot].link.as_ref() {
+            let interest = if self.slots[slot].backed_up {
+                Interest::BOTH
+            } else {
+                Interest::READ
+            };
+            link.watch.arm(interest);
+        }
+        self.place_waiting();
+    }
+
+    fn accept_workers(&mut self) {
+        let Some((listener, watch)) = self.channel_listener.as_ref() else {
+            return;
+        };
+        let listener = listener.clone();
+        let watch = watch.clone();
+        loop {
+            match listener.accept() {
+                Ok(channel) => {
+                    let slot = self
+                        .slots
+                        .iter()
+                        .position(|s| !s.spawned && s.link.is_none())
+                        .unwrap_or_else(|| {
+                            self.slots.push(Slot::new(false));
+                            self.slots.len() - 1
+                        });
+                    if let Err(e) = self.link(slot, channel) {
+                        log::error!("handoff: cannot serve a connected worker: {e}");
+                    } else {
+                        log::info!("handoff: worker {slot} connected by name");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
+                Err(e) => {
+                    log::error!("handoff: accepting a worker channel failed: {e}");
+                    break;
+                }
+            }
+        }
+        watch.arm(Interest::READ);
+    }
+
+    /// Reads what the worker sent (bounded per wake-up).
+    fn receive(&mut self, slot: usize) {
+        for _ in 0..256 {
+            let Some(link) = self.slots[slot].link.as_ref() else {
+                return;
+            };
+            let channel = link.channel.clone();
+            match channel.recv(&mut self.recv_buf) {
+                Ok((record, _fds)) => self.on_record(slot, record),
+                Err(RecvError::WouldBlock) => return,
+                Err(RecvError::Closed) => {
+                    self.worker_down(slot, "channel closed");
+                    return;
+                }
+                Err(RecvError::Bad { error, .. }) => {
+                    log::error!("handoff: worker {slot} sent a bad record: {error}");
+                    metrics::counter!("baton_handoff_bad_records_total").increment(1);
+                }
+                Err(RecvError::Io(e)) => {
+                    self.worker_down(slot, &format!("receive failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_record(&mut self, slot: usize, record: Record) {
+        match record {
+            Record::Ready { pid } => {
+                let s = &mut self.slots[slot];
+                if s.phase == Phase::Starting {
+                    s.phase = Phase::Ready;
+                }
+                s.pid = Some(pid);
+                log::info!("handoff: worker {slot} (pid {pid}) is ready");
+                self.place_waiting();
+            }
+            Record::Adopted(ids) => {
+                let now = Instant::now();
+                for id in ids {
+                    if self.pending.get(&id).map(|p| p.worker) != Some(Some(slot)) {
+                        log::warn!("handoff: worker {slot} adopted unknown handoff {id}");
+                        continue;
+                    }
+                    // Closing our copy, never shutting it down: the connection is the worker's.
+                    let p = self.pending.remove(&id).expect("checked");
+                    metrics::histogram!("baton_handoff_latency_seconds").record(now.duration_since(p.accepted_at));
+                    let s = &mut self.slots[slot];
+                    s.in_flight = s.in_flight.saturating_sub(1);
+                    s.open += 1;
+                    s.adopted += 1;
+                    self.stats.adopted += 1;
+                    metrics::counter!("baton_handoff_adopted_total").increment(1);
+                }
+                metrics::gauge!("baton_handoff_in_flight").set(self.pending.len() as f64);
+            }
+            Record::Rejected(ids) => {
+                for (id, reason) in ids {
+                    if self.pending.get(&id).map(|p| p.worker) != Some(Some(slot)) {
+                        continue;
+                    }
+                    log::debug!("handoff: worker {slot} rejected {id}: {reason}");
+                    self.stats.rejected += 1;
+                    metrics::counter!("baton_handoff_rejected_total").increment(1);
+                    let s = &mut self.slots[slot];
+                    s.in_flight = s.in_flight.saturating_sub(1);
+                    if reason == Reason::Draining && s.phase == Phase::Ready {
+                        s.phase = Phase::Draining;
+                    }
+                    self.retry(id, slot);
+                }
+            }
+            Record::Closed(ids) => {
+                let s = &mut self.slots[slot];
+                s.open = s.open.saturating_sub(ids.len() as u32);
+            }
+            Record::Load(Load { open, queued }) => {
+                let s = &mut self.slots[slot];
+                s.open = open;
+                s.queued = queued;
+                metrics::gauge!("baton_handoff_worker_load", "worker" => slot.to_string())
+                    .set(f64::from(s.in_flight) + f64::from(open) + f64::from(queued));
+            }
+            other => log::error!("handoff: worker {slot} sent a parent's record: {other:?}"),
+        }
+    }
+
+    // ----- time ------------------------------------------------------------------------------
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        // Workers that sit on a handoff past the deadline are presumed hung.
+        let mut hung: Vec<usize> = self
+            .pending
+            .values()
+            .filter(|p| p.sent.is_some_and(|t| now.duration_since(t) > self.adopt_timeout))
+            .filter_map(|p| p.worker)
+            .collect();
+        hung.sort_unstable();
+        hung.dedup();
+        for slot in hung {
+            let s = &mut self.slots[slot];
+            log::warn!(
+                "handoff: worker {slot} (pid {:?}) did not answer within {:?}",
+                s.pid,
+                self.adopt_timeout
+            );
+            if let Some(child) = s.child.as_mut() {
+                // Dead for sure before its sockets go elsewhere, so it cannot adopt them later.
+                let _ = child.kill();
+            }
+            self.worker_down(slot, "missed the adoption deadline");
+        }
+        self.supervise(now);
+        self.place_waiting();
+        self.drain_progress();
+    }
+
+    fn drain_progress(&mut self) {
+        let Some(d) = self.drain.as_mut() else { return };
+        let now = Instant::now();
+        if !d.told_workers && (self.pending.is_empty() || now >= d.deadline) {
+            d.told_workers = true;
+            let remaining = d.deadline.saturating_duration_since(now).as_millis() as u32;
+            let unplaced: Vec<u64> = self.pending.keys().copied().collect();
+            d.report.unplaced = unplaced.len();
+            for id in unplaced {
+                self.give_up(id, "drain deadline");
+            }
+            self.waiting.clear();
+            for slot in 0..self.slots.len() {
+                if self.slots[slot].link.is_some() {
+                    self.slots[slot].phase = Phase::Draining;
+                    self.send_record(slot, &Record::Drain { deadline_ms: remaining });
+                }
+            }
+        }
+        let Some(d) = self.drain.as_mut() else { return };
+        if !d.told_workers {
+            return;
+        }
+        let running = self
+            .slots
+            .iter()
+            .filter(|s| s.child.is_some() || s.link.is_some())
+            .count();
+        if running > 0 && now < d.deadline + Duration::from_millis(500) {
+            return;
+        }
+        let mut d = self.drain.take().expect("checked");
+        for s in &mut self.slots {
+            if let Some(mut child) = s.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+                d.report.killed += 1;
+            }
+            if let Some(link) = s.link.take() {
+                link.watch.close();
+            }
+            s.phase = Phase::Down;
+        }
+        // Keep `drain` set so nothing restarts; an empty state with no reply.
+        let report = d.report.clone();
+        if let Some(reply) = d.reply.take() {
+            let _ = reply.send(report);
+        }
+        self.drain = Some(d);
+    }
+
+    fn update_listeners(&mut self) {
+        let able = self
+            .slots
+            .iter()
+            .any(|s| s.phase == Phase::Ready && !s.backed_up && s.in_flight < self.max_per_worker);
+        let pause = !self.waiting.is_empty() || self.pending.len() >= self.max_in_flight || !able;
+        if pause != self.listeners_paused {
+            self.listeners_paused = pause;
+            for l in &self.listeners {
+                if pause {
+                    l.pause();
+                } else {
+                    l.resume();
+                }
+            }
+            log::debug!("handoff: listeners {}", if pause { "paused" } else { "resumed" });
+        }
+    }
+}
+
+fn stream_fd(stream: &Stream) -> BorrowedFd<'_> {
+    match stream {
+        Stream::Tcp(s) => s.as_fd(),
+        Stream::Unix(s) => s.as_fd(),
+    }
+}

@@ -1,0 +1,100 @@
+//! Worker processes: how the parent starts one, with its channel end inherited.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::bootstrap::{ENV_ABSTRACT, ENV_FD, ENV_PATH};
+use crate::channel::Channel;
+
+/// Environment variable a spawned worker finds its slot number in (for its logs).
+pub const ENV_SLOT: &str = "BATON_WORKER_SLOT";
+
+/// Variables a worker must not inherit from its parent: systemd's socket-activation variables
+/// describe the parent's descriptors, not the worker's.
+const NOT_INHERITED: [&str; 4] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", ENV_PATH];
+
+/// The program the parent runs as a worker.
+///
+/// The usual choice is [`WorkerCommand::current_exe`]: the same binary, which sees
+/// [`ENV_FD`](crate::bootstrap::ENV_FD) in its environment and takes the worker role
+/// ([`crate::worker_role`]).
+#[derive(Clone, Debug)]
+pub struct WorkerCommand {
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl WorkerCommand {
+    /// Runs `program` (looked up in `PATH` when it has no slash).
+    pub fn new(program: impl Into<PathBuf>) -> WorkerCommand {
+        WorkerCommand {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Re-executes the current binary with the current arguments.
+    ///
+    /// # Errors
+    ///
+    /// When the path of the running executable cannot be read.
+    pub fn current_exe() -> io::Result<WorkerCommand> {
+        let mut cmd = WorkerCommand::new(std::env::current_exe()?);
+        cmd.args = std::env::args_os().skip(1).collect();
+        Ok(cmd)
+    }
+
+    /// Replaces the arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> WorkerCommand {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds an environment variable for the worker.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> WorkerCommand {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts a worker for `slot`: a new channel pair, the worker's end inherited as
+    /// [`ENV_FD`], the parent's end returned with the child.
+    pub(crate) fn spawn(&self, slot: usize) -> io::Result<(Channel, Child)> {
+        let (ours, theirs) = Channel::pair()?;
+        let raw = theirs.as_fd().as_raw_fd();
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .env(ENV_FD, raw.to_string())
+            .env(ENV_SLOT, slot.to_string())
+            .env_remove(ENV_ABSTRACT);
+        for var in NOT_INHERITED {
+            cmd.env_remove(var);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed; it makes one `fcntl` on a descriptor number that
+        // is open in the child (inherited from the parent's table) and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The pair is created close-on-exec so no other child ever inherits it; clear
+                // the flag on this one descriptor, in this one child only.
+                let fd = BorrowedFd::borrow_raw(raw);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        // The worker's end now lives in the worker; our copy must go, or the parent would never
+        // see end-of-file when the worker dies.
+        drop(theirs);
+        Ok((ours, child))
+    }
+}

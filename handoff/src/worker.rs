@@ -1,0 +1,553 @@
+//! The worker side: receive sockets from the parent, give them to the application, report back.
+//!
+//! A worker process runs its own [`Runtime`] and [`Reactor`]. [`Worker::serve`] starts a link
+//! actor that watches the channel on that reactor. For every socket in a HANDOFF record the
+//! application's actor receives an [`Incoming`]: the socket's addresses, tag and routing key,
+//! and [`Incoming::adopt`], which registers it with the worker's reactor as a transport
+//! [`Connection`] whose first `Data` event carries the prelude bytes the parent read. Adopting
+//! (or refusing, or dropping the `Incoming`) is reported to the parent, as is every adopted
+//! connection's close, and the worker's load.
+//!
+//! Adoption happens in the application's own handler, so the connection's events queue behind
+//! the handler that stores the [`Connection`] handle, and an application may adopt into
+//! whichever actor it likes (one per connection, or one for all).
+//!
+//! A worker stops taking sockets when the parent says DRAIN, or when the parent is gone (its
+//! channel reads end-of-file): it finishes its open connections up to a deadline and then
+//! [`Worker::wait`] returns, for the program to shut down and exit. No worker outlives its
+//! parent by more than that deadline.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use baton_runtime::{Actor, Addr, Context, Mailbox, Recipient, Runtime, TrySendError};
+use baton_transport::{
+    Address, CloseReason, ConnEvent, ConnOptions, Connection, Interest, Reactor, Readiness, Stream, Watch,
+};
+use parking_lot::Mutex;
+use rustix::net::{AddressFamily, SocketType};
+
+use crate::channel::{BadRecord, Channel, RecvBuf, RecvError};
+use crate::record::{self, Item, Kind, Load, Reason, Record, MAX_IDS};
+
+/// How often the link checks its drain deadline and refreshes the load report.
+const TICK: Duration = Duration::from_millis(50);
+
+/// A socket the parent handed over, for the application to adopt.
+///
+/// Dropping it without [`Incoming::adopt`] refuses it: the parent places it elsewhere.
+pub struct Incoming {
+    /// The parent's id for this handoff.
+    pub id: u64,
+    /// The application label the parent gave it (by default the accepting listener's index).
+    pub tag: u32,
+    /// The client's address.
+    pub peer: Address,
+    /// The address the client connected to.
+    pub local: Address,
+    /// The routing key the parent placed it by, if any.
+    pub key: Option<Vec<u8>>,
+    stream: Option<Stream>,
+    prelude: Vec<u8>,
+    refusal: Reason,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("id", &self.id)
+            .field("tag", &self.tag)
+            .field("peer", &self.peer)
+            .field("local", &self.local)
+            .field("prelude", &self.prelude.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Incoming {
+    /// Bytes the parent read before handing the socket over; [`Incoming::adopt`] delivers them
+    /// as the first `Data` event.
+    pub fn prelude(&self) -> &[u8] {
+        &self.prelude
+    }
+
+    /// Makes the socket a [`Connection`] on the worker's reactor, owned by `owner`, and tells
+    /// the parent it may close its copy. The prelude arrives first, as
+    /// `ConnEvent::Data`. Call it from the owner's own handler (see
+    /// [`Reactor::adopt`](baton_transport::Reactor::adopt)).
+    ///
+    /// # Errors
+    ///
+    /// When the socket cannot be registered; the parent is told and places it elsewhere.
+    pub fn adopt(mut self, owner: Recipient<ConnEvent>, options: ConnOptions) -> io::Result<Connection> {
+        let stream = self.stream.take().expect("present until adopted or dropped");
+        let prelude = std::mem::take(&mut self.prelude);
+        let id = self.id;
+        let shared = self.shared.clone();
+        let hook = Box::new(move |_: &CloseReason| {
+            shared.open.fetch_sub(1, SeqCst);
+            shared.report(|r| r.closed.push(id));
+        });
+        self.shared.open.fetch_add(1, SeqCst);
+        self.shared.unanswered.fetch_sub(1, SeqCst);
+        match self
+            .shared
+            .reactor
+            .adopt_with(stream, prelude, Some(hook), options, owner)
+        {
+            Ok(conn) => {
+                self.shared.report(|r| r.adopted.push(id));
+                Ok(conn)
+            }
+            Err(e) => {
+                self.shared.open.fetch_sub(1, SeqCst);
+                log::warn!("handoff worker: adopting {id} failed: {e}");
+                self.shared.report(|r| r.rejected.push((id, Reason::Failed)));
+                Err(e)
+            }
+        }
+    }
+
+    /// Refuses the socket: the parent places it on another worker.
+    pub fn refuse(self) {}
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if self.stream.take().is_some() {
+            self.shared.unanswered.fetch_sub(1, SeqCst);
+            let reason = self.refusal;
+            let id = self.id;
+            self.shared.report(|r| r.rejected.push((id, reason)));
+        }
+    }
+}
+
+/// Why [`Worker::wait`] returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// Told to drain, and every connection finished.
+    Drained,
+    /// The drain deadline passed with connections still open.
+    DeadlineExpired {
+        /// Connections still open.
+        open: u32,
+    },
+    /// Told to stop.
+    Stopped,
+    /// The parent is gone (its end of the channel closed); open connections finished or the
+    /// deadline passed.
+    ParentGone,
+}
+
+#[derive(Default)]
+struct Reports {
+    adopted: Vec<u64>,
+    rejected: Vec<(u64, Reason)>,
+    closed: Vec<u64>,
+}
+
+/// What the link actor shares with [`Incoming`]s and the close hooks of adopted connections.
+struct Shared {
+    reactor: Reactor,
+    reports: Mutex<Reports>,
+    open: AtomicU32,
+    /// `Incoming`s given to the application and not yet adopted or refused.
+    unanswered: AtomicU32,
+    flush_requested: AtomicBool,
+    link: OnceLock<Addr<Link>>,
+}
+
+impl Shared {
+    /// Queues a report for the parent and wakes the link to send it (once per batch).
+    fn report(&self, f: impl FnOnce(&mut Reports)) {
+        f(&mut self.reports.lock());
+        if !self.flush_requested.swap(true, SeqCst) {
+            if let Some(link) = self.link.get() {
+                // The link's mailbox is unbounded: a report is never refused for room.
+                let _ = link.try_send(LinkMsg::Flush);
+            }
+        }
+    }
+}
+
+/// Settings for [`Worker::serve`].
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerOptions {
+    /// How long open connections may run on once the parent is gone. Default 30 s.
+    pub orphan_deadline: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            orphan_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running worker link. [`Worker::wait`] blocks until the worker should exit.
+#[derive(Debug)]
+pub struct Worker {
+    exit: crossbeam_channel::Receiver<WorkerExit>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+impl Worker {
+    /// Serves `channel`: every socket the parent sends reaches `app` as an [`Incoming`].
+    ///
+    /// # Errors
+    ///
+    /// When the link actor cannot be spawned or the channel cannot be watched.
+    pub fn serve(
+        channel: Channel,
+        runtime: &Runtime,
+        reactor: &Reactor,
+        app: Recipient<Incoming>,
+        options: WorkerOptions,
+    ) -> io::Result<Worker> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let shared = Arc::new(Shared {
+            reactor: reactor.clone(),
+            reports: Mutex::new(Reports::default()),
+            open: AtomicU32::new(0),
+            unanswered: AtomicU32::new(0),
+            flush_requested: AtomicBool::new(false),
+            link: OnceLock::new(),
+        });
+        let channel = Arc::new(channel);
+        let link = Link {
+            channel: channel.clone(),
+            watch: None,
+            app,
+            shared: shared.clone(),
+            recv_buf: RecvBuf::default(),
+            send_buf: Vec::new(),
+            outbox: VecDeque::new(),
+            deadline: None,
+            parent_gone: false,
+            exit: Some(tx),
+            last_load: None,
+            options,
+        };
+        let addr = runtime
+            .try_spawn(link, Mailbox::Unbounded)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let _ = shared.link.set(addr.clone());
+        let ready = addr.recipient_map(LinkMsg::Ready, |m| match m {
+            LinkMsg::Ready(r) => Ok(r),
+            other => Err(other),
+        });
+        let watch = reactor.watch(channel, Interest::READ, ready)?;
+        if addr.send(LinkMsg::Watch(watch)).is_err() {
+            return Err(io::Error::other("worker link stopped at once"));
+        }
+        Ok(Worker { exit: rx, shared })
+    }
+
+    /// Blocks until the worker should exit (drained, stopped, or orphaned), and says why.
+    pub fn wait(&self) -> WorkerExit {
+        self.exit.recv().unwrap_or(WorkerExit::Stopped)
+    }
+
+    /// [`Worker::wait`] with a limit; `None` when it passed.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<WorkerExit> {
+        self.exit.recv_timeout(timeout).ok()
+    }
+
+    /// Connections adopted and not yet closed.
+    pub fn open(&self) -> u32 {
+        self.shared.open.load(SeqCst)
+    }
+}
+
+enum LinkMsg {
+    Watch(Watch),
+    Ready(Readiness),
+    Flush,
+    Tick,
+}
+
+struct Link {
+    channel: Arc<Channel>,
+    watch: Option<Watch>,
+    app: Recipient<Incoming>,
+    shared: Arc<Shared>,
+    recv_buf: RecvBuf,
+    send_buf: Vec<u8>,
+    /// Encoded records the parent's full queue refused, sent when writable, in order.
+    outbox: VecDeque<Vec<u8>>,
+    /// Set when draining (told, or orphaned): exit when nothing is open, or at this instant.
+    deadline: Option<Instant>,
+    parent_gone: bool,
+    exit: Option<crossbeam_channel::Sender<WorkerExit>>,
+    last_load: Option<Load>,
+    options: WorkerOptions,
+}
+
+impl Actor for Link {
+    type Message = LinkMsg;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.send_after(TICK, LinkMsg::Tick);
+    }
+
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: LinkMsg) {
+        match msg {
+            LinkMsg::Watch(w) => self.watch = Some(w),
+            LinkMsg::Ready(r) => {
+                if r.writable {
+                    self.send_outbox();
+                }
+                if r.readable || !r.writable {
+                    self.receive(ctx);
+                }
+            }
+            LinkMsg::Flush => {}
+            LinkMsg::Tick => {
+                ctx.send_after(TICK, LinkMsg::Tick);
+                if let Some(deadline) = self.deadline {
+                    if Instant::now() >= deadline {
+                        let open = self.shared.open.load(SeqCst);
+                        let why = if self.parent_gone {
+                            WorkerExit::ParentGone
+                        } else {
+                            WorkerExit::DeadlineExpired { open }
+                        };
+                        self.finish(ctx, why);
+                    }
+                }
+            }
+        }
+        if self.exit.is_some() {
+            self.flush_reports();
+            self.check_drained(ctx);
+            self.arm();
+        }
+    }
+}
+
+impl Link {
+    fn arm(&self) {
+        if let Some(w) = &self.watch {
+            if !self.parent_gone {
+                w.arm(if self.outbox.is_empty() {
+                    Interest::READ
+                } else {
+                    Interest::BOTH
+                });
+            }
+        }
+    }
+
+    fn receive(&mut self, ctx: &mut Context<Self>) {
+        for _ in 0..256 {
+            if self.exit.is_none() || self.parent_gone {
+                return;
+            }
+            match self.channel.recv(&mut self.recv_buf) {
+                Ok((record, fds)) => self.on_record(ctx, record, fds),
+                Err(RecvError::WouldBlock) => return,
+                Err(RecvError::Closed) => return self.orphaned(),
+                Err(RecvError::Io(e)) => {
+                    log::error!("handoff worker: channel failed: {e}");
+                    return self.orphaned();
+                }
+                Err(RecvError::Bad { error, ids }) => {
+                    log::error!("handoff worker: refused a record from the parent: {error}");
+                    metrics::counter!("baton_worker_bad_records_total").increment(1);
+                    let reason = match error {
+                        BadRecord::DescriptorsTruncated { .. } => Reason::Truncated,
+                        _ => Reason::Malformed,
+                    };
+                    let mut reports = self.shared.reports.lock();
+                    reports.rejected.extend(ids.into_iter().map(|id| (id, reason)));
+                }
+            }
+        }
+    }
+
+    fn orphaned(&mut self) {
+        if self.parent_gone {
+            return;
+        }
+        log::warn!(
+            "handoff worker: the parent is gone; finishing open connections (up to {:?})",
+            self.options.orphan_deadline
+        );
+        self.parent_gone = true;
+        let deadline = Instant::now() + self.options.orphan_deadline;
+        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+        if let Some(w) = self.watch.take() {
+            w.close();
+        }
+        self.outbox.clear();
+    }
+
+    fn on_record(&mut self, ctx: &mut Context<Self>, record: Record, fds: Vec<OwnedFd>) {
+        match record {
+            Record::Hello { worker } => {
+                log::debug!("handoff worker: hello, I am worker {worker}");
+                self.send(&Record::Ready {
+                    pid: std::process::id(),
+                });
+            }
+            Record::Handoff(items) => {
+                for (item, fd) in items.into_iter().zip(fds) {
+                    self.offer(item, fd);
+                }
+            }
+            Record::Drain { deadline_ms } => {
+                log::info!("handoff worker: draining (deadline {deadline_ms} ms)");
+                let deadline = Instant::now() + Duration::from_millis(u64::from(deadline_ms));
+                self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+            }
+            Record::Stop => self.finish(ctx, WorkerExit::Stopped),
+            other => log::error!("handoff worker: the parent sent a worker's record: {other:?}"),
+        }
+    }
+
+    /// Gives one handed-off socket to the application, or refuses it.
+    fn offer(&mut self, item: Item, fd: OwnedFd) {
+        let refuse = |shared: &Shared, reason| shared.reports.lock().rejected.push((item.id, reason));
+        if self.deadline.is_some() {
+            return refuse(&self.shared, Reason::Draining);
+        }
+        if item.kind != Kind::Connection {
+            log::warn!("handoff worker: listener handoffs are not served by this worker; refusing");
+            return refuse(&self.shared, Reason::Refused);
+        }
+        let Some(stream) = stream_from(fd) else {
+            log::warn!("handoff worker: handoff {} is not a connected stream socket", item.id);
+            return refuse(&self.shared, Reason::Malformed);
+        };
+        self.shared.unanswered.fetch_add(1, SeqCst);
+        let incoming = Incoming {
+            id: item.id,
+            tag: item.tag,
+            peer: item.peer,
+            local: item.local,
+            key: item.key,
+            stream: Some(stream),
+            prelude: item.prelude,
+            refusal: Reason::Refused,
+            shared: self.shared.clone(),
+        };
+        match self.app.try_send(incoming) {
+            Ok(()) => {}
+            Err(TrySendError::Full(mut incoming)) => {
+                incoming.refusal = Reason::Busy;
+            }
+            Err(TrySendError::Closed(mut incoming)) => {
+                incoming.refusal = Reason::Failed;
+            }
+        }
+    }
+
+    /// Sends a record now, or queues it behind others the parent has not taken yet.
+    fn send(&mut self, record: &Record) {
+        if self.parent_gone {
+            return;
+        }
+        self.send_buf.clear();
+        record::encode(record, &mut self.send_buf);
+        if self.outbox.is_empty() {
+            match self.channel.send_bytes(&self.send_buf, &[]) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    log::error!("handoff worker: sending to the parent failed: {e}");
+                    return self.orphaned();
+                }
+            }
+        }
+        self.outbox.push_back(self.send_buf.clone());
+    }
+
+    fn send_outbox(&mut self) {
+        while let Some(bytes) = self.outbox.front() {
+            match self.channel.send_bytes(bytes, &[]) {
+                Ok(()) => {
+                    self.outbox.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::error!("handoff worker: sending to the parent failed: {e}");
+                    return self.orphaned();
+                }
+            }
+        }
+    }
+
+    /// Sends the reports gathered since the last flush, and the load when it changed.
+    fn flush_reports(&mut self) {
+        self.shared.flush_requested.store(false, SeqCst);
+        let reports = std::mem::take(&mut *self.shared.reports.lock());
+        for ids in reports.adopted.chunks(MAX_IDS) {
+            self.send(&Record::Adopted(ids.to_vec()));
+        }
+        for ids in reports.rejected.chunks(MAX_IDS) {
+            self.send(&Record::Rejected(ids.to_vec()));
+        }
+        for ids in reports.closed.chunks(MAX_IDS) {
+            self.send(&Record::Closed(ids.to_vec()));
+        }
+        let load = Load {
+            open: self.shared.open.load(SeqCst),
+            queued: self.app.mailbox_len() as u32,
+        };
+        if self.last_load != Some(load) {
+            self.last_load = Some(load);
+            self.send(&Record::Load(load));
+        }
+    }
+
+    fn check_drained(&mut self, ctx: &mut Context<Self>) {
+        let idle = self.shared.open.load(SeqCst) == 0 && self.shared.unanswered.load(SeqCst) == 0;
+        if self.deadline.is_some() && idle && self.outbox.is_empty() {
+            let why = if self.parent_gone {
+                WorkerExit::ParentGone
+            } else {
+                WorkerExit::Drained
+            };
+            self.finish(ctx, why);
+        }
+    }
+
+    fn finish(&mut self, ctx: &mut Context<Self>, why: WorkerExit) {
+        if let Some(tx) = self.exit.take() {
+            log::info!("handoff worker: exiting: {why:?}");
+            let _ = tx.send(why);
+        }
+        if let Some(w) = self.watch.take() {
+            w.close();
+        }
+        ctx.stop();
+    }
+}
+
+/// A received descriptor as a connected stream socket, or `None` when it is something else.
+fn stream_from(fd: OwnedFd) -> Option<Stream> {
+    if rustix::net::sockopt::socket_type(&fd).ok()? != SocketType::STREAM {
+        return None;
+    }
+    let family = rustix::net::sockopt::socket_domain(&fd).ok()?;
+    if family == AddressFamily::INET || family == AddressFamily::INET6 {
+        Some(Stream::Tcp(std::net::TcpStream::from(fd)))
+    } else if family == AddressFamily::UNIX {
+        Some(Stream::Unix(std::os::unix::net::UnixStream::from(fd)))
+    } else {
+        None
+    }
+}
