@@ -27,7 +27,7 @@ thread_local! {
 
 /// Identifies a connection within its reactor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnId(pub(crate) usize);
+pub struct ConnId(pub(crate) u64);
 
 /// Why a connection closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +149,8 @@ pub type CloseHook = Box<dyn FnOnce(&CloseReason) + Send>;
 
 pub(crate) struct ConnSource {
     id: ConnId,
+    /// The reactor's key for this source (reused after close, unlike `id`).
+    key: usize,
     options: ConnOptions,
     owner: Recipient<ConnEvent>,
     state: Mutex<State>,
@@ -170,7 +172,7 @@ impl ConnSource {
 
     fn flush_pending(&self, reactor: &Arc<Shared>, state: &mut State) -> bool {
         while let Some(ev) = state.pending.pop_front() {
-            match offer(reactor, self.id.0, &self.owner, &mut state.waiting_for_room, ev) {
+            match offer(reactor, self.key, &self.owner, &mut state.waiting_for_room, ev) {
                 Ok(()) => {}
                 Err(TrySendError::Full(ev)) => {
                     state.pending.push_front(ev);
@@ -183,14 +185,14 @@ impl ConnSource {
                     if state.stream.is_some() {
                         self.finish(reactor, state, CloseReason::Closed, false);
                     } else {
-                        reactor.remove(self.id.0);
+                        reactor.remove(self.key);
                     }
                     return false;
                 }
             }
         }
         if state.finished {
-            reactor.remove(self.id.0);
+            reactor.remove(self.key);
         }
         true
     }
@@ -292,7 +294,7 @@ impl ConnSource {
     }
 
     fn interest(&self, state: &State) -> Event {
-        let key = self.id.0;
+        let key = self.key;
         let read = !state.user_paused && !state.read_eof && state.pending.is_empty();
         let write = !state.wbuf.is_empty();
         match (read, write) {
@@ -472,7 +474,7 @@ impl Connection {
             src.emit(&self.reactor, &mut state, ConnEvent::HighWater(src.id));
         }
         drop(state);
-        self.reactor.command(Command::Rearm(src.id.0));
+        self.reactor.command(Command::Rearm(src.key));
         Ok(())
     }
 
@@ -487,7 +489,7 @@ impl Connection {
         let mut state = self.source.state.lock();
         state.shutdown_write_requested = true;
         drop(state);
-        self.reactor.command(Command::Rearm(self.source.id.0));
+        self.reactor.command(Command::Rearm(self.source.key));
         self.kick();
     }
 
@@ -507,13 +509,13 @@ impl Connection {
     /// Stops reading (the peer's TCP window fills) until [`Connection::resume_reading`].
     pub fn pause_reading(&self) {
         self.source.state.lock().user_paused = true;
-        self.reactor.command(Command::Rearm(self.source.id.0));
+        self.reactor.command(Command::Rearm(self.source.key));
     }
 
     /// Resumes reading.
     pub fn resume_reading(&self) {
         self.source.state.lock().user_paused = false;
-        self.reactor.command(Command::Rearm(self.source.id.0));
+        self.reactor.command(Command::Rearm(self.source.key));
     }
 
     /// Takes the socket out of the reactor, with the bytes read but not yet delivered.
@@ -636,13 +638,15 @@ impl Reactor {
         rustix::io::ioctl_fionbio(fd(&stream), true)?;
         let has_unread = !unread.is_empty();
         let mut made: Option<Arc<ConnSource>> = None;
+        let id = ConnId(self.shared.serial());
         self.shared.insert(|key| {
             let mut pending = VecDeque::new();
             if has_unread {
-                pending.push_back(ConnEvent::Data(ConnId(key), unread));
+                pending.push_back(ConnEvent::Data(id, unread));
             }
             let source = Arc::new(ConnSource {
-                id: ConnId(key),
+                id,
+                key,
                 options,
                 owner,
                 state: Mutex::new(State {
@@ -676,11 +680,11 @@ impl Reactor {
         })?;
         let source = made.expect("set by insert");
         if has_unread {
-            self.shared.command(Command::Rearm(source.id.0));
+            self.shared.command(Command::Rearm(source.key));
         }
         if let Some(first) = [options.idle_timeout, options.read_timeout].into_iter().flatten().min() {
             self.shared
-                .command(Command::TimeoutAt(source.id.0, std::time::Instant::now() + first));
+                .command(Command::TimeoutAt(source.key, std::time::Instant::now() + first));
         }
         Ok(Connection {
             source,

@@ -24,11 +24,11 @@ use crate::reactor::{offer, Command, Reactor, Shared, Source};
 
 /// Identifies a listener within its reactor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ListenerId(pub(crate) usize);
+pub struct ListenerId(pub(crate) u64);
 
 impl ListenerId {
-    /// A small number, unique among this reactor's live sources.
-    pub fn index(self) -> usize {
+    /// A number unique among this reactor's listeners, connections and watches, never reused.
+    pub fn index(self) -> u64 {
         self.0
     }
 }
@@ -309,6 +309,7 @@ impl<M: From<Accepted> + Send + 'static> Source for ListenerSource<M> {
 #[derive(Clone)]
 pub struct Listener {
     id: ListenerId,
+    key: usize,
     local: Address,
     reactor: Arc<Shared>,
     control: Arc<dyn ListenerControl>,
@@ -349,12 +350,12 @@ impl Listener {
     /// Resumes accepting after [`Listener::pause`].
     pub fn resume(&self) {
         self.control.set_paused(false);
-        self.reactor.command(Command::Rearm(self.id.0));
+        self.reactor.command(Command::Rearm(self.key));
     }
 
     /// Deregisters and closes the listening socket (removing a Unix socket's path).
     pub fn close(&self) {
-        self.reactor.command(Command::Close(self.id.0));
+        self.reactor.command(Command::Close(self.key));
     }
 }
 
@@ -516,9 +517,10 @@ impl Reactor {
         };
         let raw = socket.fd().as_raw_fd();
         let mut control: Option<Arc<dyn ListenerControl>> = None;
+        let id = ListenerId(self.shared.serial());
         let key = self.shared.insert(|key| {
             let source = Arc::new(ListenerSource {
-                id: ListenerId(key),
+                id,
                 local: local.clone(),
                 batch: options.batch.max(1),
                 owner,
@@ -539,7 +541,8 @@ impl Reactor {
             Ok(source)
         })?;
         Ok(Listener {
-            id: ListenerId(key),
+            id,
+            key,
             local,
             reactor: self.shared.clone(),
             control: control.expect("set by insert"),

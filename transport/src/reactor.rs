@@ -7,7 +7,7 @@
 //! `Poller::modify` of a source happens on the reactor thread, in order.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     sources: Mutex<Slab<Arc<dyn Source>>>,
     commands: Mutex<Vec<Command>>,
     stopping: AtomicBool,
+    /// Source ids are serial numbers, never reused: slab keys are, and an event that names a
+    /// closed source must not be taken for the new one that got its key.
+    next_serial: AtomicU64,
 }
 
 impl Shared {
@@ -59,6 +62,11 @@ impl Shared {
         let source = make(key)?;
         entry.insert(source);
         Ok(key)
+    }
+
+    /// A fresh id for a new source.
+    pub(crate) fn serial(&self) -> u64 {
+        self.next_serial.fetch_add(1, Relaxed)
     }
 
     /// Forgets a source after it deregistered and closed itself.
@@ -123,6 +131,7 @@ impl Reactor {
             sources: Mutex::new(Slab::new()),
             commands: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            next_serial: AtomicU64::new(1),
         });
         let run = shared.clone();
         let thread = std::thread::Builder::new()

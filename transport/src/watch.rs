@@ -19,7 +19,7 @@ use crate::reactor::{offer, Reactor, Shared, Source};
 
 /// Identifies a watch within its reactor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct WatchId(pub(crate) usize);
+pub struct WatchId(pub(crate) u64);
 
 /// Which readiness to report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -79,6 +79,7 @@ struct WatchState {
 
 struct WatchSource {
     id: WatchId,
+    key: usize,
     fd: Arc<dyn AsFd + Send + Sync>,
     owner: Recipient<Readiness>,
     state: Mutex<WatchState>,
@@ -87,7 +88,7 @@ struct WatchSource {
 impl WatchSource {
     fn deliver(&self, reactor: &Arc<Shared>, state: &mut WatchState) {
         if let Some(msg) = state.pending.take() {
-            match offer(reactor, self.id.0, &self.owner, &mut state.waiting_for_room, msg) {
+            match offer(reactor, self.key, &self.owner, &mut state.waiting_for_room, msg) {
                 Ok(()) => {}
                 Err(TrySendError::Full(msg)) => state.pending = Some(msg),
                 Err(TrySendError::Closed(_)) => {
@@ -102,7 +103,7 @@ impl WatchSource {
         if state.registered {
             state.registered = false;
             let _ = reactor.poller.delete(self.fd.as_fd());
-            reactor.remove(self.id.0);
+            reactor.remove(self.key);
         }
     }
 }
@@ -165,7 +166,7 @@ impl Watch {
         if !state.registered {
             return;
         }
-        let key = self.source.id.0;
+        let key = self.source.key;
         let event = interest.event(key);
         if let Err(e) = self.reactor.poller.modify(self.source.fd.as_fd(), event) {
             log::error!("watch {:?}: arm failed: {e}", self.source.id);
@@ -198,9 +199,11 @@ impl Reactor {
     ) -> io::Result<Watch> {
         let raw = fd.as_fd().as_raw_fd();
         let mut made: Option<Arc<WatchSource>> = None;
+        let id = WatchId(self.shared.serial());
         self.shared.insert(|key| {
             let source = Arc::new(WatchSource {
-                id: WatchId(key),
+                id,
+                key,
                 fd,
                 owner,
                 state: Mutex::new(WatchState {

@@ -433,3 +433,63 @@ fn read_timeout_closes_a_silent_peer_even_while_we_write() {
     reactor.stop();
     rt.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn connection_ids_are_never_reused_even_when_the_reactor_reuses_the_slot() {
+    // An owner of many connections keys them by id; a late `Closed` for an old connection
+    // must not name a new one that took its place in the reactor.
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let (conn, client, rx) = pair(&rt, &reactor, ConnOptions::default());
+        assert!(seen.insert(conn.id()), "id {:?} reused", conn.id());
+        conn.abort();
+        assert!(matches!(next(&rx), ConnEvent::Closed(_, CloseReason::Aborted)));
+        drop(client);
+        assert_eq!(reactor.sources(), 0, "the slot is free for the next connection");
+    }
+    reactor.stop();
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn unread_bytes_given_to_adopt_with_arrive_first_and_the_close_hook_runs_once() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    client.write_all(b"later").unwrap();
+    let (tx, rx) = unbounded();
+    let sink = rt.try_spawn(Collect(tx), Mailbox::Unbounded).unwrap();
+    let (hook_tx, hook_rx) = unbounded();
+    let conn = reactor
+        .adopt_with(
+            Stream::Tcp(server),
+            b"first-".to_vec(),
+            Some(Box::new(move |reason: &CloseReason| {
+                hook_tx.send(reason.clone()).unwrap()
+            })),
+            ConnOptions::default(),
+            sink.recipient(),
+        )
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < b"first-later".len() {
+        match next(&rx) {
+            ConnEvent::Data(_, bytes) => got.extend(bytes),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, b"first-later");
+    conn.close();
+    assert_eq!(hook_rx.recv_timeout(WAIT).unwrap(), CloseReason::Closed);
+    assert!(matches!(next(&rx), ConnEvent::Closed(_, CloseReason::Closed)));
+    assert!(
+        hook_rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "the hook runs once"
+    );
+    reactor.stop();
+    rt.shutdown(WAIT).unwrap();
+}

@@ -1,0 +1,157 @@
+//! Shared by the handoff tests: an echo application for workers, and descriptor counting.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use baton_handoff::{Channel, Incoming, Worker, WorkerExit, WorkerOptions};
+use baton_runtime::{Actor, Context, Runtime};
+use baton_transport::{ConnEvent, ConnId, ConnOptions, Connection, Reactor};
+
+/// Bound on every wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub enum Msg {
+    Incoming(Incoming),
+    Conn(ConnEvent),
+}
+
+/// The test workers' protocol: on adoption, write this process's pid and a newline; then echo
+/// every byte; `quit\n` anywhere in a read closes the connection from the worker's side;
+/// a read that starts with `sleep MS` blocks the application for that long first (a heavy
+/// request).
+pub struct EchoApp {
+    conns: HashMap<ConnId, Connection>,
+}
+
+impl Actor for EchoApp {
+    type Message = Msg;
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
+        match msg {
+            Msg::Incoming(inc) => {
+                let owner = ctx.address().recipient_map(Msg::Conn, |m| match m {
+                    Msg::Conn(e) => Ok(e),
+                    other => Err(other),
+                });
+                if let Ok(conn) = inc.adopt(owner, ConnOptions::default()) {
+                    let _ = conn.write(format!("{}\n", std::process::id()).as_bytes());
+                    self.conns.insert(conn.id(), conn);
+                }
+            }
+            Msg::Conn(ConnEvent::Data(id, bytes)) => {
+                if let Some(conn) = self.conns.get(&id) {
+                    if bytes.windows(5).any(|w| w == b"quit\n") {
+                        conn.close();
+                    } else {
+                        if let Some(ms) = bytes.strip_prefix(b"sleep ") {
+                            let ms: u64 = String::from_utf8_lossy(ms).trim().parse().unwrap_or(0);
+                            std::thread::sleep(Duration::from_millis(ms));
+                        }
+                        let _ = conn.write(&bytes);
+                    }
+                }
+            }
+            Msg::Conn(ConnEvent::ReadClosed(id)) => {
+                if let Some(conn) = self.conns.get(&id) {
+                    conn.close();
+                }
+            }
+            Msg::Conn(ConnEvent::Closed(id, _)) => {
+                self.conns.remove(&id);
+            }
+            Msg::Conn(_) => {}
+        }
+    }
+}
+
+/// A running echo worker in this process (for tests that play the parent by hand).
+pub struct InProcessWorker {
+    pub runtime: Runtime,
+    pub reactor: Reactor,
+    pub worker: Worker,
+}
+
+impl InProcessWorker {
+    pub fn start(channel: Channel) -> InProcessWorker {
+        let runtime = Runtime::builder().threads(2).build();
+        let reactor = Reactor::start().expect("reactor");
+        let app = runtime.spawn(EchoApp { conns: HashMap::new() });
+        let incoming = app.recipient_map(Msg::Incoming, |m| match m {
+            Msg::Incoming(i) => Ok(i),
+            other => Err(other),
+        });
+        let worker = Worker::serve(channel, &runtime, &reactor, incoming, WorkerOptions::default()).expect("serve");
+        InProcessWorker {
+            runtime,
+            reactor,
+            worker,
+        }
+    }
+
+    pub fn stop(self) {
+        self.runtime.shutdown(Duration::from_secs(5)).expect("shutdown");
+        self.reactor.stop();
+    }
+}
+
+/// The body of a worker process: serve the channel with the echo app until told to exit.
+pub fn worker_main(channel: Channel) -> WorkerExit {
+    let w = InProcessWorker::start(channel);
+    let why = w.worker.wait();
+    w.stop();
+    why
+}
+
+/// Descriptors open in process `pid` (`None`: this one).
+pub fn fd_count(pid: Option<u32>) -> usize {
+    let dir = match pid {
+        Some(p) => format!("/proc/{p}/fd"),
+        None => "/proc/self/fd".to_string(),
+    };
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Waits until `f` holds (polling every 10 ms), or panics with `what` after [`WAIT`].
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one (10k connections need it).
+pub fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = lim.maximum;
+    let _ = setrlimit(Resource::Nofile, lim);
+}
+
+/// A client of the echo protocol: connects, reads the serving worker's pid line.
+pub struct Client {
+    pub reader: BufReader<TcpStream>,
+    pub pid: u32,
+}
+
+impl Client {
+    pub fn connect(addr: std::net::SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("pid line");
+        let pid = line.trim().parse().unwrap_or_else(|_| panic!("bad pid line {line:?}"));
+        Client { reader, pid }
+    }
+
+    /// Sends `data` and reads exactly as many bytes back.
+    pub fn echo(&mut self, data: &[u8]) -> Vec<u8> {
+        self.reader.get_mut().write_all(data).expect("write");
+        let mut back = vec![0; data.len()];
+        self.reader.read_exact(&mut back).expect("echo");
+        back
+    }
+}
