@@ -44,8 +44,8 @@
 //!         match msg {
 //!             Msg::Incoming(inc) => {
 //!                 let owner = ctx.address().recipient_map(Msg::Conn, |m| match m {
-//!                     Msg::Conn(e) => Ok(e),
-//!                     other => Err(other),
+//!                     Msg::Conn(e) => Some(e),
+//!                     _ => None,
 //!                 });
 //!                 if let Ok(conn) = inc.adopt(owner, ConnOptions::default()) {
 //!                     self.conns.insert(conn.id(), conn);
@@ -65,8 +65,8 @@
 //!     if let Some(channel) = baton_handoff::channel_from_env(Default::default()) {
 //!         let app = rt.spawn(Echo { conns: HashMap::new() });
 //!         let incoming = app.recipient_map(Msg::Incoming, |m| match m {
-//!             Msg::Incoming(i) => Ok(i),
-//!             other => Err(other),
+//!             Msg::Incoming(i) => Some(i),
+//!             _ => None,
 //!         });
 //!         let worker = Worker::serve(channel?, &rt, &reactor, incoming, WorkerOptions::default())?;
 //!         worker.wait();

@@ -246,8 +246,8 @@ impl Worker {
             .map_err(|e| io::Error::other(e.to_string()))?;
         let _ = shared.link.set(addr.clone());
         let ready = addr.recipient_map(LinkMsg::Ready, |m| match m {
-            LinkMsg::Ready(r) => Ok(r),
-            other => Err(other),
+            LinkMsg::Ready(r) => Some(r),
+            _ => None,
         });
         let watch = reactor.watch(channel, Interest::READ, ready)?;
         if addr.send(LinkMsg::Watch(watch)).is_err() {

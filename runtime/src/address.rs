@@ -140,8 +140,9 @@ impl<A: Actor> Addr<A> {
     /// A recipient of another message type `M`, for an actor whose message is an enum with a
     /// variant for `M` (for example connection events alongside the actor's own requests).
     /// `wrap` builds the variant; `unwrap` takes it apart again so a message the mailbox
-    /// refuses can be handed back to the sender as an `M`. `unwrap` must invert `wrap`; if it
-    /// does not, the refused message is dropped with a logged error.
+    /// refuses can be handed back to the sender as an `M`. `unwrap` must invert `wrap` (it only
+    /// ever sees what `wrap` made); if it returns `None`, the refused message is dropped with a
+    /// logged error.
     ///
     /// # Examples
     ///
@@ -155,8 +156,8 @@ impl<A: Actor> Addr<A> {
     /// }
     /// let rt = Runtime::new();
     /// let lines = rt.spawn(Logger).recipient_map(Msg::Line, |m| match m {
-    ///     Msg::Line(s) => Ok(s),
-    ///     other => Err(other),
+    ///     Msg::Line(s) => Some(s),
+    ///     _ => None,
     /// });
     /// lines.send("hello".to_string()).unwrap();
     /// # rt.shutdown(std::time::Duration::from_secs(1)).unwrap();
@@ -164,7 +165,7 @@ impl<A: Actor> Addr<A> {
     pub fn recipient_map<M: Send + 'static>(
         &self,
         wrap: fn(M) -> A::Message,
-        unwrap: fn(A::Message) -> Result<M, A::Message>,
+        unwrap: fn(A::Message) -> Option<M>,
     ) -> Recipient<M> {
         Recipient {
             inner: Arc::new(Mapped {
@@ -180,15 +181,15 @@ impl<A: Actor> Addr<A> {
 struct Mapped<A: Actor, M> {
     addr: Addr<A>,
     wrap: fn(M) -> A::Message,
-    unwrap: fn(A::Message) -> Result<M, A::Message>,
+    unwrap: fn(A::Message) -> Option<M>,
 }
 
 impl<A: Actor, M: Send + 'static> Mapped<A, M> {
     /// Turns a message the mailbox handed back into the caller's type again.
     fn back(&self, msg: A::Message) -> Option<M> {
         match (self.unwrap)(msg) {
-            Ok(m) => Some(m),
-            Err(_) => {
+            Some(m) => Some(m),
+            None => {
                 log::error!(
                     "recipient_map for {}: unwrap did not invert wrap; message dropped",
                     self.addr.cell.id

@@ -32,8 +32,8 @@ impl Actor for EchoApp {
         match msg {
             Msg::Incoming(inc) => {
                 let owner = ctx.address().recipient_map(Msg::Conn, |m| match m {
-                    Msg::Conn(e) => Ok(e),
-                    other => Err(other),
+                    Msg::Conn(e) => Some(e),
+                    _ => None,
                 });
                 if let Ok(conn) = inc.adopt(owner, ConnOptions::default()) {
                     let _ = conn.write(format!("{}\n", std::process::id()).as_bytes());
@@ -79,8 +79,8 @@ impl InProcessWorker {
         let reactor = Reactor::start().expect("reactor");
         let app = runtime.spawn(EchoApp { conns: HashMap::new() });
         let incoming = app.recipient_map(Msg::Incoming, |m| match m {
-            Msg::Incoming(i) => Ok(i),
-            other => Err(other),
+            Msg::Incoming(i) => Some(i),
+            _ => None,
         });
         let worker = Worker::serve(channel, &runtime, &reactor, incoming, WorkerOptions::default()).expect("serve");
         InProcessWorker {
