@@ -36,13 +36,8 @@ impl Actor for Counter {
 
 fn main() {
     let rt = Runtime::new();
-    let intensity = Intensity {
-        max_restarts: 3,
-        period: Duration::from_secs(5),
-    };
-    let sup = rt
-        .supervisor(Strategy::OneForOne, intensity)
-        .expect("runtime is running");
+    let intensity = Intensity { max_restarts: 3, period: Duration::from_secs(5) };
+    let sup = rt.supervisor(Strategy::OneForOne, intensity).expect("runtime is running");
     let counter = sup
         .start_child(ChildSpec::new(|| Counter { total: 0 }).restart(Restart::Permanent))
         .expect("runtime is running");

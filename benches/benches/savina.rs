@@ -43,8 +43,7 @@ fn runtime() -> Runtime {
 }
 
 fn shutdown(rt: Runtime, what: &str) {
-    rt.shutdown(SHUTDOWN)
-        .unwrap_or_else(|e| panic!("{what}: runtime shutdown: {e}"));
+    rt.shutdown(SHUTDOWN).unwrap_or_else(|e| panic!("{what}: runtime shutdown: {e}"));
 }
 
 /// One channel per baseline thread: the senders, and the receivers the threads take.
@@ -132,17 +131,12 @@ fn ping_pong(c: &mut Criterion) {
     {
         let rt = runtime();
         let pong = rt.spawn(Pong { ping: None });
-        let ping = rt.spawn(Ping {
-            pong,
-            left: 0,
-            done: None,
-        });
+        let ping = rt.spawn(Ping { pong, left: 0, done: None });
         let (done_tx, done_rx) = bounded(1);
         g.bench_function("baton", |b| {
             b.iter_custom(|iters| {
                 timed(iters, || {
-                    ping.send(PingMsg::Start(PING_PONG_ROUNDS, done_tx.clone()))
-                        .expect("ping closed");
+                    ping.send(PingMsg::Start(PING_PONG_ROUNDS, done_tx.clone())).expect("ping closed");
                     wait(&done_rx, "PingPong/baton");
                 })
             })
@@ -296,11 +290,7 @@ impl Actor for RingNode {
                 let _ = self.done.send(());
             }
             RingMsg::Token(n) => {
-                self.next
-                    .as_ref()
-                    .expect("linked")
-                    .send(RingMsg::Token(n - 1))
-                    .expect("next closed");
+                self.next.as_ref().expect("linked").send(RingMsg::Token(n - 1)).expect("next closed");
             }
         }
     }
@@ -311,14 +301,8 @@ fn thread_ring(c: &mut Criterion) {
     {
         let rt = runtime();
         let (done_tx, done_rx) = bounded(1);
-        let nodes: Vec<Addr<RingNode>> = (0..RING_SIZE)
-            .map(|_| {
-                rt.spawn(RingNode {
-                    next: None,
-                    done: done_tx.clone(),
-                })
-            })
-            .collect();
+        let nodes: Vec<Addr<RingNode>> =
+            (0..RING_SIZE).map(|_| rt.spawn(RingNode { next: None, done: done_tx.clone() })).collect();
         for (i, node) in nodes.iter().enumerate() {
             node.send(RingMsg::Link(nodes[(i + 1) % RING_SIZE].clone())).unwrap();
         }
@@ -406,14 +390,8 @@ fn fork_join_throughput(c: &mut Criterion) {
     {
         let rt = runtime();
         let (done_tx, done_rx) = bounded(FJ_WORKERS);
-        let workers: Vec<Addr<FjWorker>> = (0..FJ_WORKERS)
-            .map(|_| {
-                rt.spawn(FjWorker {
-                    seen: 0,
-                    done: done_tx.clone(),
-                })
-            })
-            .collect();
+        let workers: Vec<Addr<FjWorker>> =
+            (0..FJ_WORKERS).map(|_| rt.spawn(FjWorker { seen: 0, done: done_tx.clone() })).collect();
         g.bench_function("baton", |b| {
             b.iter_custom(|iters| {
                 timed(iters, || {
@@ -503,9 +481,7 @@ fn fork_join_creation(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 timed(iters, || {
                     for _ in 0..FJ_CREATE {
-                        let a = rt
-                            .try_spawn(OneShot { done: done_tx.clone() }, Mailbox::Bounded(1))
-                            .expect("spawn");
+                        let a = rt.try_spawn(OneShot { done: done_tx.clone() }, Mailbox::Bounded(1)).expect("spawn");
                         a.send(37.2).expect("one-shot closed");
                     }
                     for _ in 0..FJ_CREATE {
@@ -584,9 +560,7 @@ impl Actor for BigActor {
                 self.ping_someone();
             }
             BigMsg::Ping(from) => {
-                self.all.as_ref().expect("neighbours set")[from]
-                    .send(BigMsg::Pong)
-                    .expect("neighbour closed");
+                self.all.as_ref().expect("neighbours set")[from].send(BigMsg::Pong).expect("neighbour closed");
             }
             BigMsg::Pong if self.left == 0 => {
                 let _ = self.done.send(());
@@ -610,13 +584,7 @@ fn big(c: &mut Criterion) {
         let (done_tx, done_rx) = bounded(BIG_ACTORS);
         let actors: Vec<Addr<BigActor>> = (0..BIG_ACTORS)
             .map(|me| {
-                let actor = BigActor {
-                    me,
-                    all: None,
-                    left: 0,
-                    rng: XorShift::new(me as u64),
-                    done: done_tx.clone(),
-                };
+                let actor = BigActor { me, all: None, left: 0, rng: XorShift::new(me as u64), done: done_tx.clone() };
                 rt.try_spawn(actor, Mailbox::Unbounded).expect("spawn")
             })
             .collect();
@@ -762,8 +730,7 @@ impl Actor for Mall {
                 None => self.waiting = Some((from, color)),
                 Some((other, other_color)) => {
                     self.left -= 1;
-                    from.send(ChameneoMsg::Meeting(other, other_color))
-                        .expect("chameneo closed");
+                    from.send(ChameneoMsg::Meeting(other, other_color)).expect("chameneo closed");
                 }
             },
             MallMsg::Faded(n) => {
@@ -814,9 +781,7 @@ impl Actor for Chameneo {
                 return;
             }
         }
-        self.mall
-            .send(MallMsg::Meet(ctx.address(), self.color))
-            .expect("mall closed");
+        self.mall.send(MallMsg::Meet(ctx.address(), self.color)).expect("mall closed");
     }
 }
 
@@ -841,25 +806,14 @@ fn chameneos(c: &mut Criterion) {
         let rt = runtime();
         let mall = rt
             .try_spawn(
-                Mall {
-                    chameneos: Vec::new(),
-                    left: 0,
-                    waiting: None,
-                    faded: 0,
-                    total: 0,
-                    done: None,
-                },
+                Mall { chameneos: Vec::new(), left: 0, waiting: None, faded: 0, total: 0, done: None },
                 Mailbox::Unbounded,
             )
             .expect("spawn");
         let all: Vec<Addr<Chameneo>> = (0..CHAMENEOS)
             .map(|i| {
-                let ch = Chameneo {
-                    mall: mall.clone(),
-                    initial: Color::initial(i),
-                    color: Color::initial(i),
-                    meetings: 0,
-                };
+                let ch =
+                    Chameneo { mall: mall.clone(), initial: Color::initial(i), color: Color::initial(i), meetings: 0 };
                 rt.try_spawn(ch, Mailbox::Unbounded).expect("spawn")
             })
             .collect();
@@ -869,9 +823,7 @@ fn chameneos(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 timed(iters, || {
                     mall.send(MallMsg::Run(MEETINGS, done_tx.clone())).unwrap();
-                    let total = done_rx
-                        .recv_timeout(ROUND_TIMEOUT)
-                        .expect("Chameneos/baton: round did not finish");
+                    let total = done_rx.recv_timeout(ROUND_TIMEOUT).expect("Chameneos/baton: round did not finish");
                     assert_eq!(total, 2 * MEETINGS);
                 })
             })
@@ -959,9 +911,8 @@ fn chameneos(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 timed(iters, || {
                     mall_tx.send(RawMallMsg::Run(MEETINGS, done_tx.clone())).unwrap();
-                    let total = done_rx
-                        .recv_timeout(ROUND_TIMEOUT)
-                        .expect("Chameneos/crossbeam_threads: round did not finish");
+                    let total =
+                        done_rx.recv_timeout(ROUND_TIMEOUT).expect("Chameneos/crossbeam_threads: round did not finish");
                     assert_eq!(total, 2 * MEETINGS);
                 })
             })
@@ -1044,32 +995,17 @@ fn memory_per_idle_actor() {
     set_counting(false);
 
     println!("== Memory per idle actor (Mailbox::Bounded(1), {IDLE_ACTORS} actors, {THREADS} pool threads) ==");
-    println!(
-        "actors started: {started} of {} ; live_actors(): {live_reported}",
-        IDLE_ACTORS + 1
-    );
+    println!("actors started: {started} of {} ; live_actors(): {live_reported}", IDLE_ACTORS + 1);
     println!("heap growth: {total} bytes in all");
     println!("bytes per idle actor, total:                  {per_actor:.1}");
     println!("mailbox buffer estimate (1 slot of {buffer} B):     {buffer}");
-    println!(
-        "bytes per idle actor beyond mailbox buffer:   {:.1}",
-        per_actor - buffer as f64
-    );
+    println!("bytes per idle actor beyond mailbox buffer:   {:.1}", per_actor - buffer as f64);
     println!("(for scale: one bare crossbeam bounded(1) channel, with its buffer: {per_channel:.1} bytes)");
     println!("shutdown: {shutdown_result:?}; heap left after runtime shutdown and drop: {residue} bytes");
     println!();
 }
 
-criterion_group!(
-    savina,
-    ping_pong,
-    counting,
-    thread_ring,
-    fork_join_throughput,
-    fork_join_creation,
-    big,
-    chameneos
-);
+criterion_group!(savina, ping_pong, counting, thread_ring, fork_join_throughput, fork_join_creation, big, chameneos);
 
 fn main() {
     memory_per_idle_actor();

@@ -45,10 +45,7 @@ const MSG: usize = 64;
 const BACKLOG: i32 = 1024;
 const SHUTDOWN: Duration = Duration::from_secs(10);
 /// How often the baseline loops look at their stop flag.
-const POLL_TICK: Timespec = Timespec {
-    tv_sec: 0,
-    tv_nsec: 50_000_000,
-};
+const POLL_TICK: Timespec = Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -98,10 +95,7 @@ impl Baseline {
     fn start(body: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Baseline {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        Baseline {
-            stop,
-            thread: Some(std::thread::spawn(move || body(flag))),
-        }
+        Baseline { stop, thread: Some(std::thread::spawn(move || body(flag))) }
     }
 }
 
@@ -141,10 +135,7 @@ impl Connector {
                 }
             }
         });
-        Connector {
-            go: Some(go),
-            thread: Some(thread),
-        }
+        Connector { go: Some(go), thread: Some(thread) }
     }
 
     fn go(&self) {
@@ -195,12 +186,8 @@ fn accept_baton(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
         let rt = Runtime::builder().threads(THREADS).build();
         let reactor = Reactor::start().unwrap();
         let (tx, done) = bounded(1);
-        let owner = rt
-            .try_spawn(AcceptCounter { n: 0, done: tx }, Mailbox::Unbounded)
-            .unwrap();
-        let listener = reactor
-            .listen_tcp(loopback(), ListenOptions::default(), owner.recipient())
-            .unwrap();
+        let owner = rt.try_spawn(AcceptCounter { n: 0, done: tx }, Mailbox::Unbounded).unwrap();
+        let listener = reactor.listen_tcp(loopback(), ListenOptions::default(), owner.recipient()).unwrap();
         let client = Connector::start(inet(listener.local_addr()));
         b.iter_custom(|iters| {
             timed(iters, || {
@@ -347,10 +334,7 @@ impl Actor for EchoAcceptor {
     fn handle(&mut self, ctx: &mut Context<Self>, msg: Acc) {
         let slot = Arc::new(OnceLock::new());
         let echo = ctx.spawn(EchoConn { conn: slot.clone() }, Mailbox::Unbounded).unwrap();
-        let conn = self
-            .reactor
-            .adopt(msg.0.stream, ConnOptions::default(), echo.recipient())
-            .unwrap();
+        let conn = self.reactor.adopt(msg.0.stream, ConnOptions::default(), echo.recipient()).unwrap();
         assert!(slot.set(conn).is_ok());
     }
 }
@@ -389,17 +373,8 @@ fn echo_baton(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     g.bench_function("baton", |b| {
         let rt = Runtime::builder().threads(THREADS).build();
         let reactor = Reactor::start().unwrap();
-        let acceptor = rt
-            .try_spawn(
-                EchoAcceptor {
-                    reactor: reactor.clone(),
-                },
-                Mailbox::Unbounded,
-            )
-            .unwrap();
-        let listener = reactor
-            .listen_tcp(loopback(), ListenOptions::default(), acceptor.recipient())
-            .unwrap();
+        let acceptor = rt.try_spawn(EchoAcceptor { reactor: reactor.clone() }, Mailbox::Unbounded).unwrap();
+        let listener = reactor.listen_tcp(loopback(), ListenOptions::default(), acceptor.recipient()).unwrap();
         let clients = EchoClients::start(inet(listener.local_addr()));
         b.iter_custom(|iters| timed(iters, || clients.round("Echo/baton")));
         clients.stop();
@@ -412,13 +387,7 @@ fn echo_baton(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
 fn echo_loop(listener: TcpListener, stop: Arc<AtomicBool>) {
     const LISTENER: u64 = u64::MAX;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
-    epoll::add(
-        &ep,
-        &listener,
-        epoll::EventData::new_u64(LISTENER),
-        epoll::EventFlags::IN,
-    )
-    .unwrap();
+    epoll::add(&ep, &listener, epoll::EventData::new_u64(LISTENER), epoll::EventFlags::IN).unwrap();
     let mut conns: Vec<Option<TcpStream>> = Vec::new();
     let mut events = Vec::with_capacity(ECHO_CONNS + 1);
     let mut buf = [0u8; 4096];
@@ -496,17 +465,11 @@ fn memory_per_idle_connection() {
     let limit = getrlimit(Resource::Nofile);
     let want = (2 * IDLE_CONNS + 256) as u64;
     if limit.current.is_some_and(|c| c < want) {
-        let raised = Rlimit {
-            current: limit.maximum.map_or(Some(want), |m| Some(m.min(want))),
-            maximum: limit.maximum,
-        };
+        let raised =
+            Rlimit { current: limit.maximum.map_or(Some(want), |m| Some(m.min(want))), maximum: limit.maximum };
         let _ = setrlimit(Resource::Nofile, raised);
     }
-    let room = getrlimit(Resource::Nofile)
-        .current
-        .unwrap_or(u64::MAX)
-        .saturating_sub(256) as usize
-        / 2;
+    let room = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX).saturating_sub(256) as usize / 2;
     let conns = IDLE_CONNS.min(room);
 
     struct Sink;
@@ -520,18 +483,12 @@ fn memory_per_idle_connection() {
     let recipient = owner.recipient();
     let mut peers = Vec::with_capacity(conns);
     let mut handles = Vec::with_capacity(conns);
-    let pairs: Vec<_> = (0..conns)
-        .map(|_| std::os::unix::net::UnixStream::pair().expect("socketpair"))
-        .collect();
+    let pairs: Vec<_> = (0..conns).map(|_| std::os::unix::net::UnixStream::pair().expect("socketpair")).collect();
     baton_benches::set_counting(true);
     let before = baton_benches::live_bytes();
     for (ours, theirs) in pairs {
         let conn = reactor
-            .adopt(
-                baton_transport::Stream::Unix(ours),
-                ConnOptions::default(),
-                recipient.clone(),
-            )
+            .adopt(baton_transport::Stream::Unix(ours), ConnOptions::default(), recipient.clone())
             .expect("adopt");
         handles.push(conn);
         peers.push(theirs);

@@ -36,8 +36,7 @@ pub fn timed(iters: u64, mut round: impl FnMut()) -> Duration {
 
 /// Waits for the end of a round, panicking (instead of hanging) after [`ROUND_TIMEOUT`].
 pub fn wait(done: &Receiver<()>, what: &str) {
-    done.recv_timeout(ROUND_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{what}: round did not finish: {e}"));
+    done.recv_timeout(ROUND_TIMEOUT).unwrap_or_else(|e| panic!("{what}: round did not finish: {e}"));
 }
 
 /// Wraps [`System`] and, while counting is on ([`set_counting`]), tracks live heap bytes.

@@ -94,12 +94,7 @@ impl Endpoint {
 }
 
 fn seqpacket_socket() -> io::Result<OwnedFd> {
-    Ok(rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?)
+    Ok(rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?)
 }
 
 /// Connects to a parent's named channel and checks that the parent passes `check`.
@@ -218,11 +213,11 @@ fn remove_if_stale(path: &Path) -> io::Result<()> {
     }
     let probe = seqpacket_socket()?;
     match rustix::net::connect(&probe, &SocketAddrUnix::new(path)?) {
-        Ok(()) => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("a live socket is listening at {}", path.display()),
-        )),
-        Err(Errno::CONNREFUSED) | Err(Errno::PROTOTYPE) => {
+        Ok(()) => {
+            Err(io::Error::new(io::ErrorKind::AddrInUse, format!("a live socket is listening at {}", path.display())))
+        }
+        // Refused: nobody listens. (EPROTOTYPE would mean a live listener of another kind.)
+        Err(Errno::CONNREFUSED) => {
             log::info!("handoff: removing stale channel socket {}", path.display());
             std::fs::remove_file(path)
         }
@@ -272,10 +267,7 @@ fn parse_fd(v: &OsStr) -> Option<RawFd> {
 /// meant for exactly this call: call it once, at start-up.
 pub unsafe fn inherited(raw: RawFd) -> io::Result<Channel> {
     if raw < 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{ENV_FD} is not a descriptor number"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{ENV_FD} is not a descriptor number")));
     }
     // SAFETY: only borrowed for the checks; whether it is open is what fcntl tells us.
     let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
@@ -301,18 +293,23 @@ static INHERITED_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 /// most once per process), or a connection to [`ENV_PATH`] / [`ENV_ABSTRACT`] whose parent
 /// must pass `check`. `None` when this process was not started as a worker.
 ///
+/// The variables are removed from the environment, so the application's own children do not
+/// take themselves for workers. Call it first thing in `main`, before starting threads
+/// (changing the environment races with threads reading it).
+///
 /// # Errors
 ///
 /// `InvalidInput` for a bad or already-taken inherited descriptor; connect and credential
 /// errors for the named ways.
 pub fn channel_from_env(check: PeerCheck) -> Option<io::Result<Channel>> {
-    Some(match from_env()? {
+    let found = from_env()?;
+    for var in [ENV_FD, ENV_PATH, ENV_ABSTRACT] {
+        std::env::remove_var(var);
+    }
+    Some(match found {
         FromEnv::Inherited(raw) => {
             if INHERITED_TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "the inherited channel was already taken",
-                ))
+                Err(io::Error::new(io::ErrorKind::InvalidInput, "the inherited channel was already taken"))
             } else {
                 // SAFETY: the number comes from the parent through ENV_FD, which exists for this
                 // call only, and the flag above makes this the only owner in the process.

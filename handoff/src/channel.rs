@@ -160,10 +160,7 @@ impl Channel {
         if rustix::net::sockopt::socket_type(&fd)? != SocketType::SEQPACKET
             || rustix::net::sockopt::socket_domain(&fd)? != AddressFamily::UNIX
         {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not an AF_UNIX SOCK_SEQPACKET socket",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not an AF_UNIX SOCK_SEQPACKET socket"));
         }
         rustix::io::ioctl_fionbio(&fd, true)?;
         Ok(Channel { fd })
@@ -178,18 +175,12 @@ impl Channel {
     /// and the descriptors disagree or the record is larger than [`MAX_RECORD`].
     pub fn send(&self, record: &Record, fds: &[BorrowedFd<'_>], scratch: &mut Vec<u8>) -> io::Result<()> {
         if record.fds() != fds.len() || fds.len() > MAX_FDS {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "descriptor count does not match the record",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "descriptor count does not match the record"));
         }
         scratch.clear();
         record::encode(record, scratch);
         if scratch.len() > MAX_RECORD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "record larger than MAX_RECORD",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "record larger than MAX_RECORD"));
         }
         self.send_bytes(scratch, fds)
     }
@@ -204,10 +195,7 @@ impl Channel {
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "too many descriptors for one record",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors for one record"));
         }
         let iov = [IoSlice::new(bytes)];
         loop {
@@ -229,12 +217,8 @@ impl Channel {
         let mut control = RecvAncillaryBuffer::new(&mut buf.control);
         let msg = loop {
             let mut iov = [IoSliceMut::new(&mut buf.data)];
-            match rustix::net::recvmsg(
-                &self.fd,
-                &mut iov,
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-            ) {
+            match rustix::net::recvmsg(&self.fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT)
+            {
                 Ok(msg) => break msg,
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => return Err(RecvError::WouldBlock),
@@ -255,42 +239,27 @@ impl Channel {
         let bytes = &buf.data[..msg.bytes.min(buf.data.len())];
         if msg.flags.contains(ReturnFlags::TRUNC) || msg.bytes > MAX_RECORD {
             // `fds` drops here, closing whatever arrived.
-            return Err(RecvError::Bad {
-                error: BadRecord::Oversized,
-                ids: Vec::new(),
-            });
+            return Err(RecvError::Bad { error: BadRecord::Oversized, ids: Vec::new() });
         }
         let record = match record::decode(bytes) {
             Ok(r) => r,
-            Err(e) => {
-                return Err(RecvError::Bad {
-                    error: BadRecord::Decode(e),
-                    ids: Vec::new(),
-                })
-            }
+            Err(e) => return Err(RecvError::Bad { error: BadRecord::Decode(e), ids: Vec::new() }),
         };
-        let declared = record.fds();
+        // `decode` checked the header; for a HANDOFF the declared count must also match the
+        // items and what arrived.
+        let declared = record::header(bytes).map_or(0, |h| usize::from(h.fds));
         let ids = match &record {
             Record::Handoff(items) => items.iter().map(|i| i.id).collect(),
             _ => Vec::new(),
         };
         if msg.flags.contains(ReturnFlags::CTRUNC) {
             return Err(RecvError::Bad {
-                error: BadRecord::DescriptorsTruncated {
-                    declared,
-                    arrived: fds.len(),
-                },
+                error: BadRecord::DescriptorsTruncated { declared, arrived: fds.len() },
                 ids,
             });
         }
-        if fds.len() != declared {
-            return Err(RecvError::Bad {
-                error: BadRecord::DescriptorMismatch {
-                    declared,
-                    arrived: fds.len(),
-                },
-                ids,
-            });
+        if fds.len() != declared || declared != record.fds() {
+            return Err(RecvError::Bad { error: BadRecord::DescriptorMismatch { declared, arrived: fds.len() }, ids });
         }
         Ok((record, fds))
     }

@@ -71,6 +71,29 @@ impl From<Accepted> for Dispatch {
     }
 }
 
+/// Why [`Parent::dispatch`] refused a socket (handed back inside).
+#[derive(Debug)]
+pub enum DispatchError {
+    /// The routing key is longer than [`record::MAX_KEY`].
+    KeyTooLong(Box<Dispatch>),
+    /// The prelude is longer than [`record::MAX_PRELUDE`].
+    PreludeTooLong(Box<Dispatch>),
+    /// The parent has stopped.
+    Stopped(Box<Dispatch>),
+}
+
+impl std::fmt::Display for DispatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DispatchError::KeyTooLong(_) => "routing key longer than MAX_KEY",
+            DispatchError::PreludeTooLong(_) => "prelude longer than MAX_PRELUDE",
+            DispatchError::Stopped(_) => "the parent has stopped",
+        })
+    }
+}
+
+impl std::error::Error for DispatchError {}
+
 /// The Handoff actor's messages.
 #[derive(Debug)]
 pub enum HandoffMsg {
@@ -204,6 +227,8 @@ struct Slot {
     restarts: VecDeque<Instant>,
     restart_at: Option<Instant>,
     gave_up: bool,
+    /// When HELLO was sent: a worker that does not answer READY in time is presumed hung.
+    linked_at: Instant,
 }
 
 impl Slot {
@@ -223,6 +248,7 @@ impl Slot {
             restarts: VecDeque::new(),
             restart_at: None,
             gave_up: false,
+            linked_at: Instant::now(),
         }
     }
 }
@@ -252,6 +278,7 @@ pub struct ParentBuilder {
     max_in_flight: usize,
     max_per_worker: u32,
     adopt_timeout: Duration,
+    startup_timeout: Duration,
     max_tries: u32,
     batch: usize,
     intensity: Intensity,
@@ -280,12 +307,10 @@ impl Default for ParentBuilder {
             max_in_flight: 1024,
             max_per_worker: 256,
             adopt_timeout: Duration::from_secs(2),
+            startup_timeout: Duration::from_secs(10),
             max_tries: 3,
             batch: 64,
-            intensity: Intensity {
-                max_restarts: 5,
-                period: Duration::from_secs(10),
-            },
+            intensity: Intensity { max_restarts: 5, period: Duration::from_secs(10) },
         }
     }
 }
@@ -329,6 +354,12 @@ impl ParentBuilder {
         self
     }
 
+    /// How long a new worker has to answer HELLO with READY. Default 10 s.
+    pub fn startup_timeout(mut self, t: Duration) -> Self {
+        self.startup_timeout = t;
+        self
+    }
+
     /// Placements before a socket is given up and closed. Default 3.
     pub fn max_tries(mut self, n: u32) -> Self {
         self.max_tries = n.max(1);
@@ -363,6 +394,7 @@ impl ParentBuilder {
             max_in_flight: self.max_in_flight,
             max_per_worker: self.max_per_worker,
             adopt_timeout: self.adopt_timeout,
+            startup_timeout: self.startup_timeout,
             max_tries: self.max_tries,
             batch: self.batch,
             intensity: self.intensity,
@@ -383,10 +415,7 @@ impl ParentBuilder {
         let addr = runtime
             .try_spawn(actor, Mailbox::Bounded(1024))
             .map_err(|e: SpawnError| io::Error::other(e.to_string()))?;
-        let parent = Parent {
-            addr,
-            reactor: reactor.clone(),
-        };
+        let parent = Parent { addr, reactor: reactor.clone() };
         parent
             .addr
             .ask(|r| HandoffMsg::Control(Control::Start(r)), Duration::from_secs(10))
@@ -425,6 +454,27 @@ impl Parent {
         Ok(listener)
     }
 
+    /// Hands a socket to the parent for placement (an application that read a handshake uses
+    /// this; listeners send [`Accepted`] straight to [`Parent::recipient`]). Waits while the
+    /// parent's mailbox is full.
+    ///
+    /// # Errors
+    ///
+    /// [`DispatchError`], with the socket back, when a routing key or prelude exceeds
+    /// [`record::MAX_KEY`] / [`record::MAX_PRELUDE`] or the parent has stopped.
+    pub fn dispatch(&self, socket: Dispatch) -> Result<(), DispatchError> {
+        if socket.key.as_ref().is_some_and(|k| k.len() > record::MAX_KEY) {
+            return Err(DispatchError::KeyTooLong(Box::new(socket)));
+        }
+        if socket.prelude.len() > record::MAX_PRELUDE {
+            return Err(DispatchError::PreludeTooLong(Box::new(socket)));
+        }
+        self.addr.send(HandoffMsg::Dispatch(socket)).map_err(|e| match e.0 {
+            HandoffMsg::Dispatch(d) => DispatchError::Stopped(Box::new(d)),
+            _ => unreachable!("sent a Dispatch"),
+        })
+    }
+
     /// Lets the parent pause `listener` (whose owner should be [`Parent::recipient`]) while no
     /// worker can take more, and close it on drain.
     pub fn attach(&self, listener: Listener) {
@@ -452,8 +502,7 @@ impl Parent {
     ///
     /// When the actor does not answer within a second, or has stopped.
     pub fn stats(&self) -> Result<Stats, AskError> {
-        self.addr
-            .ask(|r| HandoffMsg::Control(Control::Stats(r)), Duration::from_secs(1))
+        self.addr.ask(|r| HandoffMsg::Control(Control::Stats(r)), Duration::from_secs(1))
     }
 
     /// Graceful stop: close the listeners, place every socket already accepted, tell the workers
@@ -464,10 +513,7 @@ impl Parent {
     ///
     /// When the actor has stopped.
     pub fn drain(&self, deadline: Duration) -> Result<DrainReport, AskError> {
-        self.addr.ask(
-            |r| HandoffMsg::Control(Control::Drain(deadline, r)),
-            deadline + Duration::from_secs(5),
-        )
+        self.addr.ask(|r| HandoffMsg::Control(Control::Drain(deadline, r)), deadline + Duration::from_secs(5))
     }
 
     /// Stops the actor; its `stopped` hook stops and reaps every worker it spawned.
@@ -485,6 +531,7 @@ pub struct Handoff {
     max_in_flight: usize,
     max_per_worker: u32,
     adopt_timeout: Duration,
+    startup_timeout: Duration,
     max_tries: u32,
     batch: usize,
     intensity: Intensity,
@@ -575,10 +622,7 @@ impl Handoff {
             Control::Attach(l) => self.listeners.push(l),
             Control::AcceptWorkers(listener) => {
                 let listener = Arc::new(listener);
-                match self
-                    .reactor
-                    .watch(listener.clone(), Interest::READ, self.ready_recipient())
-                {
+                match self.reactor.watch(listener.clone(), Interest::READ, self.ready_recipient()) {
                     Ok(watch) => {
                         self.watches.insert(watch.id(), None);
                         self.channel_listener = Some((listener, watch));
@@ -605,13 +649,10 @@ impl Handoff {
     }
 
     fn ready_recipient(&self) -> Recipient<Readiness> {
-        self.me
-            .as_ref()
-            .expect("set in started")
-            .recipient_map(HandoffMsg::Ready, |m| match m {
-                HandoffMsg::Ready(r) => Some(r),
-                _ => None,
-            })
+        self.me.as_ref().expect("set in started").recipient_map(HandoffMsg::Ready, |m| match m {
+            HandoffMsg::Ready(r) => Some(r),
+            _ => None,
+        })
     }
 
     fn snapshot(&self) -> Stats {
@@ -637,10 +678,7 @@ impl Handoff {
     // ----- workers -----------------------------------------------------------------------
 
     fn spawn_worker(&mut self, slot: usize) -> io::Result<()> {
-        let command = self
-            .command
-            .as_ref()
-            .ok_or_else(|| io::Error::other("no worker command"))?;
+        let command = self.command.as_ref().ok_or_else(|| io::Error::other("no worker command"))?;
         let (channel, child) = command.spawn(slot)?;
         let pid = child.id();
         self.slots[slot].child = Some(child);
@@ -652,13 +690,12 @@ impl Handoff {
     /// Puts a channel into service for `slot`: watch it and say hello.
     fn link(&mut self, slot: usize, channel: Channel) -> io::Result<()> {
         let channel = Arc::new(channel);
-        let watch = self
-            .reactor
-            .watch(channel.clone(), Interest::READ, self.ready_recipient())?;
+        let watch = self.reactor.watch(channel.clone(), Interest::READ, self.ready_recipient())?;
         self.watches.insert(watch.id(), Some(slot));
         let s = &mut self.slots[slot];
         s.link = Some(Link { channel, watch });
         s.phase = Phase::Starting;
+        s.linked_at = Instant::now();
         s.backed_up = false;
         s.open = 0;
         s.queued = 0;
@@ -703,12 +740,7 @@ impl Handoff {
         if s.spawned && self.drain.is_none() {
             s.restart_at = Some(Instant::now());
         }
-        let lost: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.worker == Some(slot))
-            .map(|(&id, _)| id)
-            .collect();
+        let lost: Vec<u64> = self.pending.iter().filter(|(_, p)| p.worker == Some(slot)).map(|(&id, _)| id).collect();
         for id in lost {
             self.retry(id, slot);
         }
@@ -742,11 +774,7 @@ impl Handoff {
                 continue;
             }
             s.restart_at = None;
-            while s
-                .restarts
-                .front()
-                .is_some_and(|&t| now.duration_since(t) > self.intensity.period)
-            {
+            while s.restarts.front().is_some_and(|&t| now.duration_since(t) > self.intensity.period) {
                 s.restarts.pop_front();
             }
             if s.restarts.len() >= self.intensity.max_restarts as usize {
@@ -771,21 +799,19 @@ impl Handoff {
     // ----- placement -----------------------------------------------------------------------
 
     fn dispatch(&mut self, socket: Dispatch) {
+        if socket.key.as_ref().is_some_and(|k| k.len() > record::MAX_KEY) || socket.prelude.len() > record::MAX_PRELUDE
+        {
+            // Sent to the recipient directly, past `Parent::dispatch`'s check.
+            log::error!("handoff: closing a connection from {:?}: routing key or prelude over the limit", socket.peer);
+            metrics::counter!("baton_handoff_invalid_total").increment(1);
+            return;
+        }
         let id = self.next_id;
         self.next_id += 1;
         self.stats.dispatched += 1;
         metrics::counter!("baton_handoff_dispatched_total").increment(1);
-        self.pending.insert(
-            id,
-            Pending {
-                socket,
-                worker: None,
-                sent: None,
-                accepted_at: Instant::now(),
-                tries: 0,
-                tried: 0,
-            },
-        );
+        self.pending
+            .insert(id, Pending { socket, worker: None, sent: None, accepted_at: Instant::now(), tries: 0, tried: 0 });
         if self.drain.as_ref().is_some_and(|d| d.told_workers) {
             // Too late for any worker: nobody takes new sockets now.
             self.give_up(id, "arrived after workers were told to drain");
@@ -804,12 +830,7 @@ impl Handoff {
             .iter()
             .enumerate()
             .filter(|(i, s)| eligible(s) && (*i >= 64 || p.tried & (1 << i) == 0))
-            .map(|(slot, s)| Candidate {
-                slot,
-                in_flight: s.in_flight,
-                open: s.open,
-                queued: s.queued,
-            })
+            .map(|(slot, s)| Candidate { slot, in_flight: s.in_flight, open: s.open, queued: s.queued })
             .collect();
         if candidates.is_empty() && p.tried != 0 {
             // Every able worker already had a go: try them again rather than wait forever.
@@ -818,12 +839,7 @@ impl Handoff {
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| eligible(s))
-                .map(|(slot, s)| Candidate {
-                    slot,
-                    in_flight: s.in_flight,
-                    open: s.open,
-                    queued: s.queued,
-                })
+                .map(|(slot, s)| Candidate { slot, in_flight: s.in_flight, open: s.open, queued: s.queued })
                 .collect();
         }
         if candidates.is_empty() {
@@ -890,11 +906,7 @@ impl Handoff {
 
     fn give_up(&mut self, id: u64, why: &str) {
         if let Some(p) = self.pending.remove(&id) {
-            log::warn!(
-                "handoff: closing a connection from {:?} after {} tries: {why}",
-                p.socket.peer,
-                p.tries
-            );
+            log::warn!("handoff: closing a connection from {:?} after {} tries: {why}", p.socket.peer, p.tries);
             self.stats.closed_after_retries += 1;
             metrics::counter!("baton_handoff_closed_after_retries_total").increment(1);
         }
@@ -931,19 +943,12 @@ impl Handoff {
                 items.push(item);
                 ids.push(id);
             }
-            let taken = self.slots[slot]
-                .outbox
-                .iter()
-                .position(|id| Some(id) == ids.last())
-                .map_or(0, |i| i + 1);
+            let taken = self.slots[slot].outbox.iter().position(|id| Some(id) == ids.last()).map_or(0, |i| i + 1);
             if items.is_empty() {
                 self.slots[slot].outbox.drain(..taken);
                 continue;
             }
-            let fds: Vec<BorrowedFd<'_>> = ids
-                .iter()
-                .map(|id| stream_fd(&self.pending[id].socket.stream))
-                .collect();
+            let fds: Vec<BorrowedFd<'_>> = ids.iter().map(|id| stream_fd(&self.pending[id].socket.stream)).collect();
             let record = Record::Handoff(items);
             match channel.send(&record, &fds, &mut self.send_buf) {
                 Ok(()) => {
@@ -967,6 +972,16 @@ impl Handoff {
                     // Whatever it holds beyond what it can send soon goes elsewhere.
                     self.reroute_outbox(slot);
                     return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    // Not the worker's fault: these sockets cannot be described in a record.
+                    drop(fds);
+                    log::error!("handoff: cannot encode a record for worker {slot}: {e}");
+                    self.slots[slot].outbox.drain(..taken);
+                    for id in ids {
+                        self.slots[slot].in_flight = self.slots[slot].in_flight.saturating_sub(1);
+                        self.give_up(id, "record could not be encoded");
+                    }
                 }
                 Err(e) => {
                     drop(fds);
@@ -1009,11 +1024,7 @@ impl Handoff {
             self.receive(slot);
         }
         if let Some(link) = self.slots[slot].link.as_ref() {
-            let interest = if self.slots[slot].backed_up {
-                Interest::BOTH
-            } else {
-                Interest::READ
-            };
+            let interest = if self.slots[slot].backed_up { Interest::BOTH } else { Interest::READ };
             link.watch.arm(interest);
         }
         self.place_waiting();
@@ -1028,14 +1039,10 @@ impl Handoff {
         loop {
             match listener.accept() {
                 Ok(channel) => {
-                    let slot = self
-                        .slots
-                        .iter()
-                        .position(|s| !s.spawned && s.link.is_none())
-                        .unwrap_or_else(|| {
-                            self.slots.push(Slot::new(false));
-                            self.slots.len() - 1
-                        });
+                    let slot = self.slots.iter().position(|s| !s.spawned && s.link.is_none()).unwrap_or_else(|| {
+                        self.slots.push(Slot::new(false));
+                        self.slots.len() - 1
+                    });
                     if let Err(e) = self.link(slot, channel) {
                         log::error!("handoff: cannot serve a connected worker: {e}");
                     } else {
@@ -1151,20 +1158,28 @@ impl Handoff {
             .filter(|p| p.sent.is_some_and(|t| now.duration_since(t) > self.adopt_timeout))
             .filter_map(|p| p.worker)
             .collect();
+        hung.extend(
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.phase == Phase::Starting && now.duration_since(s.linked_at) > self.startup_timeout)
+                .map(|(slot, _)| slot),
+        );
         hung.sort_unstable();
         hung.dedup();
         for slot in hung {
             let s = &mut self.slots[slot];
             log::warn!(
-                "handoff: worker {slot} (pid {:?}) did not answer within {:?}",
+                "handoff: worker {slot} (pid {:?}) did not answer in time (handoffs {:?}, hello {:?})",
                 s.pid,
-                self.adopt_timeout
+                self.adopt_timeout,
+                self.startup_timeout
             );
             if let Some(child) = s.child.as_mut() {
                 // Dead for sure before its sockets go elsewhere, so it cannot adopt them later.
                 let _ = child.kill();
             }
-            self.worker_down(slot, "missed the adoption deadline");
+            self.worker_down(slot, "missed a deadline");
         }
         self.supervise(now);
         self.place_waiting();
@@ -1176,7 +1191,7 @@ impl Handoff {
         let now = Instant::now();
         if !d.told_workers && (self.pending.is_empty() || now >= d.deadline) {
             d.told_workers = true;
-            let remaining = d.deadline.saturating_duration_since(now).as_millis() as u32;
+            let remaining = d.deadline.saturating_duration_since(now).as_millis().min(u128::from(u32::MAX)) as u32;
             let unplaced: Vec<u64> = self.pending.keys().copied().collect();
             d.report.unplaced = unplaced.len();
             for id in unplaced {
@@ -1194,11 +1209,7 @@ impl Handoff {
         if !d.told_workers {
             return;
         }
-        let running = self
-            .slots
-            .iter()
-            .filter(|s| s.child.is_some() || s.link.is_some())
-            .count();
+        let running = self.slots.iter().filter(|s| s.child.is_some() || s.link.is_some()).count();
         if running > 0 && now < d.deadline + Duration::from_millis(500) {
             return;
         }
@@ -1223,10 +1234,8 @@ impl Handoff {
     }
 
     fn update_listeners(&mut self) {
-        let able = self
-            .slots
-            .iter()
-            .any(|s| s.phase == Phase::Ready && !s.backed_up && s.in_flight < self.max_per_worker);
+        let able =
+            self.slots.iter().any(|s| s.phase == Phase::Ready && !s.backed_up && s.in_flight < self.max_per_worker);
         let pause = !self.waiting.is_empty() || self.pending.len() >= self.max_in_flight || !able;
         if pause != self.listeners_paused {
             self.listeners_paused = pause;

@@ -44,10 +44,7 @@ impl Policy for LeastLoaded {
         self.turn = self.turn.wrapping_add(1);
         let n = candidates.len();
         let start = self.turn % n;
-        (0..n)
-            .map(|i| (start + i) % n)
-            .min_by_key(|&i| candidates[i].load())
-            .unwrap_or(0)
+        (0..n).map(|i| (start + i) % n).min_by_key(|&i| candidates[i].load()).unwrap_or(0)
     }
 }
 
@@ -126,11 +123,7 @@ impl Policy for Sticky {
         let Some(key) = key else {
             return self.fallback.choose(candidates, None);
         };
-        candidates
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, c)| fnv1a(key, c.slot as u64))
-            .map_or(0, |(i, _)| i)
+        candidates.iter().enumerate().max_by_key(|(_, c)| fnv1a(key, c.slot as u64)).map_or(0, |(i, _)| i)
     }
 }
 
@@ -167,12 +160,7 @@ mod tests {
     use super::*;
 
     fn c(slot: usize, in_flight: u32, open: u32) -> Candidate {
-        Candidate {
-            slot,
-            in_flight,
-            open,
-            queued: 0,
-        }
+        Candidate { slot, in_flight, open, queued: 0 }
     }
 
     #[test]
@@ -201,10 +189,7 @@ mod tests {
         let again: Vec<usize> = keys.iter().map(|k| all[p.choose(&all, Some(k))].slot).collect();
         assert_eq!(before, again);
         for slot in 0..3 {
-            assert!(
-                before.iter().filter(|&&s| s == slot).count() > 50,
-                "keys spread over workers"
-            );
+            assert!(before.iter().filter(|&&s| s == slot).count() > 50, "keys spread over workers");
         }
         let without_1 = [c(0, 0, 0), c(2, 0, 0)];
         for (k, &was) in keys.iter().zip(&before) {

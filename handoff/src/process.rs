@@ -32,11 +32,7 @@ pub struct WorkerCommand {
 impl WorkerCommand {
     /// Runs `program` (looked up in `PATH` when it has no slash).
     pub fn new(program: impl Into<PathBuf>) -> WorkerCommand {
-        WorkerCommand {
-            program: program.into(),
-            args: Vec::new(),
-            env: Vec::new(),
-        }
+        WorkerCommand { program: program.into(), args: Vec::new(), env: Vec::new() }
     }
 
     /// Re-executes the current binary with the current arguments.

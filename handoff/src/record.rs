@@ -169,7 +169,7 @@ pub enum Record {
 }
 
 impl Record {
-    /// Descriptors that travel with this record.
+    /// Descriptors that travel with this record (and that its header declares).
     pub fn fds(&self) -> usize {
         match self {
             Record::Handoff(items) => items.len(),
@@ -381,9 +381,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         return Err(DecodeError::Oversized);
     }
     let head = header(bytes)?;
-    let mut r = Reader {
-        bytes: &bytes[HEADER_LEN..],
-    };
+    let mut r = Reader { bytes: &bytes[HEADER_LEN..] };
     let count = usize::from(head.count);
     let no_items = |head: Header| {
         if head.count != 0 {
@@ -392,9 +390,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             Ok(())
         }
     };
-    let expect_fds = if head.kind == code::HANDOFF { count } else { 0 };
-    if usize::from(head.fds) != expect_fds {
-        return Err(DecodeError::BadField("descriptor count does not match the record"));
+    // A HANDOFF's descriptor field is checked by the receiver against the items *and* the
+    // descriptors that arrived (a mismatch is answered by rejecting the items by id, so the
+    // items must still be read); every other record carries none.
+    if head.kind != code::HANDOFF && head.fds != 0 {
+        return Err(DecodeError::BadField("descriptors on a record that carries none"));
     }
     let record = match head.kind {
         code::HELLO => {
@@ -451,10 +451,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         }
         code::LOAD => {
             no_items(head)?;
-            Record::Load(Load {
-                open: r.u32()?,
-                queued: r.u32()?,
-            })
+            Record::Load(Load { open: r.u32()?, queued: r.u32()? })
         }
         other => return Err(DecodeError::UnknownType(other)),
     };
@@ -492,15 +489,7 @@ fn decode_item(r: &mut Reader<'_>) -> Result<Item, DecodeError> {
         return Err(DecodeError::BadField("prelude too long"));
     }
     let prelude = r.take(len)?.to_vec();
-    Ok(Item {
-        id,
-        kind,
-        tag,
-        peer,
-        local,
-        key,
-        prelude,
-    })
+    Ok(Item { id, kind, tag, peer, local, key, prelude })
 }
 
 fn decode_addr(r: &mut Reader<'_>) -> Result<Address, DecodeError> {
@@ -517,12 +506,7 @@ fn decode_addr(r: &mut Reader<'_>) -> Result<Address, DecodeError> {
             let port = r.u16()?;
             let flowinfo = r.u32()?;
             let scope = r.u32()?;
-            Address::Inet(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(ip),
-                port,
-                flowinfo,
-                scope,
-            )))
+            Address::Inet(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope)))
         }
         3 => {
             let len = usize::from(r.u16()?);

@@ -95,11 +95,7 @@ impl Incoming {
         });
         self.shared.open.fetch_add(1, SeqCst);
         self.shared.unanswered.fetch_sub(1, SeqCst);
-        match self
-            .shared
-            .reactor
-            .adopt_with(stream, prelude, Some(hook), options, owner)
-        {
+        match self.shared.reactor.adopt_with(stream, prelude, Some(hook), options, owner) {
             Ok(conn) => {
                 self.shared.report(|r| r.adopted.push(id));
                 Ok(conn)
@@ -185,9 +181,7 @@ pub struct WorkerOptions {
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions {
-            orphan_deadline: Duration::from_secs(30),
-        }
+        WorkerOptions { orphan_deadline: Duration::from_secs(30) }
     }
 }
 
@@ -241,9 +235,7 @@ impl Worker {
             last_load: None,
             options,
         };
-        let addr = runtime
-            .try_spawn(link, Mailbox::Unbounded)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let addr = runtime.try_spawn(link, Mailbox::Unbounded).map_err(|e| io::Error::other(e.to_string()))?;
         let _ = shared.link.set(addr.clone());
         let ready = addr.recipient_map(LinkMsg::Ready, |m| match m {
             LinkMsg::Ready(r) => Some(r),
@@ -342,11 +334,7 @@ impl Link {
     fn arm(&self) {
         if let Some(w) = &self.watch {
             if !self.parent_gone {
-                w.arm(if self.outbox.is_empty() {
-                    Interest::READ
-                } else {
-                    Interest::BOTH
-                });
+                w.arm(if self.outbox.is_empty() { Interest::READ } else { Interest::BOTH });
             }
         }
     }
@@ -399,9 +387,7 @@ impl Link {
         match record {
             Record::Hello { worker } => {
                 log::debug!("handoff worker: hello, I am worker {worker}");
-                self.send(&Record::Ready {
-                    pid: std::process::id(),
-                });
+                self.send(&Record::Ready { pid: std::process::id() });
             }
             Record::Handoff(items) => {
                 for (item, fd) in items.into_iter().zip(fds) {
@@ -503,10 +489,7 @@ impl Link {
         for ids in reports.closed.chunks(MAX_IDS) {
             self.send(&Record::Closed(ids.to_vec()));
         }
-        let load = Load {
-            open: self.shared.open.load(SeqCst),
-            queued: self.app.mailbox_len() as u32,
-        };
+        let load = Load { open: self.shared.open.load(SeqCst), queued: self.app.mailbox_len() as u32 };
         if self.last_load != Some(load) {
             self.last_load = Some(load);
             self.send(&Record::Load(load));
@@ -516,11 +499,7 @@ impl Link {
     fn check_drained(&mut self, ctx: &mut Context<Self>) {
         let idle = self.shared.open.load(SeqCst) == 0 && self.shared.unanswered.load(SeqCst) == 0;
         if self.deadline.is_some() && idle && self.outbox.is_empty() {
-            let why = if self.parent_gone {
-                WorkerExit::ParentGone
-            } else {
-                WorkerExit::Drained
-            };
+            let why = if self.parent_gone { WorkerExit::ParentGone } else { WorkerExit::Drained };
             self.finish(ctx, why);
         }
     }

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use baton_handoff::{
-    channel_from_env, Dispatch, Endpoint, HandoffMsg, Parent, ParentBuilder, PeerCheck, RoundRobin, WorkerCommand,
+    channel_from_env, Dispatch, Endpoint, Parent, ParentBuilder, PeerCheck, RoundRobin, WorkerCommand,
 };
 use baton_runtime::Runtime;
 use baton_transport::{Address, ListenOptions, Reactor, Stream};
@@ -35,32 +35,14 @@ fn main() {
     common::raise_nofile();
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let tests: &[(&str, fn())] = &[
-        (
-            "handed_off_socket_is_served_and_sees_eof_only_when_the_worker_closes",
-            served_and_eof_from_worker_only,
-        ),
+        ("handed_off_socket_is_served_and_sees_eof_only_when_the_worker_closes", served_and_eof_from_worker_only),
         ("prelude_bytes_arrive_before_bytes_read_later", prelude_first),
-        (
-            "ten_thousand_connections_through_two_workers_round_robin",
-            ten_thousand_connections,
-        ),
-        (
-            "least_loaded_steers_new_connections_away_from_a_busy_worker",
-            least_loaded_avoids_busy_worker,
-        ),
-        (
-            "sigstopped_worker_then_killed_loses_no_queued_connection",
-            stopped_then_killed_worker,
-        ),
-        (
-            "worker_at_descriptor_limit_rejects_and_parent_places_elsewhere",
-            worker_at_fd_limit,
-        ),
+        ("ten_thousand_connections_through_two_workers_round_robin", ten_thousand_connections),
+        ("least_loaded_steers_new_connections_away_from_a_busy_worker", least_loaded_avoids_busy_worker),
+        ("sigstopped_worker_then_killed_loses_no_queued_connection", stopped_then_killed_worker),
+        ("worker_at_descriptor_limit_rejects_and_parent_places_elsewhere", worker_at_fd_limit),
         ("dead_worker_is_restarted_within_intensity", dead_worker_restarted),
-        (
-            "drain_lets_open_connections_finish_then_workers_exit",
-            drain_waits_for_connections,
-        ),
+        ("drain_lets_open_connections_finish_then_workers_exit", drain_waits_for_connections),
         ("worker_connects_by_socket_path", bootstrap_by_path),
         ("worker_connects_by_abstract_name", bootstrap_by_abstract_name),
     ];
@@ -109,38 +91,21 @@ fn start(workers: usize, configure: impl FnOnce(ParentBuilder) -> ParentBuilder)
 fn start_with(workers: usize, command: WorkerCommand, configure: impl FnOnce(ParentBuilder) -> ParentBuilder) -> Setup {
     let runtime = Runtime::builder().threads(2).build();
     let reactor = Reactor::start().expect("reactor");
-    let parent = configure(Parent::builder().spawn(workers, command))
-        .start(&runtime, &reactor)
-        .expect("parent");
-    let listener = parent
-        .listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default())
-        .expect("listen");
+    let parent = configure(Parent::builder().spawn(workers, command)).start(&runtime, &reactor).expect("parent");
+    let listener = parent.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).expect("listen");
     let addr = match listener.local_addr() {
         Address::Inet(a) => *a,
         other => panic!("unexpected address {other:?}"),
     };
     wait_until("workers ready", || {
-        parent
-            .stats()
-            .is_ok_and(|s| s.workers.len() == workers && s.workers.iter().all(|w| w.ready))
+        parent.stats().is_ok_and(|s| s.workers.len() == workers && s.workers.iter().all(|w| w.ready))
     });
-    Setup {
-        runtime,
-        reactor,
-        parent,
-        addr,
-    }
+    Setup { runtime, reactor, parent, addr }
 }
 
 impl Setup {
     fn pids(&self) -> Vec<u32> {
-        self.parent
-            .stats()
-            .unwrap()
-            .workers
-            .iter()
-            .map(|w| w.pid.unwrap())
-            .collect()
+        self.parent.stats().unwrap().workers.iter().map(|w| w.pid.unwrap()).collect()
     }
 
     /// Drains (every worker must exit by itself) and stops everything.
@@ -174,15 +139,9 @@ fn served_and_eof_from_worker_only() {
     assert_eq!(client.pid, worker_pid);
     assert_ne!(client.pid, std::process::id());
     assert_eq!(client.echo(b"hello\n"), b"hello\n");
-    wait_until("adoption acknowledged", || {
-        s.parent.stats().is_ok_and(|st| st.in_flight == 0 && st.adopted == 1)
-    });
+    wait_until("adoption acknowledged", || s.parent.stats().is_ok_and(|st| st.in_flight == 0 && st.adopted == 1));
     // The parent closed its copy: the connection must stay open (no EOF, no reset)...
-    client
-        .reader
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+    client.reader.get_ref().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let mut byte = [0u8; 1];
     match client.reader.get_mut().read(&mut byte) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
@@ -192,10 +151,7 @@ fn served_and_eof_from_worker_only() {
     client.reader.get_ref().set_read_timeout(Some(WAIT)).unwrap();
     client.reader.get_mut().write_all(b"quit\n").unwrap();
     let mut rest = Vec::new();
-    client
-        .reader
-        .read_to_end(&mut rest)
-        .expect("EOF after the worker closes");
+    client.reader.read_to_end(&mut rest).expect("EOF after the worker closes");
     assert!(rest.is_empty(), "{rest:?}");
     s.finish();
 }
@@ -211,25 +167,22 @@ fn prelude_first() {
     let mut hello = [0u8; 6];
     accepted.read_exact(&mut hello).unwrap();
     let local = accepted.local_addr().unwrap();
-    let msg = HandoffMsg::Dispatch(Dispatch {
+    let socket = Dispatch {
         stream: Stream::Tcp(accepted),
         peer: Address::Inet(peer),
         local: Address::Inet(local),
         tag: 7,
         key: None,
         prelude: hello.to_vec(),
-    });
-    s.parent.recipient().send(msg).expect("dispatch");
+    };
+    s.parent.dispatch(socket).expect("dispatch");
     client.write_all(b"more\n").unwrap();
     let mut reader = std::io::BufReader::new(client);
     let mut pid = String::new();
     std::io::BufRead::read_line(&mut reader, &mut pid).unwrap();
     let mut got = vec![0u8; 17];
     reader.read_exact(&mut got).unwrap();
-    assert_eq!(
-        got, b"HELLO\nworld\nmore\n",
-        "prelude first, then the bytes read later, in order"
-    );
+    assert_eq!(got, b"HELLO\nworld\nmore\n", "prelude first, then the bytes read later, in order");
     drop(reader);
     s.finish();
 }
@@ -250,10 +203,7 @@ fn ten_thousand_connections() {
                         .map(|i| {
                             let mut c = Client::connect(addr);
                             let msg = format!("conn {t}/{i}: {}\n", "x".repeat(i % 200));
-                            c.reader
-                                .get_ref()
-                                .set_read_timeout(Some(Duration::from_secs(5)))
-                                .unwrap();
+                            c.reader.get_ref().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                             let back =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.echo(msg.as_bytes())));
                             assert!(
@@ -272,19 +222,13 @@ fn ten_thousand_connections() {
     let served: Vec<u32> = served.into_iter().flatten().collect();
     assert_eq!(served.len(), CONNS);
     let per: Vec<usize> = pids.iter().map(|p| served.iter().filter(|&s| s == p).count()).collect();
-    assert_eq!(
-        per.iter().sum::<usize>(),
-        CONNS,
-        "every connection served by one of the workers"
-    );
+    assert_eq!(per.iter().sum::<usize>(), CONNS, "every connection served by one of the workers");
     for n in &per {
         // Round robin alternates; re-placements are the only reason to stray.
         assert!(n.abs_diff(CONNS / 2) <= CONNS / 100, "round robin split {per:?}");
     }
     wait_until("workers report every connection closed", || {
-        s.parent
-            .stats()
-            .is_ok_and(|st| st.in_flight == 0 && st.workers.iter().all(|w| w.open == 0))
+        s.parent.stats().is_ok_and(|st| st.in_flight == 0 && st.workers.iter().all(|w| w.open == 0))
     });
     let stats = s.parent.stats().unwrap();
     assert_eq!(stats.adopted, CONNS as u64);
@@ -302,11 +246,7 @@ fn least_loaded_avoids_busy_worker() {
     // Held connections: least-loaded keeps the two workers level.
     let mut held: Vec<Client> = (0..20).map(|_| Client::connect(s.addr)).collect();
     let on_first = held.iter().filter(|c| c.pid == pids[0]).count();
-    assert!(
-        on_first.abs_diff(10) <= 1,
-        "least-loaded split 20 held connections {on_first}/{}",
-        20 - on_first
-    );
+    assert!(on_first.abs_diff(10) <= 1, "least-loaded split 20 held connections {on_first}/{}", 20 - on_first);
     // Now one worker is stuck in a heavy request: what it is handed waits unadopted, which
     // counts as load, so new connections go to the other one.
     let busy = held[0].pid;
@@ -333,15 +273,11 @@ fn least_loaded_avoids_busy_worker() {
 }
 
 fn stopped_then_killed_worker() {
-    let s = start(2, |b| {
-        b.policy(RoundRobin::default()).adopt_timeout(Duration::from_secs(60))
-    });
+    let s = start(2, |b| b.policy(RoundRobin::default()).adopt_timeout(Duration::from_secs(60)));
     let pids = s.pids();
     signal(pids[0], rustix::process::Signal::STOP);
     let addr = s.addr;
-    let clients: Vec<_> = (0..20)
-        .map(|_| std::thread::spawn(move || Client::connect(addr)))
-        .collect();
+    let clients: Vec<_> = (0..20).map(|_| std::thread::spawn(move || Client::connect(addr))).collect();
     wait_until("handoffs queued to the stopped worker", || {
         s.parent.stats().is_ok_and(|st| st.workers[0].in_flight >= 5)
     });
@@ -355,9 +291,7 @@ fn stopped_then_killed_worker() {
     assert!(stats.replaced >= 5, "{stats:?}");
     assert_eq!(stats.closed_after_retries, 0);
     wait_until("the killed worker restarted", || {
-        s.parent
-            .stats()
-            .is_ok_and(|st| st.restarts == 1 && st.workers[0].ready && st.workers[0].pid != Some(pids[0]))
+        s.parent.stats().is_ok_and(|st| st.restarts == 1 && st.workers[0].ready && st.workers[0].pid != Some(pids[0]))
     });
     s.finish();
 }
@@ -385,9 +319,7 @@ fn dead_worker_restarted() {
     let old = s.pids()[0];
     signal(old, rustix::process::Signal::KILL);
     wait_until("a new worker in the slot", || {
-        s.parent
-            .stats()
-            .is_ok_and(|st| st.restarts == 1 && st.workers[0].ready && st.workers[0].pid != Some(old))
+        s.parent.stats().is_ok_and(|st| st.restarts == 1 && st.workers[0].ready && st.workers[0].pid != Some(old))
     });
     let mut c = Client::connect(s.addr);
     assert_ne!(c.pid, old);
@@ -410,14 +342,7 @@ fn drain_waits_for_connections() {
     // ...and the worker exits once it closes.
     drop(c);
     let report = drain.join().unwrap().expect("drain");
-    assert_eq!(
-        report,
-        baton_handoff::DrainReport {
-            unplaced: 0,
-            exited: 1,
-            killed: 0
-        }
-    );
+    assert_eq!(report, baton_handoff::DrainReport { unplaced: 0, exited: 1, killed: 0 });
     assert!(!alive(pid));
     s.runtime.shutdown(Duration::from_secs(5)).unwrap();
     s.reactor.stop();
@@ -426,9 +351,7 @@ fn drain_waits_for_connections() {
 /// Starts this binary as a worker that connects by name, serves through it, drains it.
 fn bootstrap_by_name(endpoint: Endpoint, env: (&str, std::ffi::OsString)) {
     let s = start(0, |b| b);
-    s.parent
-        .accept_workers(&endpoint, PeerCheck::SameUid)
-        .expect("channel listener");
+    s.parent.accept_workers(&endpoint, PeerCheck::SameUid).expect("channel listener");
     if let Endpoint::Path(p) = &endpoint {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(p).unwrap().permissions().mode();
@@ -440,9 +363,7 @@ fn bootstrap_by_name(endpoint: Endpoint, env: (&str, std::ffi::OsString)) {
         .spawn()
         .expect("spawn worker");
     wait_until("the connected worker is ready", || {
-        s.parent
-            .stats()
-            .is_ok_and(|st| st.workers.len() == 1 && st.workers[0].ready)
+        s.parent.stats().is_ok_and(|st| st.workers.len() == 1 && st.workers[0].ready)
     });
     let mut c = Client::connect(s.addr);
     assert_eq!(c.pid, child.id());
@@ -465,10 +386,7 @@ fn bootstrap_by_name(endpoint: Endpoint, env: (&str, std::ffi::OsString)) {
 
 fn bootstrap_by_path() {
     let path = std::env::temp_dir().join(format!("baton-test-{}.sock", std::process::id()));
-    bootstrap_by_name(
-        Endpoint::Path(path.clone()),
-        (baton_handoff::bootstrap::ENV_PATH, path.into()),
-    );
+    bootstrap_by_name(Endpoint::Path(path.clone()), (baton_handoff::bootstrap::ENV_PATH, path.into()));
 }
 
 fn bootstrap_by_abstract_name() {

@@ -135,11 +135,7 @@ impl<A: Actor> Context<A> {
     ///
     /// [`SpawnError::ShuttingDown`] once shutdown has begun.
     pub fn spawn<B: Actor>(&self, actor: B, mailbox: Mailbox) -> Result<Addr<B>, SpawnError> {
-        let options = SpawnOptions {
-            mailbox,
-            dedicated: false,
-            depth: self.cell.depth + 1,
-        };
+        let options = SpawnOptions { mailbox, dedicated: false, depth: self.cell.depth + 1 };
         self.cell.runtime.spawn_cell(actor, None, None, options)
     }
 
@@ -149,11 +145,7 @@ impl<A: Actor> Context<A> {
     ///
     /// [`SpawnError`] once shutdown has begun, or when no thread can be started.
     pub fn spawn_dedicated<B: Actor>(&self, actor: B, mailbox: Mailbox) -> Result<Addr<B>, SpawnError> {
-        let options = SpawnOptions {
-            mailbox,
-            dedicated: true,
-            depth: self.cell.depth + 1,
-        };
+        let options = SpawnOptions { mailbox, dedicated: true, depth: self.cell.depth + 1 };
         self.cell.runtime.spawn_cell(actor, None, None, options)
     }
 

@@ -30,9 +30,7 @@ pub struct Addr<A: Actor> {
 
 impl<A: Actor> Clone for Addr<A> {
     fn clone(&self) -> Self {
-        Addr {
-            cell: self.cell.clone(),
-        }
+        Addr { cell: self.cell.clone() }
     }
 }
 
@@ -132,9 +130,7 @@ impl<A: Actor> Addr<A> {
 
     /// An address that hides the actor type.
     pub fn recipient(&self) -> Recipient<A::Message> {
-        Recipient {
-            inner: Arc::new(self.clone()),
-        }
+        Recipient { inner: Arc::new(self.clone()) }
     }
 
     /// A recipient of another message type `M`, for an actor whose message is an enum with a
@@ -167,13 +163,7 @@ impl<A: Actor> Addr<A> {
         wrap: fn(M) -> A::Message,
         unwrap: fn(A::Message) -> Option<M>,
     ) -> Recipient<M> {
-        Recipient {
-            inner: Arc::new(Mapped {
-                addr: self.clone(),
-                wrap,
-                unwrap,
-            }),
-        }
+        Recipient { inner: Arc::new(Mapped { addr: self.clone(), wrap, unwrap }) }
     }
 }
 
@@ -190,10 +180,7 @@ impl<A: Actor, M: Send + 'static> Mapped<A, M> {
         match (self.unwrap)(msg) {
             Some(m) => Some(m),
             None => {
-                log::error!(
-                    "recipient_map for {}: unwrap did not invert wrap; message dropped",
-                    self.addr.cell.id
-                );
+                log::error!("recipient_map for {}: unwrap did not invert wrap; message dropped", self.addr.cell.id);
                 None
             }
         }
@@ -222,10 +209,7 @@ impl<A: Actor, M: Send + 'static> Deliver<M> for Mapped<A, M> {
         self.addr.cell.try_send((self.wrap)(msg)).or_else(|e| self.back_try(e))
     }
     fn try_send_notify(&self, msg: M, notify: Box<dyn FnOnce() + Send>) -> Result<(), TrySendError<M>> {
-        self.addr
-            .cell
-            .try_send_notify((self.wrap)(msg), notify)
-            .or_else(|e| self.back_try(e))
+        self.addr.cell.try_send_notify((self.wrap)(msg), notify).or_else(|e| self.back_try(e))
     }
     fn mailbox_len(&self) -> usize {
         self.addr.mailbox_len()
@@ -269,9 +253,7 @@ pub struct Recipient<M: Send + 'static> {
 
 impl<M: Send + 'static> Clone for Recipient<M> {
     fn clone(&self) -> Self {
-        Recipient {
-            inner: self.inner.clone(),
-        }
+        Recipient { inner: self.inner.clone() }
     }
 }
 

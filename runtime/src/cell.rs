@@ -323,11 +323,7 @@ impl<A: Actor> Cell<A> {
             // Timing every wake-up costs a clock read per message when the consumer keeps up;
             // one in SAMPLE_EVERY is enough for the histogram.
             let n = self.wakes.fetch_add(1, Relaxed);
-            let since = if n % SAMPLE_EVERY == 0 {
-                self.runtime.now_nanos().max(1)
-            } else {
-                0
-            };
+            let since = if n % SAMPLE_EVERY == 0 { self.runtime.now_nanos().max(1) } else { 0 };
             self.runnable_since.store(since, Relaxed);
             self.executor.schedule(self.clone());
         }
@@ -347,10 +343,7 @@ impl<A: Actor> Cell<A> {
             return false;
         }
         let previous = crate::ask::set_current_actor(Some(self.id));
-        let mut ctx = Context {
-            cell: self.clone(),
-            stop_requested: false,
-        };
+        let mut ctx = Context { cell: self.clone(), stop_requested: false };
 
         // Start first, so a Down or Stop that arrived before the first turn finds an instance.
         if inner.phase == Phase::Starting {
@@ -398,9 +391,7 @@ impl<A: Actor> Cell<A> {
                 inner.busy_turns += 1;
                 self.metrics.handled.increment(handled);
                 if let Some(started) = started {
-                    self.metrics
-                        .handler
-                        .record(started.elapsed().as_secs_f64() / handled as f64);
+                    self.metrics.handler.record(started.elapsed().as_secs_f64() / handled as f64);
                 }
             }
             self.metrics.depth.set(self.user_rx.len() as f64);
@@ -565,12 +556,7 @@ impl<A: Actor> Cell<A> {
                 drop(actor);
             }));
             if let Err(p) = r {
-                log::error!(
-                    "{} ({}) panicked while stopping: {}",
-                    self.id,
-                    self.type_name,
-                    panic_text(&p)
-                );
+                log::error!("{} ({}) panicked while stopping: {}", self.id, self.type_name, panic_text(&p));
             }
         }
         self.after_exit(inner, ctx, reason);
@@ -608,11 +594,7 @@ impl<A: Actor> Cell<A> {
             std::thread::yield_now();
         }
         if dropped > 0 {
-            log::warn!(
-                "{} ({}) stopped ({reason}) with {dropped} unhandled messages",
-                self.id,
-                self.type_name
-            );
+            log::warn!("{} ({}) stopped ({reason}) with {dropped} unhandled messages", self.id, self.type_name);
             self.metrics.dropped.increment(dropped as u64);
         }
         let monitors = {
@@ -622,10 +604,7 @@ impl<A: Actor> Cell<A> {
             std::mem::take(&mut m.waiting)
         };
         for m in monitors {
-            let down = Down {
-                id: self.id,
-                reason: reason.clone(),
-            };
+            let down = Down { id: self.id, reason: reason.clone() };
             if catch_unwind(AssertUnwindSafe(move || m(down))).is_err() {
                 log::error!("a monitor of {} panicked", self.id);
             }

@@ -27,9 +27,7 @@ pub struct Builder {
 
 impl Default for Builder {
     fn default() -> Self {
-        Builder {
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-        }
+        Builder { threads: std::thread::available_parallelism().map_or(2, |n| n.get()) }
     }
 }
 
@@ -56,11 +54,7 @@ impl Builder {
             timers: Timers::new(),
         });
         let timer_thread = shared.timers.start(&shared);
-        Runtime {
-            shared,
-            threads: Mutex::new(threads),
-            timer_thread: Mutex::new(Some(timer_thread)),
-        }
+        Runtime { shared, threads: Mutex::new(threads), timer_thread: Mutex::new(Some(timer_thread)) }
     }
 }
 
@@ -91,11 +85,7 @@ impl RuntimeShared {
     }
 
     pub(crate) fn metrics_for(&self, actor: &'static str) -> Arc<ActorMetrics> {
-        self.metrics
-            .lock()
-            .entry(actor)
-            .or_insert_with(|| Arc::new(ActorMetrics::register(actor)))
-            .clone()
+        self.metrics.lock().entry(actor).or_insert_with(|| Arc::new(ActorMetrics::register(actor))).clone()
     }
 
     pub(crate) fn deregister(&self, key: usize) {
@@ -129,16 +119,7 @@ impl RuntimeShared {
             Some((hook, restart)) => (Some(hook), restart),
             None => (None, crate::supervisor::Restart::Temporary),
         };
-        let parts = CellParts {
-            depth: spec.depth,
-            actor,
-            factory,
-            supervisor,
-            restart,
-            user_tx,
-            user_rx,
-            executor,
-        };
+        let parts = CellParts { depth: spec.depth, actor, factory, supervisor, restart, user_tx, user_rx, executor };
         let cell = Cell::new(id, self.clone(), parts);
         let key = {
             // Checked under the registry lock, which shutdown also takes to set the flag: an
@@ -147,10 +128,7 @@ impl RuntimeShared {
             if self.is_shutting_down() {
                 return Err(SpawnError::ShuttingDown);
             }
-            let key = registry.insert(Entry {
-                depth: spec.depth,
-                control: Box::new(cell.clone()),
-            });
+            let key = registry.insert(Entry { depth: spec.depth, control: Box::new(cell.clone()) });
             cell.registry_key.store(key, SeqCst);
             key
         };
@@ -256,8 +234,7 @@ impl Runtime {
     ///
     /// If the runtime is shutting down; use [`Runtime::try_spawn`] to get an error instead.
     pub fn spawn<A: Actor>(&self, actor: A) -> Addr<A> {
-        self.try_spawn(actor, Mailbox::DEFAULT)
-            .expect("spawn on a runtime that is shutting down")
+        self.try_spawn(actor, Mailbox::DEFAULT).expect("spawn on a runtime that is shutting down")
     }
 
     /// Spawns `actor` on the pool with the given mailbox.
@@ -266,16 +243,7 @@ impl Runtime {
     ///
     /// [`SpawnError::ShuttingDown`] once shutdown has begun.
     pub fn try_spawn<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
-        self.shared.spawn_cell(
-            actor,
-            None,
-            None,
-            SpawnOptions {
-                mailbox,
-                dedicated: false,
-                depth: 0,
-            },
-        )
+        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, dedicated: false, depth: 0 })
     }
 
     /// Spawns `actor` on a thread of its own, for handlers that block (disk, DNS, foreign
@@ -286,16 +254,7 @@ impl Runtime {
     ///
     /// [`SpawnError`] when shutting down or when no thread can be started.
     pub fn spawn_dedicated<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
-        self.shared.spawn_cell(
-            actor,
-            None,
-            None,
-            SpawnOptions {
-                mailbox,
-                dedicated: true,
-                depth: 0,
-            },
-        )
+        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, dedicated: true, depth: 0 })
     }
 
     /// Starts a supervisor; add children with [`SupervisorHandle::start_child`].
@@ -362,9 +321,7 @@ impl Runtime {
             let mut registry = shared.registry.lock();
             while registry.iter().any(|(_, e)| e.depth == level) {
                 if shared.registry_changed.wait_until(&mut registry, deadline).timed_out() {
-                    result = Err(ShutdownError {
-                        unfinished: registry.len(),
-                    });
+                    result = Err(ShutdownError { unfinished: registry.len() });
                     break;
                 }
             }

@@ -99,12 +99,7 @@ impl Pool {
 
     fn work(self: Arc<Self>) {
         crate::ask::mark_pool_thread();
-        LOCAL.with(|l| {
-            *l.borrow_mut() = Some(Local {
-                pool: self.id,
-                slot: None,
-            })
-        });
+        LOCAL.with(|l| *l.borrow_mut() = Some(Local { pool: self.id, slot: None }));
         let mut lifo_streak = 0u32;
         loop {
             let local = LOCAL.with(|l| l.borrow_mut().as_mut().and_then(|l| l.slot.take()));

@@ -62,10 +62,7 @@ pub struct Intensity {
 impl Default for Intensity {
     /// OTP's default: 1 restart in 5 seconds.
     fn default() -> Self {
-        Intensity {
-            max_restarts: 1,
-            period: Duration::from_secs(5),
-        }
+        Intensity { max_restarts: 1, period: Duration::from_secs(5) }
     }
 }
 
@@ -155,11 +152,7 @@ impl Actor for Supervisor {
         }
         st.restarts.push_back(now);
         if st.restarts.len() > st.intensity.max_restarts as usize {
-            log::error!(
-                "supervisor {}: restart intensity exceeded ({}), escalating",
-                ctx.id(),
-                down.reason
-            );
+            log::error!("supervisor {}: restart intensity exceeded ({}), escalating", ctx.id(), down.reason);
             st.stopped = true;
             for child in st.children.drain(..).rev() {
                 child.control.signal(Signal::Stop(ExitReason::Escalated));
@@ -226,18 +219,9 @@ pub(crate) fn start(
         Supervisor { state: state.clone() },
         None,
         None,
-        SpawnOptions {
-            mailbox: Mailbox::Bounded(1),
-            dedicated: false,
-            depth,
-        },
+        SpawnOptions { mailbox: Mailbox::Bounded(1), dedicated: false, depth },
     )?;
-    Ok(SupervisorHandle {
-        addr,
-        state,
-        shared: shared.clone(),
-        depth,
-    })
+    Ok(SupervisorHandle { addr, state, shared: shared.clone(), depth })
 }
 
 impl SupervisorHandle {
@@ -252,12 +236,7 @@ impl SupervisorHandle {
     ///
     /// [`SpawnError`] when shutting down, or when a dedicated thread cannot start.
     pub fn start_child<A: Actor>(&self, spec: ChildSpec<A>) -> Result<Addr<A>, SpawnError> {
-        let ChildSpec {
-            mut factory,
-            restart,
-            mailbox,
-            dedicated,
-        } = spec;
+        let ChildSpec { mut factory, restart, mailbox, dedicated } = spec;
         let first = factory();
         let sup = self.addr.cell.clone();
         let hook = Box::new(move |down: Down| sup.signal_down(down));
@@ -270,17 +249,9 @@ impl SupervisorHandle {
             first,
             Some(factory),
             Some((hook, restart)),
-            SpawnOptions {
-                mailbox,
-                dedicated,
-                depth: self.depth + 1,
-            },
+            SpawnOptions { mailbox, dedicated, depth: self.depth + 1 },
         )?;
-        st.children.push(Child {
-            id: addr.id(),
-            restart,
-            control: Box::new(addr.cell.clone()),
-        });
+        st.children.push(Child { id: addr.id(), restart, control: Box::new(addr.cell.clone()) });
         Ok(addr)
     }
 

@@ -98,13 +98,7 @@ impl Timers {
         }
         let key = state.next;
         state.next += 1;
-        state.entries.insert(
-            key,
-            Entry {
-                fire,
-                cancelled: cancelled.clone(),
-            },
-        );
+        state.entries.insert(key, Entry { fire, cancelled: cancelled.clone() });
         state.heap.push(Reverse((at, key)));
         self.changed.notify_one();
         TimerHandle { cancelled }

@@ -49,14 +49,7 @@ fn lifecycle_hooks_run_in_order_and_stop_drains_accepted_messages() {
     addr.send("a".into()).unwrap();
     addr.send("stop".into()).unwrap();
     addr.send("after-stop-but-accepted".into()).unwrap();
-    for expected in [
-        "started",
-        "a",
-        "stop",
-        "after-stop-but-accepted",
-        "stopping",
-        "stopped: normal",
-    ] {
+    for expected in ["started", "a", "stop", "after-stop-but-accepted", "stopping", "stopped: normal"] {
         assert_eq!(next(&log), expected);
     }
     let deadline = Instant::now() + WAIT;
@@ -91,15 +84,7 @@ impl Actor for Gate {
 fn gate(rt: &Runtime, cap: usize) -> (Addr<Gate>, Sender<()>, Receiver<u32>) {
     let (release_tx, release_rx) = unbounded();
     let (seen_tx, seen_rx) = unbounded();
-    let addr = rt
-        .try_spawn(
-            Gate {
-                release: release_rx,
-                seen: seen_tx,
-            },
-            Mailbox::Bounded(cap),
-        )
-        .unwrap();
+    let addr = rt.try_spawn(Gate { release: release_rx, seen: seen_tx }, Mailbox::Bounded(cap)).unwrap();
     addr.send(0).unwrap();
     // Wait until the gate is inside its handler (mailbox empty again).
     let deadline = Instant::now() + WAIT;
@@ -149,11 +134,7 @@ fn stop_travels_on_the_control_lane_even_when_the_mailbox_is_full() {
     addr.stop();
     release.send(()).unwrap();
     assert_eq!(seen.recv_timeout(WAIT).unwrap(), 0);
-    assert_eq!(
-        seen.recv_timeout(WAIT).unwrap(),
-        1,
-        "the accepted message is handled before stopping"
-    );
+    assert_eq!(seen.recv_timeout(WAIT).unwrap(), 1, "the accepted message is handled before stopping");
     let deadline = Instant::now() + WAIT;
     while !addr.is_stopped() {
         assert!(Instant::now() < deadline, "stop was not delivered");
@@ -227,18 +208,12 @@ fn ask_replies_times_out_and_reports_a_dropped_request() {
 fn asking_yourself_fails_at_once() {
     let rt = Runtime::new();
     // On the pool and on a dedicated thread (where blocking asks are otherwise allowed).
-    for addr in [
-        rt.spawn(Answerer),
-        rt.spawn_dedicated(Answerer, Mailbox::DEFAULT).unwrap(),
-    ] {
+    for addr in [rt.spawn(Answerer), rt.spawn_dedicated(Answerer, Mailbox::DEFAULT).unwrap()] {
         let (tx, rx) = unbounded();
         let started = Instant::now();
         addr.send(Q::AskSelf(tx)).unwrap();
         assert_eq!(rx.recv_timeout(WAIT).unwrap(), Err(AskError::SelfAsk));
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "self-ask must fail at once, not time out"
-        );
+        assert!(started.elapsed() < Duration::from_secs(1), "self-ask must fail at once, not time out");
     }
     rt.shutdown(WAIT).unwrap();
 }
@@ -335,10 +310,7 @@ fn timers_send_after_a_delay_at_an_interval_and_can_be_cancelled() {
 
     let cancelled = rt.send_after(t.recipient(), Duration::from_millis(30), ());
     cancelled.cancel();
-    assert!(
-        rx.recv_timeout(Duration::from_millis(100)).is_err(),
-        "a cancelled timer fired"
-    );
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "a cancelled timer fired");
 
     let every = rt.send_interval(t.recipient(), Duration::from_millis(10), || ());
     for _ in 0..5 {
@@ -347,10 +319,7 @@ fn timers_send_after_a_delay_at_an_interval_and_can_be_cancelled() {
     every.cancel();
     std::thread::sleep(Duration::from_millis(30));
     while rx.try_recv().is_ok() {}
-    assert!(
-        rx.recv_timeout(Duration::from_millis(60)).is_err(),
-        "interval kept firing after cancel"
-    );
+    assert!(rx.recv_timeout(Duration::from_millis(60)).is_err(), "interval kept firing after cancel");
     rt.shutdown(WAIT).unwrap();
 }
 
@@ -383,25 +352,10 @@ fn shutdown_handles_every_accepted_message_and_stops_children_first() {
     let child = sup
         .start_child(ChildSpec::new({
             let tx = tx.clone();
-            move || Tally {
-                n: 0,
-                slow: Duration::from_micros(100),
-                out: tx.clone(),
-                name: "child",
-            }
+            move || Tally { n: 0, slow: Duration::from_micros(100), out: tx.clone(), name: "child" }
         }))
         .unwrap();
-    let top = rt
-        .try_spawn(
-            Tally {
-                n: 0,
-                slow: Duration::ZERO,
-                out: tx,
-                name: "top",
-            },
-            Mailbox::Unbounded,
-        )
-        .unwrap();
+    let top = rt.try_spawn(Tally { n: 0, slow: Duration::ZERO, out: tx, name: "top" }, Mailbox::Unbounded).unwrap();
     for i in 0..500 {
         child.send(i).unwrap();
         top.send(i).unwrap();
@@ -411,19 +365,12 @@ fn shutdown_handles_every_accepted_message_and_stops_children_first() {
     rt.shutdown(WAIT).unwrap();
     let mut reports: Vec<(u64, &str)> = rx.try_iter().collect();
     assert_eq!(reports.len(), 2);
-    assert_eq!(
-        reports[0],
-        (500, "child"),
-        "the supervised child stops first, after all its messages"
-    );
+    assert_eq!(reports[0], (500, "child"), "the supervised child stops first, after all its messages");
     reports.sort();
     assert_eq!(reports[1], (500, "top"));
     assert_eq!(rt.live_actors(), 0);
     assert!(matches!(child.try_send(1), Err(TrySendError::Closed(1))));
-    assert!(matches!(
-        rt.try_spawn(Answerer, Mailbox::DEFAULT),
-        Err(SpawnError::ShuttingDown)
-    ));
+    assert!(matches!(rt.try_spawn(Answerer, Mailbox::DEFAULT), Err(SpawnError::ShuttingDown)));
 }
 
 #[test]
@@ -431,15 +378,7 @@ fn shutdown_reports_actors_that_miss_the_deadline() {
     let rt = Runtime::builder().threads(1).build();
     let (release_tx, release_rx) = unbounded();
     let (seen_tx, _seen) = unbounded();
-    let g = rt
-        .try_spawn(
-            Gate {
-                release: release_rx,
-                seen: seen_tx,
-            },
-            Mailbox::DEFAULT,
-        )
-        .unwrap();
+    let g = rt.try_spawn(Gate { release: release_rx, seen: seen_tx }, Mailbox::DEFAULT).unwrap();
     g.send(0).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     let err = rt.shutdown(Duration::from_millis(50)).unwrap_err();
@@ -453,9 +392,7 @@ fn dedicated_actors_run_on_their_own_thread() {
     impl Actor for WhereAmI {
         type Message = ();
         fn handle(&mut self, _ctx: &mut Context<Self>, _: ()) {
-            self.0
-                .send(std::thread::current().name().unwrap_or("").to_string())
-                .unwrap();
+            self.0.send(std::thread::current().name().unwrap_or("").to_string()).unwrap();
         }
     }
     let rt = Runtime::new();
@@ -502,10 +439,7 @@ fn a_producer_paused_on_a_full_mailbox_is_told_when_there_is_room() {
         Err(TrySendError::Full(2)) => {}
         other => panic!("expected Full(2), got {other:?}"),
     }
-    assert!(
-        room.recv_timeout(Duration::from_millis(50)).is_err(),
-        "notified while still full"
-    );
+    assert!(room.recv_timeout(Duration::from_millis(50)).is_err(), "notified while still full");
     release.send(()).unwrap();
     room.recv_timeout(WAIT).expect("never told about room");
     addr.try_send(2).unwrap();
@@ -522,12 +456,7 @@ struct Parent {
 impl Actor for Parent {
     type Message = u64;
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let tally = Tally {
-            n: 0,
-            slow: Duration::from_micros(50),
-            out: self.out.clone(),
-            name: "spawned child",
-        };
+        let tally = Tally { n: 0, slow: Duration::from_micros(50), out: self.out.clone(), name: "spawned child" };
         self.child = Some(ctx.spawn(tally, Mailbox::Unbounded).unwrap());
     }
     fn handle(&mut self, _ctx: &mut Context<Self>, n: u64) {

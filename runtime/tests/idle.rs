@@ -22,9 +22,7 @@ impl Actor for Idle {
 #[test]
 fn ten_thousand_idle_actors_burn_no_cpu() {
     let rt = Runtime::new();
-    let actors: Vec<Addr<Idle>> = (0..10_000)
-        .map(|_| rt.try_spawn(Idle, Mailbox::Bounded(1)).unwrap())
-        .collect();
+    let actors: Vec<Addr<Idle>> = (0..10_000).map(|_| rt.try_spawn(Idle, Mailbox::Bounded(1)).unwrap()).collect();
     for a in &actors {
         a.send(1).unwrap();
     }

@@ -23,15 +23,8 @@ fn runtime_metrics_are_recorded_per_actor_type() {
     recorder.install().expect("installing the debugging recorder");
 
     let rt = Runtime::new();
-    let sup = rt
-        .supervisor(
-            Strategy::OneForOne,
-            Intensity {
-                max_restarts: 10,
-                period: Duration::from_secs(10),
-            },
-        )
-        .unwrap();
+    let sup =
+        rt.supervisor(Strategy::OneForOne, Intensity { max_restarts: 10, period: Duration::from_secs(10) }).unwrap();
     let a = sup.start_child(ChildSpec::new(|| Flaky)).unwrap();
     let b = sup.start_child(ChildSpec::new(|| Flaky)).unwrap();
     for n in 0..20 {
@@ -62,17 +55,12 @@ fn runtime_metrics_are_recorded_per_actor_type() {
     assert!(
         matches!(find(MetricKind::Histogram, "baton_mailbox_wait_seconds"), DebugValue::Histogram(v) if !v.is_empty())
     );
-    assert!(matches!(
-        find(MetricKind::Gauge, "baton_mailbox_depth"),
-        DebugValue::Gauge(_)
-    ));
+    assert!(matches!(find(MetricKind::Gauge, "baton_mailbox_depth"), DebugValue::Gauge(_)));
     // Labels carry types, never instance ids.
     for (k, _, _, _) in &snapshot {
         for l in k.key().labels() {
             assert!(!l.value().contains("actor#"), "instance label on {}", k.key().name());
         }
     }
-    assert!(snapshot
-        .iter()
-        .any(|(k, _, _, _)| k.key().name() == "baton_pool_parks_total"));
+    assert!(snapshot.iter().any(|(k, _, _, _)| k.key().name() == "baton_pool_parks_total"));
 }

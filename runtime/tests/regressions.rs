@@ -62,15 +62,7 @@ impl Actor for Child {
 #[test]
 fn escalation_terminates_every_sibling_and_refuses_new_children() {
     let rt = Runtime::new();
-    let sup = rt
-        .supervisor(
-            Strategy::OneForOne,
-            Intensity {
-                max_restarts: 0,
-                period: WAIT,
-            },
-        )
-        .unwrap();
+    let sup = rt.supervisor(Strategy::OneForOne, Intensity { max_restarts: 0, period: WAIT }).unwrap();
     let a = sup.start_child(ChildSpec::new(|| Child)).unwrap();
     let b = sup.start_child(ChildSpec::new(|| Child)).unwrap();
     let c = sup.start_child(ChildSpec::new(|| Child)).unwrap();
@@ -79,33 +71,19 @@ fn escalation_terminates_every_sibling_and_refuses_new_children() {
         a.is_stopped() && b.is_stopped() && c.is_stopped() && sup.addr().is_stopped()
     });
     assert_eq!(rt.live_actors(), 0, "an escalated supervisor left actors behind");
-    assert!(matches!(
-        sup.start_child(ChildSpec::new(|| Child)),
-        Err(SpawnError::SupervisorStopped)
-    ));
+    assert!(matches!(sup.start_child(ChildSpec::new(|| Child)), Err(SpawnError::SupervisorStopped)));
     rt.shutdown(WAIT).unwrap();
 }
 
 #[test]
 fn a_sibling_restart_does_not_destroy_a_nested_supervisor() {
     let rt = Runtime::new();
-    let top = rt
-        .supervisor(
-            Strategy::OneForAll,
-            Intensity {
-                max_restarts: 5,
-                period: WAIT,
-            },
-        )
-        .unwrap();
+    let top = rt.supervisor(Strategy::OneForAll, Intensity { max_restarts: 5, period: WAIT }).unwrap();
     let inner = top.start_supervisor(Strategy::OneForOne, Intensity::default()).unwrap();
     let worker = top.start_child(ChildSpec::new(|| Child)).unwrap();
     worker.send(Cmd::Panic).unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        !inner.addr().is_stopped(),
-        "the nested supervisor was torn down by a sibling's restart"
-    );
+    assert!(!inner.addr().is_stopped(), "the nested supervisor was torn down by a sibling's restart");
     assert!(inner.start_child(ChildSpec::new(|| Child)).is_ok());
     rt.shutdown(WAIT).unwrap();
 }
@@ -149,8 +127,7 @@ fn a_panicking_timer_callback_does_not_stop_other_timers() {
     rt.send_interval(t.recipient(), Duration::from_millis(5), || panic!("bad timer"));
     std::thread::sleep(Duration::from_millis(30));
     rt.send_after(t.recipient(), Duration::from_millis(5), ());
-    rx.recv_timeout(WAIT)
-        .expect("the timer thread died with the panicking timer");
+    rx.recv_timeout(WAIT).expect("the timer thread died with the panicking timer");
     rt.shutdown(WAIT).unwrap();
 }
 

@@ -62,15 +62,8 @@ fn thousands_of_actors_millions_of_messages_exactly_once_in_order() {
             rt.try_spawn(sink, Mailbox::Unbounded).unwrap()
         })
         .collect();
-    let source_addrs: Vec<Addr<Source>> = (0..sources)
-        .map(|me| {
-            rt.spawn(Source {
-                me,
-                sinks: sink_addrs.clone(),
-                per_sink,
-            })
-        })
-        .collect();
+    let source_addrs: Vec<Addr<Source>> =
+        (0..sources).map(|me| rt.spawn(Source { me, sinks: sink_addrs.clone(), per_sink })).collect();
     for s in &source_addrs {
         s.send(()).unwrap();
     }
@@ -93,12 +86,7 @@ fn bounded_mailbox_under_many_blocking_senders_loses_nothing() {
     let (done_tx, done) = unbounded();
     let sink = rt
         .try_spawn(
-            Sink {
-                next_from: vec![0; senders],
-                total: 0,
-                expected: senders as u64 * per,
-                done: done_tx,
-            },
+            Sink { next_from: vec![0; senders], total: 0, expected: senders as u64 * per, done: done_tx },
             Mailbox::Bounded(16),
         )
         .unwrap();

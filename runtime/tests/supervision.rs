@@ -40,11 +40,7 @@ impl Actor for Child {
 fn spec(name: &'static str, out: &Sender<(&'static str, u32, String)>) -> ChildSpec<Child> {
     let out = out.clone();
     let counter = Arc::new(AtomicU32::new(0));
-    ChildSpec::new(move || Child {
-        name,
-        instance: counter.fetch_add(1, Ordering::SeqCst),
-        out: out.clone(),
-    })
+    ChildSpec::new(move || Child { name, instance: counter.fetch_add(1, Ordering::SeqCst), out: out.clone() })
 }
 
 fn expect(rx: &Receiver<(&'static str, u32, String)>, name: &str, instance: u32, event: &str) {
@@ -60,10 +56,7 @@ fn collect(rx: &Receiver<(&'static str, u32, String)>, n: usize) -> Vec<(&'stati
 }
 
 fn intensity(max_restarts: u32) -> Intensity {
-    Intensity {
-        max_restarts,
-        period: Duration::from_secs(10),
-    }
+    Intensity { max_restarts, period: Duration::from_secs(10) }
 }
 
 #[test]
@@ -96,14 +89,7 @@ fn one_for_all_restarts_every_child() {
     collect(&rx, 3);
     a.send(Cmd::Panic).unwrap();
     let restarted = collect(&rx, 3);
-    assert_eq!(
-        restarted,
-        vec![
-            ("a", 1, "started".into()),
-            ("b", 1, "started".into()),
-            ("c", 1, "started".into())
-        ]
-    );
+    assert_eq!(restarted, vec![("a", 1, "started".into()), ("b", 1, "started".into()), ("c", 1, "started".into())]);
     rt.shutdown(WAIT).unwrap();
 }
 
@@ -119,10 +105,7 @@ fn rest_for_one_restarts_the_child_and_those_started_after_it() {
     b.send(Cmd::Panic).unwrap();
     let restarted = collect(&rx, 2);
     assert_eq!(restarted, vec![("b", 1, "started".into()), ("c", 1, "started".into())]);
-    assert!(
-        rx.recv_timeout(Duration::from_millis(100)).is_err(),
-        "a must not restart"
-    );
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "a must not restart");
     rt.shutdown(WAIT).unwrap();
 }
 
@@ -147,10 +130,7 @@ fn restart_types_decide_who_comes_back() {
     temp.send(Cmd::Panic).unwrap();
     let deadline = Instant::now() + WAIT;
     while !(trans.is_stopped() && temp.is_stopped()) {
-        assert!(
-            Instant::now() < deadline,
-            "transient/temporary children were not terminated"
-        );
+        assert!(Instant::now() < deadline, "transient/temporary children were not terminated");
         std::thread::sleep(Duration::from_millis(1));
     }
     assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
@@ -163,12 +143,7 @@ impl Actor for Watch {
     type Message = Addr<Supervisor>;
     fn handle(&mut self, ctx: &mut Context<Self>, sup: Addr<Supervisor>) {
         ctx.monitor(&sup);
-        self.0
-            .send(Down {
-                id: sup.id(),
-                reason: ExitReason::Normal,
-            })
-            .unwrap();
+        self.0.send(Down { id: sup.id(), reason: ExitReason::Normal }).unwrap();
     }
     fn down(&mut self, _ctx: &mut Context<Self>, down: Down) {
         self.0.send(down).unwrap();
@@ -192,19 +167,10 @@ fn exceeding_restart_intensity_escalates() {
     expect(&rx, "a", 2, "started");
     a.send(Cmd::Panic).unwrap(); // third restart within the period: too many
     let down = downs.recv_timeout(WAIT).unwrap();
-    assert_eq!(
-        down,
-        Down {
-            id: sup.addr().id(),
-            reason: ExitReason::Escalated
-        }
-    );
+    assert_eq!(down, Down { id: sup.addr().id(), reason: ExitReason::Escalated });
     let deadline = Instant::now() + WAIT;
     while !a.is_stopped() {
-        assert!(
-            Instant::now() < deadline,
-            "children of an escalated supervisor must stop"
-        );
+        assert!(Instant::now() < deadline, "children of an escalated supervisor must stop");
         std::thread::sleep(Duration::from_millis(1));
     }
     rt.shutdown(WAIT).unwrap();

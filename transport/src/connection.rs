@@ -502,8 +502,7 @@ impl Connection {
     /// Closes at once with a reset (RST); buffered bytes are discarded.
     pub fn abort(&self) {
         let mut state = self.source.state.lock();
-        self.source
-            .finish(&self.reactor, &mut state, CloseReason::Aborted, true);
+        self.source.finish(&self.reactor, &mut state, CloseReason::Aborted, true);
     }
 
     /// Stops reading (the peer's TCP window fills) until [`Connection::resume_reading`].
@@ -667,11 +666,7 @@ impl Reactor {
                 }),
             });
             // Bytes already read go first: the socket is armed only after they are delivered.
-            let interest = if has_unread {
-                Event::none(key)
-            } else {
-                Event::readable(key)
-            };
+            let interest = if has_unread { Event::none(key) } else { Event::readable(key) };
             // SAFETY: the socket lives in this source's state and `finish` deletes it from the
             // poller before it is dropped or handed out; nothing else closes it.
             unsafe { self.shared.poller.add(raw, interest)? };
@@ -683,13 +678,9 @@ impl Reactor {
             self.shared.command(Command::Rearm(source.key));
         }
         if let Some(first) = [options.idle_timeout, options.read_timeout].into_iter().flatten().min() {
-            self.shared
-                .command(Command::TimeoutAt(source.key, std::time::Instant::now() + first));
+            self.shared.command(Command::TimeoutAt(source.key, std::time::Instant::now() + first));
         }
-        Ok(Connection {
-            source,
-            reactor: self.shared.clone(),
-        })
+        Ok(Connection { source, reactor: self.shared.clone() })
     }
 }
 
@@ -718,9 +709,6 @@ impl Reactor {
 
 impl From<Stream> for Detached {
     fn from(stream: Stream) -> Detached {
-        Detached {
-            stream,
-            unread: Vec::new(),
-        }
+        Detached { stream, unread: Vec::new() }
     }
 }

@@ -89,12 +89,7 @@ pub struct ListenOptions {
 
 impl Default for ListenOptions {
     fn default() -> Self {
-        ListenOptions {
-            backlog: 1024,
-            reuse_address: true,
-            reuse_port: false,
-            batch: 64,
-        }
+        ListenOptions { backlog: 1024, reuse_address: true, reuse_port: false, batch: 64 }
     }
 }
 
@@ -135,12 +130,8 @@ struct ListenerSource<M: Send + 'static> {
 const FD_BACKOFF: Duration = Duration::from_millis(50);
 
 fn reserve_fd() -> Option<OwnedFd> {
-    rustix::fs::open(
-        "/dev/null",
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .ok()
+    rustix::fs::open("/dev/null", rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+        .ok()
 }
 
 impl<M: From<Accepted> + Send + 'static> ListenerSource<M> {
@@ -200,10 +191,7 @@ impl<M: From<Accepted> + Send + 'static> ListenerSource<M> {
     fn out_of_descriptors(&self, reactor: &Arc<Shared>, key: usize, state: &mut State<M>) {
         if !state.in_fd_episode {
             state.in_fd_episode = true;
-            log::warn!(
-                "listener {:?}: out of file descriptors; closing new clients until some free up",
-                self.id
-            );
+            log::warn!("listener {:?}: out of file descriptors; closing new clients until some free up", self.id);
         }
         metrics::counter!("baton_listener_fd_exhausted_total").increment(1);
         // Spend the reserve to accept and close waiting clients, so they are not left hanging.
@@ -225,10 +213,7 @@ impl<M: From<Accepted> + Send + 'static> ListenerSource<M> {
     fn describe(&self, fd: OwnedFd, is_unix: bool) -> Accepted {
         if is_unix {
             let stream = UnixStream::from(fd);
-            let peer = stream
-                .peer_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+            let peer = stream.peer_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf));
             Accepted {
                 stream: Stream::Unix(stream),
                 peer: Address::Unix(peer),
@@ -238,16 +223,8 @@ impl<M: From<Accepted> + Send + 'static> ListenerSource<M> {
         } else {
             let stream = TcpStream::from(fd);
             let peer = stream.peer_addr().map(Address::Inet).unwrap_or(Address::Unix(None));
-            let local = stream
-                .local_addr()
-                .map(Address::Inet)
-                .unwrap_or_else(|_| self.local.clone());
-            Accepted {
-                stream: Stream::Tcp(stream),
-                peer,
-                local,
-                listener: self.id,
-            }
+            let local = stream.local_addr().map(Address::Inet).unwrap_or_else(|_| self.local.clone());
+            Accepted { stream: Stream::Tcp(stream), peer, local, listener: self.id }
         }
     }
 
@@ -361,17 +338,8 @@ impl Listener {
 
 /// A non-blocking, close-on-exec TCP socket of `addr`'s family.
 pub(crate) fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
-    let family = if addr.is_ipv4() {
-        AddressFamily::INET
-    } else {
-        AddressFamily::INET6
-    };
-    Ok(rustix::net::socket_with(
-        family,
-        SocketType::STREAM,
-        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-        None,
-    )?)
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    Ok(rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC, None)?)
 }
 
 /// Why a descriptor cannot be adopted as a listener.
@@ -443,15 +411,18 @@ impl Reactor {
         options: ListenOptions,
         owner: Recipient<M>,
     ) -> io::Result<Listener> {
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket; not replacing it", path.display()),
+                ));
+            }
             match UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "a live socket is listening there",
-                    ))
-                }
-                Err(_) => std::fs::remove_file(path)?,
+                Ok(_) => return Err(io::Error::new(io::ErrorKind::AddrInUse, "a live socket is listening there")),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+                Err(e) => return Err(e),
             }
         }
         let fd = rustix::net::socket_with(
@@ -540,12 +511,6 @@ impl Reactor {
             control = Some(source.clone());
             Ok(source)
         })?;
-        Ok(Listener {
-            id,
-            key,
-            local,
-            reactor: self.shared.clone(),
-            control: control.expect("set by insert"),
-        })
+        Ok(Listener { id, key, local, reactor: self.shared.clone(), control: control.expect("set by insert") })
     }
 }

@@ -134,13 +134,8 @@ impl Reactor {
             next_serial: AtomicU64::new(1),
         });
         let run = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("baton-reactor".into())
-            .spawn(move || run_loop(&run))?;
-        Ok(Reactor {
-            shared,
-            thread: Arc::new(Mutex::new(Some(thread))),
-        })
+        let thread = std::thread::Builder::new().name("baton-reactor".into()).spawn(move || run_loop(&run))?;
+        Ok(Reactor { shared, thread: Arc::new(Mutex::new(Some(thread))) })
     }
 
     /// Closes every source (deregistering each before closing it) and joins the thread.
@@ -163,11 +158,7 @@ fn run_loop(shared: &Arc<Shared>) {
     // (deadline, key, is_timeout): re-arms after a back-off, and connection deadlines.
     let mut timed: Vec<(Instant, usize, bool)> = Vec::new();
     loop {
-        let timeout = timed
-            .iter()
-            .map(|(at, _, _)| *at)
-            .min()
-            .map(|at| at.saturating_duration_since(Instant::now()));
+        let timeout = timed.iter().map(|(at, _, _)| *at).min().map(|at| at.saturating_duration_since(Instant::now()));
         events.clear();
         if let Err(e) = shared.poller.wait(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {

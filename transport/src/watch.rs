@@ -32,20 +32,11 @@ pub struct Interest {
 
 impl Interest {
     /// Readable only.
-    pub const READ: Interest = Interest {
-        readable: true,
-        writable: false,
-    };
+    pub const READ: Interest = Interest { readable: true, writable: false };
     /// Writable only.
-    pub const WRITE: Interest = Interest {
-        readable: false,
-        writable: true,
-    };
+    pub const WRITE: Interest = Interest { readable: false, writable: true };
     /// Readable and writable.
-    pub const BOTH: Interest = Interest {
-        readable: true,
-        writable: true,
-    };
+    pub const BOTH: Interest = Interest { readable: true, writable: true };
 }
 
 impl Interest {
@@ -114,11 +105,7 @@ impl Source for WatchSource {
         if !state.registered {
             return;
         }
-        state.pending = Some(Readiness {
-            watch: self.id,
-            readable: event.readable,
-            writable: event.writable,
-        });
+        state.pending = Some(Readiness { watch: self.id, readable: event.readable, writable: event.writable });
         self.deliver(reactor, &mut state);
     }
 
@@ -206,11 +193,7 @@ impl Reactor {
                 key,
                 fd,
                 owner,
-                state: Mutex::new(WatchState {
-                    registered: true,
-                    pending: None,
-                    waiting_for_room: false,
-                }),
+                state: Mutex::new(WatchState { registered: true, pending: None, waiting_for_room: false }),
             });
             let event = interest.event(key);
             // SAFETY: the source holds a reference to the descriptor, so it stays open until
@@ -219,9 +202,6 @@ impl Reactor {
             made = Some(source.clone());
             Ok(source as Arc<dyn Source>)
         })?;
-        Ok(Watch {
-            source: made.expect("set by insert"),
-            reactor: self.shared.clone(),
-        })
+        Ok(Watch { source: made.expect("set by insert"), reactor: self.shared.clone() })
     }
 }

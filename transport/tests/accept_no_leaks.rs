@@ -21,13 +21,7 @@ fn accepted_connections_reach_the_owner_with_their_addresses() {
     let reactor = Reactor::start().unwrap();
     let (tx, seen) = unbounded();
     let owner = rt.spawn(Greeter { seen: tx, hold: None });
-    let v4 = reactor
-        .listen_tcp(
-            "127.0.0.1:0".parse().unwrap(),
-            ListenOptions::default(),
-            owner.recipient(),
-        )
-        .unwrap();
+    let v4 = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), owner.recipient()).unwrap();
     let addr = local_inet(&v4);
     assert_ne!(addr.port(), 0);
     let mut clients = Vec::new();

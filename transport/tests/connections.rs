@@ -48,10 +48,7 @@ impl Actor for Echo {
         match msg {
             EchoMsg::Accepted(acc) => {
                 let relay = ctx.spawn(Relay(self.me.clone().unwrap()), Mailbox::Unbounded).unwrap();
-                let conn = self
-                    .reactor
-                    .adopt(acc.stream, ConnOptions::default(), relay.recipient())
-                    .unwrap();
+                let conn = self.reactor.adopt(acc.stream, ConnOptions::default(), relay.recipient()).unwrap();
                 self.conns.insert(conn.id(), conn);
             }
             EchoMsg::Conn(ConnEvent::Data(id, bytes)) => {
@@ -77,25 +74,12 @@ fn echo_server(rt: &Runtime, reactor: &Reactor) -> (SocketAddr, Receiver<(ConnId
     let (tx, closed) = unbounded();
     let echo = rt
         .try_spawn(
-            Echo {
-                reactor: reactor.clone(),
-                me: None,
-                conns: Default::default(),
-                closed: tx,
-            },
+            Echo { reactor: reactor.clone(), me: None, conns: Default::default(), closed: tx },
             Mailbox::Unbounded,
         )
         .unwrap();
-    let l = reactor
-        .listen_tcp(
-            "127.0.0.1:0".parse().unwrap(),
-            ListenOptions::default(),
-            echo.recipient(),
-        )
-        .unwrap();
-    let Address::Inet(addr) = *l.local_addr() else {
-        unreachable!()
-    };
+    let l = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), echo.recipient()).unwrap();
+    let Address::Inet(addr) = *l.local_addr() else { unreachable!() };
     (addr, closed)
 }
 
@@ -121,10 +105,7 @@ fn echo_with_a_thousand_concurrent_connections_returns_every_byte_in_order() {
         let (_, reason) = closed.recv_timeout(WAIT).expect("a Closed is missing");
         assert_eq!(reason, CloseReason::Closed);
     }
-    assert!(
-        closed.recv_timeout(Duration::from_millis(100)).is_err(),
-        "a Closed came twice"
-    );
+    assert!(closed.recv_timeout(Duration::from_millis(100)).is_err(), "a Closed came twice");
     for c in &mut clients {
         let mut rest = Vec::new();
         c.read_to_end(&mut rest).unwrap();
@@ -186,10 +167,7 @@ fn half_close_both_ways_and_closed_exactly_once() {
     client.read_to_end(&mut reply).unwrap();
     assert_eq!(reply, b"reply after your EOF");
     assert_eq!(next(&events), ConnEvent::Closed(id, CloseReason::Closed));
-    assert!(
-        events.recv_timeout(Duration::from_millis(100)).is_err(),
-        "more than one Closed"
-    );
+    assert!(events.recv_timeout(Duration::from_millis(100)).is_err(), "more than one Closed");
     assert_eq!(conn.write(b"x"), Err(WriteError::Closed));
     reactor.stop();
     rt.shutdown(Duration::from_secs(5)).unwrap();
@@ -217,11 +195,7 @@ fn abort_sends_a_reset() {
 fn a_slow_reader_pauses_the_writer_at_the_high_water_mark_with_bounded_memory() {
     let rt = Runtime::new();
     let reactor = Reactor::start().unwrap();
-    let opts = ConnOptions {
-        high_water: 64 * 1024,
-        low_water: 16 * 1024,
-        ..ConnOptions::default()
-    };
+    let opts = ConnOptions { high_water: 64 * 1024, low_water: 16 * 1024, ..ConnOptions::default() };
     let (conn, mut client, events) = pair(&rt, &reactor, opts);
     let chunk = vec![7u8; 16 * 1024];
     let mut written = 0usize;
@@ -269,14 +243,7 @@ fn detach_then_adopt_in_another_reactor_keeps_unread_bytes_in_order() {
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
     let conn = first
-        .adopt(
-            Stream::Tcp(server),
-            ConnOptions {
-                read_size: 4,
-                ..Default::default()
-            },
-            stuck.recipient(),
-        )
+        .adopt(Stream::Tcp(server), ConnOptions { read_size: 4, ..Default::default() }, stuck.recipient())
         .unwrap();
     for i in 0..10u8 {
         client.write_all(&[b'a' + i; 4]).unwrap();
@@ -290,9 +257,7 @@ fn detach_then_adopt_in_another_reactor_keeps_unread_bytes_in_order() {
     // socket and the new reactor reads it, in order, before "after".
     let (tx, events) = unbounded();
     let owner = rt.try_spawn(Collect(tx), Mailbox::Unbounded).unwrap();
-    let adopted = second
-        .adopt(detached.stream, ConnOptions::default(), owner.recipient())
-        .unwrap();
+    let adopted = second.adopt(detached.stream, ConnOptions::default(), owner.recipient()).unwrap();
     client.write_all(b"after").unwrap();
     let mut later = Vec::new();
     while !later.ends_with(b"after") {
@@ -304,15 +269,8 @@ fn detach_then_adopt_in_another_reactor_keeps_unread_bytes_in_order() {
     let mut all = detached.unread.clone();
     all.extend(&later);
     let total = b"aaaabbbbccccddddeeeeffffgggghhhhiiiijjjjafter";
-    assert!(
-        total.ends_with(&all),
-        "unread + later {:?} is not the tail of the stream",
-        String::from_utf8_lossy(&all)
-    );
-    assert_eq!(
-        detached.unread, b"cccc",
-        "the undelivered chunk travels with the socket"
-    );
+    assert!(total.ends_with(&all), "unread + later {:?} is not the tail of the stream", String::from_utf8_lossy(&all));
+    assert_eq!(detached.unread, b"cccc", "the undelivered chunk travels with the socket");
     assert_eq!(all, &total[8..], "nothing lost or reordered across the move");
     adopted.close();
     first.stop();
@@ -324,10 +282,7 @@ fn detach_then_adopt_in_another_reactor_keeps_unread_bytes_in_order() {
 fn idle_timeout_closes_quiet_connections_but_not_busy_ones() {
     let rt = Runtime::new();
     let reactor = Reactor::start().unwrap();
-    let opts = ConnOptions {
-        idle_timeout: Some(Duration::from_millis(150)),
-        ..ConnOptions::default()
-    };
+    let opts = ConnOptions { idle_timeout: Some(Duration::from_millis(150)), ..ConnOptions::default() };
     let (quiet, mut quiet_client, quiet_events) = pair(&rt, &reactor, opts);
     let (busy, mut busy_client, busy_events) = pair(&rt, &reactor, opts);
     assert!(matches!(busy.peer_addr().unwrap(), Address::Inet(a) if a.ip().is_loopback()));
@@ -338,10 +293,7 @@ fn idle_timeout_closes_quiet_connections_but_not_busy_ones() {
         std::thread::sleep(Duration::from_millis(50));
         busy_client.write_all(b"ping").unwrap();
     }
-    assert_eq!(
-        next(&quiet_events),
-        ConnEvent::Closed(quiet.id(), CloseReason::IdleTimeout)
-    );
+    assert_eq!(next(&quiet_events), ConnEvent::Closed(quiet.id(), CloseReason::IdleTimeout));
     let mut b = [0u8; 1];
     assert_eq!(quiet_client.read(&mut b).unwrap(), 0, "the quiet client sees EOF");
     // The busy one is still open: all its events are data.
@@ -371,9 +323,7 @@ fn a_client_connection_buffers_until_connected_and_reports_refusal() {
     });
     let (tx, events) = unbounded();
     let owner = rt.try_spawn(Collect(tx), Mailbox::Unbounded).unwrap();
-    let conn = reactor
-        .connect_tcp(addr, ConnOptions::default(), owner.recipient())
-        .unwrap();
+    let conn = reactor.connect_tcp(addr, ConnOptions::default(), owner.recipient()).unwrap();
     conn.write(b"hello").unwrap();
     let mut got = Vec::new();
     while got.len() < 5 {
@@ -387,19 +337,11 @@ fn a_client_connection_buffers_until_connected_and_reports_refusal() {
     conn.close();
 
     // Nothing listens on a port we just released: the connection reports the refusal.
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let (tx, events) = unbounded();
     let owner = rt.try_spawn(Collect(tx), Mailbox::Unbounded).unwrap();
-    let refused = reactor
-        .connect_tcp(free, ConnOptions::default(), owner.recipient())
-        .unwrap();
-    assert_eq!(
-        next(&events),
-        ConnEvent::Closed(refused.id(), CloseReason::Error(ErrorKind::ConnectionRefused))
-    );
+    let refused = reactor.connect_tcp(free, ConnOptions::default(), owner.recipient()).unwrap();
+    assert_eq!(next(&events), ConnEvent::Closed(refused.id(), CloseReason::Error(ErrorKind::ConnectionRefused)));
     reactor.stop();
     rt.shutdown(Duration::from_secs(5)).unwrap();
 }
@@ -408,10 +350,7 @@ fn a_client_connection_buffers_until_connected_and_reports_refusal() {
 fn read_timeout_closes_a_silent_peer_even_while_we_write() {
     let rt = Runtime::new();
     let reactor = Reactor::start().unwrap();
-    let opts = ConnOptions {
-        read_timeout: Some(Duration::from_millis(150)),
-        ..ConnOptions::default()
-    };
+    let opts = ConnOptions { read_timeout: Some(Duration::from_millis(150)), ..ConnOptions::default() };
     let (conn, mut client, events) = pair(&rt, &reactor, opts);
     // We keep writing (so the connection is not idle), the peer never sends.
     let mut closed = None;
@@ -468,9 +407,7 @@ fn unread_bytes_given_to_adopt_with_arrive_first_and_the_close_hook_runs_once() 
         .adopt_with(
             Stream::Tcp(server),
             b"first-".to_vec(),
-            Some(Box::new(move |reason: &CloseReason| {
-                hook_tx.send(reason.clone()).unwrap()
-            })),
+            Some(Box::new(move |reason: &CloseReason| hook_tx.send(reason.clone()).unwrap())),
             ConnOptions::default(),
             sink.recipient(),
         )
@@ -486,10 +423,7 @@ fn unread_bytes_given_to_adopt_with_arrive_first_and_the_close_hook_runs_once() 
     conn.close();
     assert_eq!(hook_rx.recv_timeout(WAIT).unwrap(), CloseReason::Closed);
     assert!(matches!(next(&rx), ConnEvent::Closed(_, CloseReason::Closed)));
-    assert!(
-        hook_rx.recv_timeout(Duration::from_millis(100)).is_err(),
-        "the hook runs once"
-    );
+    assert!(hook_rx.recv_timeout(Duration::from_millis(100)).is_err(), "the hook runs once");
     reactor.stop();
     rt.shutdown(WAIT).unwrap();
 }

@@ -39,16 +39,8 @@ fn out_of_descriptors_closes_clients_backs_off_and_recovers() {
     let rt = Runtime::new();
     let reactor = Reactor::start().unwrap();
     let owner = rt.spawn(Greeter);
-    let l = reactor
-        .listen_tcp(
-            "127.0.0.1:0".parse().unwrap(),
-            ListenOptions::default(),
-            owner.recipient(),
-        )
-        .unwrap();
-    let Address::Inet(addr) = *l.local_addr() else {
-        panic!("inet listener")
-    };
+    let l = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), owner.recipient()).unwrap();
+    let Address::Inet(addr) = *l.local_addr() else { panic!("inet listener") };
 
     // Clients wait in the backlog while the listener is paused.
     l.pause();
@@ -61,14 +53,7 @@ fn out_of_descriptors_closes_clients_backs_off_and_recovers() {
     // Fill the descriptor table up to a lowered limit.
     let original = getrlimit(Resource::Nofile);
     let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(open + 16),
-            maximum: original.maximum,
-        },
-    )
-    .unwrap();
+    setrlimit(Resource::Nofile, Rlimit { current: Some(open + 16), maximum: original.maximum }).unwrap();
     let mut filler = Vec::new();
     while let Ok(f) = std::fs::File::open("/dev/null") {
         filler.push(f);
@@ -90,10 +75,7 @@ fn out_of_descriptors_closes_clients_backs_off_and_recovers() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let used = cpu_ticks(&stat_file) - before;
-    assert!(
-        used <= 10,
-        "{used} ticks of CPU in 0.5 s while out of descriptors: spinning"
-    );
+    assert!(used <= 10, "{used} ticks of CPU in 0.5 s while out of descriptors: spinning");
 
     // Descriptors free up: service resumes by itself.
     drop(filler);

@@ -21,22 +21,8 @@ fn listener_pauses_while_the_owner_is_full_and_loses_no_client() {
     let (tx, seen) = unbounded();
     let (release_tx, release) = unbounded();
     // Mailbox of one, and the first handler blocks: the listener must stop and wait.
-    let owner = rt
-        .try_spawn(
-            Greeter {
-                seen: tx,
-                hold: Some(release),
-            },
-            Mailbox::Bounded(1),
-        )
-        .unwrap();
-    let l = reactor
-        .listen_tcp(
-            "127.0.0.1:0".parse().unwrap(),
-            ListenOptions::default(),
-            owner.recipient(),
-        )
-        .unwrap();
+    let owner = rt.try_spawn(Greeter { seen: tx, hold: Some(release) }, Mailbox::Bounded(1)).unwrap();
+    let l = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), owner.recipient()).unwrap();
     let addr = local_inet(&l);
     let clients: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(100));
@@ -48,8 +34,7 @@ fn listener_pauses_while_the_owner_is_full_and_loses_no_client() {
         greeted(c);
     }
     for _ in 0..clients.len() {
-        seen.recv_timeout(WAIT)
-            .expect("a client was lost while the listener was paused");
+        seen.recv_timeout(WAIT).expect("a client was lost while the listener was paused");
     }
     reactor.stop();
     rt.shutdown(WAIT).unwrap();
@@ -61,19 +46,10 @@ fn explicit_pause_leaves_clients_in_the_backlog_until_resume() {
     let reactor = Reactor::start().unwrap();
     let (tx, seen) = unbounded();
     let owner = rt.spawn(Greeter { seen: tx, hold: None });
-    let l = reactor
-        .listen_tcp(
-            "127.0.0.1:0".parse().unwrap(),
-            ListenOptions::default(),
-            owner.recipient(),
-        )
-        .unwrap();
+    let l = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), owner.recipient()).unwrap();
     l.pause();
     let c = TcpStream::connect(local_inet(&l)).unwrap();
-    assert!(
-        seen.recv_timeout(Duration::from_millis(150)).is_err(),
-        "accepted while paused"
-    );
+    assert!(seen.recv_timeout(Duration::from_millis(150)).is_err(), "accepted while paused");
     l.resume();
     c.set_read_timeout(Some(WAIT)).unwrap();
     greeted(&c);
@@ -94,15 +70,11 @@ fn unix_listener_has_tight_permissions_replaces_stale_files_and_cleans_up() {
     let reactor = Reactor::start().unwrap();
     let (tx, seen) = unbounded();
     let owner = rt.spawn(Greeter { seen: tx, hold: None });
-    let l = reactor
-        .listen_unix(&path, ListenOptions::default(), owner.recipient())
-        .unwrap();
+    let l = reactor.listen_unix(&path, ListenOptions::default(), owner.recipient()).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     // A live listener is not replaced.
-    let err = reactor
-        .listen_unix(&path, ListenOptions::default(), owner.recipient())
-        .unwrap_err();
+    let err = reactor.listen_unix(&path, ListenOptions::default(), owner.recipient()).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     let c = UnixStream::connect(&path).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
@@ -114,6 +86,11 @@ fn unix_listener_has_tight_permissions_replaces_stale_files_and_cleans_up() {
         assert!(Instant::now() < deadline, "socket file not removed on close");
         std::thread::sleep(Duration::from_millis(1));
     }
+    // A file that is not a socket is never replaced.
+    std::fs::write(&path, b"precious").unwrap();
+    let err = reactor.listen_unix(&path, ListenOptions::default(), owner.recipient()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
     reactor.stop();
     rt.shutdown(WAIT).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -129,26 +106,15 @@ fn adopting_a_descriptor_validates_it() {
 
     let (a, _b) = UnixStream::pair().unwrap();
     let file: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-    assert!(matches!(
-        reactor.adopt_listener(file, opts, owner.recipient()),
-        Err(AdoptError::NotASocket)
-    ));
+    assert!(matches!(reactor.adopt_listener(file, opts, owner.recipient()), Err(AdoptError::NotASocket)));
     let udp: OwnedFd = UdpSocket::bind("127.0.0.1:0").unwrap().into();
-    assert!(matches!(
-        reactor.adopt_listener(udp, opts, owner.recipient()),
-        Err(AdoptError::NotStream)
-    ));
-    assert!(matches!(
-        reactor.adopt_listener(OwnedFd::from(a), opts, owner.recipient()),
-        Err(AdoptError::NotListening)
-    ));
+    assert!(matches!(reactor.adopt_listener(udp, opts, owner.recipient()), Err(AdoptError::NotStream)));
+    assert!(matches!(reactor.adopt_listener(OwnedFd::from(a), opts, owner.recipient()), Err(AdoptError::NotListening)));
 
     // A real listening socket, as a parent or systemd would pass it.
     let std_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = std_listener.local_addr().unwrap();
-    let adopted = reactor
-        .adopt_listener(OwnedFd::from(std_listener), opts, owner.recipient())
-        .unwrap();
+    let adopted = reactor.adopt_listener(OwnedFd::from(std_listener), opts, owner.recipient()).unwrap();
     assert_eq!(adopted.local_addr(), &Address::Inet(addr));
     let c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();

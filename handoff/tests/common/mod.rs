@@ -83,11 +83,7 @@ impl InProcessWorker {
             _ => None,
         });
         let worker = Worker::serve(channel, &runtime, &reactor, incoming, WorkerOptions::default()).expect("serve");
-        InProcessWorker {
-            runtime,
-            reactor,
-            worker,
-        }
+        InProcessWorker { runtime, reactor, worker }
     }
 
     pub fn stop(self) {
