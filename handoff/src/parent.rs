@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::process::Child;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,9 @@ use crate::channel::{Channel, RecvBuf, RecvError};
 use crate::policy::{Candidate, LeastLoaded, Policy};
 use crate::process::WorkerCommand;
 use crate::record::{self, Item, Kind, Load, Reason, Record, MAX_RECORD};
+
+/// Adoptions the latency percentiles in [`Stats`] are computed over.
+pub const LATENCY_WINDOW: usize = 4096;
 
 /// How often the parent checks deadlines, reaps and restarts workers.
 const TICK: Duration = Duration::from_millis(20);
@@ -161,6 +165,11 @@ pub struct Stats {
     pub waiting: usize,
     /// Worker restarts.
     pub restarts: u64,
+    /// Median time from accept (or dispatch) to the worker's ADOPTED, over the last
+    /// [`LATENCY_WINDOW`] adoptions.
+    pub latency_p50: Option<Duration>,
+    /// 99th percentile of the same.
+    pub latency_p99: Option<Duration>,
     /// One entry per worker slot.
     pub workers: Vec<WorkerStats>,
 }
@@ -386,7 +395,9 @@ impl ParentBuilder {
     /// When the actor cannot be spawned, or the first worker cannot be started (a bad command,
     /// no descriptors).
     pub fn start(self, runtime: &Runtime, reactor: &Reactor) -> io::Result<Parent> {
+        let adopted = Arc::new(AtomicU64::new(0));
         let actor = Handoff {
+            adopted: adopted.clone(),
             reactor: reactor.clone(),
             slots: (0..self.workers).map(|_| Slot::new(true)).collect(),
             command: self.command,
@@ -409,13 +420,14 @@ impl ParentBuilder {
             recv_buf: RecvBuf::default(),
             send_buf: Vec::with_capacity(MAX_RECORD),
             stats: Stats::default(),
+            latencies: VecDeque::with_capacity(LATENCY_WINDOW),
             drain: None,
             me: None,
         };
         let addr = runtime
             .try_spawn(actor, Mailbox::Bounded(1024))
             .map_err(|e: SpawnError| io::Error::other(e.to_string()))?;
-        let parent = Parent { addr, reactor: reactor.clone() };
+        let parent = Parent { addr, reactor: reactor.clone(), adopted };
         parent
             .addr
             .ask(|r| HandoffMsg::Control(Control::Start(r)), Duration::from_secs(10))
@@ -429,6 +441,7 @@ impl ParentBuilder {
 pub struct Parent {
     addr: Addr<Handoff>,
     reactor: Reactor,
+    adopted: Arc<AtomicU64>,
 }
 
 impl Parent {
@@ -496,6 +509,12 @@ impl Parent {
             .map_err(|_| io::Error::other("the parent has stopped"))
     }
 
+    /// Sockets adopted by workers so far: a shared counter, read without asking the actor
+    /// (cheap enough to poll).
+    pub fn adopted(&self) -> u64 {
+        self.adopted.load(Relaxed)
+    }
+
     /// A snapshot of the counters.
     ///
     /// # Errors
@@ -524,6 +543,8 @@ impl Parent {
 
 /// The Handoff actor (build it with [`Parent::builder`]).
 pub struct Handoff {
+    /// Sockets adopted so far, readable without a message ([`Parent::adopted`]).
+    adopted: Arc<AtomicU64>,
     reactor: Reactor,
     slots: Vec<Slot>,
     command: Option<WorkerCommand>,
@@ -547,6 +568,8 @@ pub struct Handoff {
     recv_buf: RecvBuf,
     send_buf: Vec<u8>,
     stats: Stats,
+    /// The last [`LATENCY_WINDOW`] accept-to-adopted times.
+    latencies: VecDeque<Duration>,
     drain: Option<DrainState>,
     me: Option<Addr<Handoff>>,
 }
@@ -659,6 +682,11 @@ impl Handoff {
         let mut stats = self.stats.clone();
         stats.in_flight = self.pending.len();
         stats.waiting = self.waiting.len();
+        let mut sorted: Vec<Duration> = self.latencies.iter().copied().collect();
+        sorted.sort_unstable();
+        let at = |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied();
+        stats.latency_p50 = at(0.5);
+        stats.latency_p99 = at(0.99);
         stats.workers = self
             .slots
             .iter()
@@ -1106,12 +1134,18 @@ impl Handoff {
                     }
                     // Closing our copy, never shutting it down: the connection is the worker's.
                     let p = self.pending.remove(&id).expect("checked");
-                    metrics::histogram!("baton_handoff_latency_seconds").record(now.duration_since(p.accepted_at));
+                    let latency = now.duration_since(p.accepted_at);
+                    metrics::histogram!("baton_handoff_latency_seconds").record(latency);
+                    if self.latencies.len() == LATENCY_WINDOW {
+                        self.latencies.pop_front();
+                    }
+                    self.latencies.push_back(latency);
                     let s = &mut self.slots[slot];
                     s.in_flight = s.in_flight.saturating_sub(1);
                     s.open += 1;
                     s.adopted += 1;
                     self.stats.adopted += 1;
+                    self.adopted.store(self.stats.adopted, Relaxed);
                     metrics::counter!("baton_handoff_adopted_total").increment(1);
                 }
                 metrics::gauge!("baton_handoff_in_flight").set(self.pending.len() as f64);

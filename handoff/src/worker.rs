@@ -29,7 +29,7 @@ use baton_transport::{
     Address, CloseReason, ConnEvent, ConnOptions, Connection, Interest, Reactor, Readiness, Stream, Watch,
 };
 use parking_lot::Mutex;
-use rustix::net::{AddressFamily, SocketType};
+use rustix::net::AddressFamily;
 
 use crate::channel::{BadRecord, Channel, RecvBuf, RecvError};
 use crate::record::{self, Item, Kind, Load, Reason, Record, MAX_IDS};
@@ -109,8 +109,55 @@ impl Incoming {
         }
     }
 
+    /// Takes the socket out of the worker's hands, for an application that serves it
+    /// without the reactor (a thread of its own, blocking I/O). The parent is told it was
+    /// adopted; the worker counts it open until the returned [`Taken`] is dropped, which also
+    /// closes the socket (unless it was moved out of `stream` first).
+    pub fn take(mut self) -> Taken {
+        let stream = self.stream.take().expect("present until adopted or dropped");
+        let prelude = std::mem::take(&mut self.prelude);
+        self.shared.open.fetch_add(1, SeqCst);
+        self.shared.unanswered.fetch_sub(1, SeqCst);
+        let id = self.id;
+        self.shared.report(|r| r.adopted.push(id));
+        Taken { stream, prelude, closer: Closer { id, shared: self.shared.clone() } }
+    }
+
     /// Refuses the socket: the parent places it on another worker.
     pub fn refuse(self) {}
+}
+
+/// A socket the application took with [`Incoming::take`]. Dropping it reports the connection
+/// closed to the parent.
+#[derive(Debug)]
+pub struct Taken {
+    /// The connected socket (non-blocking).
+    pub stream: Stream,
+    /// Bytes the parent read before handing the socket over; they come before anything read
+    /// from `stream`.
+    pub prelude: Vec<u8>,
+    closer: Closer,
+}
+
+impl Taken {
+    /// The parent's id for this handoff.
+    pub fn id(&self) -> u64 {
+        self.closer.id
+    }
+}
+
+#[derive(Debug)]
+struct Closer {
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, SeqCst);
+        let id = self.id;
+        self.shared.report(|r| r.closed.push(id));
+    }
 }
 
 impl Drop for Incoming {
@@ -234,6 +281,7 @@ impl Worker {
             exit: Some(tx),
             last_load: None,
             options,
+            held: VecDeque::new(),
         };
         let addr = runtime.try_spawn(link, Mailbox::Unbounded).map_err(|e| io::Error::other(e.to_string()))?;
         let _ = shared.link.set(addr.clone());
@@ -269,6 +317,8 @@ enum LinkMsg {
     Ready(Readiness),
     Flush,
     Tick,
+    /// The application's mailbox has room again for held sockets.
+    Room,
 }
 
 struct Link {
@@ -286,6 +336,10 @@ struct Link {
     exit: Option<crossbeam_channel::Sender<WorkerExit>>,
     last_load: Option<Load>,
     options: WorkerOptions,
+    /// Sockets the application's full mailbox could not take yet, in order. While any are
+    /// held the link stops reading its channel, so the backlog stays in the parent's hands
+    /// (which places new sockets elsewhere) instead of growing here.
+    held: VecDeque<Incoming>,
 }
 
 impl Actor for Link {
@@ -307,8 +361,15 @@ impl Actor for Link {
                 }
             }
             LinkMsg::Flush => {}
+            LinkMsg::Room => {
+                self.deliver_held();
+                if self.held.is_empty() {
+                    self.receive(ctx);
+                }
+            }
             LinkMsg::Tick => {
                 ctx.send_after(TICK, LinkMsg::Tick);
+                self.report_load();
                 if let Some(deadline) = self.deadline {
                     if Instant::now() >= deadline {
                         let open = self.shared.open.load(SeqCst);
@@ -334,14 +395,14 @@ impl Link {
     fn arm(&self) {
         if let Some(w) = &self.watch {
             if !self.parent_gone {
-                w.arm(if self.outbox.is_empty() { Interest::READ } else { Interest::BOTH });
+                w.arm(Interest { readable: self.held.is_empty(), writable: !self.outbox.is_empty() });
             }
         }
     }
 
     fn receive(&mut self, ctx: &mut Context<Self>) {
         for _ in 0..256 {
-            if self.exit.is_none() || self.parent_gone {
+            if self.exit.is_none() || self.parent_gone || !self.held.is_empty() {
                 return;
             }
             match self.channel.recv(&mut self.recv_buf) {
@@ -430,13 +491,40 @@ impl Link {
             refusal: Reason::Refused,
             shared: self.shared.clone(),
         };
-        match self.app.try_send(incoming) {
-            Ok(()) => {}
-            Err(TrySendError::Full(mut incoming)) => {
-                incoming.refusal = Reason::Busy;
-            }
-            Err(TrySendError::Closed(mut incoming)) => {
-                incoming.refusal = Reason::Failed;
+        self.held.push_back(incoming);
+        self.deliver_held();
+    }
+
+    /// Gives held sockets to the application, in order, until its mailbox is full (then the
+    /// runtime's room notification brings us back).
+    fn deliver_held(&mut self) {
+        while let Some(incoming) = self.held.pop_front() {
+            // The plain send first: the notifying one allocates, and is only needed when full.
+            let incoming = match self.app.try_send(incoming) {
+                Ok(()) => continue,
+                Err(TrySendError::Full(incoming)) => incoming,
+                Err(TrySendError::Closed(mut incoming)) => {
+                    log::error!("handoff worker: the application actor has stopped; refusing handoffs");
+                    incoming.refusal = Reason::Failed;
+                    continue;
+                }
+            };
+            let link = self.shared.link.get().cloned();
+            let room = move || {
+                if let Some(link) = link {
+                    let _ = link.try_send(LinkMsg::Room);
+                }
+            };
+            match self.app.try_send_notify(incoming, room) {
+                Ok(()) => {}
+                Err(TrySendError::Full(incoming)) => {
+                    self.held.push_front(incoming);
+                    return;
+                }
+                Err(TrySendError::Closed(mut incoming)) => {
+                    log::error!("handoff worker: the application actor has stopped; refusing handoffs");
+                    incoming.refusal = Reason::Failed;
+                }
             }
         }
     }
@@ -489,6 +577,11 @@ impl Link {
         for ids in reports.closed.chunks(MAX_IDS) {
             self.send(&Record::Closed(ids.to_vec()));
         }
+    }
+
+    /// Sends the load when it changed (on the tick: ADOPTED and CLOSED already keep the
+    /// parent's count of open connections exact; LOAD adds the application's queue).
+    fn report_load(&mut self) {
         let load = Load { open: self.shared.open.load(SeqCst), queued: self.app.mailbox_len() as u32 };
         if self.last_load != Some(load) {
             self.last_load = Some(load);
@@ -518,9 +611,8 @@ impl Link {
 
 /// A received descriptor as a connected stream socket, or `None` when it is something else.
 fn stream_from(fd: OwnedFd) -> Option<Stream> {
-    if rustix::net::sockopt::socket_type(&fd).ok()? != SocketType::STREAM {
-        return None;
-    }
+    // One system call per socket: the family. A socket of another type is not caught here;
+    // its first read fails and the transport closes it.
     let family = rustix::net::sockopt::socket_domain(&fd).ok()?;
     if family == AddressFamily::INET || family == AddressFamily::INET6 {
         Some(Stream::Tcp(std::net::TcpStream::from(fd)))
