@@ -32,6 +32,14 @@ fn main() {
         eprintln!("test worker {} exiting: {why:?}", std::process::id());
         std::process::exit(0);
     }
+    if std::env::var_os("TEST_PARENT_ROLE").is_some() {
+        // A parent in a process of its own, for the test that kills it.
+        let s = start(1, |b| b);
+        println!("{} {}", s.addr, s.pids()[0]);
+        // Lives until killed, or until the test process is gone (its end of stdin closes).
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        std::process::exit(0);
+    }
     common::raise_nofile();
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let tests: &[(&str, fn())] = &[
@@ -43,6 +51,7 @@ fn main() {
         ("worker_at_descriptor_limit_rejects_and_parent_places_elsewhere", worker_at_fd_limit),
         ("dead_worker_is_restarted_within_intensity", dead_worker_restarted),
         ("drain_lets_open_connections_finish_then_workers_exit", drain_waits_for_connections),
+        ("a_worker_whose_parent_dies_finishes_its_connections_and_exits", orphaned_worker_exits),
         ("worker_connects_by_socket_path", bootstrap_by_path),
         ("worker_connects_by_abstract_name", bootstrap_by_abstract_name),
     ];
@@ -346,6 +355,31 @@ fn drain_waits_for_connections() {
     assert!(!alive(pid));
     s.runtime.shutdown(Duration::from_secs(5)).unwrap();
     s.reactor.stop();
+}
+
+fn orphaned_worker_exits() {
+    use std::io::BufRead;
+    let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("TEST_PARENT_ROLE", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("parent process");
+    let mut line = String::new();
+    std::io::BufReader::new(parent.stdout.take().unwrap()).read_line(&mut line).expect("parent's address");
+    let mut words = line.split_whitespace();
+    let addr: SocketAddr = words.next().unwrap().parse().unwrap();
+    let worker: u32 = words.next().unwrap().parse().unwrap();
+    let mut c = Client::connect(addr);
+    assert_eq!(c.pid, worker);
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    // The worker keeps serving what it owns...
+    assert_eq!(c.echo(b"parent is gone\n"), b"parent is gone\n");
+    assert!(alive(worker));
+    // ...and exits once that is done.
+    drop(c);
+    wait_until("the orphaned worker exits", || !alive(worker));
 }
 
 /// Starts this binary as a worker that connects by name, serves through it, drains it.
