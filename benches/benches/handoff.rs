@@ -31,7 +31,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use baton_benches::{group, ROUND_TIMEOUT};
-use baton_handoff::{channel_from_env, Dispatch, Incoming, Parent, PeerCheck, Worker, WorkerCommand, WorkerOptions};
+use baton_handoff::{channel_from_env, Dispatch, Parent, PeerCheck, Worker, WorkerCommand, WorkerEvent, WorkerOptions};
 use baton_runtime::{Actor, Context, Runtime};
 use baton_transport::{Address, ConnEvent, ConnId, ConnOptions, Connection, ListenOptions, Reactor, Stream};
 use criterion::{criterion_group, BenchmarkGroup, Criterion};
@@ -49,7 +49,7 @@ const RAW_ENV: &str = "BATON_BENCH_RAW_CHILD";
 // ---- the worker role ---------------------------------------------------------------------
 
 enum Msg {
-    Incoming(Incoming),
+    Worker(WorkerEvent),
     Conn(ConnEvent),
 }
 
@@ -64,8 +64,8 @@ impl Actor for AdoptAndClose {
     type Message = Msg;
     fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
         match msg {
-            Msg::Incoming(inc) if !self.into_reactor => drop(inc.take()),
-            Msg::Incoming(inc) => {
+            Msg::Worker(WorkerEvent::Incoming(inc)) if !self.into_reactor => drop(inc.take()),
+            Msg::Worker(WorkerEvent::Incoming(inc)) => {
                 let owner = ctx.address().recipient_map(Msg::Conn, |m| match m {
                     Msg::Conn(e) => Some(e),
                     _ => None,
@@ -78,7 +78,7 @@ impl Actor for AdoptAndClose {
             Msg::Conn(ConnEvent::Closed(id, _)) => {
                 self.conns.remove(&id);
             }
-            Msg::Conn(_) => {}
+            Msg::Conn(_) | Msg::Worker(WorkerEvent::Drain { .. }) => {}
         }
     }
 }
@@ -88,8 +88,8 @@ fn worker(channel: baton_handoff::Channel) {
     let reactor = Reactor::start().expect("reactor");
     let into_reactor = std::env::var_os("BENCH_ADOPT").is_some();
     let app = rt.spawn(AdoptAndClose { conns: HashMap::new(), into_reactor });
-    let incoming = app.recipient_map(Msg::Incoming, |m| match m {
-        Msg::Incoming(i) => Some(i),
+    let incoming = app.recipient_map(Msg::Worker, |m| match m {
+        Msg::Worker(e) => Some(e),
         _ => None,
     });
     let w = Worker::serve(channel, &rt, &reactor, incoming, WorkerOptions::default()).expect("serve");

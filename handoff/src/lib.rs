@@ -29,12 +29,12 @@
 //! finds its channel in the environment and serves.
 //!
 //! ```no_run
-//! use baton_handoff::{Incoming, Parent, Worker, WorkerCommand, WorkerOptions};
+//! use baton_handoff::{Parent, Worker, WorkerCommand, WorkerEvent, WorkerOptions};
 //! use baton_runtime::{Actor, Context, Runtime};
 //! use baton_transport::{ConnEvent, ConnOptions, Connection, ListenOptions, Reactor};
 //! use std::collections::HashMap;
 //!
-//! enum Msg { Incoming(Incoming), Conn(ConnEvent) }
+//! enum Msg { Worker(WorkerEvent), Conn(ConnEvent) }
 //! impl From<ConnEvent> for Msg { fn from(e: ConnEvent) -> Msg { Msg::Conn(e) } }
 //!
 //! struct Echo { conns: HashMap<baton_transport::ConnId, Connection> }
@@ -42,7 +42,7 @@
 //!     type Message = Msg;
 //!     fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
 //!         match msg {
-//!             Msg::Incoming(inc) => {
+//!             Msg::Worker(WorkerEvent::Incoming(inc)) => {
 //!                 let owner = ctx.address().recipient_map(Msg::Conn, |m| match m {
 //!                     Msg::Conn(e) => Some(e),
 //!                     _ => None,
@@ -54,7 +54,7 @@
 //!             Msg::Conn(ConnEvent::Data(id, bytes)) => { let _ = self.conns[&id].write(&bytes); }
 //!             Msg::Conn(ConnEvent::ReadClosed(id)) => self.conns[&id].close(),
 //!             Msg::Conn(ConnEvent::Closed(id, _)) => { self.conns.remove(&id); }
-//!             Msg::Conn(_) => {}
+//!             Msg::Conn(_) | Msg::Worker(WorkerEvent::Drain { .. }) => {}
 //!         }
 //!     }
 //! }
@@ -64,8 +64,8 @@
 //!     let reactor = Reactor::start()?;
 //!     if let Some(channel) = baton_handoff::channel_from_env(Default::default()) {
 //!         let app = rt.spawn(Echo { conns: HashMap::new() });
-//!         let incoming = app.recipient_map(Msg::Incoming, |m| match m {
-//!             Msg::Incoming(i) => Some(i),
+//!         let incoming = app.recipient_map(Msg::Worker, |m| match m {
+//!             Msg::Worker(e) => Some(e),
 //!             _ => None,
 //!         });
 //!         let worker = Worker::serve(channel?, &rt, &reactor, incoming, WorkerOptions::default())?;
@@ -95,4 +95,4 @@ pub use crate::parent::{
 };
 pub use crate::policy::{Candidate, LeastLoaded, Policy, PowerOfTwo, RoundRobin, Sticky};
 pub use crate::process::{WorkerCommand, ENV_SLOT};
-pub use crate::worker::{Incoming, Taken, Worker, WorkerExit, WorkerOptions};
+pub use crate::worker::{Incoming, Taken, Worker, WorkerEvent, WorkerExit, WorkerOptions};

@@ -171,6 +171,27 @@ impl Drop for Incoming {
     }
 }
 
+/// What the worker tells the application actor.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// A socket from the parent: adopt it, take it, or drop it to refuse it.
+    Incoming(Incoming),
+    /// The worker is draining (told by the parent, or orphaned): no more sockets will come.
+    /// Close idle connections, finish busy ones (HTTP: answer with `Connection: close`); the
+    /// worker exits when none is left open, or at `deadline`.
+    Drain {
+        /// When the worker stops waiting for open connections.
+        deadline: Instant,
+    },
+}
+
+fn app_gone(event: WorkerEvent) {
+    log::error!("handoff worker: the application actor has stopped; refusing handoffs");
+    if let WorkerEvent::Incoming(mut incoming) = event {
+        incoming.refusal = Reason::Failed;
+    }
+}
+
 /// Why [`Worker::wait`] returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WorkerExit {
@@ -246,7 +267,8 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Worker {
-    /// Serves `channel`: every socket the parent sends reaches `app` as an [`Incoming`].
+    /// Serves `channel`: every socket the parent sends reaches `app` as
+    /// [`WorkerEvent::Incoming`], and the start of a drain as [`WorkerEvent::Drain`].
     ///
     /// # Errors
     ///
@@ -255,7 +277,7 @@ impl Worker {
         channel: Channel,
         runtime: &Runtime,
         reactor: &Reactor,
-        app: Recipient<Incoming>,
+        app: Recipient<WorkerEvent>,
         options: WorkerOptions,
     ) -> io::Result<Worker> {
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -324,7 +346,7 @@ enum LinkMsg {
 struct Link {
     channel: Arc<Channel>,
     watch: Option<Watch>,
-    app: Recipient<Incoming>,
+    app: Recipient<WorkerEvent>,
     shared: Arc<Shared>,
     recv_buf: RecvBuf,
     send_buf: Vec<u8>,
@@ -336,10 +358,10 @@ struct Link {
     exit: Option<crossbeam_channel::Sender<WorkerExit>>,
     last_load: Option<Load>,
     options: WorkerOptions,
-    /// Sockets the application's full mailbox could not take yet, in order. While any are
+    /// Events the application's full mailbox could not take yet, in order. While any are
     /// held the link stops reading its channel, so the backlog stays in the parent's hands
     /// (which places new sockets elsewhere) instead of growing here.
-    held: VecDeque<Incoming>,
+    held: VecDeque<WorkerEvent>,
 }
 
 impl Actor for Link {
@@ -436,8 +458,7 @@ impl Link {
             self.options.orphan_deadline
         );
         self.parent_gone = true;
-        let deadline = Instant::now() + self.options.orphan_deadline;
-        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+        self.start_drain(Instant::now() + self.options.orphan_deadline);
         if let Some(w) = self.watch.take() {
             w.close();
         }
@@ -457,8 +478,7 @@ impl Link {
             }
             Record::Drain { deadline_ms } => {
                 log::info!("handoff worker: draining (deadline {deadline_ms} ms)");
-                let deadline = Instant::now() + Duration::from_millis(u64::from(deadline_ms));
-                self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+                self.start_drain(Instant::now() + Duration::from_millis(u64::from(deadline_ms)));
             }
             Record::Stop => self.finish(ctx, WorkerExit::Stopped),
             other => log::error!("handoff worker: the parent sent a worker's record: {other:?}"),
@@ -491,21 +511,20 @@ impl Link {
             refusal: Reason::Refused,
             shared: self.shared.clone(),
         };
-        self.held.push_back(incoming);
+        self.held.push_back(WorkerEvent::Incoming(incoming));
         self.deliver_held();
     }
 
-    /// Gives held sockets to the application, in order, until its mailbox is full (then the
+    /// Gives held events to the application, in order, until its mailbox is full (then the
     /// runtime's room notification brings us back).
     fn deliver_held(&mut self) {
-        while let Some(incoming) = self.held.pop_front() {
+        while let Some(event) = self.held.pop_front() {
             // The plain send first: the notifying one allocates, and is only needed when full.
-            let incoming = match self.app.try_send(incoming) {
+            let event = match self.app.try_send(event) {
                 Ok(()) => continue,
-                Err(TrySendError::Full(incoming)) => incoming,
-                Err(TrySendError::Closed(mut incoming)) => {
-                    log::error!("handoff worker: the application actor has stopped; refusing handoffs");
-                    incoming.refusal = Reason::Failed;
+                Err(TrySendError::Full(event)) => event,
+                Err(TrySendError::Closed(event)) => {
+                    app_gone(event);
                     continue;
                 }
             };
@@ -515,18 +534,26 @@ impl Link {
                     let _ = link.try_send(LinkMsg::Room);
                 }
             };
-            match self.app.try_send_notify(incoming, room) {
+            match self.app.try_send_notify(event, room) {
                 Ok(()) => {}
-                Err(TrySendError::Full(incoming)) => {
-                    self.held.push_front(incoming);
+                Err(TrySendError::Full(event)) => {
+                    self.held.push_front(event);
                     return;
                 }
-                Err(TrySendError::Closed(mut incoming)) => {
-                    log::error!("handoff worker: the application actor has stopped; refusing handoffs");
-                    incoming.refusal = Reason::Failed;
-                }
+                Err(TrySendError::Closed(event)) => app_gone(event),
             }
         }
+    }
+
+    /// Stops taking sockets and tells the application (after what it was already given), so
+    /// it can close idle connections and finish busy ones.
+    fn start_drain(&mut self, deadline: Instant) {
+        let deadline = self.deadline.map_or(deadline, |d| d.min(deadline));
+        if self.deadline.is_none() {
+            self.held.push_back(WorkerEvent::Drain { deadline });
+            self.deliver_held();
+        }
+        self.deadline = Some(deadline);
     }
 
     /// Sends a record now, or queues it behind others the parent has not taken yet.

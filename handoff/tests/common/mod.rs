@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use baton_handoff::{Channel, Incoming, Worker, WorkerExit, WorkerOptions};
+use baton_handoff::{Channel, Worker, WorkerEvent, WorkerExit, WorkerOptions};
 use baton_runtime::{Actor, Context, Runtime};
 use baton_transport::{ConnEvent, ConnId, ConnOptions, Connection, Reactor};
 
@@ -14,7 +14,7 @@ use baton_transport::{ConnEvent, ConnId, ConnOptions, Connection, Reactor};
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub enum Msg {
-    Incoming(Incoming),
+    Worker(WorkerEvent),
     Conn(ConnEvent),
 }
 
@@ -30,7 +30,7 @@ impl Actor for EchoApp {
     type Message = Msg;
     fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
         match msg {
-            Msg::Incoming(inc) => {
+            Msg::Worker(WorkerEvent::Incoming(inc)) => {
                 let owner = ctx.address().recipient_map(Msg::Conn, |m| match m {
                     Msg::Conn(e) => Some(e),
                     _ => None,
@@ -61,7 +61,7 @@ impl Actor for EchoApp {
             Msg::Conn(ConnEvent::Closed(id, _)) => {
                 self.conns.remove(&id);
             }
-            Msg::Conn(_) => {}
+            Msg::Conn(_) | Msg::Worker(WorkerEvent::Drain { .. }) => {}
         }
     }
 }
@@ -78,8 +78,8 @@ impl InProcessWorker {
         let runtime = Runtime::builder().threads(2).build();
         let reactor = Reactor::start().expect("reactor");
         let app = runtime.spawn(EchoApp { conns: HashMap::new() });
-        let incoming = app.recipient_map(Msg::Incoming, |m| match m {
-            Msg::Incoming(i) => Some(i),
+        let incoming = app.recipient_map(Msg::Worker, |m| match m {
+            Msg::Worker(e) => Some(e),
             _ => None,
         });
         let worker = Worker::serve(channel, &runtime, &reactor, incoming, WorkerOptions::default()).expect("serve");
