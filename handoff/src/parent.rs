@@ -229,6 +229,9 @@ struct Slot {
     /// The last send said EAGAIN: the worker is not reading. Nothing more goes to it until
     /// its channel is writable again.
     backed_up: bool,
+    /// Records without descriptors (HELLO, DRAIN, STOP) the full channel did not take, sent
+    /// first when it is writable again.
+    control: VecDeque<Vec<u8>>,
     in_flight: u32,
     open: u32,
     queued: u32,
@@ -250,6 +253,7 @@ impl Slot {
             spawned,
             outbox: VecDeque::new(),
             backed_up: false,
+            control: VecDeque::new(),
             in_flight: 0,
             open: 0,
             queued: 0,
@@ -725,6 +729,7 @@ impl Handoff {
         s.phase = Phase::Starting;
         s.linked_at = Instant::now();
         s.backed_up = false;
+        s.control.clear();
         s.open = 0;
         s.queued = 0;
         self.send_record(slot, &Record::Hello { worker: slot as u32 });
@@ -732,21 +737,42 @@ impl Handoff {
     }
 
     /// Sends a record without descriptors; a failure takes the worker down.
-    fn send_record(&mut self, slot: usize, record: &Record) -> bool {
-        let Some(link) = self.slots[slot].link.as_ref() else {
-            return false;
-        };
-        match link.channel.send(record, &[], &mut self.send_buf) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                log::warn!("handoff: worker {slot}'s channel is full; control record dropped");
-                false
-            }
-            Err(e) => {
-                self.worker_down(slot, &format!("send failed: {e}"));
-                false
+    /// Sends a record without descriptors now, or after what the full channel still holds.
+    fn send_record(&mut self, slot: usize, record: &Record) {
+        let s = &mut self.slots[slot];
+        let Some(link) = s.link.as_ref() else { return };
+        if s.control.is_empty() {
+            match link.channel.send(record, &[], &mut self.send_buf) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return self.worker_down(slot, &format!("send failed: {e}")),
             }
         }
+        let mut bytes = Vec::new();
+        record::encode(record, &mut bytes);
+        s.control.push_back(bytes);
+        s.backed_up = true;
+        link.watch.arm(Interest::BOTH);
+    }
+
+    /// Sends the held control records; true when none is left.
+    fn send_control(&mut self, slot: usize) -> bool {
+        let s = &mut self.slots[slot];
+        let Some(link) = s.link.as_ref() else { return false };
+        let channel = link.channel.clone();
+        while let Some(bytes) = s.control.front() {
+            match channel.send_bytes(bytes, &[]) {
+                Ok(()) => {
+                    s.control.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    self.worker_down(slot, &format!("send failed: {e}"));
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// The worker's channel is gone (end of file, error, or cut off): everything it had not
@@ -761,6 +787,7 @@ impl Handoff {
         metrics::counter!("baton_handoff_worker_down_total").increment(1);
         s.phase = Phase::Down;
         s.outbox.clear();
+        s.control.clear();
         s.backed_up = false;
         s.in_flight = 0;
         s.open = 0;
@@ -834,6 +861,9 @@ impl Handoff {
             metrics::counter!("baton_handoff_invalid_total").increment(1);
             return;
         }
+        let mut socket = socket;
+        socket.peer = describable(socket.peer);
+        socket.local = describable(socket.local);
         let id = self.next_id;
         self.next_id += 1;
         self.stats.dispatched += 1;
@@ -1044,7 +1074,7 @@ impl Handoff {
             self.accept_workers();
             return;
         };
-        if r.writable && self.slots[slot].backed_up {
+        if r.writable && self.slots[slot].backed_up && self.send_control(slot) {
             self.slots[slot].backed_up = false;
             self.flush(slot);
         }
@@ -1282,6 +1312,23 @@ impl Handoff {
             }
             log::debug!("handoff: listeners {}", if pause { "paused" } else { "resumed" });
         }
+    }
+}
+
+/// An address a record can carry: a Unix path the format cannot hold (empty, longer than 107
+/// bytes, or with a NUL) is sent as unnamed rather than making the record malformed.
+fn describable(addr: Address) -> Address {
+    use std::os::unix::ffi::OsStrExt;
+    match addr {
+        Address::Unix(Some(p)) => {
+            let b = p.as_os_str().as_bytes();
+            if b.is_empty() || b.len() > 107 || b.contains(&0) {
+                Address::Unix(None)
+            } else {
+                Address::Unix(Some(p))
+            }
+        }
+        other => other,
     }
 }
 

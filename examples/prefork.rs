@@ -1,0 +1,249 @@
+//! The main job: a prefork HTTP/1.1 server. The parent accepts; worker processes (this same
+//! binary, re-executed) serve; each connection is handed to the least-loaded worker.
+//!
+//! ```sh
+//! cargo run --release --example prefork -- [--listen ADDR] [--workers N] [--policy P] [--metrics ADDR]
+//! curl http://127.0.0.1:8080/            # hello from worker <pid>
+//! curl http://127.0.0.1:8080/slow?ms=200 # the same, after a 200 ms heavy request
+//! ```
+//!
+//! SIGTERM or SIGINT: stop accepting, let in-flight requests finish (up to 5 s), exit 0.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use baton_examples::http::{self, HttpServer, Parsed};
+use baton_handoff::{channel_from_env, policy, Parent, PeerCheck, Worker, WorkerCommand, WorkerOptions};
+use baton_runtime::{Actor, Context, Runtime};
+use baton_transport::{Accepted, Address, ConnEvent, ConnId, ConnOptions, Connection, ListenOptions, Reactor};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// `eprintln!` that never panics: a closed stderr must not turn a graceful stop into a crash.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+const USAGE: &str =
+    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--metrics ADDR]";
+/// How long a graceful stop waits for in-flight requests.
+const DRAIN: Duration = Duration::from_secs(5);
+
+struct Options {
+    listen: SocketAddr,
+    workers: usize,
+    policy: String,
+    metrics: Option<SocketAddr>,
+}
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut opts = Options {
+        listen: "127.0.0.1:8080".parse().expect("default address"),
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        policy: "least-loaded".into(),
+        metrics: None,
+    };
+    let mut args = args.peekable();
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => opts.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--workers" => {
+                opts.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?;
+                if opts.workers == 0 {
+                    return Err("--workers must be at least 1".into());
+                }
+            }
+            "--policy" => {
+                let p = value()?;
+                if !["least-loaded", "round-robin", "p2c"].contains(&p.as_str()) {
+                    return Err(format!("--policy: unknown policy {p:?}"));
+                }
+                opts.policy = p;
+            }
+            "--metrics" => opts.metrics = Some(value()?.parse().map_err(|e| format!("--metrics: {e}"))?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(opts)
+}
+
+fn main() -> ExitCode {
+    // First, before any thread starts: is this process a worker?
+    if let Some(channel) = channel_from_env(PeerCheck::SameUid) {
+        return worker(channel);
+    }
+    let opts = match parse_args(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            note!("prefork: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match parent(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            note!("prefork: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parent(opts: Options) -> std::io::Result<()> {
+    // Terminal Ctrl-C reaches the workers too; they ignore it and drain when the parent says.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    let metrics = match opts.metrics {
+        Some(_) => {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|e| std::io::Error::other(e.to_string()))?;
+            Some(handle)
+        }
+        None => None,
+    };
+    let rt = Runtime::new();
+    let reactor = Reactor::start()?;
+    let policy = policy::by_name(&opts.policy).map_err(|p| std::io::Error::other(format!("unknown policy {p}")))?;
+    let parent = Parent::builder()
+        .spawn(opts.workers, WorkerCommand::current_exe()?)
+        .boxed_policy(policy)
+        .start(&rt, &reactor)?;
+    let listener = parent.listen_tcp(opts.listen, ListenOptions::default())?;
+    if let (Some(addr), Some(handle)) = (opts.metrics, metrics) {
+        let server = rt.spawn(MetricsServer { handle, reactor: reactor.clone(), conns: Default::default(), me: None });
+        let l = reactor.listen_tcp(addr, ListenOptions::default(), server.recipient())?;
+        note!("prefork: metrics on http://{}/metrics", show(l.local_addr()));
+    }
+    let mut out = std::io::stdout();
+    writeln!(out, "listening on http://{}", show(listener.local_addr()))?;
+    out.flush()?;
+
+    let signal = signals.forever().next();
+    note!("prefork: signal {signal:?}: draining (up to {DRAIN:?})");
+    match parent.drain(DRAIN) {
+        Ok(report) => note!("prefork: drained: {report:?}"),
+        Err(e) => note!("prefork: drain failed: {e}"),
+    }
+    parent.stop();
+    let _ = rt.shutdown(Duration::from_secs(5));
+    reactor.stop();
+    Ok(())
+}
+
+fn show(addr: &Address) -> String {
+    match addr {
+        Address::Inet(a) => a.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn worker(channel: std::io::Result<baton_handoff::Channel>) -> ExitCode {
+    let channel = match channel {
+        Ok(c) => c,
+        Err(e) => {
+            note!("prefork worker: no channel: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Signals aimed at the whole process group (Ctrl-C) are the parent's to act on.
+    let ignored = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let _ = signal_hook::flag::register(sig, ignored.clone());
+    }
+    let run = || -> std::io::Result<()> {
+        // Two pool threads: a `/slow` request blocks the HTTP actor's, and the worker's link
+        // keeps adopting (and reporting load) on the other.
+        let rt = Runtime::builder().threads(2).build();
+        let reactor = Reactor::start()?;
+        let app = rt.spawn(HttpServer::new(reactor.clone()));
+        let w = Worker::serve(channel, &rt, &reactor, HttpServer::worker_recipient(&app), WorkerOptions::default())?;
+        w.wait();
+        let _ = rt.shutdown(Duration::from_secs(5));
+        reactor.stop();
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            note!("prefork worker {}: {e}", std::process::id());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves the Prometheus text at `/metrics` (one request per connection).
+struct MetricsServer {
+    handle: PrometheusHandle,
+    reactor: Reactor,
+    conns: std::collections::HashMap<ConnId, (Connection, Vec<u8>)>,
+    me: Option<baton_runtime::Addr<MetricsServer>>,
+}
+
+enum MetricsMsg {
+    Accepted(Accepted),
+    Conn(ConnEvent),
+}
+
+impl From<Accepted> for MetricsMsg {
+    fn from(a: Accepted) -> Self {
+        MetricsMsg::Accepted(a)
+    }
+}
+
+impl Actor for MetricsServer {
+    type Message = MetricsMsg;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address());
+    }
+    fn handle(&mut self, _ctx: &mut Context<Self>, msg: MetricsMsg) {
+        match msg {
+            MetricsMsg::Accepted(a) => {
+                let owner = self.me.as_ref().expect("started").recipient_map(MetricsMsg::Conn, |m| match m {
+                    MetricsMsg::Conn(e) => Some(e),
+                    _ => None,
+                });
+                let options = ConnOptions { idle_timeout: Some(Duration::from_secs(10)), ..ConnOptions::default() };
+                if let Ok(conn) = self.reactor.adopt(a.stream, options, owner) {
+                    self.conns.insert(conn.id(), (conn, Vec::new()));
+                }
+            }
+            MetricsMsg::Conn(ConnEvent::Data(id, bytes)) => {
+                let Some((conn, buf)) = self.conns.get_mut(&id) else { return };
+                buf.extend_from_slice(&bytes);
+                let reply = match http::parse(buf) {
+                    Parsed::Incomplete => return,
+                    Parsed::Request(req) if req.method == "GET" && req.path == "/metrics" => {
+                        self.handle.run_upkeep();
+                        let body = self.handle.render();
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .into_bytes()
+                    }
+                    Parsed::Request(_) => http::response("404 Not Found", "not found\n", true),
+                    Parsed::Bad(why) => http::response("400 Bad Request", why, true),
+                    Parsed::TooLarge => http::response("431 Request Header Fields Too Large", "", true),
+                };
+                let _ = conn.write(&reply);
+                conn.close();
+            }
+            MetricsMsg::Conn(ConnEvent::ReadClosed(id)) => {
+                if let Some((conn, _)) = self.conns.get(&id) {
+                    conn.close();
+                }
+            }
+            MetricsMsg::Conn(ConnEvent::Closed(id, _)) => {
+                self.conns.remove(&id);
+            }
+            MetricsMsg::Conn(_) => {}
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! A small HTTP/1.1 server actor on baton's transport: keep-alive, `Connection: close`,
+//! pipelining (requests answered in order, reading paused while answers pile up), a bounded
+//! request head, and a graceful drain. It serves the `prefork` example's workers and the
+//! single-process variant of the end-to-end benchmark.
+//!
+//! Routes: `GET /` answers `200` with `hello from worker <pid>`; `GET /slow?ms=N` does the same
+//! after blocking its handler for `N` milliseconds (at most 10 s: a heavy request); anything
+//! else is `404`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use baton_handoff::WorkerEvent;
+use baton_runtime::{Actor, Addr, Context, Recipient};
+use baton_transport::{Accepted, ConnEvent, ConnId, ConnOptions, Connection, Reactor};
+
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Longest `/slow` sleep honoured.
+pub const MAX_SLOW: Duration = Duration::from_secs(10);
+
+/// One parsed request head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// `GET`, `POST`, ...
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The query string (after `?`), if any.
+    pub query: Option<&'a str>,
+    /// The client asked to close after this request (`Connection: close`, or HTTP/1.0 without
+    /// keep-alive).
+    pub close: bool,
+    /// Bytes of the head, including the blank line.
+    pub head_len: usize,
+    /// Bytes of body that follow (`Content-Length`).
+    pub body_len: usize,
+}
+
+/// What [`parse`] found at the start of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    /// A whole request head (the body may still be arriving: see `body_len`).
+    Request(Request<'a>),
+    /// Not a whole head yet.
+    Incomplete,
+    /// Not HTTP we serve; answer 400 and close.
+    Bad(&'static str),
+    /// The head is longer than [`MAX_HEAD`]; answer 431 and close.
+    TooLarge,
+}
+
+/// Parses the request head at the start of `buf`.
+pub fn parse(buf: &[u8]) -> Parsed<'_> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > MAX_HEAD { Parsed::TooLarge } else { Parsed::Incomplete };
+    };
+    if end + 4 > MAX_HEAD {
+        return Parsed::TooLarge;
+    }
+    let Ok(head) = std::str::from_utf8(&buf[..end]) else { return Parsed::Bad("head is not UTF-8") };
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or("").split(' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Parsed::Bad("malformed request line");
+    };
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        _ => return Parsed::Bad("unsupported HTTP version"),
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut close = http10;
+    let mut body_len = 0;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { return Parsed::Bad("malformed header") };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    close = false;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match value.parse() {
+                Ok(n) => body_len = n,
+                Err(_) => return Parsed::Bad("bad Content-Length"),
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Parsed::Bad("chunked request bodies are not supported");
+        }
+    }
+    Parsed::Request(Request { method, path, query, close, head_len: end + 4, body_len })
+}
+
+/// A complete response.
+pub fn response(status: &str, body: &str, close: bool) -> Vec<u8> {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{connection}\r\n{body}", body.len())
+        .into_bytes()
+}
+
+/// The answer for one request (the `/slow` sleep happens here, on the caller's thread).
+pub fn answer(req: &Request<'_>, close: bool) -> Vec<u8> {
+    let hello = format!("hello from worker {}\n", std::process::id());
+    match (req.method, req.path) {
+        ("GET", "/") => response("200 OK", &hello, close),
+        ("GET", "/slow") => {
+            let ms = req
+                .query
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(ms).min(MAX_SLOW));
+            response("200 OK", &hello, close)
+        }
+        _ => response("404 Not Found", "not found\n", close),
+    }
+}
+
+/// The HTTP server actor's messages.
+#[derive(Debug)]
+pub enum HttpMsg {
+    /// From the handoff worker: a socket, or the start of a drain.
+    Worker(WorkerEvent),
+    /// From a listener of this process (the single-process server).
+    Accepted(Accepted),
+    /// From a connection.
+    Conn(ConnEvent),
+}
+
+impl From<Accepted> for HttpMsg {
+    fn from(a: Accepted) -> HttpMsg {
+        HttpMsg::Accepted(a)
+    }
+}
+
+struct HttpConn {
+    conn: Connection,
+    buf: Vec<u8>,
+    /// A response with `Connection: close` went out: ignore what follows.
+    closing: bool,
+}
+
+/// Serves HTTP on every connection it is given; one actor for all of a process's connections.
+pub struct HttpServer {
+    reactor: Reactor,
+    conns: HashMap<ConnId, HttpConn>,
+    draining: bool,
+    me: Option<Addr<HttpServer>>,
+}
+
+impl HttpServer {
+    /// A server that registers its connections with `reactor`.
+    pub fn new(reactor: Reactor) -> HttpServer {
+        HttpServer { reactor, conns: HashMap::new(), draining: false, me: None }
+    }
+
+    /// The recipient a handoff worker delivers to.
+    pub fn worker_recipient(addr: &Addr<HttpServer>) -> Recipient<WorkerEvent> {
+        addr.recipient_map(HttpMsg::Worker, |m| match m {
+            HttpMsg::Worker(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    fn conn_recipient(&self) -> Recipient<ConnEvent> {
+        self.me.as_ref().expect("set in started").recipient_map(HttpMsg::Conn, |m| match m {
+            HttpMsg::Conn(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    fn options() -> ConnOptions {
+        // A client that opens a connection and sends nothing does not hold it forever.
+        ConnOptions { idle_timeout: Some(Duration::from_secs(60)), ..ConnOptions::default() }
+    }
+
+    fn serve(&mut self, id: ConnId) {
+        let draining = self.draining;
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        while !c.closing {
+            let (reply, used, close) = match parse(&c.buf) {
+                Parsed::Incomplete => break,
+                Parsed::Request(req) => {
+                    if c.buf.len() < req.head_len + req.body_len {
+                        break; // the body is still arriving
+                    }
+                    let close = req.close || draining;
+                    (answer(&req, close), req.head_len + req.body_len, close)
+                }
+                Parsed::Bad(why) => (response("400 Bad Request", &format!("{why}\n"), true), c.buf.len(), true),
+                Parsed::TooLarge => (response("431 Request Header Fields Too Large", "", true), c.buf.len(), true),
+            };
+            c.buf.drain(..used);
+            if c.conn.write(&reply).is_err() {
+                // Closed under us, or a client that pipelines without reading: drop it.
+                c.conn.abort();
+                c.closing = true;
+                break;
+            }
+            if close {
+                c.closing = true;
+                c.conn.close();
+            }
+        }
+    }
+}
+
+impl Actor for HttpServer {
+    type Message = HttpMsg;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address());
+    }
+
+    fn handle(&mut self, _ctx: &mut Context<Self>, msg: HttpMsg) {
+        match msg {
+            HttpMsg::Worker(WorkerEvent::Incoming(inc)) => {
+                if let Ok(conn) = inc.adopt(self.conn_recipient(), Self::options()) {
+                    self.conns.insert(conn.id(), HttpConn { conn, buf: Vec::new(), closing: false });
+                }
+            }
+            HttpMsg::Accepted(acc) => {
+                if let Ok(conn) = self.reactor.adopt(acc.stream, Self::options(), self.conn_recipient()) {
+                    let _ = conn.set_nodelay(true);
+                    self.conns.insert(conn.id(), HttpConn { conn, buf: Vec::new(), closing: false });
+                }
+            }
+            HttpMsg::Worker(WorkerEvent::Drain { .. }) => {
+                // Idle keep-alive connections close now; busy ones after their next answer.
+                self.draining = true;
+                for c in self.conns.values_mut().filter(|c| c.buf.is_empty() && !c.closing) {
+                    c.closing = true;
+                    c.conn.close();
+                }
+            }
+            HttpMsg::Conn(ConnEvent::Data(id, bytes)) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    if !c.closing {
+                        c.buf.extend_from_slice(&bytes);
+                    }
+                }
+                self.serve(id);
+            }
+            HttpMsg::Conn(ConnEvent::ReadClosed(id)) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.closing = true;
+                    c.conn.close();
+                }
+            }
+            // Pipelined answers piling up: stop reading until the client catches up.
+            HttpMsg::Conn(ConnEvent::HighWater(id)) => {
+                if let Some(c) = self.conns.get(&id) {
+                    c.conn.pause_reading();
+                }
+            }
+            HttpMsg::Conn(ConnEvent::LowWater(id)) => {
+                if let Some(c) = self.conns.get(&id) {
+                    c.conn.resume_reading();
+                }
+            }
+            HttpMsg::Conn(ConnEvent::Closed(id, _)) => {
+                self.conns.remove(&id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_keep_alive_close_and_pipelined_heads() {
+        let buf = b"GET /slow?ms=5 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let Parsed::Request(first) = parse(buf) else { panic!() };
+        assert_eq!((first.method, first.path, first.query, first.close), ("GET", "/slow", Some("ms=5"), false));
+        let Parsed::Request(second) = parse(&buf[first.head_len..]) else { panic!() };
+        assert!(second.close);
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost"), Parsed::Incomplete);
+        assert!(matches!(parse(b"GET / HTTP/1.0\r\n\r\n"), Parsed::Request(Request { close: true, .. })));
+        assert!(matches!(parse(b"BLAH\r\n\r\n"), Parsed::Bad(_)));
+        assert_eq!(parse(&vec![b'a'; MAX_HEAD + 1]), Parsed::TooLarge);
+    }
+}

@@ -1,0 +1,177 @@
+//! The README's contract for `cargo run --release --example prefork`, checked against the built
+//! example: the ready line with the real address, `GET /` answered by a worker process,
+//! keep-alive with pipelining, `/slow`, metrics, usage errors (exit 2), and SIGTERM: in-flight
+//! requests finish, exit 0, no worker left behind.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `cargo test` builds the examples next to the test binaries (`target/<profile>/examples`).
+fn prefork_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let bin = profile_dir.join("examples").join("prefork");
+    assert!(bin.exists(), "{} not built (cargo test builds examples)", bin.display());
+    bin
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(prefork_binary())
+            .args(["--listen", "127.0.0.1:0", "--workers", "2"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start prefork");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ready line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("a real address");
+        let mut metrics = None;
+        if extra.contains(&"--metrics") {
+            let mut err = BufReader::new(child.stderr.take().unwrap());
+            let mut l = String::new();
+            while metrics.is_none() && err.read_line(&mut l).unwrap() > 0 {
+                if let Some(rest) = l.trim().strip_prefix("prefork: metrics on http://") {
+                    metrics = Some(rest.trim_end_matches("/metrics").parse().unwrap());
+                }
+                l.clear();
+            }
+            // Keep reading, so the server's later log lines have somewhere to go.
+            std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        }
+        Server { child, addr, metrics }
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "prefork did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failed assertion must not leave the server running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads one HTTP response (status line, headers, Content-Length body).
+fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
+    let mut status = String::new();
+    r.read_line(&mut status).expect("status line");
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    (status.trim().to_string(), String::from_utf8(body).unwrap())
+}
+
+fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut r = BufReader::new(s);
+    write!(r.get_mut(), "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    read_response(&mut r)
+}
+
+fn worker_pid(body: &str) -> u32 {
+    let rest = body.split("worker ").nth(1).unwrap_or_else(|| panic!("no `worker <pid>` in {body:?}"));
+    rest.trim().parse().unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[test]
+fn the_prefork_example_keeps_its_contract() {
+    let server = Server::start(&["--metrics", "127.0.0.1:0"]);
+    let (status, body) = get(server.addr, "/");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let pid = worker_pid(&body);
+    assert_ne!(pid, server.child.id(), "served by a worker process, not the parent");
+
+    // Keep-alive with two pipelined requests on one connection, answered in order.
+    let s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut r = BufReader::new(s);
+    r.get_mut().write_all(b"GET /slow?ms=20 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let first = read_response(&mut r);
+    let second = read_response(&mut r);
+    assert_eq!(first.0, "HTTP/1.1 200 OK");
+    assert_eq!(second.0, "HTTP/1.1 200 OK");
+    assert_eq!(worker_pid(&first.1), worker_pid(&second.1), "one connection, one worker");
+    drop(r);
+
+    assert_eq!(get(server.addr, "/nope").0, "HTTP/1.1 404 Not Found");
+
+    // Metrics from the parent, in Prometheus text.
+    let (status, text) = get(server.metrics.expect("metrics address"), "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(text.contains("baton_handoff_adopted_total"), "{text}");
+
+    // Every worker pid seen, to check none outlives the parent.
+    let mut pids: Vec<u32> = (0..10).map(|_| worker_pid(&get(server.addr, "/").1)).collect();
+    pids.sort_unstable();
+    pids.dedup();
+
+    // A heavy request in flight when SIGTERM arrives still gets its answer.
+    let addr = server.addr;
+    let in_flight = std::thread::spawn(move || get(addr, "/slow?ms=500"));
+    std::thread::sleep(Duration::from_millis(150));
+    let status = server.terminate();
+    let (slow_status, slow_body) = in_flight.join().expect("in-flight request");
+    assert_eq!(slow_status, "HTTP/1.1 200 OK");
+    assert!(slow_body.contains("worker "));
+    assert_eq!(status.code(), Some(0), "exit 0 after SIGTERM");
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} outlived the parent");
+    }
+}
+
+#[test]
+fn bad_flags_are_a_usage_error_with_exit_code_2() {
+    for args in [&["--workers", "0"][..], &["--bogus"], &["--listen", "not-an-address"], &["--policy", "random"]] {
+        let out = Command::new(prefork_binary()).args(args).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("usage: prefork"), "{args:?}: {err}");
+    }
+}
