@@ -1,0 +1,500 @@
+//! End to end: HTTP over loopback against three servers, measured in the same run by a load
+//! client of our own.
+//!
+//! `cargo bench -p baton-benches --bench e2e`
+//!
+//! - **(a) baton prefork**: a parent accepts and hands each connection to one of 2 worker
+//!   processes (the `prefork` example's shape: `Parent` + `HttpServer` workers), least-loaded.
+//! - **(b) SO_REUSEPORT prefork**: 2 processes, each with its own `SO_REUSEPORT` listener on the
+//!   same port and a hand-written single-threaded epoll loop (rustix) serving the same HTTP:
+//!   the kernel spreads connections, nothing is handed off. The upper bound.
+//! - **(c) single process**: one process, baton's reactor and one `HttpServer` actor.
+//!
+//! Modes: a new connection per request (`Connection: close`) and keep-alive. Each run lasts
+//! [`RUN`]; the runs are interleaved and repeated [`ROUNDS`] times and the medians reported, with
+//! p50 and p99 latency. Then the skewed run: a new connection per request, 1 % of requests
+//! `/slow?ms=20`, for baton least-loaded, baton round-robin and SO_REUSEPORT.
+//!
+//! Not a criterion benchmark: the figures are a load generator's (requests/s over a fixed time
+//! and a latency histogram), which criterion's per-iteration timing does not give. The table is
+//! printed, and `benches/e2e.svg` is written from it.
+//!
+//! The same binary is the worker of (a) and the processes of (b); `E2E_SERVE=KIND ADDR` runs one
+//! server in the foreground for `benches/wrk.sh`.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_examples::http::{self, HttpServer, Parsed};
+use baton_handoff::{channel_from_env, policy, Parent, PeerCheck, Worker, WorkerCommand, WorkerOptions};
+use baton_runtime::Runtime;
+use baton_transport::{Address, ListenOptions, Reactor};
+use rustix::event::epoll;
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+/// Length of one measured run.
+const RUN: Duration = Duration::from_secs(3);
+/// Interleaved repetitions of every run.
+const ROUNDS: usize = 3;
+const WORKERS: usize = 2;
+/// Concurrent clients, new connection per request (each a blocking thread).
+const CLOSE_CLIENTS: usize = 32;
+/// Keep-alive connections (each a blocking thread).
+const KEEPALIVE_CLIENTS: usize = 64;
+
+// ---- servers ----------------------------------------------------------------------------------
+
+enum Server {
+    Baton { rt: Runtime, reactor: Reactor, parent: Parent },
+    Reuseport { children: Vec<Child> },
+    Single { rt: Runtime, reactor: Reactor },
+}
+
+impl Server {
+    fn baton(policy_name: &str) -> (Server, SocketAddr) {
+        let rt = Runtime::builder().threads(2).build();
+        let reactor = Reactor::start().unwrap();
+        let parent = Parent::builder()
+            .spawn(WORKERS, WorkerCommand::current_exe().unwrap().args(Vec::<String>::new()))
+            .boxed_policy(policy::by_name(policy_name).unwrap())
+            .start(&rt, &reactor)
+            .unwrap();
+        let l = parent.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !parent.stats().is_ok_and(|s| s.workers.iter().all(|w| w.ready)) {
+            assert!(Instant::now() < deadline, "workers not ready");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (Server::Baton { rt, reactor, parent }, inet(l.local_addr()))
+    }
+
+    fn reuseport() -> (Server, SocketAddr) {
+        // Reserve a port with a listener of the same group, then let it go once the workers
+        // have theirs (a listener nobody accepts on would take its share of the connections).
+        let probe = reuseport_listener("127.0.0.1:0".parse().unwrap());
+        let addr = probe.local_addr().unwrap();
+        let mut children = Vec::new();
+        for _ in 0..WORKERS {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .env("E2E_REUSEPORT_CHILD", addr.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut ready = [0u8; 6];
+            child.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
+            children.push(child);
+        }
+        drop(probe);
+        (Server::Reuseport { children }, addr)
+    }
+
+    fn single() -> (Server, SocketAddr) {
+        let rt = Runtime::builder().threads(2).build();
+        let reactor = Reactor::start().unwrap();
+        let app = rt.spawn(HttpServer::new(reactor.clone()));
+        let l = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), app.recipient()).unwrap();
+        (Server::Single { rt, reactor }, inet(l.local_addr()))
+    }
+
+    fn stop(self) {
+        match self {
+            Server::Baton { rt, reactor, parent } => {
+                let _ = parent.drain(Duration::from_secs(5));
+                let _ = rt.shutdown(Duration::from_secs(5));
+                reactor.stop();
+            }
+            Server::Reuseport { children } => {
+                for mut c in children {
+                    drop(c.stdin.take()); // end of stdin: the child exits
+                    let _ = c.wait();
+                }
+            }
+            Server::Single { rt, reactor } => {
+                reactor.stop();
+                let _ = rt.shutdown(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn inet(a: &Address) -> SocketAddr {
+    match a {
+        Address::Inet(a) => *a,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> TcpListener {
+    let fd = rustix::net::socket_with(AddressFamily::INET, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+    rustix::net::sockopt::set_socket_reuseport(&fd, true).unwrap();
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true).unwrap();
+    rustix::net::bind(&fd, &addr).unwrap();
+    rustix::net::listen(&fd, 1024).unwrap();
+    TcpListener::from(fd)
+}
+
+/// One SO_REUSEPORT process: a level-triggered epoll loop serving the same HTTP as
+/// `HttpServer`, until its stdin closes.
+fn reuseport_child(addr: SocketAddr) {
+    let listener = reuseport_listener(addr);
+    rustix::io::ioctl_fionbio(&listener, true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        s.store(true, Relaxed);
+    });
+    std::io::stdout().write_all(b"ready\n").unwrap();
+    std::io::stdout().flush().unwrap();
+    const LISTENER: u64 = u64::MAX;
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+    epoll::add(&ep, &listener, epoll::EventData::new_u64(LISTENER), epoll::EventFlags::IN).unwrap();
+    struct Conn {
+        fd: OwnedFd,
+        buf: Vec<u8>,
+    }
+    let mut conns: HashMap<u64, Conn> = HashMap::new();
+    let mut next = 0u64;
+    let mut events = Vec::with_capacity(1024);
+    let mut scratch = vec![0u8; 64 * 1024];
+    while !stop.load(Relaxed) {
+        events.clear();
+        match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 100_000_000 })) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => panic!("epoll_wait: {e}"),
+        }
+        for ev in &events {
+            let token = ev.data.u64();
+            if token == LISTENER {
+                loop {
+                    match rustix::net::accept_with(&listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+                        Ok(fd) => {
+                            let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
+                            epoll::add(&ep, &fd, epoll::EventData::new_u64(next), epoll::EventFlags::IN).unwrap();
+                            conns.insert(next, Conn { fd, buf: Vec::new() });
+                            next += 1;
+                        }
+                        Err(Errno::AGAIN) => break,
+                        Err(Errno::INTR | Errno::CONNABORTED) => continue,
+                        Err(e) => panic!("accept: {e}"),
+                    }
+                }
+                continue;
+            }
+            let Some(c) = conns.get_mut(&token) else { continue };
+            let close = match rustix::io::read(&c.fd, &mut scratch) {
+                Ok(0) => true,
+                Ok(n) => {
+                    c.buf.extend_from_slice(&scratch[..n]);
+                    let mut close = false;
+                    while let Parsed::Request(req) = http::parse(&c.buf) {
+                        let reply = http::answer(&req, req.close);
+                        // A small answer into an empty socket buffer: written whole, or the
+                        // client is gone.
+                        if write_all(&c.fd, &reply).is_err() || req.close {
+                            close = true;
+                            break;
+                        }
+                        let used = req.head_len + req.body_len;
+                        c.buf.drain(..used.min(c.buf.len()));
+                    }
+                    close
+                }
+                Err(Errno::AGAIN | Errno::INTR) => false,
+                Err(_) => true,
+            };
+            if close {
+                let c = conns.remove(&token).unwrap();
+                let _ = epoll::delete(&ep, &c.fd);
+            }
+        }
+    }
+}
+
+fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        match rustix::net::send(fd, bytes, rustix::net::SendFlags::NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => std::thread::yield_now(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+// ---- the load client ----------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Close,
+    KeepAlive,
+}
+
+struct Load {
+    requests: usize,
+    failed: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&self, q: f64) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort_unstable();
+        l.get(((l.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default()
+    }
+}
+
+fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Ok(());
+            }
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `clients` threads for `RUN`; every `slow_every`-th request of a thread is `/slow?ms=20`.
+fn load(addr: SocketAddr, mode: Mode, clients: usize, slow_every: Option<usize>) -> Load {
+    let start = Instant::now();
+    let end = start + RUN;
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut failed = 0;
+                let mut buf = Vec::new();
+                let mut conn: Option<TcpStream> = None;
+                let mut i = t; // stagger the slow requests across threads
+                while Instant::now() < end {
+                    i += 1;
+                    let path = if slow_every.is_some_and(|n| i % n == 0) { "/slow?ms=20" } else { "/" };
+                    let req = match mode {
+                        Mode::Close => format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"),
+                        Mode::KeepAlive => format!("GET {path} HTTP/1.1\r\nHost: b\r\n\r\n"),
+                    };
+                    let t0 = Instant::now();
+                    let result = (|| -> std::io::Result<()> {
+                        if conn.is_none() {
+                            let s = TcpStream::connect(addr)?;
+                            s.set_nodelay(true)?;
+                            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                            conn = Some(s);
+                        }
+                        let s = conn.as_mut().unwrap();
+                        s.write_all(req.as_bytes())?;
+                        read_response(s, &mut buf)
+                    })();
+                    match result {
+                        Ok(()) => lat.push(t0.elapsed()),
+                        Err(_) => {
+                            failed += 1;
+                            conn = None;
+                        }
+                    }
+                    if mode == Mode::Close {
+                        conn = None;
+                    }
+                }
+                (lat, failed)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    for t in threads {
+        let (l, f) = t.join().unwrap();
+        latencies.extend(l);
+        failed += f;
+    }
+    Load { requests: latencies.len(), failed, elapsed: start.elapsed(), latencies }
+}
+
+// ---- the runs -----------------------------------------------------------------------------------
+
+struct Row {
+    name: String,
+    runs: Vec<Load>,
+}
+
+impl Row {
+    fn median<T: PartialOrd + Copy>(&self, f: impl Fn(&Load) -> T) -> T {
+        let mut v: Vec<T> = self.runs.iter().map(f).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    }
+    fn rate(&self) -> f64 {
+        self.median(Load::rate)
+    }
+    fn p50(&self) -> Duration {
+        self.median(|l| l.percentile(0.5))
+    }
+    fn p99(&self) -> Duration {
+        self.median(|l| l.percentile(0.99))
+    }
+    fn failed(&self) -> usize {
+        self.runs.iter().map(|l| l.failed).sum()
+    }
+}
+
+fn measure(kind: &str, policy: &str, mode: Mode, slow_every: Option<usize>) -> Load {
+    let (server, addr) = match kind {
+        "baton" => Server::baton(policy),
+        "reuseport" => Server::reuseport(),
+        _ => Server::single(),
+    };
+    let clients = if mode == Mode::Close { CLOSE_CLIENTS } else { KEEPALIVE_CLIENTS };
+    let result = load(addr, mode, clients, slow_every);
+    server.stop();
+    result
+}
+
+fn print_table(title: &str, rows: &[Row], base: usize) {
+    println!("== {title} (medians of {ROUNDS} interleaved runs of {RUN:?}) ==");
+    println!("{:<34} {:>11} {:>10} {:>10} {:>8} {:>7}", "variant", "requests/s", "p50", "p99", "ratio", "failed");
+    for r in rows {
+        println!(
+            "{:<34} {:>11.0} {:>10.2?} {:>10.2?} {:>8.3} {:>7}",
+            r.name,
+            r.rate(),
+            r.p50(),
+            r.p99(),
+            r.rate() / rows[base].rate(),
+            r.failed()
+        );
+    }
+    println!();
+}
+
+fn main() {
+    if let Some(channel) = channel_from_env(PeerCheck::SameUid) {
+        let rt = Runtime::builder().threads(2).build();
+        let reactor = Reactor::start().unwrap();
+        let app = rt.spawn(HttpServer::new(reactor.clone()));
+        let w = Worker::serve(channel.unwrap(), &rt, &reactor, HttpServer::worker_recipient(&app), WorkerOptions::default())
+            .unwrap();
+        w.wait();
+        let _ = rt.shutdown(Duration::from_secs(5));
+        reactor.stop();
+        return;
+    }
+    if let Ok(addr) = std::env::var("E2E_REUSEPORT_CHILD") {
+        reuseport_child(addr.parse().unwrap());
+        return;
+    }
+    if let Ok(spec) = std::env::var("E2E_SERVE") {
+        return serve_foreground(&spec);
+    }
+    // (kind, policy, label)
+    let variants = [
+        ("reuseport", "", "(b) SO_REUSEPORT prefork"),
+        ("baton", "least-loaded", "(a) baton prefork, least-loaded"),
+        ("single", "", "(c) baton single process"),
+    ];
+    let mut tables = Vec::new();
+    for (mode, title) in [(Mode::Close, "new connection per request"), (Mode::KeepAlive, "keep-alive")] {
+        let mut rows: Vec<Row> = variants.iter().map(|v| Row { name: v.2.to_string(), runs: Vec::new() }).collect();
+        for _ in 0..ROUNDS {
+            for (i, (kind, policy, _)) in variants.iter().enumerate() {
+                rows[i].runs.push(measure(kind, policy, mode, None));
+            }
+        }
+        print_table(title, &rows, 0);
+        tables.push((title, rows));
+    }
+    let skew = [
+        ("reuseport", "", "SO_REUSEPORT prefork"),
+        ("baton", "least-loaded", "baton least-loaded"),
+        ("baton", "round-robin", "baton round-robin"),
+    ];
+    let mut rows: Vec<Row> = skew.iter().map(|v| Row { name: v.2.to_string(), runs: Vec::new() }).collect();
+    for _ in 0..ROUNDS {
+        for (i, (kind, policy, _)) in skew.iter().enumerate() {
+            rows[i].runs.push(measure(kind, policy, Mode::Close, Some(100)));
+        }
+    }
+    print_table("skewed: new connection per request, 1 % /slow?ms=20", &rows, 0);
+    tables.push(("skewed (1 % /slow?ms=20)", rows));
+    let svg = plot(&tables);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e.svg");
+    match std::fs::write(&path, svg) {
+        Ok(()) => println!("plot written to {}", path.display()),
+        Err(e) => println!("plot not written: {e}"),
+    }
+}
+
+/// Runs one server until stdin closes (for `benches/wrk.sh`): `E2E_SERVE="baton ADDR"` etc.
+fn serve_foreground(spec: &str) {
+    let (kind, _) = spec.split_once(' ').unwrap_or((spec, ""));
+    let (server, addr) = match kind {
+        "baton" => Server::baton("least-loaded"),
+        "reuseport" => Server::reuseport(),
+        _ => Server::single(),
+    };
+    println!("listening on http://{addr}");
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    server.stop();
+}
+
+/// Two bar charts per table, requests/s and p99, as a self-contained SVG.
+fn plot(tables: &[(&str, Vec<Row>)]) -> String {
+    let (w, panel_h, bar_h) = (900.0, 40.0, 22.0);
+    let mut y = 40.0;
+    let mut body = String::new();
+    let colors = ["#4c72b0", "#dd8452", "#55a868"];
+    for (title, rows) in tables {
+        for (metric, unit, value) in [
+            ("requests/s", "", Box::new(|r: &Row| r.rate()) as Box<dyn Fn(&Row) -> f64>),
+            ("p99 latency", "ms", Box::new(|r: &Row| r.p99().as_secs_f64() * 1e3)),
+        ] {
+            body += &format!("<text x='10' y='{y}' font-size='14' font-weight='bold'>{title}: {metric}</text>\n");
+            y += 10.0;
+            let max = rows.iter().map(|r| value(r)).fold(0.0, f64::max).max(1e-9);
+            for (i, r) in rows.iter().enumerate() {
+                let v = value(r);
+                let len = (w - 330.0) * v / max;
+                body += &format!(
+                    "<text x='10' y='{:.0}' font-size='12'>{}</text><rect x='260' y='{:.0}' width='{len:.0}' height='{bar_h}' fill='{}'/><text x='{:.0}' y='{:.0}' font-size='12'>{v:.1} {unit}</text>\n",
+                    y + 16.0,
+                    r.name,
+                    y,
+                    colors[i % colors.len()],
+                    265.0 + len,
+                    y + 16.0
+                );
+                y += bar_h + 4.0;
+            }
+            y += panel_h - 10.0;
+        }
+    }
+    format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{y:.0}' font-family='sans-serif'>\n<rect width='100%' height='100%' fill='white'/>\n{body}</svg>\n"
+    )
+}
