@@ -167,7 +167,11 @@ fn reuseport_child(addr: SocketAddr) {
     let mut scratch = vec![0u8; 64 * 1024];
     while !stop.load(Relaxed) {
         events.clear();
-        match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 100_000_000 })) {
+        match epoll::wait(
+            &ep,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 100_000_000 }),
+        ) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => panic!("epoll_wait: {e}"),
         }
@@ -397,8 +401,14 @@ fn main() {
         let rt = Runtime::builder().threads(2).build();
         let reactor = Reactor::start().unwrap();
         let app = rt.spawn(HttpServer::new(reactor.clone()));
-        let w = Worker::serve(channel.unwrap(), &rt, &reactor, HttpServer::worker_recipient(&app), WorkerOptions::default())
-            .unwrap();
+        let w = Worker::serve(
+            channel.unwrap(),
+            &rt,
+            &reactor,
+            HttpServer::worker_recipient(&app),
+            WorkerOptions::default(),
+        )
+        .unwrap();
         w.wait();
         let _ = rt.shutdown(Duration::from_secs(5));
         reactor.stop();
@@ -476,7 +486,7 @@ fn plot(tables: &[(&str, Vec<Row>)]) -> String {
         ] {
             body += &format!("<text x='10' y='{y}' font-size='14' font-weight='bold'>{title}: {metric}</text>\n");
             y += 10.0;
-            let max = rows.iter().map(|r| value(r)).fold(0.0, f64::max).max(1e-9);
+            let max = rows.iter().map(&value).fold(0.0, f64::max).max(1e-9);
             for (i, r) in rows.iter().enumerate() {
                 let v = value(r);
                 let len = (w - 330.0) * v / max;

@@ -64,7 +64,7 @@ impl Actor for AdoptAndClose {
     type Message = Msg;
     fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
         match msg {
-            Msg::Worker(WorkerEvent::Incoming(inc)) if !self.into_reactor => drop(inc.take()),
+            Msg::Worker(WorkerEvent::Incoming(inc)) if !self.into_reactor => drop(inc.take().ok()),
             Msg::Worker(WorkerEvent::Incoming(inc)) => {
                 let owner = ctx.address().recipient_map(Msg::Conn, |m| match m {
                     Msg::Conn(e) => Some(e),

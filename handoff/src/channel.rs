@@ -207,6 +207,16 @@ impl Channel {
         }
     }
 
+    /// The peer has closed its end (or shut down its writing side).
+    fn hung_up(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags};
+        let mut fds = [PollFd::new(&self.fd, PollFlags::RDHUP)];
+        match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+            Ok(_) => fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+            Err(_) => true,
+        }
+    }
+
     /// Receives one record and the descriptors that came with it (close-on-exec, in item
     /// order).
     ///
@@ -234,7 +244,12 @@ impl Channel {
         }
         drop(control);
         if msg.bytes == 0 && fds.is_empty() {
-            return Err(RecvError::Closed);
+            // End of file, or an empty packet (which SEQPACKET allows and no record is): only a
+            // hang-up says the peer is gone.
+            if self.hung_up() {
+                return Err(RecvError::Closed);
+            }
+            return Err(RecvError::Bad { error: BadRecord::Decode(DecodeError::TooShort), ids: Vec::new() });
         }
         let bytes = &buf.data[..msg.bytes.min(buf.data.len())];
         if msg.flags.contains(ReturnFlags::TRUNC) || msg.bytes > MAX_RECORD {

@@ -232,6 +232,8 @@ struct Slot {
     /// Records without descriptors (HELLO, DRAIN, STOP) the full channel did not take, sent
     /// first when it is writable again.
     control: VecDeque<Vec<u8>>,
+    /// Backed up because the kernel refused descriptors in flight; retried on the tick.
+    limited: bool,
     in_flight: u32,
     open: u32,
     queued: u32,
@@ -241,6 +243,8 @@ struct Slot {
     gave_up: bool,
     /// When HELLO was sent: a worker that does not answer READY in time is presumed hung.
     linked_at: Instant,
+    /// When the worker last sent anything (it sends LOAD at least every 50 ms while alive).
+    last_heard: Instant,
 }
 
 impl Slot {
@@ -254,6 +258,7 @@ impl Slot {
             outbox: VecDeque::new(),
             backed_up: false,
             control: VecDeque::new(),
+            limited: false,
             in_flight: 0,
             open: 0,
             queued: 0,
@@ -262,6 +267,7 @@ impl Slot {
             restart_at: None,
             gave_up: false,
             linked_at: Instant::now(),
+            last_heard: Instant::now(),
         }
     }
 }
@@ -279,6 +285,9 @@ struct Pending {
 struct DrainState {
     deadline: Instant,
     reply: Option<ReplyTo<DrainReport>>,
+    also: Vec<ReplyTo<DrainReport>>,
+    /// Finished: the report is final.
+    done: bool,
     told_workers: bool,
     report: DrainReport,
 }
@@ -406,7 +415,7 @@ impl ParentBuilder {
             slots: (0..self.workers).map(|_| Slot::new(true)).collect(),
             command: self.command,
             policy: self.policy,
-            max_in_flight: self.max_in_flight,
+            max_in_flight: clamp_in_flight(self.max_in_flight),
             max_per_worker: self.max_per_worker,
             adopt_timeout: self.adopt_timeout,
             startup_timeout: self.startup_timeout,
@@ -545,6 +554,27 @@ impl Parent {
     }
 }
 
+/// Why a worker's slot went down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Down {
+    /// Its end of the channel closed (it exited, or dropped the channel).
+    EndOfFile,
+    /// Sending or receiving failed otherwise.
+    ChannelError,
+    /// It did not answer in time.
+    Deadline,
+}
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Down::EndOfFile => "its channel closed",
+            Down::ChannelError => "its channel failed",
+            Down::Deadline => "it stopped answering",
+        })
+    }
+}
+
 /// The Handoff actor (build it with [`Parent::builder`]).
 pub struct Handoff {
     /// Sockets adopted so far, readable without a message ([`Parent::adopted`]).
@@ -646,7 +676,12 @@ impl Handoff {
                 }
                 let _ = reply.send(result);
             }
-            Control::Attach(l) => self.listeners.push(l),
+            Control::Attach(l) => {
+                if self.listeners_paused {
+                    l.pause();
+                }
+                self.listeners.push(l);
+            }
             Control::AcceptWorkers(listener) => {
                 let listener = Arc::new(listener);
                 match self.reactor.watch(listener.clone(), Interest::READ, self.ready_recipient()) {
@@ -661,12 +696,27 @@ impl Handoff {
                 let _ = reply.send(self.snapshot());
             }
             Control::Drain(deadline, reply) => {
+                if let Some(d) = self.drain.as_mut() {
+                    if d.done {
+                        let _ = reply.send(d.report.clone());
+                    } else {
+                        // Already draining: answer this caller too, when that one ends.
+                        d.also.push(reply);
+                    }
+                    return;
+                }
                 for l in self.listeners.drain(..) {
                     l.close();
+                }
+                if let Some((_, watch)) = self.channel_listener.take() {
+                    // No new workers during a drain.
+                    watch.close();
                 }
                 self.drain = Some(DrainState {
                     deadline: Instant::now() + deadline,
                     reply: Some(reply),
+                    also: Vec::new(),
+                    done: false,
                     told_workers: false,
                     report: DrainReport::default(),
                 });
@@ -716,7 +766,16 @@ impl Handoff {
         self.slots[slot].child = Some(child);
         self.slots[slot].pid = Some(pid);
         log::info!("handoff: worker {slot} started (pid {pid})");
-        self.link(slot, channel)
+        let linked = self.link(slot, channel);
+        if linked.is_err() {
+            // A worker we cannot talk to is no worker: stop it and try again later.
+            if let Some(mut child) = self.slots[slot].child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            self.slots[slot].restart_at = Some(Instant::now() + Duration::from_millis(200));
+        }
+        linked
     }
 
     /// Puts a channel into service for `slot`: watch it and say hello.
@@ -728,6 +787,7 @@ impl Handoff {
         s.link = Some(Link { channel, watch });
         s.phase = Phase::Starting;
         s.linked_at = Instant::now();
+        s.last_heard = Instant::now();
         s.backed_up = false;
         s.control.clear();
         s.open = 0;
@@ -745,7 +805,12 @@ impl Handoff {
             match link.channel.send(record, &[], &mut self.send_buf) {
                 Ok(()) => return,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return self.worker_down(slot, &format!("send failed: {e}")),
+                Err(e) => {
+                    return {
+                        log::warn!("handoff: sending to worker {slot} failed: {e}");
+                        self.worker_down(slot, Down::ChannelError)
+                    }
+                }
             }
         }
         let mut bytes = Vec::new();
@@ -767,7 +832,10 @@ impl Handoff {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
-                    self.worker_down(slot, &format!("send failed: {e}"));
+                    {
+                        log::warn!("handoff: sending to worker {slot} failed: {e}");
+                        self.worker_down(slot, Down::ChannelError)
+                    };
                     return false;
                 }
             }
@@ -777,13 +845,26 @@ impl Handoff {
 
     /// The worker's channel is gone (end of file, error, or cut off): everything it had not
     /// adopted goes elsewhere, and a spawned worker is restarted (within the intensity).
-    fn worker_down(&mut self, slot: usize, why: &str) {
+    fn worker_down(&mut self, slot: usize, why: Down) {
         let s = &mut self.slots[slot];
         let Some(link) = s.link.take() else { return };
         link.watch.close();
         self.watches.remove(&link.watch.id());
         drop(link);
         log::warn!("handoff: worker {slot} (pid {:?}) is down: {why}", s.pid);
+        // A socket sent to a worker that might still read it must not also go elsewhere, or two
+        // workers would serve it. A spawned worker is killed first (it cannot adopt anything
+        // after that); end of file means the worker's end, and the records queued in it, are
+        // gone. A named worker cut off for any other reason may still be alive: what it was
+        // sent is given up instead of placed twice.
+        let mut may_adopt = false;
+        if let Some(child) = s.child.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+        } else {
+            may_adopt = why != Down::EndOfFile;
+        }
         metrics::counter!("baton_handoff_worker_down_total").increment(1);
         s.phase = Phase::Down;
         s.outbox.clear();
@@ -795,9 +876,18 @@ impl Handoff {
         if s.spawned && self.drain.is_none() {
             s.restart_at = Some(Instant::now());
         }
-        let lost: Vec<u64> = self.pending.iter().filter(|(_, p)| p.worker == Some(slot)).map(|(&id, _)| id).collect();
-        for id in lost {
-            self.retry(id, slot);
+        let lost: Vec<(u64, bool)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.worker == Some(slot))
+            .map(|(&id, p)| (id, p.sent.is_some()))
+            .collect();
+        for (id, sent) in lost {
+            if sent && may_adopt {
+                self.give_up(id, "sent to a worker that was cut off and may still adopt it");
+            } else {
+                self.retry(id, slot);
+            }
         }
     }
 
@@ -950,6 +1040,7 @@ impl Handoff {
         let Some(p) = self.pending.get_mut(&id) else { return };
         p.worker = None;
         p.sent = None;
+        self.slots[slot].outbox.retain(|&o| o != id);
         if slot < 64 {
             p.tried |= 1 << slot;
         }
@@ -964,6 +1055,11 @@ impl Handoff {
 
     fn give_up(&mut self, id: u64, why: &str) {
         if let Some(p) = self.pending.remove(&id) {
+            if let Some(slot) = p.worker {
+                let s = &mut self.slots[slot];
+                s.in_flight = s.in_flight.saturating_sub(1);
+                s.outbox.retain(|&o| o != id);
+            }
             log::warn!("handoff: closing a connection from {:?} after {} tries: {why}", p.socket.peer, p.tries);
             self.stats.closed_after_retries += 1;
             metrics::counter!("baton_handoff_closed_after_retries_total").increment(1);
@@ -1001,7 +1097,11 @@ impl Handoff {
                 items.push(item);
                 ids.push(id);
             }
-            let taken = self.slots[slot].outbox.iter().position(|id| Some(id) == ids.last()).map_or(0, |i| i + 1);
+            // Everything scanned up to the last item taken (ids no longer pending are skipped).
+            let taken = match ids.last() {
+                Some(last) => self.slots[slot].outbox.iter().position(|id| id == last).map_or(0, |i| i + 1),
+                None => self.slots[slot].outbox.len(),
+            };
             if items.is_empty() {
                 self.slots[slot].outbox.drain(..taken);
                 continue;
@@ -1020,11 +1120,16 @@ impl Handoff {
                     }
                     metrics::counter!("baton_handoff_records_sent_total").increment(1);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || too_many_in_flight(&e) => {
                     drop(fds);
                     self.slots[slot].backed_up = true;
-                    log::debug!("handoff: worker {slot}'s channel is full; holding its outbox");
-                    if let Some(link) = self.slots[slot].link.as_ref() {
+                    if too_many_in_flight(&e) {
+                        // The channel is writable, so waiting for writability would spin: try
+                        // again on the tick.
+                        log::warn!("handoff: the kernel refuses more descriptors in flight ({e}); holding");
+                        self.slots[slot].limited = true;
+                    } else if let Some(link) = self.slots[slot].link.as_ref() {
+                        log::debug!("handoff: worker {slot}'s channel is full; holding its outbox");
                         link.watch.arm(Interest::BOTH);
                     }
                     // Whatever it holds beyond what it can send soon goes elsewhere.
@@ -1043,7 +1148,10 @@ impl Handoff {
                 }
                 Err(e) => {
                     drop(fds);
-                    self.worker_down(slot, &format!("send failed: {e}"));
+                    {
+                        log::warn!("handoff: sending to worker {slot} failed: {e}");
+                        self.worker_down(slot, Down::ChannelError)
+                    };
                     return;
                 }
             }
@@ -1129,7 +1237,7 @@ impl Handoff {
                 Ok((record, _fds)) => self.on_record(slot, record),
                 Err(RecvError::WouldBlock) => return,
                 Err(RecvError::Closed) => {
-                    self.worker_down(slot, "channel closed");
+                    self.worker_down(slot, Down::EndOfFile);
                     return;
                 }
                 Err(RecvError::Bad { error, .. }) => {
@@ -1137,7 +1245,8 @@ impl Handoff {
                     metrics::counter!("baton_handoff_bad_records_total").increment(1);
                 }
                 Err(RecvError::Io(e)) => {
-                    self.worker_down(slot, &format!("receive failed: {e}"));
+                    log::warn!("handoff: receiving from worker {slot} failed: {e}");
+                    self.worker_down(slot, Down::ChannelError);
                     return;
                 }
             }
@@ -1145,6 +1254,7 @@ impl Handoff {
     }
 
     fn on_record(&mut self, slot: usize, record: Record) {
+        self.slots[slot].last_heard = Instant::now();
         match record {
             Record::Ready { pid } => {
                 let s = &mut self.slots[slot];
@@ -1158,7 +1268,8 @@ impl Handoff {
             Record::Adopted(ids) => {
                 let now = Instant::now();
                 for id in ids {
-                    if self.pending.get(&id).map(|p| p.worker) != Some(Some(slot)) {
+                    // Only what was sent to this worker and is still pending can be adopted.
+                    if !self.pending.get(&id).is_some_and(|p| p.worker == Some(slot) && p.sent.is_some()) {
                         log::warn!("handoff: worker {slot} adopted unknown handoff {id}");
                         continue;
                     }
@@ -1182,7 +1293,7 @@ impl Handoff {
             }
             Record::Rejected(ids) => {
                 for (id, reason) in ids {
-                    if self.pending.get(&id).map(|p| p.worker) != Some(Some(slot)) {
+                    if !self.pending.get(&id).is_some_and(|p| p.worker == Some(slot) && p.sent.is_some()) {
                         continue;
                     }
                     log::debug!("handoff: worker {slot} rejected {id}: {reason}");
@@ -1215,13 +1326,24 @@ impl Handoff {
 
     fn tick(&mut self) {
         let now = Instant::now();
-        // Workers that sit on a handoff past the deadline are presumed hung.
-        let mut hung: Vec<usize> = self
+        // A worker that sits on a handoff past the deadline *and* has said nothing for as long
+        // is presumed hung (a busy one still reports its load). Read what it may have sent
+        // before judging.
+        let mut late: Vec<usize> = self
             .pending
             .values()
             .filter(|p| p.sent.is_some_and(|t| now.duration_since(t) > self.adopt_timeout))
             .filter_map(|p| p.worker)
             .collect();
+        late.sort_unstable();
+        late.dedup();
+        let mut hung = Vec::new();
+        for slot in late {
+            self.receive(slot);
+            if self.slots[slot].link.is_some() && now.duration_since(self.slots[slot].last_heard) > self.adopt_timeout {
+                hung.push(slot);
+            }
+        }
         hung.extend(
             self.slots
                 .iter()
@@ -1243,7 +1365,14 @@ impl Handoff {
                 // Dead for sure before its sockets go elsewhere, so it cannot adopt them later.
                 let _ = child.kill();
             }
-            self.worker_down(slot, "missed a deadline");
+            self.worker_down(slot, Down::Deadline);
+        }
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].limited && self.slots[slot].control.is_empty() {
+                self.slots[slot].limited = false;
+                self.slots[slot].backed_up = false;
+                self.flush(slot);
+            }
         }
         self.supervise(now);
         self.place_waiting();
@@ -1270,7 +1399,7 @@ impl Handoff {
             }
         }
         let Some(d) = self.drain.as_mut() else { return };
-        if !d.told_workers {
+        if !d.told_workers || d.done {
             return;
         }
         let running = self.slots.iter().filter(|s| s.child.is_some() || s.link.is_some()).count();
@@ -1291,9 +1420,10 @@ impl Handoff {
         }
         // Keep `drain` set so nothing restarts; an empty state with no reply.
         let report = d.report.clone();
-        if let Some(reply) = d.reply.take() {
-            let _ = reply.send(report);
+        for reply in d.reply.take().into_iter().chain(d.also.drain(..)) {
+            let _ = reply.send(report.clone());
         }
+        d.done = true;
         self.drain = Some(d);
     }
 
@@ -1329,6 +1459,23 @@ fn describable(addr: Address) -> Address {
             }
         }
         other => other,
+    }
+}
+
+/// `ETOOMANYREFS` (more descriptors in flight than the user's limit allows) and `ENOBUFS` say
+/// "not now", not "this worker is broken".
+fn too_many_in_flight(e: &io::Error) -> bool {
+    let raw = e.raw_os_error();
+    raw == Some(rustix::io::Errno::TOOMANYREFS.raw_os_error()) || raw == Some(rustix::io::Errno::NOBUFS.raw_os_error())
+}
+
+/// The in-flight bound, kept under half the descriptor limit: every socket in flight is a
+/// descriptor held by the parent, and the kernel counts descriptors in transit against it too.
+fn clamp_in_flight(wanted: usize) -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match soft {
+        Some(limit) => wanted.min((limit / 2).max(1) as usize),
+        None => wanted,
     }
 }
 

@@ -83,8 +83,13 @@ impl Incoming {
     ///
     /// # Errors
     ///
-    /// When the socket cannot be registered; the parent is told and places it elsewhere.
+    /// When the socket cannot be registered (the parent is told and places it elsewhere), or
+    /// the parent is gone (`NotConnected`: it may have placed the socket elsewhere already).
     pub fn adopt(mut self, owner: Recipient<ConnEvent>, options: ConnOptions) -> io::Result<Connection> {
+        if self.shared.parent_gone.load(SeqCst) {
+            // Dropping `self` closes our copy; the parent's placed it elsewhere or closed it.
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "the parent is gone; not adopting"));
+        }
         let stream = self.stream.take().expect("present until adopted or dropped");
         let prelude = std::mem::take(&mut self.prelude);
         let id = self.id;
@@ -113,14 +118,21 @@ impl Incoming {
     /// without the reactor (a thread of its own, blocking I/O). The parent is told it was
     /// adopted; the worker counts it open until the returned [`Taken`] is dropped, which also
     /// closes the socket (unless it was moved out of `stream` first).
-    pub fn take(mut self) -> Taken {
+    ///
+    /// # Errors
+    ///
+    /// `NotConnected` when the parent is gone (it may have placed the socket elsewhere).
+    pub fn take(mut self) -> io::Result<Taken> {
+        if self.shared.parent_gone.load(SeqCst) {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "the parent is gone; not taking"));
+        }
         let stream = self.stream.take().expect("present until adopted or dropped");
         let prelude = std::mem::take(&mut self.prelude);
         self.shared.open.fetch_add(1, SeqCst);
         self.shared.unanswered.fetch_sub(1, SeqCst);
         let id = self.id;
         self.shared.report(|r| r.adopted.push(id));
-        Taken { stream, prelude, closer: Closer { id, shared: self.shared.clone() } }
+        Ok(Taken { stream, prelude, closer: Closer { id, shared: self.shared.clone() } })
     }
 
     /// Refuses the socket: the parent places it on another worker.
@@ -223,6 +235,9 @@ struct Shared {
     open: AtomicU32,
     /// `Incoming`s given to the application and not yet adopted or refused.
     unanswered: AtomicU32,
+    /// The channel is gone: the parent may have placed unreported sockets elsewhere, so
+    /// nothing more is adopted.
+    parent_gone: AtomicBool,
     flush_requested: AtomicBool,
     link: OnceLock<Addr<Link>>,
 }
@@ -286,6 +301,7 @@ impl Worker {
             reports: Mutex::new(Reports::default()),
             open: AtomicU32::new(0),
             unanswered: AtomicU32::new(0),
+            parent_gone: AtomicBool::new(false),
             flush_requested: AtomicBool::new(false),
             link: OnceLock::new(),
         });
@@ -301,7 +317,6 @@ impl Worker {
             deadline: None,
             parent_gone: false,
             exit: Some(tx),
-            last_load: None,
             options,
             held: VecDeque::new(),
         };
@@ -356,7 +371,6 @@ struct Link {
     deadline: Option<Instant>,
     parent_gone: bool,
     exit: Option<crossbeam_channel::Sender<WorkerExit>>,
-    last_load: Option<Load>,
     options: WorkerOptions,
     /// Events the application's full mailbox could not take yet, in order. While any are
     /// held the link stops reading its channel, so the backlog stays in the parent's hands
@@ -391,6 +405,9 @@ impl Actor for Link {
             }
             LinkMsg::Tick => {
                 ctx.send_after(TICK, LinkMsg::Tick);
+                // Reports first, so the LOAD that follows never counts a connection the parent
+                // has not heard of.
+                self.flush_reports();
                 self.report_load();
                 if let Some(deadline) = self.deadline {
                     if Instant::now() >= deadline {
@@ -458,10 +475,14 @@ impl Link {
             self.options.orphan_deadline
         );
         self.parent_gone = true;
+        self.shared.parent_gone.store(true, SeqCst);
         self.start_drain(Instant::now() + self.options.orphan_deadline);
         if let Some(w) = self.watch.take() {
             w.close();
         }
+        // Let a parent that is still there see end of file: it places elsewhere what we did
+        // not report, so we must not adopt it (see `Incoming::adopt`).
+        let _ = rustix::net::shutdown(&*self.channel, rustix::net::Shutdown::Both);
         self.outbox.clear();
     }
 
@@ -606,14 +627,11 @@ impl Link {
         }
     }
 
-    /// Sends the load when it changed (on the tick: ADOPTED and CLOSED already keep the
-    /// parent's count of open connections exact; LOAD adds the application's queue).
+    /// Sends the load, on every tick: it is also the worker's heartbeat (the parent presumes
+    /// a worker hung only when it has heard nothing for its adoption deadline).
     fn report_load(&mut self) {
         let load = Load { open: self.shared.open.load(SeqCst), queued: self.app.mailbox_len() as u32 };
-        if self.last_load != Some(load) {
-            self.last_load = Some(load);
-            self.send(&Record::Load(load));
-        }
+        self.send(&Record::Load(load));
     }
 
     fn check_drained(&mut self, ctx: &mut Context<Self>) {

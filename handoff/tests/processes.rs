@@ -50,6 +50,7 @@ fn main() {
         ("sigstopped_worker_then_killed_loses_no_queued_connection", stopped_then_killed_worker),
         ("worker_at_descriptor_limit_rejects_and_parent_places_elsewhere", worker_at_fd_limit),
         ("dead_worker_is_restarted_within_intensity", dead_worker_restarted),
+        ("a_busy_worker_past_the_adoption_deadline_is_not_killed", busy_worker_not_killed),
         ("drain_lets_open_connections_finish_then_workers_exit", drain_waits_for_connections),
         ("a_worker_whose_parent_dies_finishes_its_connections_and_exits", orphaned_worker_exits),
         ("worker_connects_by_socket_path", bootstrap_by_path),
@@ -335,6 +336,27 @@ fn dead_worker_restarted() {
     assert_eq!(c.echo(b"again\n"), b"again\n");
     drop(c);
     wait_until("the killed worker was reaped", || !alive(old));
+    s.finish();
+}
+
+fn busy_worker_not_killed() {
+    // Regression: the parent took "no ADOPTED within the deadline" for a hung worker and killed
+    // it, with every connection it served. A busy worker still reports its load.
+    let s = start(1, |b| b.adopt_timeout(Duration::from_millis(300)));
+    let pid = s.pids()[0];
+    let mut heavy = Client::connect(s.addr);
+    heavy.reader.get_mut().write_all(b"sleep 1200\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // Handed over while the application is stuck: adopted only after the heavy request.
+    let mut waiting = Client::connect(s.addr);
+    assert_eq!(waiting.pid, pid);
+    assert_eq!(waiting.echo(b"late but served\n"), b"late but served\n");
+    let mut rest = vec![0u8; b"sleep 1200\n".len()];
+    heavy.reader.read_exact(&mut rest).unwrap();
+    let stats = s.parent.stats().unwrap();
+    assert_eq!(stats.restarts, 0, "{stats:?}");
+    assert!(alive(pid));
+    drop((heavy, waiting));
     s.finish();
 }
 

@@ -268,6 +268,8 @@ fn a_worker_rejects_hostile_records_keeps_serving_and_leaks_nothing() {
     assert_eq!(p.recv_until(|r| matches!(r, Record::Rejected(_))), Record::Rejected(vec![(50, Reason::Malformed)]));
     // A worker's record sent to a worker.
     p.send(&Record::Adopted(vec![1]), &[]);
+    // An empty packet (SEQPACKET allows it): not the end of the channel.
+    p.ours.send_bytes(b"", &[]).unwrap();
 
     p.check_still_serving(2);
     drop((a, b, c, d));

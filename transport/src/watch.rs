@@ -63,6 +63,9 @@ pub struct Readiness {
 struct WatchState {
     /// False once closed: the descriptor is deregistered and must not be armed again.
     registered: bool,
+    /// Armed with no interest: the kernel still reports hang-ups and errors, which must not
+    /// reach an owner that asked for nothing.
+    parked: bool,
     /// A readiness the owner's full mailbox handed back, delivered when there is room.
     pending: Option<Readiness>,
     waiting_for_room: bool,
@@ -102,7 +105,8 @@ impl WatchSource {
 impl Source for WatchSource {
     fn ready(&self, reactor: &Arc<Shared>, _key: usize, event: Event) {
         let mut state = self.state.lock();
-        if !state.registered {
+        if !state.registered || state.parked {
+            // (Oneshot: the watch stays disarmed until the owner arms it with some interest.)
             return;
         }
         state.pending = Some(Readiness { watch: self.id, readable: event.readable, writable: event.writable });
@@ -149,10 +153,11 @@ impl Watch {
     /// The change is made at once from the calling thread (`epoll_ctl` is thread-safe), so an
     /// owner that re-arms at the end of its handler pays no reactor round trip.
     pub fn arm(&self, interest: Interest) {
-        let state = self.source.state.lock();
+        let mut state = self.source.state.lock();
         if !state.registered {
             return;
         }
+        state.parked = interest == Interest::default();
         let key = self.source.key;
         let event = interest.event(key);
         if let Err(e) = self.reactor.poller.modify(self.source.fd.as_fd(), event) {
@@ -193,7 +198,12 @@ impl Reactor {
                 key,
                 fd,
                 owner,
-                state: Mutex::new(WatchState { registered: true, pending: None, waiting_for_room: false }),
+                state: Mutex::new(WatchState {
+                    registered: true,
+                    parked: interest == Interest::default(),
+                    pending: None,
+                    waiting_for_room: false,
+                }),
             });
             let event = interest.event(key);
             // SAFETY: the source holds a reference to the descriptor, so it stays open until
