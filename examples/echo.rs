@@ -1,0 +1,84 @@
+//! The smallest complete dispatcher: a parent accepts, two worker processes echo.
+//!
+//! ```sh
+//! cargo run --example echo            # then: nc 127.0.0.1 7007
+//! ```
+//!
+//! The same binary plays both parts: started by hand it is the parent; started by the parent
+//! it finds its channel in the environment and becomes a worker.
+
+use std::collections::HashMap;
+
+use baton_handoff::{channel_from_env, Parent, PeerCheck, Worker, WorkerCommand, WorkerEvent, WorkerOptions};
+use baton_runtime::{Actor, Context, Runtime};
+use baton_transport::{ConnEvent, ConnId, ConnOptions, Connection, ListenOptions, Reactor};
+
+/// The worker's application: one actor for all its connections.
+struct Echo {
+    conns: HashMap<ConnId, Connection>,
+}
+
+enum Msg {
+    Worker(WorkerEvent),
+    Conn(ConnEvent),
+}
+
+impl Actor for Echo {
+    type Message = Msg;
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
+        match msg {
+            // A socket from the parent: make it a connection whose events come to us.
+            Msg::Worker(WorkerEvent::Incoming(incoming)) => {
+                let events = ctx.address().recipient_map(Msg::Conn, |m| match m {
+                    Msg::Conn(e) => Some(e),
+                    _ => None,
+                });
+                if let Ok(conn) = incoming.adopt(events, ConnOptions::default()) {
+                    let _ = conn.write(format!("hello from worker {}\n", std::process::id()).as_bytes());
+                    self.conns.insert(conn.id(), conn);
+                }
+            }
+            Msg::Worker(WorkerEvent::Drain { .. }) => self.conns.values().for_each(Connection::close),
+            Msg::Conn(ConnEvent::Data(id, bytes)) => {
+                if let Some(conn) = self.conns.get(&id) {
+                    let _ = conn.write(&bytes);
+                }
+            }
+            Msg::Conn(ConnEvent::ReadClosed(id)) => {
+                if let Some(conn) = self.conns.get(&id) {
+                    conn.close();
+                }
+            }
+            Msg::Conn(ConnEvent::Closed(id, _)) => {
+                self.conns.remove(&id);
+            }
+            Msg::Conn(_) => {}
+        }
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let worker_channel = channel_from_env(PeerCheck::SameUid);
+    let rt = Runtime::new();
+    let reactor = Reactor::start()?;
+    if let Some(channel) = worker_channel {
+        // Worker: serve what the parent hands over until told to drain (or orphaned).
+        let app = rt.spawn(Echo { conns: HashMap::new() });
+        let events = app.recipient_map(Msg::Worker, |m| match m {
+            Msg::Worker(e) => Some(e),
+            _ => None,
+        });
+        Worker::serve(channel?, &rt, &reactor, events, WorkerOptions::default())?.wait();
+    } else {
+        // Parent: two workers, least-loaded placement, one listener.
+        let parent = Parent::builder().spawn(2, WorkerCommand::current_exe()?).start(&rt, &reactor)?;
+        let listener = parent.listen_tcp("127.0.0.1:7007".parse().unwrap(), ListenOptions::default())?;
+        println!("echo on {:?}; Ctrl-C to stop", listener.local_addr());
+        loop {
+            std::thread::park();
+        }
+    }
+    let _ = rt.shutdown(std::time::Duration::from_secs(5));
+    reactor.stop();
+    Ok(())
+}
