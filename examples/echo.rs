@@ -14,6 +14,7 @@ use baton_runtime::{Actor, Context, Runtime};
 use baton_transport::{ConnEvent, ConnId, ConnOptions, Connection, ListenOptions, Reactor};
 
 /// The worker's application: one actor for all its connections.
+#[derive(Default)]
 struct Echo {
     conns: HashMap<ConnId, Connection>,
 }
@@ -63,7 +64,7 @@ fn main() -> std::io::Result<()> {
     let reactor = Reactor::start()?;
     if let Some(channel) = worker_channel {
         // Worker: serve what the parent hands over until told to drain (or orphaned).
-        let app = rt.spawn(Echo { conns: HashMap::new() });
+        let app = rt.spawn(Echo::default());
         let events = app.recipient_map(Msg::Worker, |m| match m {
             Msg::Worker(e) => Some(e),
             _ => None,
