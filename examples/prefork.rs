@@ -2,7 +2,8 @@
 //! binary, re-executed) serve; each connection is handed to the least-loaded worker.
 //!
 //! ```sh
-//! cargo run --release --example prefork -- [--listen ADDR] [--workers N] [--policy P] [--metrics ADDR]
+//! cargo run --release --example prefork -- [--listen ADDR] [--workers N] [--policy P]
+//!     [--mode handoff|listeners] [--metrics ADDR]
 //! curl http://127.0.0.1:8080/            # hello from worker <pid>
 //! curl http://127.0.0.1:8080/slow?ms=200 # the same, after a 200 ms heavy request
 //! ```
@@ -28,7 +29,7 @@ macro_rules! note {
 }
 
 const USAGE: &str =
-    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--metrics ADDR]";
+    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--metrics ADDR]";
 /// How long a graceful stop waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -36,6 +37,9 @@ struct Options {
     listen: SocketAddr,
     workers: usize,
     policy: String,
+    /// `handoff` (the parent accepts and places each connection) or `listeners` (the parent
+    /// shares the listening socket and the workers accept, as nginx does).
+    listeners_mode: bool,
     metrics: Option<SocketAddr>,
 }
 
@@ -44,6 +48,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
         listen: "127.0.0.1:8080".parse().expect("default address"),
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         policy: "least-loaded".into(),
+        listeners_mode: false,
         metrics: None,
     };
     let mut args = args.peekable();
@@ -63,6 +68,13 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
                     return Err(format!("--policy: unknown policy {p:?}"));
                 }
                 opts.policy = p;
+            }
+            "--mode" => {
+                opts.listeners_mode = match value()?.as_str() {
+                    "handoff" => false,
+                    "listeners" => true,
+                    other => return Err(format!("--mode: unknown mode {other:?}")),
+                }
             }
             "--metrics" => opts.metrics = Some(value()?.parse().map_err(|e| format!("--metrics: {e}"))?),
             "-h" | "--help" => {
@@ -115,14 +127,19 @@ fn parent(opts: Options) -> std::io::Result<()> {
         .spawn(opts.workers, WorkerCommand::current_exe()?)
         .boxed_policy(policy)
         .start(&rt, &reactor)?;
-    let listener = parent.listen_tcp(opts.listen, ListenOptions::default())?;
+    let bound = if opts.listeners_mode {
+        let listener = std::net::TcpListener::bind(opts.listen)?;
+        parent.share_listener(listener.into(), 0)?
+    } else {
+        parent.listen_tcp(opts.listen, ListenOptions::default())?.local_addr().clone()
+    };
     if let (Some(addr), Some(handle)) = (opts.metrics, metrics) {
         let server = rt.spawn(MetricsServer { handle, reactor: reactor.clone(), conns: Default::default(), me: None });
         let l = reactor.listen_tcp(addr, ListenOptions::default(), server.recipient())?;
         note!("prefork: metrics on http://{}/metrics", show(l.local_addr()));
     }
     let mut out = std::io::stdout();
-    writeln!(out, "listening on http://{}", show(listener.local_addr()))?;
+    writeln!(out, "listening on http://{}", show(&bound))?;
     out.flush()?;
 
     let signal = signals.forever().next();

@@ -8,6 +8,8 @@
 //! - **(b) SO_REUSEPORT prefork**: 2 processes, each with its own `SO_REUSEPORT` listener on the
 //!   same port and a hand-written single-threaded epoll loop (rustix) serving the same HTTP:
 //!   the kernel spreads connections, nothing is handed off. The upper bound.
+//! - **(a') baton prefork, shared listener**: the parent sends the listening socket to both
+//!   workers, which accept by themselves (the nginx shape); no per-connection handoff.
 //! - **(c) single process**: one process, baton's reactor and one `HttpServer` actor.
 //!
 //! Modes: a new connection per request (`Connection: close`) and keep-alive. Each run lasts
@@ -63,16 +65,29 @@ impl Server {
         let reactor = Reactor::start().unwrap();
         let parent = Parent::builder()
             .spawn(WORKERS, WorkerCommand::current_exe().unwrap().args(Vec::<String>::new()))
-            .boxed_policy(policy::by_name(policy_name).unwrap())
+            .boxed_policy(
+                policy::by_name(policy_name).unwrap_or_else(|_| Box::new(baton_handoff::LeastLoaded::default())),
+            )
             .start(&rt, &reactor)
             .unwrap();
-        let l = parent.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !parent.stats().is_ok_and(|s| s.workers.iter().all(|w| w.ready)) {
             assert!(Instant::now() < deadline, "workers not ready");
             std::thread::sleep(Duration::from_millis(5));
         }
-        (Server::Baton { rt, reactor, parent }, inet(l.local_addr()))
+        let addr = if policy_name == "listeners" {
+            // The nginx shape: the workers accept from the listener the parent shares.
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            inet(&parent.share_listener(l.into(), 0).unwrap())
+        } else {
+            inet(parent.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap().local_addr())
+        };
+        // A worker has the listener once it answers.
+        while policy_name == "listeners" && TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "shared listener not served");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (Server::Baton { rt, reactor, parent }, addr)
     }
 
     fn reuseport() -> (Server, SocketAddr) {
@@ -453,6 +468,7 @@ fn main() {
     let variants = [
         ("reuseport", "", "(b) SO_REUSEPORT prefork"),
         ("baton", "least-loaded", "(a) baton prefork, least-loaded"),
+        ("baton", "listeners", "(a') baton prefork, shared listener"),
         ("single", "", "(c) baton single process"),
     ];
     let mut tables = Vec::new();
@@ -492,6 +508,7 @@ fn serve_foreground(spec: &str) {
     let (kind, _) = spec.split_once(' ').unwrap_or((spec, ""));
     let (server, addr) = match kind {
         "baton" => Server::baton("least-loaded"),
+        "listeners" => Server::baton("listeners"),
         "reuseport" => Server::reuseport(),
         _ => Server::single(),
     };

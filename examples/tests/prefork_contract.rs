@@ -167,8 +167,32 @@ fn the_prefork_example_keeps_its_contract() {
 }
 
 #[test]
+fn listeners_mode_has_the_workers_accept_and_keeps_the_contract() {
+    let server = Server::start(&["--mode", "listeners"]);
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let (status, body) = get(server.addr, "/");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let pid = worker_pid(&body);
+        assert_ne!(pid, server.child.id());
+        pids.insert(pid);
+    }
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0));
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} outlived the parent");
+    }
+}
+
+#[test]
 fn bad_flags_are_a_usage_error_with_exit_code_2() {
-    for args in [&["--workers", "0"][..], &["--bogus"], &["--listen", "not-an-address"], &["--policy", "random"]] {
+    for args in [
+        &["--workers", "0"][..],
+        &["--bogus"],
+        &["--listen", "not-an-address"],
+        &["--policy", "random"],
+        &["--mode", "x"],
+    ] {
         let out = Command::new(prefork_binary()).args(args).stdin(Stdio::null()).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);

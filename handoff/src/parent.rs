@@ -144,6 +144,16 @@ pub enum Control {
     Stats(ReplyTo<Stats>),
     /// Stop accepting, place what was accepted, let workers finish, stop them.
     Drain(Duration, ReplyTo<DrainReport>),
+    /// Send this listening socket to every worker, now and whenever one (re)starts.
+    Share(SharedListener),
+}
+
+/// A listening socket the parent shares with its workers (see [`Parent::share_listener`]).
+#[derive(Debug)]
+pub struct SharedListener {
+    fd: std::os::fd::OwnedFd,
+    local: Address,
+    tag: u32,
 }
 
 /// Counters and per-worker state, for tests and dashboards.
@@ -429,6 +439,8 @@ impl ParentBuilder {
             channel_listener: None,
             listeners: Vec::new(),
             listeners_paused: false,
+            shared_listeners: Vec::new(),
+            listener_sends: HashMap::new(),
             flush_scheduled: false,
             recv_buf: RecvBuf::default(),
             send_buf: Vec::with_capacity(MAX_RECORD),
@@ -499,6 +511,33 @@ impl Parent {
             HandoffMsg::Dispatch(d) => DispatchError::Stopped(Box::new(d)),
             _ => unreachable!("sent a Dispatch"),
         })
+    }
+
+    /// The nginx shape: instead of accepting, the parent sends the listening socket `fd` to
+    /// every worker (now, and whenever one starts or restarts), and the workers accept from it
+    /// themselves; their application receives those connections as
+    /// [`WorkerEvent::Incoming`](crate::WorkerEvent::Incoming) too. Workers still report their
+    /// load. `tag` reaches the application with each connection.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` when `fd` is not a listening stream socket; `NotConnected` when the
+    /// parent has stopped.
+    pub fn share_listener(&self, fd: std::os::fd::OwnedFd, tag: u32) -> io::Result<Address> {
+        use rustix::net::{sockopt, AddressFamily, SocketType};
+        let listening = sockopt::socket_type(&fd).ok() == Some(SocketType::STREAM)
+            && sockopt::socket_acceptconn(&fd).unwrap_or(false);
+        if !listening {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a listening stream socket"));
+        }
+        let local = match rustix::net::getsockname(&fd)? {
+            a if a.address_family() == AddressFamily::UNIX => Address::Unix(None),
+            a => Address::Inet(std::net::SocketAddr::try_from(a).map_err(io::Error::other)?),
+        };
+        self.addr
+            .send(HandoffMsg::Control(Control::Share(SharedListener { fd, local: local.clone(), tag })))
+            .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "the parent has stopped"))?;
+        Ok(local)
     }
 
     /// Lets the parent pause `listener` (whose owner should be [`Parent::recipient`]) while no
@@ -598,6 +637,10 @@ pub struct Handoff {
     channel_listener: Option<(Arc<ChannelListener>, Watch)>,
     listeners: Vec<Listener>,
     listeners_paused: bool,
+    /// Listening sockets every worker accepts on (the nginx shape), kept for later workers.
+    shared_listeners: Vec<SharedListener>,
+    /// Listener shares sent and not yet answered: record id → index in `shared_listeners`.
+    listener_sends: HashMap<u64, usize>,
     flush_scheduled: bool,
     recv_buf: RecvBuf,
     send_buf: Vec<u8>,
@@ -692,6 +735,15 @@ impl Handoff {
                     Err(e) => log::error!("handoff: cannot watch the channel listener: {e}"),
                 }
             }
+            Control::Share(listener) => {
+                self.shared_listeners.push(listener);
+                let index = self.shared_listeners.len() - 1;
+                for slot in 0..self.slots.len() {
+                    if self.slots[slot].phase == Phase::Ready {
+                        self.send_listener(slot, index);
+                    }
+                }
+            }
             Control::Stats(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -708,6 +760,8 @@ impl Handoff {
                 for l in self.listeners.drain(..) {
                     l.close();
                 }
+                // Our copies of shared listeners: workers close theirs on DRAIN.
+                self.shared_listeners.clear();
                 if let Some((_, watch)) = self.channel_listener.take() {
                     // No new workers during a drain.
                     watch.close();
@@ -722,6 +776,29 @@ impl Handoff {
                 });
                 self.drain_progress();
             }
+        }
+    }
+
+    /// Sends shared listener `index` to `slot` (the parent keeps its copy).
+    fn send_listener(&mut self, slot: usize, index: usize) {
+        let Some(link) = self.slots[slot].link.as_ref() else { return };
+        let l = &self.shared_listeners[index];
+        let id = self.next_id;
+        self.next_id += 1;
+        let item = Item {
+            id,
+            kind: Kind::Listener,
+            tag: l.tag,
+            peer: l.local.clone(),
+            local: l.local.clone(),
+            key: None,
+            prelude: Vec::new(),
+        };
+        match link.channel.send(&Record::Handoff(vec![item]), &[l.fd.as_fd()], &mut self.send_buf) {
+            Ok(()) => {
+                self.listener_sends.insert(id, index);
+            }
+            Err(e) => log::error!("handoff: could not share listener {index} with worker {slot}: {e}"),
         }
     }
 
@@ -1263,11 +1340,18 @@ impl Handoff {
                 }
                 s.pid = Some(pid);
                 log::info!("handoff: worker {slot} (pid {pid}) is ready");
+                for index in 0..self.shared_listeners.len() {
+                    self.send_listener(slot, index);
+                }
                 self.place_waiting();
             }
             Record::Adopted(ids) => {
                 let now = Instant::now();
                 for id in ids {
+                    if let Some(index) = self.listener_sends.remove(&id) {
+                        log::info!("handoff: worker {slot} accepts on shared listener {index}");
+                        continue;
+                    }
                     // Only what was sent to this worker and is still pending can be adopted.
                     if !self.pending.get(&id).is_some_and(|p| p.worker == Some(slot) && p.sent.is_some()) {
                         log::warn!("handoff: worker {slot} adopted unknown handoff {id}");
@@ -1293,6 +1377,10 @@ impl Handoff {
             }
             Record::Rejected(ids) => {
                 for (id, reason) in ids {
+                    if let Some(index) = self.listener_sends.remove(&id) {
+                        log::error!("handoff: worker {slot} cannot accept on shared listener {index}: {reason}");
+                        continue;
+                    }
                     if !self.pending.get(&id).is_some_and(|p| p.worker == Some(slot) && p.sent.is_some()) {
                         continue;
                     }

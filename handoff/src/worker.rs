@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use baton_runtime::{Actor, Addr, Context, Mailbox, Recipient, Runtime, TrySendError};
 use baton_transport::{
-    Address, CloseReason, ConnEvent, ConnOptions, Connection, Interest, Reactor, Readiness, Stream, Watch,
+    Accepted, Address, CloseReason, ConnEvent, ConnOptions, Connection, Interest, ListenOptions, Listener, Reactor,
+    Readiness, Stream, Watch,
 };
 use parking_lot::Mutex;
 use rustix::net::AddressFamily;
@@ -55,6 +56,9 @@ pub struct Incoming {
     prelude: Vec<u8>,
     refusal: Reason,
     shared: Arc<Shared>,
+    /// Handed over by the parent (so adoption, refusal and close are reported to it), rather
+    /// than accepted here from a listener the parent shared.
+    reported: bool,
 }
 
 impl std::fmt::Debug for Incoming {
@@ -94,21 +98,28 @@ impl Incoming {
         let prelude = std::mem::take(&mut self.prelude);
         let id = self.id;
         let shared = self.shared.clone();
+        let reported = self.reported;
         let hook = Box::new(move |_: &CloseReason| {
             shared.open.fetch_sub(1, SeqCst);
-            shared.report(|r| r.closed.push(id));
+            if reported {
+                shared.report(|r| r.closed.push(id));
+            }
         });
         self.shared.open.fetch_add(1, SeqCst);
         self.shared.unanswered.fetch_sub(1, SeqCst);
         match self.shared.reactor.adopt_with(stream, prelude, Some(hook), options, owner) {
             Ok(conn) => {
-                self.shared.report(|r| r.adopted.push(id));
+                if self.reported {
+                    self.shared.report(|r| r.adopted.push(id));
+                }
                 Ok(conn)
             }
             Err(e) => {
                 self.shared.open.fetch_sub(1, SeqCst);
                 log::warn!("handoff worker: adopting {id} failed: {e}");
-                self.shared.report(|r| r.rejected.push((id, Reason::Failed)));
+                if self.reported {
+                    self.shared.report(|r| r.rejected.push((id, Reason::Failed)));
+                }
                 Err(e)
             }
         }
@@ -131,8 +142,10 @@ impl Incoming {
         self.shared.open.fetch_add(1, SeqCst);
         self.shared.unanswered.fetch_sub(1, SeqCst);
         let id = self.id;
-        self.shared.report(|r| r.adopted.push(id));
-        Ok(Taken { stream, prelude, closer: Closer { id, shared: self.shared.clone() } })
+        if self.reported {
+            self.shared.report(|r| r.adopted.push(id));
+        }
+        Ok(Taken { stream, prelude, closer: Closer { id, shared: self.shared.clone(), reported: self.reported } })
     }
 
     /// Refuses the socket: the parent places it on another worker.
@@ -162,13 +175,16 @@ impl Taken {
 struct Closer {
     id: u64,
     shared: Arc<Shared>,
+    reported: bool,
 }
 
 impl Drop for Closer {
     fn drop(&mut self) {
         self.shared.open.fetch_sub(1, SeqCst);
-        let id = self.id;
-        self.shared.report(|r| r.closed.push(id));
+        if self.reported {
+            let id = self.id;
+            self.shared.report(|r| r.closed.push(id));
+        }
     }
 }
 
@@ -176,9 +192,11 @@ impl Drop for Incoming {
     fn drop(&mut self) {
         if self.stream.take().is_some() {
             self.shared.unanswered.fetch_sub(1, SeqCst);
-            let reason = self.refusal;
-            let id = self.id;
-            self.shared.report(|r| r.rejected.push((id, reason)));
+            if self.reported {
+                let reason = self.refusal;
+                let id = self.id;
+                self.shared.report(|r| r.rejected.push((id, reason)));
+            }
         }
     }
 }
@@ -319,6 +337,10 @@ impl Worker {
             exit: Some(tx),
             options,
             held: VecDeque::new(),
+            listeners: Vec::new(),
+            listeners_paused: false,
+            next_local_id: 0,
+            me: None,
         };
         let addr = runtime.try_spawn(link, Mailbox::Unbounded).map_err(|e| io::Error::other(e.to_string()))?;
         let _ = shared.link.set(addr.clone());
@@ -356,7 +378,19 @@ enum LinkMsg {
     Tick,
     /// The application's mailbox has room again for held sockets.
     Room,
+    /// A connection accepted from a listener the parent shared.
+    Accepted(Accepted),
 }
+
+impl From<Accepted> for LinkMsg {
+    fn from(a: Accepted) -> LinkMsg {
+        LinkMsg::Accepted(a)
+    }
+}
+
+/// Held events beyond which the listeners the parent shared stop accepting (the kernel's
+/// backlog holds new clients, or another worker takes them).
+const HELD_LISTENER_PAUSE: usize = 64;
 
 struct Link {
     channel: Arc<Channel>,
@@ -376,12 +410,19 @@ struct Link {
     /// held the link stops reading its channel, so the backlog stays in the parent's hands
     /// (which places new sockets elsewhere) instead of growing here.
     held: VecDeque<WorkerEvent>,
+    /// Listeners the parent shared, accepting here; with the tag the parent gave each.
+    listeners: Vec<(Listener, u32)>,
+    listeners_paused: bool,
+    /// Ids for connections accepted here (never reported to the parent; counted in LOAD).
+    next_local_id: u64,
+    me: Option<Addr<Link>>,
 }
 
 impl Actor for Link {
     type Message = LinkMsg;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address());
         ctx.send_after(TICK, LinkMsg::Tick);
     }
 
@@ -397,6 +438,7 @@ impl Actor for Link {
                 }
             }
             LinkMsg::Flush => {}
+            LinkMsg::Accepted(a) => self.accepted(a),
             LinkMsg::Room => {
                 self.deliver_held();
                 if self.held.is_empty() {
@@ -423,6 +465,7 @@ impl Actor for Link {
             }
         }
         if self.exit.is_some() {
+            self.pace_listeners();
             self.flush_reports();
             self.check_drained(ctx);
             self.arm();
@@ -512,9 +555,8 @@ impl Link {
         if self.deadline.is_some() {
             return refuse(&self.shared, Reason::Draining);
         }
-        if item.kind != Kind::Connection {
-            log::warn!("handoff worker: listener handoffs are not served by this worker; refusing");
-            return refuse(&self.shared, Reason::Refused);
+        if item.kind == Kind::Listener {
+            return self.share_listener(item, fd);
         }
         let Some(stream) = stream_from(fd) else {
             log::warn!("handoff worker: handoff {} is not a connected stream socket", item.id);
@@ -531,9 +573,76 @@ impl Link {
             prelude: item.prelude,
             refusal: Reason::Refused,
             shared: self.shared.clone(),
+            reported: true,
         };
         self.held.push_back(WorkerEvent::Incoming(incoming));
         self.deliver_held();
+    }
+
+    /// A listening socket from the parent: accept from it here (the parent keeps its copy for
+    /// other and later workers).
+    fn share_listener(&mut self, item: Item, fd: OwnedFd) {
+        let Some(me) = self.me.clone() else { return };
+        match self.shared.reactor.adopt_listener(fd, ListenOptions::default(), me.recipient()) {
+            Ok(listener) => {
+                log::info!("handoff worker: accepting on {:?} (shared by the parent)", listener.local_addr());
+                if self.listeners_paused {
+                    listener.pause();
+                }
+                self.listeners.push((listener, item.tag));
+                self.shared.reports.lock().adopted.push(item.id);
+            }
+            Err(e) => {
+                log::error!("handoff worker: cannot accept on the listener the parent shared: {e}");
+                self.shared.reports.lock().rejected.push((item.id, Reason::Malformed));
+            }
+        }
+    }
+
+    /// A connection accepted here: to the application like a handed-over one, but not
+    /// reported to the parent by id (it shows in LOAD).
+    fn accepted(&mut self, a: Accepted) {
+        if self.deadline.is_some() {
+            return; // draining: dropping it closes it (the listeners are closed already)
+        }
+        let tag = self.listeners.iter().find(|(l, _)| l.id() == a.listener).map_or(0, |(_, t)| *t);
+        self.next_local_id += 1;
+        self.shared.unanswered.fetch_add(1, SeqCst);
+        let incoming = Incoming {
+            id: self.next_local_id,
+            tag,
+            peer: a.peer,
+            local: a.local,
+            key: None,
+            stream: Some(a.stream),
+            prelude: Vec::new(),
+            refusal: Reason::Refused,
+            shared: self.shared.clone(),
+            reported: false,
+        };
+        self.held.push_back(WorkerEvent::Incoming(incoming));
+        self.deliver_held();
+    }
+
+    /// Stops accepting while the application is behind, and starts again when it caught up.
+    fn pace_listeners(&mut self) {
+        let pause = self.held.len() >= HELD_LISTENER_PAUSE;
+        if pause != self.listeners_paused {
+            self.listeners_paused = pause;
+            for (l, _) in &self.listeners {
+                if pause {
+                    l.pause();
+                } else {
+                    l.resume();
+                }
+            }
+        }
+    }
+
+    fn close_listeners(&mut self) {
+        for (l, _) in self.listeners.drain(..) {
+            l.close();
+        }
     }
 
     /// Gives held events to the application, in order, until its mailbox is full (then the
@@ -569,6 +678,7 @@ impl Link {
     /// Stops taking sockets and tells the application (after what it was already given), so
     /// it can close idle connections and finish busy ones.
     fn start_drain(&mut self, deadline: Instant) {
+        self.close_listeners();
         let deadline = self.deadline.map_or(deadline, |d| d.min(deadline));
         if self.deadline.is_none() {
             self.held.push_back(WorkerEvent::Drain { deadline });
@@ -650,6 +760,7 @@ impl Link {
         if let Some(w) = self.watch.take() {
             w.close();
         }
+        self.close_listeners();
         ctx.stop();
     }
 }

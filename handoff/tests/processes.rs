@@ -53,6 +53,7 @@ fn main() {
         ("a_busy_worker_past_the_adoption_deadline_is_not_killed", busy_worker_not_killed),
         ("drain_lets_open_connections_finish_then_workers_exit", drain_waits_for_connections),
         ("a_worker_whose_parent_dies_finishes_its_connections_and_exits", orphaned_worker_exits),
+        ("shared_listener_workers_accept_themselves_and_get_it_again_after_a_restart", shared_listener),
         ("worker_connects_by_socket_path", bootstrap_by_path),
         ("worker_connects_by_abstract_name", bootstrap_by_abstract_name),
     ];
@@ -402,6 +403,35 @@ fn orphaned_worker_exits() {
     // ...and exits once that is done.
     drop(c);
     wait_until("the orphaned worker exits", || !alive(worker));
+}
+
+fn shared_listener() {
+    let s = start(2, |b| b);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    s.parent.share_listener(listener.into(), 9).expect("share");
+    let pids = s.pids();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let mut c = Client::connect(addr);
+        assert!(pids.contains(&c.pid), "accepted by a worker, not the parent");
+        assert_eq!(c.echo(b"shared\n"), b"shared\n");
+        seen.insert(c.pid);
+    }
+    assert_eq!(s.parent.stats().unwrap().adopted, 0, "nothing went through the parent");
+    // A restarted worker is given the listener again.
+    signal(pids[0], rustix::process::Signal::KILL);
+    wait_until("the killed worker restarted", || {
+        s.parent.stats().is_ok_and(|st| st.restarts == 1 && st.workers.iter().all(|w| w.ready))
+    });
+    let new_pids = s.pids();
+    wait_until("the new worker accepts too", || {
+        let c = Client::connect(addr);
+        c.pid == new_pids[0]
+    });
+    s.finish();
+    // After the drain nobody listens any more.
+    assert!(TcpStream::connect(addr).is_err(), "the shared listener is closed everywhere");
 }
 
 /// Starts this binary as a worker that connects by name, serves through it, drains it.
