@@ -88,10 +88,17 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
 }
 
 fn main() -> ExitCode {
-    // First, before any thread starts: is this process a worker?
+    // First, before any thread starts: is this process a worker? Was it socket-activated?
     if let Some(channel) = channel_from_env(PeerCheck::SameUid) {
         return worker(channel);
     }
+    let activated = match baton_handoff::systemd::listen_fds() {
+        Ok(fds) => fds,
+        Err(e) => {
+            note!("prefork: ignoring socket activation: {e}");
+            Vec::new()
+        }
+    };
     let opts = match parse_args(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
@@ -99,7 +106,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match parent(opts) {
+    match parent(opts, activated) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             note!("prefork: {e}");
@@ -108,7 +115,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn parent(opts: Options) -> std::io::Result<()> {
+fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> std::io::Result<()> {
     // Terminal Ctrl-C reaches the workers too; they ignore it and drain when the parent says.
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
     let metrics = match opts.metrics {
@@ -127,11 +134,18 @@ fn parent(opts: Options) -> std::io::Result<()> {
         .spawn(opts.workers, WorkerCommand::current_exe()?)
         .boxed_policy(policy)
         .start(&rt, &reactor)?;
-    let bound = if opts.listeners_mode {
-        let listener = std::net::TcpListener::bind(opts.listen)?;
-        parent.share_listener(listener.into(), 0)?
-    } else {
-        parent.listen_tcp(opts.listen, ListenOptions::default())?.local_addr().clone()
+    // Socket activation (systemd) when present: its first socket instead of --listen.
+    let bound = match (activated.into_iter().next(), opts.listeners_mode) {
+        (Some(a), true) => parent.share_listener(a.fd, 0)?,
+        (Some(a), false) => {
+            let l = reactor
+                .adopt_listener(a.fd, ListenOptions::default(), parent.recipient())
+                .map_err(|e| std::io::Error::other(format!("the activated socket: {e}")))?;
+            parent.attach(l.clone());
+            l.local_addr().clone()
+        }
+        (None, true) => parent.share_listener(std::net::TcpListener::bind(opts.listen)?.into(), 0)?,
+        (None, false) => parent.listen_tcp(opts.listen, ListenOptions::default())?.local_addr().clone(),
     };
     if let (Some(addr), Some(handle)) = (opts.metrics, metrics) {
         let server = rt.spawn(MetricsServer { handle, reactor: reactor.clone(), conns: Default::default(), me: None });

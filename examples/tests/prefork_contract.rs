@@ -199,3 +199,55 @@ fn bad_flags_are_a_usage_error_with_exit_code_2() {
         assert!(err.contains("usage: prefork"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn socket_activated_by_systemd_socket_activate_when_it_is_installed() {
+    let Some(tool) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join("systemd-socket-activate")).find(|p| p.exists())
+    }) else {
+        eprintln!("skipped: systemd-socket-activate is not installed (handoff's processes test covers the variables)");
+        return;
+    };
+    // A free port (released again for the tool to bind).
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut child = Command::new(tool)
+        .args(["-l", &addr.to_string(), "--fdname=http"])
+        .arg(prefork_binary())
+        .args(["--workers", "2", "--listen", "127.0.0.1:1"]) // --listen ignored: activated
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate");
+    // The tool starts the server at the first connection, which the server then serves.
+    let deadline = Instant::now() + WAIT;
+    let (status, body) = loop {
+        if TcpStream::connect(addr).is_ok() {
+            break get(addr, "/");
+        }
+        assert!(Instant::now() < deadline, "the activation socket never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("listening on http://{addr}"), "the activated socket, not --listen");
+    let worker = worker_pid(&body);
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("LISTEN_"),
+        "socket-activation variables must not reach the workers"
+    );
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(!alive(worker));
+}

@@ -22,6 +22,8 @@
 //! - [`policy`]: least-loaded (default), round-robin, power-of-two-choices, sticky by key, or
 //!   your own [`Policy`].
 //! - [`Worker`]: the worker side; the application receives [`Incoming`] sockets.
+//! - [`Parent::share_listener`]: the nginx shape, workers accepting from a listening socket
+//!   the parent sends them; [`systemd`]: listening sockets from socket activation.
 //!
 //! # Examples
 //!
@@ -86,6 +88,7 @@ mod parent;
 pub mod policy;
 mod process;
 pub mod record;
+pub mod systemd;
 mod worker;
 
 pub use crate::bootstrap::{channel_from_env, ChannelListener, Endpoint, PeerCheck};

@@ -32,6 +32,17 @@ fn main() {
         eprintln!("test worker {} exiting: {why:?}", std::process::id());
         std::process::exit(0);
     }
+    if std::env::var_os("TEST_SYSTEMD_ROLE").is_some() {
+        // Socket-activated: report what we were given.
+        let fds = baton_handoff::systemd::listen_fds().expect("listen_fds");
+        let cloexec =
+            fds.iter().all(|a| rustix::io::fcntl_getfd(&a.fd).is_ok_and(|f| f.contains(rustix::io::FdFlags::CLOEXEC)));
+        let env_gone = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"].iter().all(|v| std::env::var_os(v).is_none());
+        let listening = fds.iter().all(|a| rustix::net::sockopt::socket_acceptconn(&a.fd).unwrap_or(false));
+        let names: Vec<String> = fds.iter().map(|a| a.name.clone().unwrap_or_default()).collect();
+        println!("{} {} {cloexec} {env_gone} {listening}", fds.len(), names.join(","));
+        std::process::exit(0);
+    }
     if std::env::var_os("TEST_PARENT_ROLE").is_some() {
         // A parent in a process of its own, for the test that kills it.
         let s = start(1, |b| b);
@@ -54,6 +65,7 @@ fn main() {
         ("drain_lets_open_connections_finish_then_workers_exit", drain_waits_for_connections),
         ("a_worker_whose_parent_dies_finishes_its_connections_and_exits", orphaned_worker_exits),
         ("shared_listener_workers_accept_themselves_and_get_it_again_after_a_restart", shared_listener),
+        ("socket_activation_variables_are_taken_cloexec_and_removed", socket_activation),
         ("worker_connects_by_socket_path", bootstrap_by_path),
         ("worker_connects_by_abstract_name", bootstrap_by_abstract_name),
     ];
@@ -432,6 +444,34 @@ fn shared_listener() {
     s.finish();
     // After the drain nobody listens any more.
     assert!(TcpStream::connect(addr).is_err(), "the shared listener is closed everywhere");
+}
+
+fn socket_activation() {
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let raw = listener.as_raw_fd();
+    // The manager's part: the socket at descriptor 3 of the started process, LISTEN_PID set to
+    // that process (the shell's `$$` survives its `exec`). This runner is single-threaded while
+    // the descriptor is inheritable.
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::empty()).unwrap();
+    let script = format!("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec \"$0\" 3<&{raw}");
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .arg(std::env::current_exe().unwrap())
+        .env("TEST_SYSTEMD_ROLE", "1")
+        .output()
+        .expect("run the activated child");
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC).unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(report.trim(), "1 http true true true", "count, names, close-on-exec, variables removed, listening");
+    // Variables meant for another process are left alone (and still removed).
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("TEST_SYSTEMD_ROLE", "1")
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0  true true true");
 }
 
 /// Starts this binary as a worker that connects by name, serves through it, drains it.
