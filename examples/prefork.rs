@@ -141,7 +141,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             let l = reactor
                 .adopt_listener(a.fd, ListenOptions::default(), parent.recipient())
                 .map_err(|e| std::io::Error::other(format!("the activated socket: {e}")))?;
-            parent.attach(l.clone());
+            parent.attach(l.clone(), "main");
             l.local_addr().clone()
         }
         (None, true) => parent.share_listener(std::net::TcpListener::bind(opts.listen)?.into(), 0)?,

@@ -89,6 +89,7 @@ pub mod policy;
 mod process;
 pub mod record;
 pub mod systemd;
+pub mod takeover;
 mod worker;
 
 pub use crate::bootstrap::{channel_from_env, ChannelListener, Endpoint, PeerCheck};

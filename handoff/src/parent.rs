@@ -136,10 +136,12 @@ impl From<Readiness> for HandoffMsg {
 pub enum Control {
     /// Spawn the configured workers.
     Start(ReplyTo<io::Result<()>>),
-    /// Pause this listener while nothing can take sockets.
-    Attach(Listener),
+    /// Pause this listener while nothing can take sockets; give it to a successor by this name.
+    Attach(Listener, String),
     /// Accept workers that connect to this named channel.
     AcceptWorkers(ChannelListener),
+    /// Let a successor take over through this control socket.
+    OfferTakeover(ChannelListener),
     /// A snapshot of the counters.
     Stats(ReplyTo<Stats>),
     /// Stop accepting, place what was accepted, let workers finish, stop them.
@@ -419,6 +421,7 @@ impl ParentBuilder {
     /// no descriptors).
     pub fn start(self, runtime: &Runtime, reactor: &Reactor) -> io::Result<Parent> {
         let adopted = Arc::new(AtomicU64::new(0));
+        let (taken_tx, taken_rx) = crossbeam_channel::bounded(1);
         let actor = Handoff {
             adopted: adopted.clone(),
             reactor: reactor.clone(),
@@ -439,6 +442,9 @@ impl ParentBuilder {
             channel_listener: None,
             listeners: Vec::new(),
             listeners_paused: false,
+            takeover_listener: None,
+            successor: None,
+            taken_over: taken_tx,
             shared_listeners: Vec::new(),
             listener_sends: HashMap::new(),
             flush_scheduled: false,
@@ -452,7 +458,7 @@ impl ParentBuilder {
         let addr = runtime
             .try_spawn(actor, Mailbox::Bounded(1024))
             .map_err(|e: SpawnError| io::Error::other(e.to_string()))?;
-        let parent = Parent { addr, reactor: reactor.clone(), adopted };
+        let parent = Parent { addr, reactor: reactor.clone(), adopted, taken_over: taken_rx };
         parent
             .addr
             .ask(|r| HandoffMsg::Control(Control::Start(r)), Duration::from_secs(10))
@@ -467,6 +473,7 @@ pub struct Parent {
     addr: Addr<Handoff>,
     reactor: Reactor,
     adopted: Arc<AtomicU64>,
+    taken_over: crossbeam_channel::Receiver<()>,
 }
 
 impl Parent {
@@ -486,9 +493,12 @@ impl Parent {
     /// # Errors
     ///
     /// Socket, bind and listen errors.
+    ///
+    /// The listener is named `main` (the name a successor asks for in a takeover); use
+    /// [`Parent::attach`] for others.
     pub fn listen_tcp(&self, addr: std::net::SocketAddr, options: ListenOptions) -> io::Result<Listener> {
         let listener = self.reactor.listen_tcp(addr, options, self.recipient())?;
-        self.attach(listener.clone());
+        self.attach(listener.clone(), "main");
         Ok(listener)
     }
 
@@ -541,9 +551,9 @@ impl Parent {
     }
 
     /// Lets the parent pause `listener` (whose owner should be [`Parent::recipient`]) while no
-    /// worker can take more, and close it on drain.
-    pub fn attach(&self, listener: Listener) {
-        if self.addr.send(HandoffMsg::Control(Control::Attach(listener))).is_err() {
+    /// worker can take more, close it on drain, and hand it to a successor as `name`.
+    pub fn attach(&self, listener: Listener, name: &str) {
+        if self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string()))).is_err() {
             log::warn!("handoff: attach after the parent stopped");
         }
     }
@@ -565,6 +575,26 @@ impl Parent {
     /// (cheap enough to poll).
     pub fn adopted(&self) -> u64 {
         self.adopted.load(Relaxed)
+    }
+
+    /// Lets a successor take over through the control socket at `endpoint` (peers must pass
+    /// `check`): it receives this parent's listening sockets by name, and once it confirms it
+    /// is serving, this parent stops accepting, hands over what it accepted and never placed,
+    /// and [`Parent::taken_over`] fires (then drain and exit). See [`crate::takeover`].
+    ///
+    /// # Errors
+    ///
+    /// From [`ChannelListener::bind`].
+    pub fn offer_takeover(&self, endpoint: &Endpoint, check: PeerCheck) -> io::Result<()> {
+        let listener = ChannelListener::bind(endpoint, check)?;
+        self.addr
+            .send(HandoffMsg::Control(Control::OfferTakeover(listener)))
+            .map_err(|_| io::Error::other("the parent has stopped"))
+    }
+
+    /// Receives `()` once a successor has taken over (see [`Parent::offer_takeover`]).
+    pub fn taken_over(&self) -> &crossbeam_channel::Receiver<()> {
+        &self.taken_over
     }
 
     /// A snapshot of the counters.
@@ -591,6 +621,19 @@ impl Parent {
     pub fn stop(&self) {
         self.addr.stop();
     }
+}
+
+/// What a watch of the actor's belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watched {
+    /// A worker's channel.
+    Worker(usize),
+    /// The socket named workers connect to.
+    WorkerListener,
+    /// The control socket a successor connects to.
+    TakeoverListener,
+    /// A successor's control connection.
+    Successor,
 }
 
 /// Why a worker's slot went down.
@@ -633,10 +676,15 @@ pub struct Handoff {
     waiting: VecDeque<u64>,
     next_id: u64,
     /// Which slot each channel watch belongs to (`None`: the named channel listener).
-    watches: HashMap<WatchId, Option<usize>>,
+    watches: HashMap<WatchId, Watched>,
     channel_listener: Option<(Arc<ChannelListener>, Watch)>,
-    listeners: Vec<Listener>,
+    /// The listeners this parent accepts on, each with its name (what a successor asks for).
+    listeners: Vec<(Listener, String)>,
     listeners_paused: bool,
+    takeover_listener: Option<(Arc<ChannelListener>, Watch)>,
+    successor: Option<(Arc<Channel>, Watch)>,
+    /// Told once a successor has taken over.
+    taken_over: crossbeam_channel::Sender<()>,
     /// Listening sockets every worker accepts on (the nginx shape), kept for later workers.
     shared_listeners: Vec<SharedListener>,
     /// Listener shares sent and not yet answered: record id → index in `shared_listeners`.
@@ -719,17 +767,27 @@ impl Handoff {
                 }
                 let _ = reply.send(result);
             }
-            Control::Attach(l) => {
+            Control::Attach(l, name) => {
                 if self.listeners_paused {
                     l.pause();
                 }
-                self.listeners.push(l);
+                self.listeners.push((l, name));
+            }
+            Control::OfferTakeover(listener) => {
+                let listener = Arc::new(listener);
+                match self.reactor.watch(listener.clone(), Interest::READ, self.ready_recipient()) {
+                    Ok(watch) => {
+                        self.watches.insert(watch.id(), Watched::TakeoverListener);
+                        self.takeover_listener = Some((listener, watch));
+                    }
+                    Err(e) => log::error!("handoff: cannot watch the takeover socket: {e}"),
+                }
             }
             Control::AcceptWorkers(listener) => {
                 let listener = Arc::new(listener);
                 match self.reactor.watch(listener.clone(), Interest::READ, self.ready_recipient()) {
                     Ok(watch) => {
-                        self.watches.insert(watch.id(), None);
+                        self.watches.insert(watch.id(), Watched::WorkerListener);
                         self.channel_listener = Some((listener, watch));
                     }
                     Err(e) => log::error!("handoff: cannot watch the channel listener: {e}"),
@@ -757,7 +815,7 @@ impl Handoff {
                     }
                     return;
                 }
-                for l in self.listeners.drain(..) {
+                for (l, _) in self.listeners.drain(..) {
                     l.close();
                 }
                 // Our copies of shared listeners: workers close theirs on DRAIN.
@@ -859,7 +917,7 @@ impl Handoff {
     fn link(&mut self, slot: usize, channel: Channel) -> io::Result<()> {
         let channel = Arc::new(channel);
         let watch = self.reactor.watch(channel.clone(), Interest::READ, self.ready_recipient())?;
-        self.watches.insert(watch.id(), Some(slot));
+        self.watches.insert(watch.id(), Watched::Worker(slot));
         let s = &mut self.slots[slot];
         s.link = Some(Link { channel, watch });
         s.phase = Phase::Starting;
@@ -1255,9 +1313,11 @@ impl Handoff {
         let Some(&which) = self.watches.get(&r.watch) else {
             return;
         };
-        let Some(slot) = which else {
-            self.accept_workers();
-            return;
+        let slot = match which {
+            Watched::Worker(slot) => slot,
+            Watched::WorkerListener => return self.accept_workers(),
+            Watched::TakeoverListener => return self.accept_successor(),
+            Watched::Successor => return self.hear_successor(),
         };
         if r.writable && self.slots[slot].backed_up && self.send_control(slot) {
             self.slots[slot].backed_up = false;
@@ -1271,6 +1331,154 @@ impl Handoff {
             link.watch.arm(interest);
         }
         self.place_waiting();
+    }
+
+    /// A successor connects to the takeover socket: one at a time.
+    fn accept_successor(&mut self) {
+        let Some((listener, watch)) = self.takeover_listener.as_ref() else { return };
+        let (listener, watch) = (listener.clone(), watch.clone());
+        loop {
+            match listener.accept() {
+                Ok(channel) if self.successor.is_some() => {
+                    log::warn!("handoff: a takeover is already in progress; refusing another");
+                    drop(channel);
+                }
+                Ok(channel) => {
+                    let channel = Arc::new(channel);
+                    match self.reactor.watch(channel.clone(), Interest::READ, self.ready_recipient()) {
+                        Ok(w) => {
+                            log::info!("handoff: a successor connected for takeover");
+                            self.watches.insert(w.id(), Watched::Successor);
+                            self.successor = Some((channel, w));
+                        }
+                        Err(e) => log::error!("handoff: cannot watch the successor: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
+                Err(e) => {
+                    log::error!("handoff: accepting a successor failed: {e}");
+                    break;
+                }
+            }
+        }
+        watch.arm(Interest::READ);
+    }
+
+    /// Records from the successor: TAKE, then SERVING (or nothing, and end of file: rollback).
+    fn hear_successor(&mut self) {
+        loop {
+            let Some((channel, _)) = self.successor.as_ref() else { return };
+            let channel = channel.clone();
+            match channel.recv(&mut self.recv_buf) {
+                Ok((Record::Take, _)) => self.give_listeners(&channel),
+                Ok((Record::Serving, _)) => self.release(&channel),
+                Ok((other, _)) => log::warn!("handoff: unexpected {other:?} from the successor"),
+                Err(RecvError::WouldBlock) => break,
+                Err(e) => {
+                    if self.listeners.is_empty() && self.shared_listeners.is_empty() {
+                        log::info!("handoff: the successor disconnected after the takeover");
+                    } else {
+                        log::warn!("handoff: the successor went away before serving ({e}); still serving");
+                    }
+                    if let Some((_, w)) = self.successor.take() {
+                        w.close();
+                        self.watches.remove(&w.id());
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some((_, w)) = self.successor.as_ref() {
+            w.arm(Interest::READ);
+        }
+    }
+
+    fn give_listeners(&mut self, channel: &Channel) {
+        let mut items = Vec::new();
+        let mut fds = Vec::new();
+        let named = self.listeners.iter().map(|(l, name)| (l.duplicate(), l.local_addr().clone(), name.clone())).chain(
+            self.shared_listeners.iter().map(|l| {
+                (
+                    rustix::io::fcntl_dupfd_cloexec(&l.fd, 0).map_err(io::Error::from),
+                    l.local.clone(),
+                    format!("shared:{}", l.tag),
+                )
+            }),
+        );
+        for (fd, local, name) in named {
+            match fd {
+                Ok(fd) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let key = Some(name.into_bytes());
+                    items.push(Item {
+                        id,
+                        kind: Kind::Listener,
+                        tag: 0,
+                        peer: local.clone(),
+                        local,
+                        key,
+                        prelude: Vec::new(),
+                    });
+                    fds.push(fd);
+                }
+                Err(e) => log::error!("handoff: cannot duplicate listener {name} for the successor: {e}"),
+            }
+        }
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        match channel.send(&Record::Handoff(items), &borrowed, &mut self.send_buf) {
+            Ok(()) => log::info!("handoff: gave {} listening socket(s) to the successor", fds.len()),
+            Err(e) => log::error!("handoff: sending listeners to the successor failed: {e}"),
+        }
+    }
+
+    /// The successor serves: stop accepting, hand over what was accepted and never placed,
+    /// say RELEASED.
+    fn release(&mut self, channel: &Channel) {
+        for (l, _) in self.listeners.drain(..) {
+            l.close();
+        }
+        self.shared_listeners.clear();
+        // A successor of the successor will bind the control socket again.
+        if let Some((_, w)) = self.takeover_listener.take() {
+            w.close();
+            self.watches.remove(&w.id());
+        }
+        let unplaced: Vec<u64> = self.waiting.drain(..).collect();
+        for chunk in unplaced.chunks(self.batch) {
+            let mut items = Vec::new();
+            let mut ids = Vec::new();
+            for &id in chunk {
+                if let Some(p) = self.pending.get(&id) {
+                    items.push(Item {
+                        id,
+                        kind: Kind::Connection,
+                        tag: p.socket.tag,
+                        peer: p.socket.peer.clone(),
+                        local: p.socket.local.clone(),
+                        key: p.socket.key.clone(),
+                        prelude: p.socket.prelude.clone(),
+                    });
+                    ids.push(id);
+                }
+            }
+            let fds: Vec<BorrowedFd<'_>> = ids.iter().map(|id| stream_fd(&self.pending[id].socket.stream)).collect();
+            let sent = !items.is_empty() && channel.send(&Record::Handoff(items), &fds, &mut self.send_buf).is_ok();
+            drop(fds);
+            for id in ids {
+                if sent {
+                    self.pending.remove(&id); // the successor has its own copy now
+                } else {
+                    self.place(id); // keep serving it ourselves
+                }
+            }
+        }
+        if let Err(e) = channel.send(&Record::Released, &[], &mut self.send_buf) {
+            log::warn!("handoff: telling the successor we released failed: {e}");
+        }
+        log::info!("handoff: taken over; no longer accepting");
+        let _ = self.taken_over.try_send(());
     }
 
     fn accept_workers(&mut self) {
@@ -1521,7 +1729,7 @@ impl Handoff {
         let pause = !self.waiting.is_empty() || self.pending.len() >= self.max_in_flight || !able;
         if pause != self.listeners_paused {
             self.listeners_paused = pause;
-            for l in &self.listeners {
+            for (l, _) in &self.listeners {
                 if pause {
                     l.pause();
                 } else {

@@ -40,6 +40,9 @@ pub(crate) mod code {
     pub const REJECTED: u8 = 0x83;
     pub const CLOSED: u8 = 0x84;
     pub const LOAD: u8 = 0x85;
+    pub const TAKE: u8 = 0x20;
+    pub const SERVING: u8 = 0x21;
+    pub const RELEASED: u8 = 0x22;
 }
 
 /// What a handed-off descriptor is.
@@ -166,6 +169,14 @@ pub enum Record {
     Closed(Vec<u64>),
     /// The worker's current load.
     Load(Load),
+    /// Takeover, new parent → old: send me your listening sockets (answered with a HANDOFF of
+    /// listener items, each named by its key).
+    Take,
+    /// Takeover, new parent → old: I am serving; stop accepting and send me what you accepted
+    /// and did not place.
+    Serving,
+    /// Takeover, old parent → new: done; everything accepted is yours, I am draining.
+    Released,
 }
 
 impl Record {
@@ -266,6 +277,9 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         Record::Rejected(ids) => (code::REJECTED, ids.len()),
         Record::Closed(ids) => (code::CLOSED, ids.len()),
         Record::Load(_) => (code::LOAD, 0),
+        Record::Take => (code::TAKE, 0),
+        Record::Serving => (code::SERVING, 0),
+        Record::Released => (code::RELEASED, 0),
     };
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -276,7 +290,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         Record::Hello { worker } => out.extend_from_slice(&worker.to_le_bytes()),
         Record::Handoff(items) => items.iter().for_each(|item| encode_item(item, out)),
         Record::Drain { deadline_ms } => out.extend_from_slice(&deadline_ms.to_le_bytes()),
-        Record::Stop => {}
+        Record::Stop | Record::Take | Record::Serving | Record::Released => {}
         Record::Ready { pid } => out.extend_from_slice(&pid.to_le_bytes()),
         Record::Adopted(ids) | Record::Closed(ids) => {
             ids.iter().for_each(|id| out.extend_from_slice(&id.to_le_bytes()))
@@ -312,7 +326,7 @@ pub fn encoded_len(record: &Record) -> usize {
         + match record {
             Record::Hello { .. } | Record::Drain { .. } | Record::Ready { .. } => 4,
             Record::Handoff(items) => items.iter().map(item_len).sum(),
-            Record::Stop => 0,
+            Record::Stop | Record::Take | Record::Serving | Record::Released => 0,
             Record::Adopted(ids) | Record::Closed(ids) => 8 * ids.len(),
             Record::Rejected(ids) => 9 * ids.len(),
             Record::Load(_) => 8,
@@ -452,6 +466,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         code::LOAD => {
             no_items(head)?;
             Record::Load(Load { open: r.u32()?, queued: r.u32()? })
+        }
+        code::TAKE | code::SERVING | code::RELEASED => {
+            no_items(head)?;
+            match head.kind {
+                code::TAKE => Record::Take,
+                code::SERVING => Record::Serving,
+                _ => Record::Released,
+            }
         }
         other => return Err(DecodeError::UnknownType(other)),
     };

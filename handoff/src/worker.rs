@@ -766,7 +766,7 @@ impl Link {
 }
 
 /// A received descriptor as a connected stream socket, or `None` when it is something else.
-fn stream_from(fd: OwnedFd) -> Option<Stream> {
+pub(crate) fn stream_from(fd: OwnedFd) -> Option<Stream> {
     // One system call per socket: the family. A socket of another type is not caught here;
     // its first read fails and the transport closes it.
     let family = rustix::net::sockopt::socket_domain(&fd).ok()?;

@@ -66,6 +66,8 @@ fn main() {
         ("a_worker_whose_parent_dies_finishes_its_connections_and_exits", orphaned_worker_exits),
         ("shared_listener_workers_accept_themselves_and_get_it_again_after_a_restart", shared_listener),
         ("socket_activation_variables_are_taken_cloexec_and_removed", socket_activation),
+        ("ten_consecutive_takeovers_fail_no_request", ten_takeovers),
+        ("a_successor_that_dies_before_serving_changes_nothing", takeover_rollback),
         ("worker_connects_by_socket_path", bootstrap_by_path),
         ("worker_connects_by_abstract_name", bootstrap_by_abstract_name),
     ];
@@ -472,6 +474,125 @@ fn socket_activation() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0  true true true");
+}
+
+/// One generation of parent for the takeover tests: its own runtime, reactor, one worker.
+struct Generation {
+    runtime: Runtime,
+    reactor: Reactor,
+    parent: Parent,
+}
+
+impl Generation {
+    fn start() -> Generation {
+        let runtime = Runtime::builder().threads(2).build();
+        let reactor = Reactor::start().unwrap();
+        let parent =
+            Parent::builder().spawn(1, WorkerCommand::current_exe().unwrap()).start(&runtime, &reactor).unwrap();
+        wait_until("worker ready", || parent.stats().is_ok_and(|s| s.workers.iter().all(|w| w.ready)));
+        Generation { runtime, reactor, parent }
+    }
+
+    fn stop(self) {
+        let report = self.parent.drain(Duration::from_secs(5)).unwrap();
+        assert_eq!(report.killed, 0, "{report:?}");
+        self.runtime.shutdown(Duration::from_secs(5)).unwrap();
+        self.reactor.stop();
+    }
+}
+
+fn takeover_path() -> Endpoint {
+    Endpoint::Path(std::env::temp_dir().join(format!("baton-takeover-{}.sock", std::process::id())))
+}
+
+fn ten_takeovers() {
+    let endpoint = takeover_path();
+    let mut current = Generation::start();
+    let listener = current.parent.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
+    let addr = match listener.local_addr() {
+        Address::Inet(a) => *a,
+        other => panic!("{other:?}"),
+    };
+    current.parent.offer_takeover(&endpoint, PeerCheck::SameUid).unwrap();
+    // Clients keep coming the whole time, a new connection per request.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed, mut pids) = (0u32, Vec::new(), std::collections::HashSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let attempt = std::panic::catch_unwind(|| {
+                    let mut c = Client::connect(addr);
+                    assert_eq!(c.echo(b"upgrade\n"), b"upgrade\n");
+                    c.pid
+                });
+                match attempt {
+                    Ok(pid) => {
+                        ok += 1;
+                        pids.insert(pid);
+                    }
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+            }
+            (ok, failed, pids)
+        })
+    };
+    for round in 0..10 {
+        std::thread::sleep(Duration::from_millis(50));
+        let next = Generation::start();
+        let mut takeover = baton_handoff::takeover::take_over(&endpoint, PeerCheck::SameUid, WAIT).expect("take over");
+        let fd = takeover.listener("main").expect("the listener, by name");
+        let l = next.reactor.adopt_listener(fd, ListenOptions::default(), next.parent.recipient()).unwrap();
+        next.parent.attach(l, "main");
+        takeover.serving(&next.parent, WAIT).expect("released");
+        current.parent.taken_over().recv_timeout(WAIT).expect("the old parent hears it was taken over");
+        next.parent.offer_takeover(&endpoint, PeerCheck::SameUid).unwrap();
+        current.stop();
+        current = next;
+        eprintln!("takeover {} done", round + 1);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, pids) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed requests of {}: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(pids.len() >= 11, "every generation's worker served some requests: {} workers seen", pids.len());
+    current.stop();
+    if let Endpoint::Path(p) = &endpoint {
+        assert!(!p.exists());
+    }
+}
+
+fn takeover_rollback() {
+    let endpoint = takeover_path();
+    let current = Generation::start();
+    let listener = current.parent.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap();
+    let addr = match listener.local_addr() {
+        Address::Inet(a) => *a,
+        other => panic!("{other:?}"),
+    };
+    current.parent.offer_takeover(&endpoint, PeerCheck::SameUid).unwrap();
+    {
+        let mut takeover = baton_handoff::takeover::take_over(&endpoint, PeerCheck::SameUid, WAIT).expect("take over");
+        assert!(takeover.listener("main").is_some());
+        // The successor dies here, before confirming: its copy of the listener and the control
+        // connection close with it.
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c = Client::connect(addr);
+    assert_eq!(c.echo(b"still the old parent\n"), b"still the old parent\n");
+    assert!(current.parent.taken_over().try_recv().is_err());
+    // And a later successor can still take over.
+    let mut again = baton_handoff::takeover::take_over(&endpoint, PeerCheck::SameUid, WAIT).expect("second try");
+    assert!(again.listener("main").is_some());
+    drop(again);
+    drop(c);
+    current.stop();
 }
 
 /// Starts this binary as a worker that connects by name, serves through it, drains it.

@@ -48,7 +48,7 @@ fn random_addr(rng: &mut Rng) -> Address {
 
 fn random_record(rng: &mut Rng) -> Record {
     let ids = |rng: &mut Rng| (0..1 + rng.below(20)).map(|_| rng.next()).collect::<Vec<u64>>();
-    match rng.below(9) {
+    match rng.below(12) {
         0 => Record::Hello { worker: rng.next() as u32 },
         1 => Record::Handoff(
             (0..1 + rng.below(8))
@@ -77,7 +77,10 @@ fn random_record(rng: &mut Rng) -> Record {
         5 => Record::Adopted(ids(rng)),
         6 => Record::Rejected(ids(rng).into_iter().map(|id| (id, Reason::Busy)).collect()),
         7 => Record::Closed(ids(rng)),
-        _ => Record::Load(Load { open: rng.next() as u32, queued: rng.next() as u32 }),
+        8 => Record::Load(Load { open: rng.next() as u32, queued: rng.next() as u32 }),
+        9 => Record::Take,
+        10 => Record::Serving,
+        _ => Record::Released,
     }
 }
 

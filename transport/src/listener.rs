@@ -300,11 +300,18 @@ impl std::fmt::Debug for Listener {
 
 trait ListenerControl: Send + Sync {
     fn set_paused(&self, paused: bool);
+    fn duplicate(&self) -> io::Result<OwnedFd>;
 }
 
 impl<M: Send + 'static> ListenerControl for ListenerSource<M> {
     fn set_paused(&self, paused: bool) {
         self.state.lock().paused = paused;
+    }
+    fn duplicate(&self) -> io::Result<OwnedFd> {
+        match self.state.lock().socket.as_ref() {
+            Some(socket) => Ok(rustix::io::fcntl_dupfd_cloexec(socket.fd(), 0)?),
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "the listener is closed")),
+        }
     }
 }
 
@@ -312,6 +319,16 @@ impl Listener {
     /// The listener's id, as carried in [`Accepted::listener`].
     pub fn id(&self) -> ListenerId {
         self.id
+    }
+
+    /// A second descriptor for the same listening socket (close-on-exec), to pass to another
+    /// process (a worker, or a successor taking over). The socket keeps listening here too.
+    ///
+    /// # Errors
+    ///
+    /// `NotConnected` once the listener is closed; the system error when no descriptor is left.
+    pub fn duplicate(&self) -> io::Result<OwnedFd> {
+        self.control.duplicate()
     }
 
     /// The bound address (the real port when port 0 was asked for).
