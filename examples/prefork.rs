@@ -9,6 +9,11 @@
 //! ```
 //!
 //! SIGTERM or SIGINT: stop accepting, let in-flight requests finish (up to 5 s), exit 0.
+//!
+//! Zero-downtime upgrade: with `--takeover PATH`, SIGUSR2 starts this binary again with the
+//! same arguments; the new parent takes the listening socket over from this one through the
+//! control socket at `PATH`, starts its workers, and once it serves, this one stops accepting,
+//! drains and exits 0.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -29,7 +34,7 @@ macro_rules! note {
 }
 
 const USAGE: &str =
-    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--metrics ADDR]";
+    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--takeover PATH] [--metrics ADDR]";
 /// How long a graceful stop waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -41,6 +46,9 @@ struct Options {
     /// shares the listening socket and the workers accept, as nginx does).
     listeners_mode: bool,
     metrics: Option<SocketAddr>,
+    /// The control socket for zero-downtime upgrades: a running parent listens there, and a
+    /// new one started with the same path takes over from it (SIGUSR2 starts one).
+    takeover: Option<std::path::PathBuf>,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -50,6 +58,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
         policy: "least-loaded".into(),
         listeners_mode: false,
         metrics: None,
+        takeover: None,
     };
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
@@ -76,6 +85,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
                     other => return Err(format!("--mode: unknown mode {other:?}")),
                 }
             }
+            "--takeover" => opts.takeover = Some(value()?.into()),
             "--metrics" => opts.metrics = Some(value()?.parse().map_err(|e| format!("--metrics: {e}"))?),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -116,8 +126,32 @@ fn main() -> ExitCode {
 }
 
 fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
     // Terminal Ctrl-C reaches the workers too; they ignore it and drain when the parent says.
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR2])?;
+    let (signal_tx, signal_rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if signal_tx.send(sig).is_err() {
+                break;
+            }
+        }
+    });
+    // A running parent at the takeover socket: take its listening sockets over.
+    let endpoint = opts.takeover.clone().map(baton_handoff::Endpoint::Path);
+    let mut takeover = match &endpoint {
+        Some(e @ baton_handoff::Endpoint::Path(p)) if p.exists() => {
+            match baton_handoff::takeover::take_over(e, PeerCheck::SameUid, Duration::from_secs(10)) {
+                Ok(t) => Some(t),
+                Err(err) => {
+                    note!("prefork: no parent to take over at {} ({err}); starting fresh", p.display());
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let inherited = takeover.as_mut().and_then(|t| t.listener("main").or_else(|| t.listener("shared:0")));
     let metrics = match opts.metrics {
         Some(_) => {
             let recorder = PrometheusBuilder::new().build_recorder();
@@ -134,12 +168,13 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
         .spawn(opts.workers, WorkerCommand::current_exe()?)
         .boxed_policy(policy)
         .start(&rt, &reactor)?;
-    // Socket activation (systemd) when present: its first socket instead of --listen.
-    let bound = match (activated.into_iter().next(), opts.listeners_mode) {
-        (Some(a), true) => parent.share_listener(a.fd, 0)?,
-        (Some(a), false) => {
+    // A predecessor's socket, else socket activation (systemd), else --listen.
+    let given = inherited.or_else(|| activated.into_iter().next().map(|a| a.fd));
+    let bound = match (given, opts.listeners_mode) {
+        (Some(fd), true) => parent.share_listener(fd, 0)?,
+        (Some(fd), false) => {
             let l = reactor
-                .adopt_listener(a.fd, ListenOptions::default(), parent.recipient())
+                .adopt_listener(fd, ListenOptions::default(), parent.recipient())
                 .map_err(|e| std::io::Error::other(format!("the activated socket: {e}")))?;
             parent.attach(l.clone(), "main");
             l.local_addr().clone()
@@ -149,15 +184,54 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     };
     if let (Some(addr), Some(handle)) = (opts.metrics, metrics) {
         let server = rt.spawn(MetricsServer { handle, reactor: reactor.clone(), conns: Default::default(), me: None });
-        let l = reactor.listen_tcp(addr, ListenOptions::default(), server.recipient())?;
-        note!("prefork: metrics on http://{}/metrics", show(l.local_addr()));
+        // (During a takeover the predecessor may still hold the port for a moment.)
+        match reactor.listen_tcp(addr, ListenOptions::default(), server.recipient()) {
+            Ok(l) => note!("prefork: metrics on http://{}/metrics", show(l.local_addr())),
+            Err(e) => note!("prefork: no metrics endpoint: {e}"),
+        }
     }
+    if let Some(t) = takeover {
+        // Our workers are up: the predecessor may stop accepting now.
+        wait_ready(&parent);
+        match t.serving(&parent, Duration::from_secs(10)) {
+            Ok(n) => note!("prefork: took over ({n} accepted connection(s) came along)"),
+            Err(e) => note!("prefork: took over, but the predecessor did not release cleanly: {e}"),
+        }
+    }
+    if let Some(e) = &endpoint {
+        parent.offer_takeover(e, PeerCheck::SameUid)?;
+    }
+    note!("prefork: parent {} serving", std::process::id());
     let mut out = std::io::stdout();
     writeln!(out, "listening on http://{}", show(&bound))?;
     out.flush()?;
 
-    let signal = signals.forever().next();
-    note!("prefork: signal {signal:?}: draining (up to {DRAIN:?})");
+    loop {
+        crossbeam_channel::select! {
+            recv(signal_rx) -> sig => match sig {
+                Ok(SIGUSR2) => {
+                    if opts.takeover.is_none() {
+                        note!("prefork: SIGUSR2 needs --takeover PATH; ignored");
+                        continue;
+                    }
+                    // The successor is this binary with the same arguments: it finds us at the
+                    // takeover socket.
+                    match std::process::Command::new(std::env::current_exe()?).args(std::env::args_os().skip(1)).spawn() {
+                        Ok(child) => note!("prefork: SIGUSR2: started successor {}", child.id()),
+                        Err(e) => note!("prefork: SIGUSR2: cannot start a successor: {e}"),
+                    }
+                }
+                other => {
+                    note!("prefork: signal {other:?}: draining (up to {DRAIN:?})");
+                    break;
+                }
+            },
+            recv(parent.taken_over()) -> _ => {
+                note!("prefork: taken over by a successor: draining (up to {DRAIN:?})");
+                break;
+            }
+        }
+    }
     match parent.drain(DRAIN) {
         Ok(report) => note!("prefork: drained: {report:?}"),
         Err(e) => note!("prefork: drain failed: {e}"),
@@ -166,6 +240,13 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     let _ = rt.shutdown(Duration::from_secs(5));
     reactor.stop();
     Ok(())
+}
+
+fn wait_ready(parent: &Parent) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && !parent.stats().is_ok_and(|s| s.workers.iter().all(|w| w.ready)) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn show(addr: &Address) -> String {

@@ -251,3 +251,79 @@ fn socket_activated_by_systemd_socket_activate_when_it_is_installed() {
     assert_eq!(status.code(), Some(0));
     assert!(!alive(worker));
 }
+
+#[test]
+fn sigusr2_upgrades_ten_times_without_a_failed_request() {
+    let path = std::env::temp_dir().join(format!("baton-prefork-takeover-{}.sock", std::process::id()));
+    let mut first = Command::new(prefork_binary())
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--takeover"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start prefork");
+    let mut out = BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr: SocketAddr = line.trim().strip_prefix("listening on http://").unwrap().parse().unwrap();
+    // Every generation logs "prefork: parent <pid> serving" on the shared stderr.
+    let (serving_tx, serving) = std::sync::mpsc::channel();
+    let err = BufReader::new(first.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            if let Some(pid) = l.strip_prefix("prefork: parent ").and_then(|r| r.strip_suffix(" serving")) {
+                let _ = serving_tx.send(pid.parse::<u32>().unwrap());
+            }
+        }
+    });
+    let mut parent = serving.recv_timeout(WAIT).expect("first parent serving");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match std::panic::catch_unwind(|| get(addr, "/")) {
+                    Ok((status, _)) if status == "HTTP/1.1 200 OK" => ok += 1,
+                    Ok((status, _)) => failed.push(status),
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(100));
+        let pid = rustix::process::Pid::from_raw(parent as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::USR2).unwrap();
+        let next = serving.recv_timeout(WAIT).expect("the successor serves");
+        assert_ne!(next, parent);
+        let deadline = Instant::now() + WAIT;
+        while alive(parent) {
+            assert!(Instant::now() < deadline, "the old parent {parent} did not exit after the takeover");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        parent = next;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    let last = rustix::process::Pid::from_raw(parent as i32).unwrap();
+    rustix::process::kill_process(last, rustix::process::Signal::TERM).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while alive(parent) {
+        assert!(Instant::now() < deadline, "the last parent did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = first.wait();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 100, "the client kept going ({ok} requests)");
+    assert!(!path.exists(), "the control socket is removed at the end");
+}
