@@ -144,6 +144,9 @@ impl From<Accepted> for HttpMsg {
 struct HttpConn {
     conn: Connection,
     buf: Vec<u8>,
+    /// Responses written: a connection that has not had one is not idle, only new (its first
+    /// request may be on the wire), and a drain must not close it.
+    answered: u32,
     /// A response with `Connection: close` went out: ignore what follows.
     closing: bool,
 }
@@ -199,6 +202,7 @@ impl HttpServer {
                 Parsed::TooLarge => (response("431 Request Header Fields Too Large", "", true), c.buf.len(), true),
             };
             c.buf.drain(..used);
+            c.answered += 1;
             if c.conn.write(&reply).is_err() {
                 // Closed under us, or a client that pipelines without reading: drop it.
                 c.conn.abort();
@@ -224,19 +228,20 @@ impl Actor for HttpServer {
         match msg {
             HttpMsg::Worker(WorkerEvent::Incoming(inc)) => {
                 if let Ok(conn) = inc.adopt(self.conn_recipient(), Self::options()) {
-                    self.conns.insert(conn.id(), HttpConn { conn, buf: Vec::new(), closing: false });
+                    self.conns.insert(conn.id(), HttpConn { conn, buf: Vec::new(), answered: 0, closing: false });
                 }
             }
             HttpMsg::Accepted(acc) => {
                 if let Ok(conn) = self.reactor.adopt(acc.stream, Self::options(), self.conn_recipient()) {
                     let _ = conn.set_nodelay(true);
-                    self.conns.insert(conn.id(), HttpConn { conn, buf: Vec::new(), closing: false });
+                    self.conns.insert(conn.id(), HttpConn { conn, buf: Vec::new(), answered: 0, closing: false });
                 }
             }
             HttpMsg::Worker(WorkerEvent::Drain { .. }) => {
-                // Idle keep-alive connections close now; busy ones after their next answer.
+                // Idle keep-alive connections close now; busy and new ones after their next
+                // answer (which says `Connection: close`).
                 self.draining = true;
-                for c in self.conns.values_mut().filter(|c| c.buf.is_empty() && !c.closing) {
+                for c in self.conns.values_mut().filter(|c| c.buf.is_empty() && c.answered > 0 && !c.closing) {
                     c.closing = true;
                     c.conn.close();
                 }

@@ -1437,6 +1437,8 @@ impl Handoff {
     /// say RELEASED.
     fn release(&mut self, channel: &Channel) {
         for (l, _) in self.listeners.drain(..) {
+            // The successor listens on the same socket (and path) now.
+            l.keep_path_on_close();
             l.close();
         }
         self.shared_listeners.clear();

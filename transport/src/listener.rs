@@ -117,6 +117,8 @@ struct State<M> {
     waiting_for_room: bool,
     reserve: Option<OwnedFd>,
     in_fd_episode: bool,
+    /// Another process listens on the same socket now: closing ours must leave the file.
+    keep_path: bool,
 }
 
 struct ListenerSource<M: Send + 'static> {
@@ -272,7 +274,9 @@ impl<M: From<Accepted> + Send + 'static> Source for ListenerSource<M> {
                 log::error!("listener {:?}: deregister failed: {e}", self.id);
             }
             if let Socket::Unix(_, Some(path)) = &socket {
-                let _ = std::fs::remove_file(path);
+                if !state.keep_path {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         }
         state.pending = None;
@@ -300,12 +304,16 @@ impl std::fmt::Debug for Listener {
 
 trait ListenerControl: Send + Sync {
     fn set_paused(&self, paused: bool);
+    fn keep_path(&self);
     fn duplicate(&self) -> io::Result<OwnedFd>;
 }
 
 impl<M: Send + 'static> ListenerControl for ListenerSource<M> {
     fn set_paused(&self, paused: bool) {
         self.state.lock().paused = paused;
+    }
+    fn keep_path(&self) {
+        self.state.lock().keep_path = true;
     }
     fn duplicate(&self) -> io::Result<OwnedFd> {
         match self.state.lock().socket.as_ref() {
@@ -329,6 +337,12 @@ impl Listener {
     /// `NotConnected` once the listener is closed; the system error when no descriptor is left.
     pub fn duplicate(&self) -> io::Result<OwnedFd> {
         self.control.duplicate()
+    }
+
+    /// Closing will not remove a Unix listener's socket file: another process (a successor
+    /// that took the socket over) listens there now.
+    pub fn keep_path_on_close(&self) {
+        self.control.keep_path();
     }
 
     /// The bound address (the real port when port 0 was asked for).
@@ -519,6 +533,7 @@ impl Reactor {
                     waiting_for_room: false,
                     reserve: reserve_fd(),
                     in_fd_episode: false,
+                    keep_path: false,
                 }),
             });
             // SAFETY: the socket is owned by this source's state and is deleted from the poller
