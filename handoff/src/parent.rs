@@ -42,6 +42,9 @@ use crate::record::{self, Item, Kind, Load, Reason, Record, MAX_RECORD};
 /// Adoptions the latency percentiles in [`Stats`] are computed over.
 pub const LATENCY_WINDOW: usize = 4096;
 
+/// How long a successor may take between connecting and confirming SERVING.
+const SUCCESSOR_PATIENCE: Duration = Duration::from_secs(60);
+
 /// How often the parent checks deadlines, reaps and restarts workers.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -444,6 +447,7 @@ impl ParentBuilder {
             listeners_paused: false,
             takeover_listener: None,
             successor: None,
+            successor_since: Instant::now(),
             taken_over: taken_tx,
             shared_listeners: Vec::new(),
             listener_sends: HashMap::new(),
@@ -683,6 +687,9 @@ pub struct Handoff {
     listeners_paused: bool,
     takeover_listener: Option<(Arc<ChannelListener>, Watch)>,
     successor: Option<(Arc<Channel>, Watch)>,
+    /// When the successor connected: one that never confirms is dropped after
+    /// [`SUCCESSOR_PATIENCE`], so it cannot hold the only takeover slot.
+    successor_since: Instant,
     /// Told once a successor has taken over.
     taken_over: crossbeam_channel::Sender<()>,
     /// Listening sockets every worker accepts on (the nginx shape), kept for later workers.
@@ -1350,6 +1357,7 @@ impl Handoff {
                             log::info!("handoff: a successor connected for takeover");
                             self.watches.insert(w.id(), Watched::Successor);
                             self.successor = Some((channel, w));
+                            self.successor_since = Instant::now();
                         }
                         Err(e) => log::error!("handoff: cannot watch the successor: {e}"),
                     }
@@ -1425,6 +1433,12 @@ impl Handoff {
                 }
                 Err(e) => log::error!("handoff: cannot duplicate listener {name} for the successor: {e}"),
             }
+        }
+        if items.is_empty() {
+            // Nothing to hand over (an empty HANDOFF is no record): say so with RELEASED.
+            log::warn!("handoff: a successor asked for listeners, but this parent has none");
+            let _ = channel.send(&Record::Released, &[], &mut self.send_buf);
+            return;
         }
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         match channel.send(&Record::Handoff(items), &borrowed, &mut self.send_buf) {
@@ -1670,6 +1684,14 @@ impl Handoff {
                 self.slots[slot].limited = false;
                 self.slots[slot].backed_up = false;
                 self.flush(slot);
+            }
+        }
+        let still_serving = !self.listeners.is_empty() || !self.shared_listeners.is_empty();
+        if self.successor.is_some() && still_serving && now.duration_since(self.successor_since) > SUCCESSOR_PATIENCE {
+            log::warn!("handoff: the successor did not confirm within {SUCCESSOR_PATIENCE:?}; dropping it");
+            if let Some((_, w)) = self.successor.take() {
+                w.close();
+                self.watches.remove(&w.id());
             }
         }
         self.supervise(now);

@@ -139,7 +139,8 @@ pub struct Load {
 }
 
 /// One record. Parent → worker: `Hello`, `Handoff`, `Drain`, `Stop`. Worker → parent: `Ready`,
-/// `Adopted`, `Rejected`, `Closed`, `Load`.
+/// `Adopted`, `Rejected`, `Closed`, `Load`. Between parents, for a takeover: `Take`, `Serving`
+/// (new → old), `Handoff` and `Released` (old → new).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     /// First record on a channel: the parent's number for this worker.

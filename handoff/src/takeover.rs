@@ -46,6 +46,10 @@ pub fn take_over(endpoint: &Endpoint, check: PeerCheck, timeout: Duration) -> io
     channel.send(&Record::Take, &[], &mut Vec::new())?;
     let mut buf = RecvBuf::default();
     let (record, fds) = recv_within(&channel, &mut buf, timeout)?;
+    if record == Record::Released {
+        // The old parent has no listening sockets to give.
+        return Ok(Takeover { channel, listeners: Vec::new(), buf });
+    }
     let Record::Handoff(items) = record else {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected the listeners, got {record:?}")));
     };
