@@ -270,14 +270,22 @@ fn sigusr2_upgrades_ten_times_without_a_failed_request() {
     // Every generation logs "prefork: parent <pid> serving" on the shared stderr.
     let (serving_tx, serving) = std::sync::mpsc::channel();
     let err = BufReader::new(first.stderr.take().unwrap());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log_w = log.clone();
     std::thread::spawn(move || {
         for l in err.lines().map_while(Result::ok) {
             if let Some(pid) = l.strip_prefix("prefork: parent ").and_then(|r| r.strip_suffix(" serving")) {
                 let _ = serving_tx.send(pid.parse::<u32>().unwrap());
             }
+            log_w.lock().unwrap().push(l);
         }
     });
-    let mut parent = serving.recv_timeout(WAIT).expect("first parent serving");
+    let next_serving = |what: &str| {
+        serving
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("{what}; the servers said:\n{}", log.lock().unwrap().join("\n")))
+    };
+    let mut parent = next_serving("first parent serving");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
         let stop = stop.clone();
@@ -297,7 +305,7 @@ fn sigusr2_upgrades_ten_times_without_a_failed_request() {
         std::thread::sleep(Duration::from_millis(100));
         let pid = rustix::process::Pid::from_raw(parent as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::USR2).unwrap();
-        let next = serving.recv_timeout(WAIT).expect("the successor serves");
+        let next = next_serving("the successor serves");
         assert_ne!(next, parent);
         let deadline = Instant::now() + WAIT;
         while alive(parent) {

@@ -264,7 +264,7 @@ impl Channel {
         // items and what arrived.
         let declared = record::header(bytes).map_or(0, |h| usize::from(h.fds));
         let ids = match &record {
-            Record::Handoff(items) => items.iter().map(|i| i.id).collect(),
+            Record::Handoff(items) | Record::Return(items) => items.iter().map(|i| i.id).collect(),
             _ => Vec::new(),
         };
         if msg.flags.contains(ReturnFlags::CTRUNC) {

@@ -151,6 +151,8 @@ pub enum Control {
     Drain(Duration, ReplyTo<DrainReport>),
     /// Send this listening socket to every worker, now and whenever one (re)starts.
     Share(SharedListener),
+    /// Drain one worker (it may hand its connections back); it is restarted once it exits.
+    Retire(usize, Duration),
 }
 
 /// A listening socket the parent shares with its workers (see [`Parent::share_listener`]).
@@ -174,6 +176,8 @@ pub struct Stats {
     pub replaced: u64,
     /// Sockets closed after too many tries.
     pub closed_after_retries: u64,
+    /// Live connections workers handed back to be placed elsewhere.
+    pub migrated: u64,
     /// Sockets accepted and not yet adopted.
     pub in_flight: usize,
     /// Sockets waiting for any worker to be able to take them.
@@ -601,6 +605,15 @@ impl Parent {
         &self.taken_over
     }
 
+    /// Drains worker `slot` alone: it takes no new sockets, finishes (or, if its application
+    /// uses a [`Migrator`](crate::Migrator), hands back) its connections within `deadline`, and
+    /// exits; a spawned worker is then restarted. A rolling restart is this, slot by slot.
+    pub fn retire_worker(&self, slot: usize, deadline: Duration) {
+        if self.addr.send(HandoffMsg::Control(Control::Retire(slot, deadline))).is_err() {
+            log::warn!("handoff: retire after the parent stopped");
+        }
+    }
+
     /// A snapshot of the counters.
     ///
     /// # Errors
@@ -800,6 +813,14 @@ impl Handoff {
                     Err(e) => log::error!("handoff: cannot watch the channel listener: {e}"),
                 }
             }
+            Control::Retire(slot, deadline) => {
+                if slot < self.slots.len() && self.slots[slot].link.is_some() {
+                    log::info!("handoff: retiring worker {slot}");
+                    self.slots[slot].phase = Phase::Draining;
+                    let ms = deadline.as_millis().min(u128::from(u32::MAX)) as u32;
+                    self.send_record(slot, &Record::Drain { deadline_ms: ms });
+                }
+            }
             Control::Share(listener) => {
                 self.shared_listeners.push(listener);
                 let index = self.shared_listeners.len() - 1;
@@ -823,7 +844,7 @@ impl Handoff {
                     return;
                 }
                 for (l, _) in self.listeners.drain(..) {
-                    l.close();
+                    l.close_and_wait();
                 }
                 // Our copies of shared listeners: workers close theirs on DRAIN.
                 self.shared_listeners.clear();
@@ -839,7 +860,8 @@ impl Handoff {
                     told_workers: false,
                     report: DrainReport::default(),
                 });
-                self.drain_progress();
+                // Not now: connections the listeners accepted before closing are still in our
+                // mailbox, ahead of the next tick, which moves the drain on once they are placed.
             }
         }
     }
@@ -1086,6 +1108,11 @@ impl Handoff {
     // ----- placement -----------------------------------------------------------------------
 
     fn dispatch(&mut self, socket: Dispatch) {
+        self.dispatch_avoiding(socket, None);
+    }
+
+    /// Places a socket, on another worker than `avoid` when one can take it.
+    fn dispatch_avoiding(&mut self, socket: Dispatch, avoid: Option<usize>) {
         if socket.key.as_ref().is_some_and(|k| k.len() > record::MAX_KEY) || socket.prelude.len() > record::MAX_PRELUDE
         {
             // Sent to the recipient directly, past `Parent::dispatch`'s check.
@@ -1100,8 +1127,17 @@ impl Handoff {
         self.next_id += 1;
         self.stats.dispatched += 1;
         metrics::counter!("baton_handoff_dispatched_total").increment(1);
-        self.pending
-            .insert(id, Pending { socket, worker: None, sent: None, accepted_at: Instant::now(), tries: 0, tried: 0 });
+        self.pending.insert(
+            id,
+            Pending {
+                socket,
+                worker: None,
+                sent: None,
+                accepted_at: Instant::now(),
+                tries: 0,
+                tried: avoid.filter(|&s| s < 64).map_or(0, |s| 1 << s),
+            },
+        );
         if self.drain.as_ref().is_some_and(|d| d.told_workers) {
             // Too late for any worker: nobody takes new sockets now.
             self.give_up(id, "arrived after workers were told to drain");
@@ -1451,9 +1487,11 @@ impl Handoff {
     /// say RELEASED.
     fn release(&mut self, channel: &Channel) {
         for (l, _) in self.listeners.drain(..) {
-            // The successor listens on the same socket (and path) now.
+            // The successor listens on the same socket (and path) now. Waiting for the close
+            // puts every connection this listener accepted in our mailbox ahead of the drain
+            // our application asks for once it hears it was taken over.
             l.keep_path_on_close();
-            l.close();
+            l.close_and_wait();
         }
         self.shared_listeners.clear();
         // A successor of the successor will bind the control socket again.
@@ -1535,6 +1573,7 @@ impl Handoff {
             };
             let channel = link.channel.clone();
             match channel.recv(&mut self.recv_buf) {
+                Ok((Record::Return(items), fds)) => self.returned(slot, items, fds),
                 Ok((record, _fds)) => self.on_record(slot, record),
                 Err(RecvError::WouldBlock) => return,
                 Err(RecvError::Closed) => {
@@ -1551,6 +1590,28 @@ impl Handoff {
                     return;
                 }
             }
+        }
+    }
+
+    /// Live connections a worker hands back (migration): placed on other workers.
+    fn returned(&mut self, slot: usize, items: Vec<Item>, fds: Vec<std::os::fd::OwnedFd>) {
+        self.slots[slot].last_heard = Instant::now();
+        for (item, fd) in items.into_iter().zip(fds) {
+            let Some(stream) = crate::worker::stream_from(fd) else {
+                log::warn!("handoff: worker {slot} handed back something that is not a connection");
+                continue;
+            };
+            let socket = Dispatch {
+                stream,
+                peer: item.peer,
+                local: item.local,
+                tag: item.tag,
+                key: item.key,
+                prelude: item.prelude,
+            };
+            metrics::counter!("baton_handoff_migrated_total").increment(1);
+            self.stats.migrated += 1;
+            self.dispatch_avoiding(socket, Some(slot));
         }
     }
 

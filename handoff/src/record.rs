@@ -40,6 +40,7 @@ pub(crate) mod code {
     pub const REJECTED: u8 = 0x83;
     pub const CLOSED: u8 = 0x84;
     pub const LOAD: u8 = 0x85;
+    pub const RETURN: u8 = 0x86;
     pub const TAKE: u8 = 0x20;
     pub const SERVING: u8 = 0x21;
     pub const RELEASED: u8 = 0x22;
@@ -170,6 +171,9 @@ pub enum Record {
     Closed(Vec<u64>),
     /// The worker's current load.
     Load(Load),
+    /// Live connections the worker hands back (migration), one descriptor per item, laid out
+    /// as in HANDOFF: the parent places each on another worker.
+    Return(Vec<Item>),
     /// Takeover, new parent → old: send me your listening sockets (answered with a HANDOFF of
     /// listener items, each named by its key).
     Take,
@@ -184,7 +188,7 @@ impl Record {
     /// Descriptors that travel with this record (and that its header declares).
     pub fn fds(&self) -> usize {
         match self {
-            Record::Handoff(items) => items.len(),
+            Record::Handoff(items) | Record::Return(items) => items.len(),
             _ => 0,
         }
     }
@@ -271,6 +275,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     let (kind, count) = match record {
         Record::Hello { .. } => (code::HELLO, 0),
         Record::Handoff(items) => (code::HANDOFF, items.len()),
+        Record::Return(items) => (code::RETURN, items.len()),
         Record::Drain { .. } => (code::DRAIN, 0),
         Record::Stop => (code::STOP, 0),
         Record::Ready { .. } => (code::READY, 0),
@@ -289,7 +294,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     out.extend_from_slice(&(record.fds() as u16).to_le_bytes());
     match record {
         Record::Hello { worker } => out.extend_from_slice(&worker.to_le_bytes()),
-        Record::Handoff(items) => items.iter().for_each(|item| encode_item(item, out)),
+        Record::Handoff(items) | Record::Return(items) => items.iter().for_each(|item| encode_item(item, out)),
         Record::Drain { deadline_ms } => out.extend_from_slice(&deadline_ms.to_le_bytes()),
         Record::Stop | Record::Take | Record::Serving | Record::Released => {}
         Record::Ready { pid } => out.extend_from_slice(&pid.to_le_bytes()),
@@ -326,7 +331,7 @@ pub fn encoded_len(record: &Record) -> usize {
     HEADER_LEN
         + match record {
             Record::Hello { .. } | Record::Drain { .. } | Record::Ready { .. } => 4,
-            Record::Handoff(items) => items.iter().map(item_len).sum(),
+            Record::Handoff(items) | Record::Return(items) => items.iter().map(item_len).sum(),
             Record::Stop | Record::Take | Record::Serving | Record::Released => 0,
             Record::Adopted(ids) | Record::Closed(ids) => 8 * ids.len(),
             Record::Rejected(ids) => 9 * ids.len(),
@@ -408,7 +413,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     // A HANDOFF's descriptor field is checked by the receiver against the items *and* the
     // descriptors that arrived (a mismatch is answered by rejecting the items by id, so the
     // items must still be read); every other record carries none.
-    if head.kind != code::HANDOFF && head.fds != 0 {
+    if head.kind != code::HANDOFF && head.kind != code::RETURN && head.fds != 0 {
         return Err(DecodeError::BadField("descriptors on a record that carries none"));
     }
     let record = match head.kind {
@@ -416,7 +421,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             no_items(head)?;
             Record::Hello { worker: r.u32()? }
         }
-        code::HANDOFF => {
+        code::HANDOFF | code::RETURN => {
             if count == 0 || count > MAX_FDS {
                 return Err(DecodeError::BadField("handoff item count out of range"));
             }
@@ -424,7 +429,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             for _ in 0..count {
                 items.push(decode_item(&mut r)?);
             }
-            Record::Handoff(items)
+            if head.kind == code::HANDOFF {
+                Record::Handoff(items)
+            } else {
+                Record::Return(items)
+            }
         }
         code::DRAIN => {
             no_items(head)?;

@@ -150,6 +150,79 @@ impl Incoming {
 
     /// Refuses the socket: the parent places it on another worker.
     pub fn refuse(self) {}
+
+    /// A handle for handing live connections back to the parent later (see [`Migrator`]).
+    pub fn migrator(&self) -> Migrator {
+        Migrator { shared: self.shared.clone() }
+    }
+}
+
+/// Hands live connections back to the parent, which places them on another worker: used to
+/// drain one worker without dropping its keep-alive clients.
+#[derive(Clone, Debug)]
+pub struct Migrator {
+    shared: Arc<Shared>,
+}
+
+/// Why [`Migrator::migrate`] did not hand a connection back.
+#[derive(Debug)]
+pub enum MigrateError {
+    /// The parent is gone; the connection was left as it was.
+    ParentGone,
+    /// The connection is already closed.
+    Closed,
+    /// Bytes written are still buffered here (the peer reads slowly): they would be lost.
+    /// Try again when the connection reports `LowWater`, or a little later.
+    Unflushed,
+    /// More bytes were read and not delivered than a prelude carries
+    /// ([`record::MAX_PRELUDE`]): the socket is handed back to the caller to adopt again
+    /// (`Reactor::adopt_with` with the unread bytes).
+    TooMuchUnread(baton_transport::Detached),
+}
+
+impl std::fmt::Display for MigrateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MigrateError::ParentGone => "the parent is gone",
+            MigrateError::Closed => "the connection is closed",
+            MigrateError::Unflushed => "written bytes are still buffered",
+            MigrateError::TooMuchUnread(_) => "more unread bytes than a prelude carries",
+        })
+    }
+}
+
+impl std::error::Error for MigrateError {}
+
+impl Migrator {
+    /// Takes `conn` out of this worker, with the bytes read and not yet delivered, and hands
+    /// it back to the parent to place on another worker with `tag` and `key` (the new worker's
+    /// application sees the unread bytes first). The connection's owner gets
+    /// `Closed(Detached)`, and the parent hears it closed here.
+    ///
+    /// Call it where the application holds no partial state for the connection. Bytes already
+    /// delivered as `Data` are the application's: pause reading first
+    /// ([`Connection::pause_reading`]) and migrate in a later turn (send yourself a message),
+    /// so every `Data` queued before the pause has been handled.
+    ///
+    /// # Errors
+    ///
+    /// See [`MigrateError`].
+    pub fn migrate(&self, conn: &Connection, tag: u32, key: Option<Vec<u8>>) -> Result<(), MigrateError> {
+        if self.shared.parent_gone.load(SeqCst) {
+            return Err(MigrateError::ParentGone);
+        }
+        if conn.buffered() > 0 {
+            return Err(MigrateError::Unflushed);
+        }
+        let (Ok(peer), Ok(local)) = (conn.peer_addr(), conn.local_addr()) else { return Err(MigrateError::Closed) };
+        let detached = conn.detach().map_err(|_| MigrateError::Closed)?;
+        if detached.unread.len() > record::MAX_PRELUDE {
+            return Err(MigrateError::TooMuchUnread(detached));
+        }
+        let item = Item { id: 0, kind: Kind::Connection, tag, peer, local, key, prelude: detached.unread };
+        self.shared.report(|r| r.migrations.push((item, detached.stream)));
+        Ok(())
+    }
 }
 
 /// A socket the application took with [`Incoming::take`]. Dropping it reports the connection
@@ -244,6 +317,8 @@ struct Reports {
     adopted: Vec<u64>,
     rejected: Vec<(u64, Reason)>,
     closed: Vec<u64>,
+    /// Connections the application hands back, with their description.
+    migrations: Vec<(Item, Stream)>,
 }
 
 /// What the link actor shares with [`Incoming`]s and the close hooks of adopted connections.
@@ -337,6 +412,7 @@ impl Worker {
             exit: Some(tx),
             options,
             held: VecDeque::new(),
+            returning: VecDeque::new(),
             listeners: Vec::new(),
             listeners_paused: false,
             next_local_id: 0,
@@ -410,6 +486,8 @@ struct Link {
     /// held the link stops reading its channel, so the backlog stays in the parent's hands
     /// (which places new sockets elsewhere) instead of growing here.
     held: VecDeque<WorkerEvent>,
+    /// Connections being handed back to the parent, waiting for room in the channel.
+    returning: VecDeque<(Item, Stream)>,
     /// Listeners the parent shared, accepting here; with the tag the parent gave each.
     listeners: Vec<(Listener, u32)>,
     listeners_paused: bool,
@@ -477,7 +555,8 @@ impl Link {
     fn arm(&self) {
         if let Some(w) = &self.watch {
             if !self.parent_gone {
-                w.arm(Interest { readable: self.held.is_empty(), writable: !self.outbox.is_empty() });
+                let writable = !self.outbox.is_empty() || !self.returning.is_empty();
+                w.arm(Interest { readable: self.held.is_empty(), writable });
             }
         }
     }
@@ -708,6 +787,11 @@ impl Link {
     }
 
     fn send_outbox(&mut self) {
+        self.send_outbox_bytes();
+        self.send_returns();
+    }
+
+    fn send_outbox_bytes(&mut self) {
         while let Some(bytes) = self.outbox.front() {
             match self.channel.send_bytes(bytes, &[]) {
                 Ok(()) => {
@@ -734,6 +818,41 @@ impl Link {
         }
         for ids in reports.closed.chunks(MAX_IDS) {
             self.send(&Record::Closed(ids.to_vec()));
+        }
+        self.returning.extend(reports.migrations);
+        self.send_returns();
+    }
+
+    /// Hands migrated connections to the parent (RETURN records with their descriptors); our
+    /// copies close once sent. What the full channel does not take waits for writability.
+    fn send_returns(&mut self) {
+        while !self.returning.is_empty() && self.outbox.is_empty() && !self.parent_gone {
+            let n = self.returning.len().min(64);
+            let mut size = record::HEADER_LEN;
+            let mut take = 0;
+            for (item, _) in self.returning.iter().take(n) {
+                let len = record::item_len(item);
+                if take > 0 && size + len > record::MAX_RECORD {
+                    break;
+                }
+                size += len;
+                take += 1;
+            }
+            let items: Vec<Item> = self.returning.iter().take(take).map(|(i, _)| i.clone()).collect();
+            let fds: Vec<std::os::fd::BorrowedFd<'_>> =
+                self.returning.iter().take(take).map(|(_, s)| stream_fd(s)).collect();
+            match self.channel.send(&Record::Return(items), &fds, &mut self.send_buf) {
+                Ok(()) => {
+                    drop(fds);
+                    self.returning.drain(..take);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    drop(fds);
+                    log::error!("handoff worker: handing {take} connection(s) back failed: {e}; closing them");
+                    self.returning.drain(..take);
+                }
+            }
         }
     }
 
@@ -766,6 +885,14 @@ impl Link {
 }
 
 /// A received descriptor as a connected stream socket, or `None` when it is something else.
+fn stream_fd(stream: &Stream) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    match stream {
+        Stream::Tcp(s) => s.as_fd(),
+        Stream::Unix(s) => s.as_fd(),
+    }
+}
+
 pub(crate) fn stream_from(fd: OwnedFd) -> Option<Stream> {
     // One system call per socket: the family. A socket of another type is not caught here;
     // its first read fails and the transport closes it.

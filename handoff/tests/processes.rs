@@ -68,6 +68,7 @@ fn main() {
         ("socket_activation_variables_are_taken_cloexec_and_removed", socket_activation),
         ("ten_consecutive_takeovers_fail_no_request", ten_takeovers),
         ("a_successor_that_dies_before_serving_changes_nothing", takeover_rollback),
+        ("keep_alive_clients_survive_their_worker_being_retired", live_migration),
         ("worker_connects_by_socket_path", bootstrap_by_path),
         ("worker_connects_by_abstract_name", bootstrap_by_abstract_name),
     ];
@@ -474,6 +475,41 @@ fn socket_activation() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0  true true true");
+}
+
+fn live_migration() {
+    let command = WorkerCommand::current_exe().unwrap().env("TEST_MIGRATE_ON_DRAIN", "1");
+    let s = start_with(2, command, |b| b);
+    let pids = s.pids();
+    let mut clients: Vec<Client> = (0..10).map(|_| Client::connect(s.addr)).collect();
+    let on_first = clients.iter().filter(|c| c.pid == pids[0]).count();
+    assert!(on_first >= 3, "least-loaded put {on_first} of 10 on worker 0");
+    for c in &mut clients {
+        assert_eq!(c.echo(b"before\n"), b"before\n");
+    }
+    // Retire worker 0 while the clients keep talking: its connections move to worker 1.
+    s.parent.retire_worker(0, Duration::from_secs(10));
+    let deadline = Instant::now() + WAIT;
+    let mut round = 0;
+    while alive(pids[0]) {
+        assert!(Instant::now() < deadline, "the retired worker did not exit");
+        for (i, c) in clients.iter_mut().enumerate() {
+            let msg = format!("round {round} client {i}\n");
+            assert_eq!(c.echo(msg.as_bytes()), msg.as_bytes(), "no error and nothing lost while migrating");
+        }
+        round += 1;
+    }
+    let stats = s.parent.stats().unwrap();
+    assert_eq!(stats.migrated, on_first as u64, "{stats:?}");
+    for (i, c) in clients.iter_mut().enumerate() {
+        let msg = format!("after client {i}\n");
+        assert_eq!(c.echo(msg.as_bytes()), msg.as_bytes());
+    }
+    wait_until("the retired slot restarted", || {
+        s.parent.stats().is_ok_and(|st| st.workers[0].ready && st.workers[0].pid != Some(pids[0]))
+    });
+    drop(clients);
+    s.finish();
 }
 
 /// One generation of parent for the takeover tests: its own runtime, reactor, one worker.

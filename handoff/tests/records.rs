@@ -46,9 +46,17 @@ fn random_addr(rng: &mut Rng) -> Address {
     }
 }
 
+fn random_record_handoff(rng: &mut Rng) -> Record {
+    loop {
+        if let r @ Record::Handoff(_) = random_record(rng) {
+            return r;
+        }
+    }
+}
+
 fn random_record(rng: &mut Rng) -> Record {
     let ids = |rng: &mut Rng| (0..1 + rng.below(20)).map(|_| rng.next()).collect::<Vec<u64>>();
-    match rng.below(12) {
+    match rng.below(13) {
         0 => Record::Hello { worker: rng.next() as u32 },
         1 => Record::Handoff(
             (0..1 + rng.below(8))
@@ -80,7 +88,11 @@ fn random_record(rng: &mut Rng) -> Record {
         8 => Record::Load(Load { open: rng.next() as u32, queued: rng.next() as u32 }),
         9 => Record::Take,
         10 => Record::Serving,
-        _ => Record::Released,
+        11 => Record::Released,
+        _ => match random_record_handoff(rng) {
+            Record::Handoff(items) => Record::Return(items),
+            other => other,
+        },
     }
 }
 
@@ -140,7 +152,7 @@ fn mutated_records_decode_to_an_error_or_to_a_record_that_encodes_back_the_same(
             // A HANDOFF's declared descriptor count is checked by the channel against the items
             // and what arrived (see `a_handoff_whose_descriptor_field_lies_is_rejected_by_id`);
             // everything else must be exactly what the bytes said.
-            if matches!(decoded, Record::Handoff(_)) {
+            if matches!(decoded, Record::Handoff(_) | Record::Return(_)) {
                 again[6..8].copy_from_slice(&bytes[6..8]);
             }
             assert_eq!(again, bytes, "a decoded record is exactly what the bytes said");

@@ -279,7 +279,13 @@ impl<M: From<Accepted> + Send + 'static> Source for ListenerSource<M> {
                 }
             }
         }
-        state.pending = None;
+        // A connection the owner's full mailbox handed back: one last offer, not a silent drop.
+        if let Some(msg) = state.pending.take() {
+            if self.owner.try_send(msg).is_err() {
+                log::error!("listener {:?}: closed with an accepted connection its owner had no room for", self.id);
+                metrics::counter!("baton_listener_dropped_on_close_total").increment(1);
+            }
+        }
         state.reserve = None;
         drop(state);
         reactor.remove(key);
@@ -364,6 +370,17 @@ impl Listener {
     /// Deregisters and closes the listening socket (removing a Unix socket's path).
     pub fn close(&self) {
         self.reactor.command(Command::Close(self.key));
+    }
+
+    /// [`Listener::close`], returning once the reactor has closed it: every connection it
+    /// accepted has then been offered to the owner, so a message the owner receives after
+    /// this returns comes after all of them. Waits at most a second (a stopped reactor).
+    pub fn close_and_wait(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.reactor.command(Command::CloseAndTell(self.key, tx));
+        if rx.recv_timeout(Duration::from_secs(1)).is_err() {
+            log::warn!("listener {:?}: the reactor did not confirm the close", self.id);
+        }
     }
 }
 

@@ -34,6 +34,8 @@ pub(crate) enum Command {
     RearmAt(usize, Instant),
     TimeoutAt(usize, Instant),
     Close(usize),
+    /// Close, then tell the waiting caller.
+    CloseAndTell(usize, std::sync::mpsc::Sender<()>),
 }
 
 pub(crate) struct Shared {
@@ -207,6 +209,12 @@ fn run_loop(shared: &Arc<Shared>) {
                     if let Some(source) = shared.source(key) {
                         source.close(shared, key);
                     }
+                }
+                Command::CloseAndTell(key, done) => {
+                    if let Some(source) = shared.source(key) {
+                        source.close(shared, key);
+                    }
+                    let _ = done.send(());
                 }
             }
         }

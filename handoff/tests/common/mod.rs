@@ -16,7 +16,12 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub enum Msg {
     Worker(WorkerEvent),
     Conn(ConnEvent),
+    /// Hand this connection back to the parent (reading was paused a turn earlier).
+    Migrate(ConnId),
 }
+
+/// The tag a migrated connection carries: the new worker does not greet it again.
+pub const MIGRATED: u32 = 77;
 
 /// The test workers' protocol: on adoption, write this process's pid and a newline; then echo
 /// every byte; `quit\n` anywhere in a read closes the connection from the worker's side;
@@ -24,6 +29,19 @@ pub enum Msg {
 /// request).
 pub struct EchoApp {
     conns: HashMap<ConnId, Connection>,
+    migrator: Option<baton_handoff::Migrator>,
+    /// On drain, hand connections back (TEST_MIGRATE_ON_DRAIN) instead of finishing them.
+    migrate_on_drain: bool,
+}
+
+impl EchoApp {
+    pub fn new() -> EchoApp {
+        EchoApp {
+            conns: HashMap::new(),
+            migrator: None,
+            migrate_on_drain: std::env::var_os("TEST_MIGRATE_ON_DRAIN").is_some(),
+        }
+    }
 }
 
 impl Actor for EchoApp {
@@ -35,9 +53,33 @@ impl Actor for EchoApp {
                     Msg::Conn(e) => Some(e),
                     _ => None,
                 });
+                self.migrator.get_or_insert_with(|| inc.migrator());
+                let greet = inc.tag != MIGRATED;
                 if let Ok(conn) = inc.adopt(owner, ConnOptions::default()) {
-                    let _ = conn.write(format!("{}\n", std::process::id()).as_bytes());
+                    if greet {
+                        let _ = conn.write(format!("{}\n", std::process::id()).as_bytes());
+                    }
                     self.conns.insert(conn.id(), conn);
+                }
+            }
+            Msg::Worker(WorkerEvent::Drain { .. }) if self.migrate_on_drain => {
+                // Quiescent points: stop reading now, hand back in a later turn, after every
+                // Data already queued.
+                for (&id, conn) in &self.conns {
+                    conn.pause_reading();
+                    let _ = ctx.address().try_send(Msg::Migrate(id));
+                }
+            }
+            Msg::Migrate(id) => {
+                let (Some(conn), Some(m)) = (self.conns.get(&id), self.migrator.as_ref()) else { return };
+                match m.migrate(conn, MIGRATED, None) {
+                    Ok(()) => {
+                        self.conns.remove(&id);
+                    }
+                    Err(baton_handoff::MigrateError::Unflushed) => {
+                        ctx.send_after(Duration::from_millis(5), Msg::Migrate(id));
+                    }
+                    Err(e) => panic!("migrate: {e}"),
                 }
             }
             Msg::Conn(ConnEvent::Data(id, bytes)) => {
@@ -77,7 +119,7 @@ impl InProcessWorker {
     pub fn start(channel: Channel) -> InProcessWorker {
         let runtime = Runtime::builder().threads(2).build();
         let reactor = Reactor::start().expect("reactor");
-        let app = runtime.spawn(EchoApp { conns: HashMap::new() });
+        let app = runtime.spawn(EchoApp::new());
         let incoming = app.recipient_map(Msg::Worker, |m| match m {
             Msg::Worker(e) => Some(e),
             _ => None,
