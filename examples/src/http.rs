@@ -155,6 +155,8 @@ struct HttpConn {
 pub struct HttpServer {
     reactor: Reactor,
     conns: HashMap<ConnId, HttpConn>,
+    /// Tells the parent when a heavy request is running (handoff workers only).
+    status: Option<baton_handoff::Status>,
     draining: bool,
     me: Option<Addr<HttpServer>>,
 }
@@ -162,7 +164,7 @@ pub struct HttpServer {
 impl HttpServer {
     /// A server that registers its connections with `reactor`.
     pub fn new(reactor: Reactor) -> HttpServer {
-        HttpServer { reactor, conns: HashMap::new(), draining: false, me: None }
+        HttpServer { reactor, conns: HashMap::new(), status: None, draining: false, me: None }
     }
 
     /// The recipient a handoff worker delivers to.
@@ -187,6 +189,7 @@ impl HttpServer {
 
     fn serve(&mut self, id: ConnId) {
         let draining = self.draining;
+        let status = self.status.clone();
         let Some(c) = self.conns.get_mut(&id) else { return };
         while !c.closing {
             let (reply, used, close) = match parse(&c.buf) {
@@ -196,6 +199,8 @@ impl HttpServer {
                         break; // the body is still arriving
                     }
                     let close = req.close || draining;
+                    // A heavy request: the parent sends new connections elsewhere meanwhile.
+                    let _busy = (req.path == "/slow").then(|| status.as_ref().map(|s| s.busy()));
                     (answer(&req, close), req.head_len + req.body_len, close)
                 }
                 Parsed::Bad(why) => (response("400 Bad Request", &format!("{why}\n"), true), c.buf.len(), true),
@@ -227,6 +232,7 @@ impl Actor for HttpServer {
     fn handle(&mut self, _ctx: &mut Context<Self>, msg: HttpMsg) {
         match msg {
             HttpMsg::Worker(WorkerEvent::Incoming(inc)) => {
+                self.status.get_or_insert_with(|| inc.status());
                 if let Ok(conn) = inc.adopt(self.conn_recipient(), Self::options()) {
                     self.conns.insert(conn.id(), HttpConn { conn, buf: Vec::new(), answered: 0, closing: false });
                 }

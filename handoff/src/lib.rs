@@ -99,4 +99,6 @@ pub use crate::parent::{
 };
 pub use crate::policy::{Candidate, LeastLoaded, Policy, PowerOfTwo, RoundRobin, Sticky};
 pub use crate::process::{WorkerCommand, ENV_SLOT};
-pub use crate::worker::{Incoming, MigrateError, Migrator, Taken, Worker, WorkerEvent, WorkerExit, WorkerOptions};
+pub use crate::worker::{
+    Busy, Incoming, MigrateError, Migrator, Status, Taken, Worker, WorkerEvent, WorkerExit, WorkerOptions,
+};

@@ -256,6 +256,7 @@ struct Slot {
     in_flight: u32,
     open: u32,
     queued: u32,
+    busy: u32,
     adopted: u64,
     restarts: VecDeque<Instant>,
     restart_at: Option<Instant>,
@@ -281,6 +282,7 @@ impl Slot {
             in_flight: 0,
             open: 0,
             queued: 0,
+            busy: 0,
             adopted: 0,
             restarts: VecDeque::new(),
             restart_at: None,
@@ -1156,7 +1158,7 @@ impl Handoff {
             .iter()
             .enumerate()
             .filter(|(i, s)| eligible(s) && (*i >= 64 || p.tried & (1 << i) == 0))
-            .map(|(slot, s)| Candidate { slot, in_flight: s.in_flight, open: s.open, queued: s.queued })
+            .map(|(slot, s)| Candidate { slot, in_flight: s.in_flight, open: s.open, queued: s.queued, busy: s.busy })
             .collect();
         if candidates.is_empty() && p.tried != 0 {
             // Every able worker already had a go: try them again rather than wait forever.
@@ -1165,7 +1167,13 @@ impl Handoff {
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| eligible(s))
-                .map(|(slot, s)| Candidate { slot, in_flight: s.in_flight, open: s.open, queued: s.queued })
+                .map(|(slot, s)| Candidate {
+                    slot,
+                    in_flight: s.in_flight,
+                    open: s.open,
+                    queued: s.queued,
+                    busy: s.busy,
+                })
                 .collect();
         }
         if candidates.is_empty() {
@@ -1597,6 +1605,10 @@ impl Handoff {
     fn returned(&mut self, slot: usize, items: Vec<Item>, fds: Vec<std::os::fd::OwnedFd>) {
         self.slots[slot].last_heard = Instant::now();
         for (item, fd) in items.into_iter().zip(fds) {
+            if item.kind != Kind::Connection {
+                log::warn!("handoff: worker {slot} handed back a listener; closing it");
+                continue;
+            }
             let Some(stream) = crate::worker::stream_from(fd) else {
                 log::warn!("handoff: worker {slot} handed back something that is not a connection");
                 continue;
@@ -1684,10 +1696,11 @@ impl Handoff {
                 let s = &mut self.slots[slot];
                 s.open = s.open.saturating_sub(ids.len() as u32);
             }
-            Record::Load(Load { open, queued }) => {
+            Record::Load(Load { open, queued, busy }) => {
                 let s = &mut self.slots[slot];
                 s.open = open;
                 s.queued = queued;
+                s.busy = busy;
                 metrics::gauge!("baton_handoff_worker_load", "worker" => slot.to_string())
                     .set(f64::from(s.in_flight) + f64::from(open) + f64::from(queued));
             }

@@ -17,6 +17,8 @@ pub struct Candidate {
     pub open: u32,
     /// Work the worker reported queued.
     pub queued: u32,
+    /// Handlers the worker reported busy with heavy work: a socket placed there waits.
+    pub busy: u32,
 }
 
 impl Candidate {
@@ -33,7 +35,8 @@ pub trait Policy: Send + 'static {
     fn choose(&mut self, candidates: &[Candidate], key: Option<&[u8]>) -> usize;
 }
 
-/// The least loaded worker; ties broken in rotation so equal workers share evenly. The default.
+/// The least loaded worker, avoiding workers that report a busy handler; ties broken in
+/// rotation so equal workers share evenly. The default.
 #[derive(Debug, Default)]
 pub struct LeastLoaded {
     turn: usize,
@@ -102,7 +105,8 @@ impl Policy for PowerOfTwo {
         let n = candidates.len() as u64;
         let a = (self.next() % n) as usize;
         let b = (self.next() % n) as usize;
-        if candidates[b].load() < candidates[a].load() {
+        let key = |c: &Candidate| (c.busy > 0, c.load());
+        if key(&candidates[b]) < key(&candidates[a]) {
             b
         } else {
             a
@@ -160,7 +164,7 @@ mod tests {
     use super::*;
 
     fn c(slot: usize, in_flight: u32, open: u32) -> Candidate {
-        Candidate { slot, in_flight, open, queued: 0 }
+        Candidate { slot, in_flight, open, queued: 0, busy: 0 }
     }
 
     #[test]

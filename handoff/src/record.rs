@@ -137,10 +137,13 @@ pub struct Load {
     pub open: u32,
     /// Work waiting in the worker (the application's own measure, e.g. queued requests).
     pub queued: u32,
+    /// Handlers busy with heavy work right now (the application says so with
+    /// [`Incoming::status`](crate::Incoming::status)): new connections would wait behind them.
+    pub busy: u32,
 }
 
 /// One record. Parent → worker: `Hello`, `Handoff`, `Drain`, `Stop`. Worker → parent: `Ready`,
-/// `Adopted`, `Rejected`, `Closed`, `Load`. Between parents, for a takeover: `Take`, `Serving`
+/// `Adopted`, `Rejected`, `Closed`, `Load`, `Return`. Between parents, for a takeover: `Take`, `Serving`
 /// (new → old), `Handoff` and `Released` (old → new).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -310,6 +313,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         Record::Load(load) => {
             out.extend_from_slice(&load.open.to_le_bytes());
             out.extend_from_slice(&load.queued.to_le_bytes());
+            out.extend_from_slice(&load.busy.to_le_bytes());
         }
     }
 }
@@ -335,7 +339,7 @@ pub fn encoded_len(record: &Record) -> usize {
             Record::Stop | Record::Take | Record::Serving | Record::Released => 0,
             Record::Adopted(ids) | Record::Closed(ids) => 8 * ids.len(),
             Record::Rejected(ids) => 9 * ids.len(),
-            Record::Load(_) => 8,
+            Record::Load(_) => 12,
         }
 }
 
@@ -475,7 +479,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         }
         code::LOAD => {
             no_items(head)?;
-            Record::Load(Load { open: r.u32()?, queued: r.u32()? })
+            Record::Load(Load { open: r.u32()?, queued: r.u32()?, busy: r.u32()? })
         }
         code::TAKE | code::SERVING | code::RELEASED => {
             no_items(head)?;

@@ -151,9 +151,44 @@ impl Incoming {
     /// Refuses the socket: the parent places it on another worker.
     pub fn refuse(self) {}
 
+    /// A handle for telling the parent about this worker's state (see [`Status`]).
+    pub fn status(&self) -> Status {
+        Status { shared: self.shared.clone() }
+    }
+
     /// A handle for handing live connections back to the parent later (see [`Migrator`]).
     pub fn migrator(&self) -> Migrator {
         Migrator { shared: self.shared.clone() }
+    }
+}
+
+/// Tells the parent what the load figures cannot: that a handler is about to be busy for a
+/// while (a heavy request), so new connections should go elsewhere until it is done. The parent
+/// hears it at once, not at the next 50 ms LOAD.
+#[derive(Clone, Debug)]
+pub struct Status {
+    shared: Arc<Shared>,
+}
+
+/// Marks a handler busy while it lives ([`Status::busy`]).
+#[derive(Debug)]
+pub struct Busy {
+    shared: Arc<Shared>,
+}
+
+impl Status {
+    /// This handler is busy until the returned guard is dropped.
+    pub fn busy(&self) -> Busy {
+        self.shared.busy.fetch_add(1, SeqCst);
+        self.shared.load_changed();
+        Busy { shared: self.shared.clone() }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.shared.busy.fetch_sub(1, SeqCst);
+        self.shared.load_changed();
     }
 }
 
@@ -176,7 +211,8 @@ pub enum MigrateError {
     Unflushed,
     /// More bytes were read and not delivered than a prelude carries
     /// ([`record::MAX_PRELUDE`]): the socket is handed back to the caller to adopt again
-    /// (`Reactor::adopt_with` with the unread bytes).
+    /// (`Reactor::adopt_with` with the unread bytes). The worker has counted it closed (the
+    /// parent was told), so it no longer shows in this worker's load.
     TooMuchUnread(baton_transport::Detached),
 }
 
@@ -331,11 +367,21 @@ struct Shared {
     /// The channel is gone: the parent may have placed unreported sockets elsewhere, so
     /// nothing more is adopted.
     parent_gone: AtomicBool,
+    /// Handlers that said they are busy ([`Status::busy`]).
+    busy: AtomicU32,
+    /// Send LOAD at the next flush, not the next tick (busy changed).
+    load_now: AtomicBool,
     flush_requested: AtomicBool,
     link: OnceLock<Addr<Link>>,
 }
 
 impl Shared {
+    /// Asks the link to send LOAD now.
+    fn load_changed(&self) {
+        self.load_now.store(true, SeqCst);
+        self.report(|_| {});
+    }
+
     /// Queues a report for the parent and wakes the link to send it (once per batch).
     fn report(&self, f: impl FnOnce(&mut Reports)) {
         f(&mut self.reports.lock());
@@ -395,6 +441,8 @@ impl Worker {
             open: AtomicU32::new(0),
             unanswered: AtomicU32::new(0),
             parent_gone: AtomicBool::new(false),
+            busy: AtomicU32::new(0),
+            load_now: AtomicBool::new(false),
             flush_requested: AtomicBool::new(false),
             link: OnceLock::new(),
         });
@@ -821,6 +869,9 @@ impl Link {
         }
         self.returning.extend(reports.migrations);
         self.send_returns();
+        if self.shared.load_now.swap(false, SeqCst) {
+            self.report_load();
+        }
     }
 
     /// Hands migrated connections to the parent (RETURN records with their descriptors); our
@@ -859,13 +910,17 @@ impl Link {
     /// Sends the load, on every tick: it is also the worker's heartbeat (the parent presumes
     /// a worker hung only when it has heard nothing for its adoption deadline).
     fn report_load(&mut self) {
-        let load = Load { open: self.shared.open.load(SeqCst), queued: self.app.mailbox_len() as u32 };
+        let load = Load {
+            open: self.shared.open.load(SeqCst),
+            queued: self.app.mailbox_len() as u32,
+            busy: self.shared.busy.load(SeqCst),
+        };
         self.send(&Record::Load(load));
     }
 
     fn check_drained(&mut self, ctx: &mut Context<Self>) {
         let idle = self.shared.open.load(SeqCst) == 0 && self.shared.unanswered.load(SeqCst) == 0;
-        if self.deadline.is_some() && idle && self.outbox.is_empty() {
+        if self.deadline.is_some() && idle && self.outbox.is_empty() && self.returning.is_empty() {
             let why = if self.parent_gone { WorkerExit::ParentGone } else { WorkerExit::Drained };
             self.finish(ctx, why);
         }

@@ -85,7 +85,7 @@ fn random_record(rng: &mut Rng) -> Record {
         5 => Record::Adopted(ids(rng)),
         6 => Record::Rejected(ids(rng).into_iter().map(|id| (id, Reason::Busy)).collect()),
         7 => Record::Closed(ids(rng)),
-        8 => Record::Load(Load { open: rng.next() as u32, queued: rng.next() as u32 }),
+        8 => Record::Load(Load { open: rng.next() as u32, queued: rng.next() as u32, busy: rng.next() as u32 }),
         9 => Record::Take,
         10 => Record::Serving,
         11 => Record::Released,
