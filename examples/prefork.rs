@@ -137,6 +137,10 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             }
         }
     });
+    // Resolved now: after an upgrade replaced the file, /proc/self/exe says "(deleted)", and
+    // the successor must be the new binary at the same path.
+    let exe = std::env::current_exe()?;
+    let exe = std::path::PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)").to_string());
     // A running parent at the takeover socket: take its listening sockets over.
     let endpoint = opts.takeover.clone().map(baton_handoff::Endpoint::Path);
     let mut takeover = match &endpoint {
@@ -165,7 +169,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     let reactor = Reactor::start()?;
     let policy = policy::by_name(&opts.policy).map_err(|p| std::io::Error::other(format!("unknown policy {p}")))?;
     let parent = Parent::builder()
-        .spawn(opts.workers, WorkerCommand::current_exe()?)
+        .spawn(opts.workers, WorkerCommand::new(&exe).args(std::env::args_os().skip(1)))
         .boxed_policy(policy)
         .start(&rt, &reactor)?;
     // A predecessor's socket, else socket activation (systemd), else --listen.
@@ -199,12 +203,16 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
         }
     }
     if let Some(e) = &endpoint {
-        parent.offer_takeover(e, PeerCheck::SameUid)?;
+        // Serving already: a failure here costs only the next upgrade, not this server.
+        if let Err(err) = parent.offer_takeover(e, PeerCheck::SameUid) {
+            note!("prefork: no takeover socket ({err}); SIGUSR2 will not work");
+        }
     }
     note!("prefork: parent {} serving", std::process::id());
     let mut out = std::io::stdout();
-    writeln!(out, "listening on http://{}", show(&bound))?;
-    out.flush()?;
+    // (A successor's stdout may have no reader any more: not a reason to stop serving.)
+    let _ = writeln!(out, "listening on http://{}", show(&bound));
+    let _ = out.flush();
 
     loop {
         crossbeam_channel::select! {
@@ -216,7 +224,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
                     }
                     // The successor is this binary with the same arguments: it finds us at the
                     // takeover socket.
-                    match std::process::Command::new(std::env::current_exe()?).args(std::env::args_os().skip(1)).spawn() {
+                    match std::process::Command::new(&exe).args(std::env::args_os().skip(1)).spawn() {
                         Ok(child) => note!("prefork: SIGUSR2: started successor {}", child.id()),
                         Err(e) => note!("prefork: SIGUSR2: cannot start a successor: {e}"),
                     }

@@ -269,10 +269,12 @@ pub unsafe fn inherited(raw: RawFd) -> io::Result<Channel> {
     if raw < 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{ENV_FD} is not a descriptor number")));
     }
-    // SAFETY: only borrowed for the checks; whether it is open is what fcntl tells us.
+    if !is_open(raw) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {raw} from {ENV_FD} is not open")));
+    }
+    // SAFETY: open (just checked), and only borrowed for the checks below.
     let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-    let valid = rustix::io::fcntl_getfd(borrowed).is_ok()
-        && rustix::net::sockopt::socket_type(borrowed).ok() == Some(SocketType::SEQPACKET)
+    let valid = rustix::net::sockopt::socket_type(borrowed).ok() == Some(SocketType::SEQPACKET)
         && rustix::net::sockopt::socket_domain(borrowed).ok() == Some(AddressFamily::UNIX);
     if !valid {
         return Err(io::Error::new(
@@ -285,6 +287,12 @@ pub unsafe fn inherited(raw: RawFd) -> io::Result<Channel> {
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     debug_assert_eq!(fd.as_raw_fd(), raw);
     Channel::from_fd(fd)
+}
+
+/// Whether descriptor number `raw` is open in this process, asked of `/proc` so that no
+/// `BorrowedFd` is ever made for a number that is not.
+pub(crate) fn is_open(raw: RawFd) -> bool {
+    raw >= 0 && std::fs::symlink_metadata(format!("/proc/self/fd/{raw}")).is_ok()
 }
 
 static INHERITED_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -454,6 +454,7 @@ impl ParentBuilder {
             takeover_listener: None,
             successor: None,
             successor_since: Instant::now(),
+            successor_has_listeners: false,
             taken_over: taken_tx,
             shared_listeners: Vec::new(),
             listener_sends: HashMap::new(),
@@ -705,6 +706,8 @@ pub struct Handoff {
     /// When the successor connected: one that never confirms is dropped after
     /// [`SUCCESSOR_PATIENCE`], so it cannot hold the only takeover slot.
     successor_since: Instant,
+    /// The connected successor received every listening socket (only then may it confirm).
+    successor_has_listeners: bool,
     /// Told once a successor has taken over.
     taken_over: crossbeam_channel::Sender<()>,
     /// Listening sockets every worker accepts on (the nginx shape), kept for later workers.
@@ -819,6 +822,8 @@ impl Handoff {
                 if slot < self.slots.len() && self.slots[slot].link.is_some() {
                     log::info!("handoff: retiring worker {slot}");
                     self.slots[slot].phase = Phase::Draining;
+                    // What was placed there and not yet sent goes elsewhere (it would be refused).
+                    self.reroute_outbox(slot);
                     let ms = deadline.as_millis().min(u128::from(u32::MAX)) as u32;
                     self.send_record(slot, &Record::Drain { deadline_ms: ms });
                 }
@@ -1402,6 +1407,7 @@ impl Handoff {
                             self.watches.insert(w.id(), Watched::Successor);
                             self.successor = Some((channel, w));
                             self.successor_since = Instant::now();
+                            self.successor_has_listeners = false;
                         }
                         Err(e) => log::error!("handoff: cannot watch the successor: {e}"),
                     }
@@ -1424,7 +1430,10 @@ impl Handoff {
             let channel = channel.clone();
             match channel.recv(&mut self.recv_buf) {
                 Ok((Record::Take, _)) => self.give_listeners(&channel),
-                Ok((Record::Serving, _)) => self.release(&channel),
+                Ok((Record::Serving, _)) if self.successor_has_listeners => self.release(&channel),
+                Ok((Record::Serving, _)) => {
+                    log::warn!("handoff: SERVING from a successor that has not taken the listeners; ignored");
+                }
                 Ok((other, _)) => log::warn!("handoff: unexpected {other:?} from the successor"),
                 Err(RecvError::WouldBlock) => break,
                 Err(e) => {
@@ -1478,7 +1487,18 @@ impl Handoff {
                 Err(e) => log::error!("handoff: cannot duplicate listener {name} for the successor: {e}"),
             }
         }
+        if items.len() != self.listeners.len() + self.shared_listeners.len() {
+            // A partial hand-over would let the successor confirm and us close sockets it never
+            // received: refuse the takeover instead (it sees end of file; we keep serving).
+            log::error!("handoff: could not duplicate every listener for the successor; refusing the takeover");
+            if let Some((_, w)) = self.successor.take() {
+                w.close();
+                self.watches.remove(&w.id());
+            }
+            return;
+        }
         if items.is_empty() {
+            self.successor_has_listeners = true;
             // Nothing to hand over (an empty HANDOFF is no record): say so with RELEASED.
             log::warn!("handoff: a successor asked for listeners, but this parent has none");
             let _ = channel.send(&Record::Released, &[], &mut self.send_buf);
@@ -1486,7 +1506,10 @@ impl Handoff {
         }
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         match channel.send(&Record::Handoff(items), &borrowed, &mut self.send_buf) {
-            Ok(()) => log::info!("handoff: gave {} listening socket(s) to the successor", fds.len()),
+            Ok(()) => {
+                self.successor_has_listeners = true;
+                log::info!("handoff: gave {} listening socket(s) to the successor", fds.len());
+            }
             Err(e) => log::error!("handoff: sending listeners to the successor failed: {e}"),
         }
     }
@@ -1858,7 +1881,7 @@ fn describable(addr: Address) -> Address {
 
 /// `ETOOMANYREFS` (more descriptors in flight than the user's limit allows) and `ENOBUFS` say
 /// "not now", not "this worker is broken".
-fn too_many_in_flight(e: &io::Error) -> bool {
+pub(crate) fn too_many_in_flight(e: &io::Error) -> bool {
     let raw = e.raw_os_error();
     raw == Some(rustix::io::Errno::TOOMANYREFS.raw_os_error()) || raw == Some(rustix::io::Errno::NOBUFS.raw_os_error())
 }

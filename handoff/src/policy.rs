@@ -47,7 +47,8 @@ impl Policy for LeastLoaded {
         self.turn = self.turn.wrapping_add(1);
         let n = candidates.len();
         let start = self.turn % n;
-        (0..n).map(|i| (start + i) % n).min_by_key(|&i| candidates[i].load()).unwrap_or(0)
+        // A worker stuck in a heavy handler only when every worker is.
+        (0..n).map(|i| (start + i) % n).min_by_key(|&i| (candidates[i].busy > 0, candidates[i].load())).unwrap_or(0)
     }
 }
 
@@ -174,6 +175,14 @@ mod tests {
         let ties = [c(0, 1, 0), c(1, 1, 0), c(2, 1, 0)];
         let picks: std::collections::HashSet<usize> = (0..3).map(|_| p.choose(&ties, None)).collect();
         assert_eq!(picks.len(), 3, "ties must rotate");
+    }
+
+    #[test]
+    fn least_loaded_avoids_a_busy_worker_while_another_can_take_it() {
+        let mut p = LeastLoaded::default();
+        let busy = Candidate { busy: 1, ..c(0, 0, 0) };
+        assert_eq!(p.choose(&[busy, c(1, 5, 5)], None), 1);
+        assert_eq!(p.choose(&[busy, Candidate { busy: 2, ..c(1, 0, 0) }], None), 0, "all busy: least loaded");
     }
 
     #[test]

@@ -19,6 +19,10 @@ use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
 
+fn bad_fd(raw: RawFd) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("LISTEN_FDS descriptor {raw} is not open"))
+}
+
 /// One socket passed by the service manager.
 #[derive(Debug)]
 pub struct Activated {
@@ -64,18 +68,31 @@ pub fn listen_fds() -> io::Result<Vec<Activated>> {
         Some(n) => n.split(':').map(|s| Some(s.to_string())).collect(),
         None => Vec::new(),
     };
-    let mut out = Vec::new();
-    for i in 0..count {
-        let raw = LISTEN_FDS_START + i;
-        // SAFETY: borrowed only to check that the number is open; nothing is closed here.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-        // Close-on-exec first, before anything else could start a process.
-        rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("LISTEN_FDS descriptor {raw}: {e}")))?;
-        // SAFETY: the service manager passed this descriptor to this very process (LISTEN_PID
-        // checked above) and the `TAKEN` flag makes this the only place that takes ownership.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        out.push(Activated { fd, name: names.get(i as usize).cloned().flatten() });
+    // First pass: every descriptor must be open, and gets close-on-exec at once — all of them,
+    // even if one is bad, so none leaks into a process started later.
+    let mut bad = None;
+    for raw in LISTEN_FDS_START..LISTEN_FDS_START + count {
+        if !crate::bootstrap::is_open(raw) {
+            bad.get_or_insert(raw);
+            continue;
+        }
+        // SAFETY: open (just checked) and ours for the duration of this call: the service
+        // manager passed it to this very process and nothing else here knows the number yet.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        if rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC).is_err() {
+            bad.get_or_insert(raw);
+        }
     }
-    Ok(out)
+    if let Some(raw) = bad {
+        return Err(bad_fd(raw));
+    }
+    // Second pass: take ownership.
+    Ok((0..count)
+        .map(|i| {
+            // SAFETY: open (checked above); the service manager passed it to this very process
+            // (LISTEN_PID checked) and the `TAKEN` flag makes this the only owner.
+            let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START + i) };
+            Activated { fd, name: names.get(i as usize).cloned().flatten() }
+        })
+        .collect())
 }

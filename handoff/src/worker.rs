@@ -251,13 +251,21 @@ impl Migrator {
             return Err(MigrateError::Unflushed);
         }
         let (Ok(peer), Ok(local)) = (conn.peer_addr(), conn.local_addr()) else { return Err(MigrateError::Closed) };
-        let detached = conn.detach().map_err(|_| MigrateError::Closed)?;
-        if detached.unread.len() > record::MAX_PRELUDE {
-            return Err(MigrateError::TooMuchUnread(detached));
-        }
-        let item = Item { id: 0, kind: Kind::Connection, tag, peer, local, key, prelude: detached.unread };
-        self.shared.report(|r| r.migrations.push((item, detached.stream)));
-        Ok(())
+        // Counted as unanswered from before the detach (whose close hook wakes the link) until
+        // it is queued for sending, so a draining link cannot finish in between and lose it.
+        self.shared.unanswered.fetch_add(1, SeqCst);
+        let result = match conn.detach() {
+            Err(_) => Err(MigrateError::Closed),
+            Ok(detached) if detached.unread.len() > record::MAX_PRELUDE => Err(MigrateError::TooMuchUnread(detached)),
+            Ok(detached) => {
+                let item = Item { id: 0, kind: Kind::Connection, tag, peer, local, key, prelude: detached.unread };
+                self.shared.reports.lock().migrations.push((item, detached.stream));
+                Ok(())
+            }
+        };
+        self.shared.unanswered.fetch_sub(1, SeqCst);
+        self.shared.report(|_| {});
+        result
     }
 }
 
@@ -653,6 +661,10 @@ impl Link {
         // Let a parent that is still there see end of file: it places elsewhere what we did
         // not report, so we must not adopt it (see `Incoming::adopt`).
         let _ = rustix::net::shutdown(&*self.channel, rustix::net::Shutdown::Both);
+        if !self.returning.is_empty() {
+            log::error!("handoff worker: {} migrating connection(s) closed: the parent is gone", self.returning.len());
+            self.returning.clear();
+        }
         self.outbox.clear();
     }
 
@@ -729,8 +741,11 @@ impl Link {
     /// A connection accepted here: to the application like a handed-over one, but not
     /// reported to the parent by id (it shows in LOAD).
     fn accepted(&mut self, a: Accepted) {
-        if self.deadline.is_some() {
-            return; // draining: dropping it closes it (the listeners are closed already)
+        // Even while draining: it came off the shared accept queue, so nobody else can serve
+        // it; the application (draining) answers it and closes.
+        if self.exit.is_none() {
+            log::warn!("handoff worker: closing a connection accepted as the worker exits");
+            return;
         }
         let tag = self.listeners.iter().find(|(l, _)| l.id() == a.listener).map_or(0, |(_, t)| *t);
         self.next_local_id += 1;
@@ -897,7 +912,7 @@ impl Link {
                     drop(fds);
                     self.returning.drain(..take);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || crate::parent::too_many_in_flight(&e) => return,
                 Err(e) => {
                     drop(fds);
                     log::error!("handoff worker: handing {take} connection(s) back failed: {e}; closing them");

@@ -79,6 +79,10 @@ impl Actor for EchoApp {
                     Err(baton_handoff::MigrateError::Unflushed) => {
                         ctx.send_after(Duration::from_millis(5), Msg::Migrate(id));
                     }
+                    // The client went away meanwhile: nothing to move.
+                    Err(baton_handoff::MigrateError::Closed) => {
+                        self.conns.remove(&id);
+                    }
                     Err(e) => panic!("migrate: {e}"),
                 }
             }
