@@ -279,11 +279,21 @@ impl<M: From<Accepted> + Send + 'static> Source for ListenerSource<M> {
                 }
             }
         }
-        // A connection the owner's full mailbox handed back: one last offer, not a silent drop.
+        // A connection the owner's full mailbox handed back is still the owner's: deliver it
+        // once there is room. The reactor cannot wait, so a short-lived thread does (this is
+        // rare: a close while the owner is flooded).
         if let Some(msg) = state.pending.take() {
-            if self.owner.try_send(msg).is_err() {
-                log::error!("listener {:?}: closed with an accepted connection its owner had no room for", self.id);
-                metrics::counter!("baton_listener_dropped_on_close_total").increment(1);
+            if let Err(baton_runtime::TrySendError::Full(msg)) = self.owner.try_send(msg) {
+                let owner = self.owner.clone();
+                let id = self.id;
+                let spawned = std::thread::Builder::new().name("baton-listener-close".into()).spawn(move || {
+                    if owner.send(msg).is_err() {
+                        log::error!("listener {id:?}: its owner stopped before taking the last connection");
+                    }
+                });
+                if spawned.is_err() {
+                    log::error!("listener {:?}: closed with an accepted connection it could not deliver", self.id);
+                }
             }
         }
         state.reserve = None;
