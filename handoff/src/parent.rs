@@ -458,6 +458,7 @@ impl ParentBuilder {
             taken_over: taken_tx,
             shared_listeners: Vec::new(),
             listener_sends: HashMap::new(),
+            listener_retry: Vec::new(),
             flush_scheduled: false,
             recv_buf: RecvBuf::default(),
             send_buf: Vec::with_capacity(MAX_RECORD),
@@ -714,6 +715,8 @@ pub struct Handoff {
     shared_listeners: Vec<SharedListener>,
     /// Listener shares sent and not yet answered: record id → index in `shared_listeners`.
     listener_sends: HashMap<u64, usize>,
+    /// Listener shares a full channel did not take: (slot, index), retried on the tick.
+    listener_retry: Vec<(usize, usize)>,
     flush_scheduled: bool,
     recv_buf: RecvBuf,
     send_buf: Vec<u8>,
@@ -891,6 +894,10 @@ impl Handoff {
         match link.channel.send(&Record::Handoff(vec![item]), &[l.fd.as_fd()], &mut self.send_buf) {
             Ok(()) => {
                 self.listener_sends.insert(id, index);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || too_many_in_flight(&e) => {
+                // The worker's channel is full for now: again on the tick.
+                self.listener_retry.push((slot, index));
             }
             Err(e) => log::error!("handoff: could not share listener {index} with worker {slot}: {e}"),
         }
@@ -1775,6 +1782,11 @@ impl Handoff {
                 let _ = child.kill();
             }
             self.worker_down(slot, Down::Deadline);
+        }
+        for (slot, index) in std::mem::take(&mut self.listener_retry) {
+            if index < self.shared_listeners.len() && self.slots[slot].phase == Phase::Ready {
+                self.send_listener(slot, index);
+            }
         }
         for slot in 0..self.slots.len() {
             if self.slots[slot].limited && self.slots[slot].control.is_empty() {

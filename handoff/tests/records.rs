@@ -46,39 +46,33 @@ fn random_addr(rng: &mut Rng) -> Address {
     }
 }
 
-fn random_record_handoff(rng: &mut Rng) -> Record {
-    loop {
-        if let r @ Record::Handoff(_) = random_record(rng) {
-            return r;
-        }
-    }
+fn random_items(rng: &mut Rng) -> Vec<Item> {
+    (0..1 + rng.below(8))
+        .map(|_| Item {
+            id: rng.next(),
+            kind: if rng.below(2) == 0 { Kind::Connection } else { Kind::Listener },
+            tag: rng.next() as u32,
+            peer: random_addr(rng),
+            local: random_addr(rng),
+            key: if rng.below(2) == 0 {
+                None
+            } else {
+                let n = rng.below(40);
+                Some(rng.bytes(n))
+            },
+            prelude: {
+                let n = rng.below(300);
+                rng.bytes(n)
+            },
+        })
+        .collect()
 }
 
 fn random_record(rng: &mut Rng) -> Record {
     let ids = |rng: &mut Rng| (0..1 + rng.below(20)).map(|_| rng.next()).collect::<Vec<u64>>();
     match rng.below(13) {
         0 => Record::Hello { worker: rng.next() as u32 },
-        1 => Record::Handoff(
-            (0..1 + rng.below(8))
-                .map(|_| Item {
-                    id: rng.next(),
-                    kind: if rng.below(2) == 0 { Kind::Connection } else { Kind::Listener },
-                    tag: rng.next() as u32,
-                    peer: random_addr(rng),
-                    local: random_addr(rng),
-                    key: if rng.below(2) == 0 {
-                        None
-                    } else {
-                        let n = rng.below(40);
-                        Some(rng.bytes(n))
-                    },
-                    prelude: {
-                        let n = rng.below(300);
-                        rng.bytes(n)
-                    },
-                })
-                .collect(),
-        ),
+        1 => Record::Handoff(random_items(rng)),
         2 => Record::Drain { deadline_ms: rng.next() as u32 },
         3 => Record::Stop,
         4 => Record::Ready { pid: rng.next() as u32 },
@@ -89,10 +83,7 @@ fn random_record(rng: &mut Rng) -> Record {
         9 => Record::Take,
         10 => Record::Serving,
         11 => Record::Released,
-        _ => match random_record_handoff(rng) {
-            Record::Handoff(items) => Record::Return(items),
-            other => other,
-        },
+        _ => Record::Return(random_items(rng)),
     }
 }
 
