@@ -7,12 +7,11 @@
 //! after blocking its handler for `N` milliseconds (at most 10 s: a heavy request); anything
 //! else is `404`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use baton_handoff::WorkerEvent;
-use baton_runtime::{Actor, Addr, Context, Recipient};
-use baton_transport::{Accepted, ConnEvent, ConnId, ConnOptions, Connection, Reactor};
+use baton_runtime::{Actor, Addr, Context, Mailbox, Recipient};
+use baton_transport::{Accepted, ConnEvent, ConnOptions, Connection, Reactor};
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -131,8 +130,6 @@ pub enum HttpMsg {
     Worker(WorkerEvent),
     /// From a listener of this process (the single-process server).
     Accepted(Accepted),
-    /// From a connection.
-    Conn(ConnEvent),
 }
 
 impl From<Accepted> for HttpMsg {
@@ -141,30 +138,136 @@ impl From<Accepted> for HttpMsg {
     }
 }
 
+/// One connection's actor: a heavy request blocks only its own connection (the pool's other
+/// threads keep serving the rest), and the parent hears about it through `Status::busy`.
 struct HttpConn {
-    conn: Connection,
+    conn: Option<Connection>,
     buf: Vec<u8>,
     /// Responses written: a connection that has not had one is not idle, only new (its first
     /// request may be on the wire), and a drain must not close it.
     answered: u32,
     /// A response with `Connection: close` went out: ignore what follows.
     closing: bool,
+    draining: bool,
+    status: Option<baton_handoff::Status>,
 }
 
-/// Serves HTTP on every connection it is given; one actor for all of a process's connections.
+/// What a connection's actor hears.
+#[derive(Debug)]
+pub enum ConnMsg {
+    /// Its socket, from the worker.
+    Incoming(baton_handoff::Incoming),
+    /// Its socket, accepted in this process.
+    Accepted(Accepted, Reactor),
+    /// The connection's events.
+    Event(ConnEvent),
+    /// The worker drains: close when idle.
+    Drain,
+}
+
+impl HttpConn {
+    fn serve(&mut self) {
+        let Some(conn) = self.conn.as_ref() else { return };
+        while !self.closing {
+            let (reply, used, close) = match parse(&self.buf) {
+                Parsed::Incomplete => break,
+                Parsed::Request(req) => {
+                    if self.buf.len() < req.head_len + req.body_len {
+                        break; // the body is still arriving
+                    }
+                    let close = req.close || self.draining;
+                    // A heavy request: the parent sends new connections elsewhere meanwhile.
+                    let _busy = (req.path == "/slow").then(|| self.status.as_ref().map(|s| s.busy()));
+                    (answer(&req, close), req.head_len + req.body_len, close)
+                }
+                Parsed::Bad(why) => (response("400 Bad Request", &format!("{why}\n"), true), self.buf.len(), true),
+                Parsed::TooLarge => (response("431 Request Header Fields Too Large", "", true), self.buf.len(), true),
+            };
+            self.buf.drain(..used);
+            self.answered += 1;
+            if conn.write(&reply).is_err() {
+                // Closed under us, or a client that pipelines without reading: drop it.
+                conn.abort();
+                self.closing = true;
+                break;
+            }
+            if close {
+                self.closing = true;
+                conn.close();
+            }
+        }
+    }
+
+    fn close_if_idle(&mut self) {
+        if let Some(conn) = self.conn.as_ref() {
+            if self.buf.is_empty() && self.answered > 0 && !self.closing {
+                self.closing = true;
+                conn.close();
+            }
+        }
+    }
+}
+
+impl Actor for HttpConn {
+    type Message = ConnMsg;
+
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: ConnMsg) {
+        let events = || {
+            ctx.address().recipient_map(ConnMsg::Event, |m| match m {
+                ConnMsg::Event(e) => Some(e),
+                _ => None,
+            })
+        };
+        match msg {
+            ConnMsg::Incoming(inc) => match inc.adopt(events(), HttpServer::options()) {
+                Ok(conn) => self.conn = Some(conn),
+                Err(_) => ctx.stop(),
+            },
+            ConnMsg::Accepted(acc, reactor) => match reactor.adopt(acc.stream, HttpServer::options(), events()) {
+                Ok(conn) => {
+                    let _ = conn.set_nodelay(true);
+                    self.conn = Some(conn);
+                }
+                Err(_) => ctx.stop(),
+            },
+            ConnMsg::Drain => {
+                self.draining = true;
+                self.close_if_idle();
+            }
+            ConnMsg::Event(ConnEvent::Data(_, bytes)) => {
+                if !self.closing {
+                    self.buf.extend_from_slice(&bytes);
+                }
+                self.serve();
+            }
+            ConnMsg::Event(ConnEvent::ReadClosed(_)) => {
+                self.closing = true;
+                if let Some(conn) = self.conn.as_ref() {
+                    conn.close();
+                }
+            }
+            // Pipelined answers piling up: stop reading until the client catches up.
+            ConnMsg::Event(ConnEvent::HighWater(_)) => self.conn.iter().for_each(Connection::pause_reading),
+            ConnMsg::Event(ConnEvent::LowWater(_)) => self.conn.iter().for_each(Connection::resume_reading),
+            ConnMsg::Event(ConnEvent::Closed(..)) => ctx.stop(),
+        }
+    }
+}
+
+/// Serves HTTP: gives every connection (handed over by the worker, or accepted here) an actor
+/// of its own, and passes a drain on to them.
 pub struct HttpServer {
     reactor: Reactor,
-    conns: HashMap<ConnId, HttpConn>,
+    conns: Vec<Addr<HttpConn>>,
     /// Tells the parent when a heavy request is running (handoff workers only).
     status: Option<baton_handoff::Status>,
     draining: bool,
-    me: Option<Addr<HttpServer>>,
 }
 
 impl HttpServer {
     /// A server that registers its connections with `reactor`.
     pub fn new(reactor: Reactor) -> HttpServer {
-        HttpServer { reactor, conns: HashMap::new(), status: None, draining: false, me: None }
+        HttpServer { reactor, conns: Vec::new(), status: None, draining: false }
     }
 
     /// The recipient a handoff worker delivers to.
@@ -175,110 +278,52 @@ impl HttpServer {
         })
     }
 
-    fn conn_recipient(&self) -> Recipient<ConnEvent> {
-        self.me.as_ref().expect("set in started").recipient_map(HttpMsg::Conn, |m| match m {
-            HttpMsg::Conn(e) => Some(e),
-            _ => None,
-        })
-    }
-
     fn options() -> ConnOptions {
         // A client that opens a connection and sends nothing does not hold it forever.
         ConnOptions { idle_timeout: Some(Duration::from_secs(60)), ..ConnOptions::default() }
     }
 
-    fn serve(&mut self, id: ConnId) {
-        let draining = self.draining;
-        let status = self.status.clone();
-        let Some(c) = self.conns.get_mut(&id) else { return };
-        while !c.closing {
-            let (reply, used, close) = match parse(&c.buf) {
-                Parsed::Incomplete => break,
-                Parsed::Request(req) => {
-                    if c.buf.len() < req.head_len + req.body_len {
-                        break; // the body is still arriving
-                    }
-                    let close = req.close || draining;
-                    // A heavy request: the parent sends new connections elsewhere meanwhile.
-                    let _busy = (req.path == "/slow").then(|| status.as_ref().map(|s| s.busy()));
-                    (answer(&req, close), req.head_len + req.body_len, close)
-                }
-                Parsed::Bad(why) => (response("400 Bad Request", &format!("{why}\n"), true), c.buf.len(), true),
-                Parsed::TooLarge => (response("431 Request Header Fields Too Large", "", true), c.buf.len(), true),
-            };
-            c.buf.drain(..used);
-            c.answered += 1;
-            if c.conn.write(&reply).is_err() {
-                // Closed under us, or a client that pipelines without reading: drop it.
-                c.conn.abort();
-                c.closing = true;
-                break;
-            }
-            if close {
-                c.closing = true;
-                c.conn.close();
-            }
+    fn start(&mut self, ctx: &mut Context<Self>, first: ConnMsg) {
+        let actor = HttpConn {
+            conn: None,
+            buf: Vec::new(),
+            answered: 0,
+            closing: false,
+            draining: self.draining,
+            status: self.status.clone(),
+        };
+        let Ok(addr) = ctx.spawn(actor, Mailbox::Bounded(64)) else { return };
+        // The connection's actor adopts the socket in its own first turn (so its events queue
+        // behind the handle). Its mailbox is new and empty: this cannot be refused for room.
+        let _ = addr.try_send(first);
+        if self.conns.len() >= 1024 {
+            self.conns.retain(|a| !a.is_stopped());
         }
+        self.conns.push(addr);
     }
 }
 
 impl Actor for HttpServer {
     type Message = HttpMsg;
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.me = Some(ctx.address());
-    }
-
-    fn handle(&mut self, _ctx: &mut Context<Self>, msg: HttpMsg) {
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: HttpMsg) {
         match msg {
             HttpMsg::Worker(WorkerEvent::Incoming(inc)) => {
                 self.status.get_or_insert_with(|| inc.status());
-                if let Ok(conn) = inc.adopt(self.conn_recipient(), Self::options()) {
-                    self.conns.insert(conn.id(), HttpConn { conn, buf: Vec::new(), answered: 0, closing: false });
-                }
+                self.start(ctx, ConnMsg::Incoming(inc));
             }
             HttpMsg::Accepted(acc) => {
-                if let Ok(conn) = self.reactor.adopt(acc.stream, Self::options(), self.conn_recipient()) {
-                    let _ = conn.set_nodelay(true);
-                    self.conns.insert(conn.id(), HttpConn { conn, buf: Vec::new(), answered: 0, closing: false });
-                }
+                let reactor = self.reactor.clone();
+                self.start(ctx, ConnMsg::Accepted(acc, reactor));
             }
             HttpMsg::Worker(WorkerEvent::Drain { .. }) => {
                 // Idle keep-alive connections close now; busy and new ones after their next
                 // answer (which says `Connection: close`).
                 self.draining = true;
-                for c in self.conns.values_mut().filter(|c| c.buf.is_empty() && c.answered > 0 && !c.closing) {
-                    c.closing = true;
-                    c.conn.close();
+                self.conns.retain(|a| !a.is_stopped());
+                for c in &self.conns {
+                    let _ = c.try_send(ConnMsg::Drain);
                 }
-            }
-            HttpMsg::Conn(ConnEvent::Data(id, bytes)) => {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    if !c.closing {
-                        c.buf.extend_from_slice(&bytes);
-                    }
-                }
-                self.serve(id);
-            }
-            HttpMsg::Conn(ConnEvent::ReadClosed(id)) => {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.closing = true;
-                    c.conn.close();
-                }
-            }
-            // Pipelined answers piling up: stop reading until the client catches up.
-            HttpMsg::Conn(ConnEvent::HighWater(id)) => {
-                if let Some(c) = self.conns.get(&id) {
-                    c.conn.pause_reading();
-                }
-            }
-            HttpMsg::Conn(ConnEvent::LowWater(id)) => {
-                if let Some(c) = self.conns.get(&id) {
-                    c.conn.resume_reading();
-                }
-            }
-            HttpMsg::Conn(ConnEvent::Closed(id, _)) => {
-                self.conns.remove(&id);
             }
         }
     }

@@ -469,6 +469,7 @@ impl Worker {
             options,
             held: VecDeque::new(),
             returning: VecDeque::new(),
+            returns_limited: false,
             listeners: Vec::new(),
             listeners_paused: false,
             next_local_id: 0,
@@ -544,6 +545,8 @@ struct Link {
     held: VecDeque<WorkerEvent>,
     /// Connections being handed back to the parent, waiting for room in the channel.
     returning: VecDeque<(Item, Stream)>,
+    /// The kernel refused descriptors in flight: returns wait for the tick, not writability.
+    returns_limited: bool,
     /// Listeners the parent shared, accepting here; with the tag the parent gave each.
     listeners: Vec<(Listener, u32)>,
     listeners_paused: bool,
@@ -583,6 +586,7 @@ impl Actor for Link {
                 ctx.send_after(TICK, LinkMsg::Tick);
                 // Reports first, so the LOAD that follows never counts a connection the parent
                 // has not heard of.
+                self.returns_limited = false;
                 self.flush_reports();
                 self.report_load();
                 if let Some(deadline) = self.deadline {
@@ -611,7 +615,7 @@ impl Link {
     fn arm(&self) {
         if let Some(w) = &self.watch {
             if !self.parent_gone {
-                let writable = !self.outbox.is_empty() || !self.returning.is_empty();
+                let writable = !self.outbox.is_empty() || (!self.returning.is_empty() && !self.returns_limited);
                 w.arm(Interest { readable: self.held.is_empty(), writable });
             }
         }
@@ -912,7 +916,12 @@ impl Link {
                     drop(fds);
                     self.returning.drain(..take);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || crate::parent::too_many_in_flight(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if crate::parent::too_many_in_flight(&e) => {
+                    // The channel is writable; waiting for writability would spin: the tick retries.
+                    self.returns_limited = true;
+                    return;
+                }
                 Err(e) => {
                     drop(fds);
                     log::error!("handoff worker: handing {take} connection(s) back failed: {e}; closing them");

@@ -302,6 +302,12 @@ fn stopped_then_killed_worker() {
     let s = start(2, |b| b.policy(RoundRobin::default()).adopt_timeout(Duration::from_secs(60)));
     let pids = s.pids();
     signal(pids[0], rustix::process::Signal::STOP);
+    // The stop is asynchronous: wait until every thread of it has stopped (state T).
+    wait_until("the worker stopped", || {
+        std::fs::read_dir(format!("/proc/{}/task", pids[0])).is_ok_and(|tasks| {
+            tasks.flatten().all(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| st.contains(") T ")))
+        })
+    });
     let addr = s.addr;
     let clients: Vec<_> = (0..20).map(|_| std::thread::spawn(move || Client::connect(addr))).collect();
     wait_until("handoffs queued to the stopped worker", || {
