@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ struct Server {
 impl Server {
     fn start(extra: &[&str]) -> Server {
         let mut child = Command::new(prefork_binary())
+            .process_group(0)
             .args(["--listen", "127.0.0.1:0", "--workers", "2"])
             .args(extra)
             .stdin(Stdio::null())
@@ -77,9 +79,25 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // A failed assertion must not leave the server running.
-        let _ = self.child.kill();
+        // A failed assertion must not leave the server (or its workers) running.
+        kill_group(self.child.id());
         let _ = self.child.wait();
+    }
+}
+
+/// Kills every process of the group `leader` started (its workers and successors inherit it).
+fn kill_group(leader: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(leader as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Kills the group when dropped, also when a test fails half-way.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
     }
 }
 
@@ -211,6 +229,7 @@ fn socket_activated_by_systemd_socket_activate_when_it_is_installed() {
     // A free port (released again for the tool to bind).
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut child = Command::new(tool)
+        .process_group(0)
         .args(["-l", &addr.to_string(), "--fdname=http"])
         .arg(prefork_binary())
         .args(["--workers", "2", "--listen", "127.0.0.1:1"]) // --listen ignored: activated
@@ -219,6 +238,7 @@ fn socket_activated_by_systemd_socket_activate_when_it_is_installed() {
         .stderr(Stdio::null())
         .spawn()
         .expect("systemd-socket-activate");
+    let _group = GroupGuard(child.id());
     // The tool starts the server at the first connection, which the server then serves.
     let deadline = Instant::now() + WAIT;
     let (status, body) = loop {
@@ -256,6 +276,7 @@ fn socket_activated_by_systemd_socket_activate_when_it_is_installed() {
 fn sigusr2_upgrades_ten_times_without_a_failed_request() {
     let path = std::env::temp_dir().join(format!("baton-prefork-takeover-{}.sock", std::process::id()));
     let mut first = Command::new(prefork_binary())
+        .process_group(0)
         .args(["--listen", "127.0.0.1:0", "--workers", "1", "--takeover"])
         .arg(&path)
         .stdin(Stdio::null())
@@ -263,6 +284,8 @@ fn sigusr2_upgrades_ten_times_without_a_failed_request() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start prefork");
+    // Every generation is in the first one's process group: all killed if this test fails.
+    let _group = GroupGuard(first.id());
     let mut out = BufReader::new(first.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();

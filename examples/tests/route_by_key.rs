@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,11 +32,22 @@ fn lines(addr: SocketAddr, send: &[u8], n: usize) -> Vec<String> {
 #[test]
 fn keys_stick_to_workers_and_slow_or_oversized_clients_are_dealt_with() {
     let mut child = Command::new(binary())
+        .process_group(0)
         .args(["--listen", "127.0.0.1:0", "--line-timeout-ms", "300"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start route_by_key");
+    // If an assertion fails, the example and its workers go too.
+    struct GroupGuard(u32);
+    impl Drop for GroupGuard {
+        fn drop(&mut self) {
+            if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+    let _group = GroupGuard(child.id());
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
     let addr: SocketAddr = first.trim().strip_prefix("listening on ").expect("ready line").parse().unwrap();
