@@ -110,7 +110,7 @@ impl Incoming {
         match self.shared.reactor.adopt_with(stream, prelude, Some(hook), options, owner) {
             Ok(conn) => {
                 if self.reported {
-                    self.shared.report(|r| r.adopted.push(id));
+                    self.shared.adopted(id);
                 }
                 Ok(conn)
             }
@@ -381,9 +381,26 @@ struct Shared {
     load_now: AtomicBool,
     flush_requested: AtomicBool,
     link: OnceLock<Addr<Link>>,
+    /// The channel, for ADOPTED sent straight from the adopting thread (see `adopted`).
+    channel: Arc<Channel>,
 }
 
 impl Shared {
+    /// Tells the parent at once, from the adopting thread, that `id` is adopted, so it closes
+    /// its copy before the connection's own close (which is then the last one, here, as it
+    /// should be: otherwise the parent's late close ends the TCP connection, in the parent,
+    /// and the client's end of file waits for it). Falls back to the link's batch when the
+    /// channel is full. Each record is one packet, so this cannot interleave with the link's.
+    /// (A connection the peer resets in the instant between registration and this send may be
+    /// reported CLOSED first; the parent's open count is then one high until the next LOAD.)
+    fn adopted(&self, id: u64) {
+        let mut bytes = Vec::with_capacity(record::HEADER_LEN + 8);
+        record::encode(&Record::Adopted(vec![id]), &mut bytes);
+        if self.parent_gone.load(SeqCst) || self.channel.send_bytes(&bytes, &[]).is_err() {
+            self.report(|r| r.adopted.push(id));
+        }
+    }
+
     /// Asks the link to send LOAD now.
     fn load_changed(&self) {
         self.load_now.store(true, SeqCst);
@@ -443,6 +460,7 @@ impl Worker {
         options: WorkerOptions,
     ) -> io::Result<Worker> {
         let (tx, rx) = crossbeam_channel::bounded(1);
+        let channel = Arc::new(channel);
         let shared = Arc::new(Shared {
             reactor: reactor.clone(),
             reports: Mutex::new(Reports::default()),
@@ -453,8 +471,8 @@ impl Worker {
             load_now: AtomicBool::new(false),
             flush_requested: AtomicBool::new(false),
             link: OnceLock::new(),
+            channel: channel.clone(),
         });
-        let channel = Arc::new(channel);
         let link = Link {
             channel: channel.clone(),
             watch: None,
