@@ -99,9 +99,14 @@ impl Incoming {
         let id = self.id;
         let shared = self.shared.clone();
         let reported = self.reported;
+        // ADOPTED must reach the parent before CLOSED. The connection can close (a peer reset)
+        // between its registration and our ADOPTED: then the hook leaves CLOSED to us.
+        // 0: ADOPTED not sent yet; 1: sent; 2: closed before it was sent.
+        let order = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let hook_order = order.clone();
         let hook = Box::new(move |_: &CloseReason| {
             shared.open.fetch_sub(1, SeqCst);
-            if reported {
+            if reported && hook_order.compare_exchange(0, 2, SeqCst, SeqCst).is_err() {
                 shared.report(|r| r.closed.push(id));
             }
         });
@@ -111,6 +116,9 @@ impl Incoming {
             Ok(conn) => {
                 if self.reported {
                     self.shared.adopted(id);
+                    if order.compare_exchange(0, 1, SeqCst, SeqCst).is_err() {
+                        self.shared.report(|r| r.closed.push(id));
+                    }
                 }
                 Ok(conn)
             }
@@ -391,8 +399,6 @@ impl Shared {
     /// should be: otherwise the parent's late close ends the TCP connection, in the parent,
     /// and the client's end of file waits for it). Falls back to the link's batch when the
     /// channel is full. Each record is one packet, so this cannot interleave with the link's.
-    /// (A connection the peer resets in the instant between registration and this send may be
-    /// reported CLOSED first; the parent's open count is then one high until the next LOAD.)
     fn adopted(&self, id: u64) {
         let mut bytes = Vec::with_capacity(record::HEADER_LEN + 8);
         record::encode(&Record::Adopted(vec![id]), &mut bytes);
