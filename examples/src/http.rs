@@ -1,7 +1,9 @@
-//! A small HTTP/1.1 server actor on baton's transport: keep-alive, `Connection: close`,
-//! pipelining (requests answered in order, reading paused while answers pile up), a bounded
-//! request head, and a graceful drain. It serves the `prefork` example's workers and the
-//! single-process variant of the end-to-end benchmark.
+//! A small HTTP/1.1 server on baton's transport: keep-alive, `Connection: close`, pipelining
+//! (requests answered in order, reading paused while answers pile up), a bounded request head,
+//! and a graceful drain. `HttpServer` gives every connection an actor of its own, so a heavy
+//! request blocks its own connection and not the others (and tells the parent it is busy). It
+//! serves the `prefork` example's workers and the single-process variant of the end-to-end
+//! benchmark.
 //!
 //! Routes: `GET /` answers `200` with `hello from worker <pid>`; `GET /slow?ms=N` does the same
 //! after blocking its handler for `N` milliseconds (at most 10 s: a heavy request); anything
