@@ -230,7 +230,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
                     }
                 }
                 other => {
-                    note!("prefork: signal {other:?}: draining (up to {DRAIN:?})");
+                    note!("prefork: signal {}: draining (up to {DRAIN:?})", other.map_or(-1, |s| s));
                     break;
                 }
             },
