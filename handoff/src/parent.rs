@@ -65,6 +65,35 @@ pub struct Dispatch {
     pub prelude: Vec<u8>,
 }
 
+impl Dispatch {
+    /// The record item describing this socket, as handoff `id`.
+    pub(crate) fn item(&self, id: u64) -> Item {
+        Item {
+            id,
+            kind: Kind::Connection,
+            tag: self.tag,
+            peer: self.peer.clone(),
+            local: self.local.clone(),
+            key: self.key.clone(),
+            prelude: self.prelude.clone(),
+        }
+    }
+
+    /// A connection item received with its descriptor (a migration or a takeover), or `None`
+    /// when the descriptor is not a connected stream socket.
+    pub(crate) fn from_item(item: Item, fd: std::os::fd::OwnedFd) -> Option<Dispatch> {
+        let stream = crate::worker::stream_from(fd)?;
+        Some(Dispatch {
+            stream,
+            peer: item.peer,
+            local: item.local,
+            tag: item.tag,
+            key: item.key,
+            prelude: item.prelude,
+        })
+    }
+}
+
 impl From<Accepted> for Dispatch {
     fn from(a: Accepted) -> Dispatch {
         Dispatch {
@@ -1278,15 +1307,7 @@ impl Handoff {
             let mut size = record::HEADER_LEN;
             for &id in &self.slots[slot].outbox {
                 let Some(p) = self.pending.get(&id) else { continue };
-                let item = Item {
-                    id,
-                    kind: Kind::Connection,
-                    tag: p.socket.tag,
-                    peer: p.socket.peer.clone(),
-                    local: p.socket.local.clone(),
-                    key: p.socket.key.clone(),
-                    prelude: p.socket.prelude.clone(),
-                };
+                let item = p.socket.item(id);
                 let len = record::item_len(&item);
                 if !items.is_empty() && (items.len() == self.batch || size + len > MAX_RECORD) {
                     break;
@@ -1304,7 +1325,7 @@ impl Handoff {
                 self.slots[slot].outbox.drain(..taken);
                 continue;
             }
-            let fds: Vec<BorrowedFd<'_>> = ids.iter().map(|id| stream_fd(&self.pending[id].socket.stream)).collect();
+            let fds: Vec<BorrowedFd<'_>> = ids.iter().map(|id| self.pending[id].socket.stream.as_fd()).collect();
             let record = Record::Handoff(items);
             match channel.send(&record, &fds, &mut self.send_buf) {
                 Ok(()) => {
@@ -1543,19 +1564,11 @@ impl Handoff {
             let mut ids = Vec::new();
             for &id in chunk {
                 if let Some(p) = self.pending.get(&id) {
-                    items.push(Item {
-                        id,
-                        kind: Kind::Connection,
-                        tag: p.socket.tag,
-                        peer: p.socket.peer.clone(),
-                        local: p.socket.local.clone(),
-                        key: p.socket.key.clone(),
-                        prelude: p.socket.prelude.clone(),
-                    });
+                    items.push(p.socket.item(id));
                     ids.push(id);
                 }
             }
-            let fds: Vec<BorrowedFd<'_>> = ids.iter().map(|id| stream_fd(&self.pending[id].socket.stream)).collect();
+            let fds: Vec<BorrowedFd<'_>> = ids.iter().map(|id| self.pending[id].socket.stream.as_fd()).collect();
             let sent = !items.is_empty() && channel.send(&Record::Handoff(items), &fds, &mut self.send_buf).is_ok();
             drop(fds);
             for id in ids {
@@ -1639,17 +1652,9 @@ impl Handoff {
                 log::warn!("handoff: worker {slot} handed back a listener; closing it");
                 continue;
             }
-            let Some(stream) = crate::worker::stream_from(fd) else {
+            let Some(socket) = Dispatch::from_item(item, fd) else {
                 log::warn!("handoff: worker {slot} handed back something that is not a connection");
                 continue;
-            };
-            let socket = Dispatch {
-                stream,
-                peer: item.peer,
-                local: item.local,
-                tag: item.tag,
-                key: item.key,
-                prelude: item.prelude,
             };
             metrics::counter!("baton_handoff_migrated_total").increment(1);
             self.stats.migrated += 1;
@@ -1905,12 +1910,5 @@ fn clamp_in_flight(wanted: usize) -> usize {
     match soft {
         Some(limit) => wanted.min((limit / 2).max(1) as usize),
         None => wanted,
-    }
-}
-
-fn stream_fd(stream: &Stream) -> BorrowedFd<'_> {
-    match stream {
-        Stream::Tcp(s) => s.as_fd(),
-        Stream::Unix(s) => s.as_fd(),
     }
 }

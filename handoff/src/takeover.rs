@@ -114,15 +114,7 @@ impl Takeover {
                 (Record::Released, _) => return Ok(moved),
                 (Record::Handoff(items), fds) => {
                     for (item, fd) in items.into_iter().zip(fds) {
-                        let Some(stream) = crate::worker::stream_from(fd) else { continue };
-                        let socket = Dispatch {
-                            stream,
-                            peer: item.peer,
-                            local: item.local,
-                            tag: item.tag,
-                            key: item.key,
-                            prelude: item.prelude,
-                        };
+                        let Some(socket) = Dispatch::from_item(item, fd) else { continue };
                         if parent.dispatch(socket).is_ok() {
                             moved += 1;
                         }

@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -934,7 +934,7 @@ impl Link {
             }
             let items: Vec<Item> = self.returning.iter().take(take).map(|(i, _)| i.clone()).collect();
             let fds: Vec<std::os::fd::BorrowedFd<'_>> =
-                self.returning.iter().take(take).map(|(_, s)| stream_fd(s)).collect();
+                self.returning.iter().take(take).map(|(_, s)| s.as_fd()).collect();
             match self.channel.send(&Record::Return(items), &fds, &mut self.send_buf) {
                 Ok(()) => {
                     drop(fds);
@@ -988,14 +988,6 @@ impl Link {
 }
 
 /// A received descriptor as a connected stream socket, or `None` when it is something else.
-fn stream_fd(stream: &Stream) -> std::os::fd::BorrowedFd<'_> {
-    use std::os::fd::AsFd;
-    match stream {
-        Stream::Tcp(s) => s.as_fd(),
-        Stream::Unix(s) => s.as_fd(),
-    }
-}
-
 pub(crate) fn stream_from(fd: OwnedFd) -> Option<Stream> {
     // One system call per socket: the family. A socket of another type is not caught here;
     // its first read fails and the transport closes it.

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
 use baton_runtime::{Recipient, TrySendError};
@@ -156,13 +156,6 @@ pub(crate) struct ConnSource {
     state: Mutex<State>,
 }
 
-fn fd(stream: &Stream) -> BorrowedFd<'_> {
-    match stream {
-        Stream::Tcp(s) => s.as_fd(),
-        Stream::Unix(s) => s.as_fd(),
-    }
-}
-
 impl ConnSource {
     /// Offers an event to the owner (after any still pending); false once the mailbox is full.
     fn emit(&self, reactor: &Arc<Shared>, state: &mut State, ev: ConnEvent) -> bool {
@@ -213,7 +206,7 @@ impl ConnSource {
                 if scratch.len() < size {
                     scratch.resize(size, 0);
                 }
-                rustix::net::recv(fd(stream), &mut scratch[..size], RecvFlags::empty())
+                rustix::net::recv(stream.as_fd(), &mut scratch[..size], RecvFlags::empty())
                     .map(|(n, _)| scratch[..n].to_vec())
             });
             match read.map(|bytes| (bytes.len(), bytes)) {
@@ -256,17 +249,17 @@ impl ConnSource {
             };
             let (a, b) = state.wbuf.as_slices();
             let slices = [io::IoSlice::new(a), io::IoSlice::new(b)];
-            let written = match rustix::net::sendmsg(fd(stream), &slices, &mut Default::default(), SendFlags::NOSIGNAL)
-            {
-                Ok(n) => n,
-                Err(Errno::AGAIN) => break,
-                Err(Errno::INTR) => continue,
-                Err(e) => {
-                    let kind = io::Error::from(e).kind();
-                    self.finish(reactor, state, CloseReason::Error(kind), true);
-                    return false;
-                }
-            };
+            let written =
+                match rustix::net::sendmsg(stream.as_fd(), &slices, &mut Default::default(), SendFlags::NOSIGNAL) {
+                    Ok(n) => n,
+                    Err(Errno::AGAIN) => break,
+                    Err(Errno::INTR) => continue,
+                    Err(e) => {
+                        let kind = io::Error::from(e).kind();
+                        self.finish(reactor, state, CloseReason::Error(kind), true);
+                        return false;
+                    }
+                };
             state.wbuf.drain(..written);
             state.last_activity = std::time::Instant::now();
         }
@@ -281,7 +274,7 @@ impl ConnSource {
             }
             if state.shutdown_write_requested && !state.write_shut {
                 if let Some(stream) = state.stream.as_ref() {
-                    let _ = rustix::net::shutdown(fd(stream), Shutdown::Write);
+                    let _ = rustix::net::shutdown(stream.as_fd(), Shutdown::Write);
                 }
                 state.write_shut = true;
                 if state.read_eof {
@@ -307,7 +300,7 @@ impl ConnSource {
 
     fn arm(&self, reactor: &Arc<Shared>, state: &State) {
         if let Some(stream) = state.stream.as_ref() {
-            if let Err(e) = reactor.poller.modify(fd(stream), self.interest(state)) {
+            if let Err(e) = reactor.poller.modify(stream.as_fd(), self.interest(state)) {
                 log::error!("connection {:?}: re-arm failed: {e}", self.id);
             }
         }
@@ -319,7 +312,7 @@ impl ConnSource {
     fn finish(&self, reactor: &Arc<Shared>, state: &mut State, reason: CloseReason, notify: bool) -> Option<Stream> {
         let stream = state.stream.take()?;
         // Deregister before closing: the poller tracks the open file, not the number.
-        let _ = reactor.poller.delete(fd(&stream));
+        let _ = reactor.poller.delete(stream.as_fd());
         state.wbuf = VecDeque::new();
         state.finished = true;
         let on_close = state.on_close.take();
@@ -329,7 +322,7 @@ impl ConnSource {
         let kept = match reason {
             CloseReason::Detached => Some(stream),
             CloseReason::Aborted => {
-                let _ = rustix::net::sockopt::set_socket_linger(fd(&stream), Some(std::time::Duration::ZERO));
+                let _ = rustix::net::sockopt::set_socket_linger(stream.as_fd(), Some(std::time::Duration::ZERO));
                 None
             }
             _ => None,
@@ -445,7 +438,7 @@ impl Connection {
         let mut skip = 0;
         if state.wbuf.is_empty() {
             let stream = state.stream.as_ref().expect("checked");
-            match rustix::net::sendmsg(fd(stream), bufs, &mut Default::default(), SendFlags::NOSIGNAL) {
+            match rustix::net::sendmsg(stream.as_fd(), bufs, &mut Default::default(), SendFlags::NOSIGNAL) {
                 Ok(n) => {
                     skip = n;
                     state.last_activity = std::time::Instant::now();
@@ -633,8 +626,8 @@ impl Reactor {
         options: ConnOptions,
         owner: Recipient<ConnEvent>,
     ) -> io::Result<Connection> {
-        let raw = fd(&stream).as_raw_fd();
-        rustix::io::ioctl_fionbio(fd(&stream), true)?;
+        let raw = stream.as_fd().as_raw_fd();
+        rustix::io::ioctl_fionbio(stream.as_fd(), true)?;
         let has_unread = !unread.is_empty();
         let mut made: Option<Arc<ConnSource>> = None;
         let id = ConnId(self.shared.serial());

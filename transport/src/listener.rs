@@ -42,6 +42,15 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
+impl AsFd for Stream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
 impl From<Stream> for OwnedFd {
     fn from(s: Stream) -> OwnedFd {
         match s {
