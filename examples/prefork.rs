@@ -194,9 +194,13 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             Err(e) => note!("prefork: no metrics endpoint: {e}"),
         }
     }
+    // "Ready to serve" means workers that answered, before the line below or a predecessor's
+    // release. (Sockets accepted meanwhile wait in the parent.)
+    if !parent.wait_ready(Duration::from_secs(10)) {
+        note!("prefork: workers slow to start; serving anyway");
+    }
     if let Some(t) = takeover {
         // Our workers are up: the predecessor may stop accepting now.
-        wait_ready(&parent);
         match t.serving(&parent, Duration::from_secs(10)) {
             Ok(n) => note!("prefork: took over ({n} accepted connection(s) came along)"),
             Err(e) => note!("prefork: took over, but the predecessor did not release cleanly: {e}"),
@@ -248,13 +252,6 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     let _ = rt.shutdown(Duration::from_secs(5));
     reactor.stop();
     Ok(())
-}
-
-fn wait_ready(parent: &Parent) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline && !parent.stats().is_ok_and(|s| s.workers.iter().all(|w| w.ready)) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn show(addr: &Address) -> String {

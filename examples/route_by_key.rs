@@ -220,6 +220,11 @@ fn serve_parent(listen: SocketAddr, workers: usize, line_timeout: Duration) -> s
         .spawn(workers, WorkerCommand::current_exe()?)
         .policy(Sticky::default())
         .start(&rt, &reactor)?;
+    // Ready before serving: a key placed while its own worker is still starting would go to
+    // another one (sticky placement only chooses among workers that can take a socket).
+    if !parent.wait_ready(Duration::from_secs(10)) {
+        let _ = writeln!(std::io::stderr(), "route_by_key: workers slow to start; serving anyway");
+    }
     let reader =
         rt.spawn(KeyReader { reactor: reactor.clone(), parent, line_timeout, reading: HashMap::new(), me: None });
     let listener = reactor.listen_tcp(listen, ListenOptions::default(), reader.recipient())?;

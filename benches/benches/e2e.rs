@@ -70,11 +70,8 @@ impl Server {
             )
             .start(&rt, &reactor)
             .unwrap();
+        assert!(parent.wait_ready(Duration::from_secs(20)), "workers not ready");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !parent.stats().is_ok_and(|s| s.workers.iter().all(|w| w.ready)) {
-            assert!(Instant::now() < deadline, "workers not ready");
-            std::thread::sleep(Duration::from_millis(5));
-        }
         let addr = if policy_name == "listeners" {
             // The nginx shape: the workers accept from the listener the parent shares.
             let l = TcpListener::bind("127.0.0.1:0").unwrap();

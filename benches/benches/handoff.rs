@@ -213,11 +213,7 @@ impl BatonPeer {
             .max_per_worker(N as u32)
             .start(&rt, &reactor)
             .expect("parent");
-        let deadline = Instant::now() + ROUND_TIMEOUT;
-        while !parent.stats().is_ok_and(|s| s.workers.iter().all(|w| w.ready)) {
-            assert!(Instant::now() < deadline, "worker never became ready");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        assert!(parent.wait_ready(ROUND_TIMEOUT), "worker never became ready");
         BatonPeer { rt, reactor, parent }
     }
 

@@ -633,6 +633,22 @@ impl Parent {
             .map_err(|_| io::Error::other("the parent has stopped"))
     }
 
+    /// Waits until every worker slot has a worker that answered READY (polling [`Stats`]);
+    /// false when `timeout` passed first. Until then sockets wait in the parent, and a sticky
+    /// key placed meanwhile goes to a worker that is ready rather than to its own.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stats().is_ok_and(|s| s.workers.iter().all(|w| w.ready)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Receives `()` once a successor has taken over (see [`Parent::offer_takeover`]).
     pub fn taken_over(&self) -> &crossbeam_channel::Receiver<()> {
         &self.taken_over
