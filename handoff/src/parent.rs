@@ -1437,31 +1437,21 @@ impl Handoff {
     fn accept_successor(&mut self) {
         let Some((listener, watch)) = self.takeover_listener.as_ref() else { return };
         let (listener, watch) = (listener.clone(), watch.clone());
-        loop {
-            match listener.accept() {
-                Ok(channel) if self.successor.is_some() => {
-                    log::warn!("handoff: a takeover is already in progress; refusing another");
-                    drop(channel);
+        for channel in accept_waiting(&listener, "a successor") {
+            if self.successor.is_some() {
+                log::warn!("handoff: a takeover is already in progress; refusing another");
+                continue;
+            }
+            let channel = Arc::new(channel);
+            match self.reactor.watch(channel.clone(), Interest::READ, self.ready_recipient()) {
+                Ok(w) => {
+                    log::info!("handoff: a successor connected for takeover");
+                    self.watches.insert(w.id(), Watched::Successor);
+                    self.successor = Some((channel, w));
+                    self.successor_since = Instant::now();
+                    self.successor_has_listeners = false;
                 }
-                Ok(channel) => {
-                    let channel = Arc::new(channel);
-                    match self.reactor.watch(channel.clone(), Interest::READ, self.ready_recipient()) {
-                        Ok(w) => {
-                            log::info!("handoff: a successor connected for takeover");
-                            self.watches.insert(w.id(), Watched::Successor);
-                            self.successor = Some((channel, w));
-                            self.successor_since = Instant::now();
-                            self.successor_has_listeners = false;
-                        }
-                        Err(e) => log::error!("handoff: cannot watch the successor: {e}"),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
-                Err(e) => {
-                    log::error!("handoff: accepting a successor failed: {e}");
-                    break;
-                }
+                Err(e) => log::error!("handoff: cannot watch the successor: {e}"),
             }
         }
         watch.arm(Interest::READ);
@@ -1606,27 +1596,16 @@ impl Handoff {
         let Some((listener, watch)) = self.channel_listener.as_ref() else {
             return;
         };
-        let listener = listener.clone();
-        let watch = watch.clone();
-        loop {
-            match listener.accept() {
-                Ok(channel) => {
-                    let slot = self.slots.iter().position(|s| !s.spawned && s.link.is_none()).unwrap_or_else(|| {
-                        self.slots.push(Slot::new(false));
-                        self.slots.len() - 1
-                    });
-                    if let Err(e) = self.link(slot, channel) {
-                        log::error!("handoff: cannot serve a connected worker: {e}");
-                    } else {
-                        log::info!("handoff: worker {slot} connected by name");
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
-                Err(e) => {
-                    log::error!("handoff: accepting a worker channel failed: {e}");
-                    break;
-                }
+        let (listener, watch) = (listener.clone(), watch.clone());
+        for channel in accept_waiting(&listener, "a worker channel") {
+            let slot = self.slots.iter().position(|s| !s.spawned && s.link.is_none()).unwrap_or_else(|| {
+                self.slots.push(Slot::new(false));
+                self.slots.len() - 1
+            });
+            if let Err(e) = self.link(slot, channel) {
+                log::error!("handoff: cannot serve a connected worker: {e}");
+            } else {
+                log::info!("handoff: worker {slot} connected by name");
             }
         }
         watch.arm(Interest::READ);
@@ -1910,6 +1889,24 @@ fn describable(addr: Address) -> Address {
         }
         other => other,
     }
+}
+
+/// Accepts every connection waiting on a named channel socket; peers that fail the credential
+/// check are already refused (and logged) by `accept`, other errors end the round.
+fn accept_waiting(listener: &ChannelListener, what: &str) -> Vec<Channel> {
+    let mut accepted = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok(channel) => accepted.push(channel),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
+            Err(e) => {
+                log::error!("handoff: accepting {what} failed: {e}");
+                break;
+            }
+        }
+    }
+    accepted
 }
 
 /// `ETOOMANYREFS` (more descriptors in flight than the user's limit allows) and `ENOBUFS` say
