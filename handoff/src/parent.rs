@@ -1457,6 +1457,14 @@ impl Handoff {
         watch.arm(Interest::READ);
     }
 
+    /// Forgets the successor's control connection (closing our end).
+    fn drop_successor(&mut self) {
+        if let Some((_, w)) = self.successor.take() {
+            w.close();
+            self.watches.remove(&w.id());
+        }
+    }
+
     /// Records from the successor: TAKE, then SERVING (or nothing, and end of file: rollback).
     fn hear_successor(&mut self) {
         loop {
@@ -1476,10 +1484,7 @@ impl Handoff {
                     } else {
                         log::warn!("handoff: the successor went away before serving ({e}); still serving");
                     }
-                    if let Some((_, w)) = self.successor.take() {
-                        w.close();
-                        self.watches.remove(&w.id());
-                    }
+                    self.drop_successor();
                     return;
                 }
             }
@@ -1525,10 +1530,7 @@ impl Handoff {
             // A partial hand-over would let the successor confirm and us close sockets it never
             // received: refuse the takeover instead (it sees end of file; we keep serving).
             log::error!("handoff: could not duplicate every listener for the successor; refusing the takeover");
-            if let Some((_, w)) = self.successor.take() {
-                w.close();
-                self.watches.remove(&w.id());
-            }
+            self.drop_successor();
             return;
         }
         if items.is_empty() {
@@ -1798,10 +1800,7 @@ impl Handoff {
         let still_serving = !self.listeners.is_empty() || !self.shared_listeners.is_empty();
         if self.successor.is_some() && still_serving && now.duration_since(self.successor_since) > SUCCESSOR_PATIENCE {
             log::warn!("handoff: the successor did not confirm within {SUCCESSOR_PATIENCE:?}; dropping it");
-            if let Some((_, w)) = self.successor.take() {
-                w.close();
-                self.watches.remove(&w.id());
-            }
+            self.drop_successor();
         }
         self.supervise(now);
         self.place_waiting();
