@@ -324,16 +324,23 @@ impl EchoClients {
     }
 }
 
-/// Adopts every accepted stream into a fresh [`EchoConn`] actor.
+/// Adopts every accepted stream into a fresh [`EchoConn`] actor, on the pool or (with
+/// `on_reactor`) on the reactor thread's event loop.
 struct EchoAcceptor {
     reactor: Reactor,
+    on_reactor: bool,
 }
 
 impl Actor for EchoAcceptor {
     type Message = Acc;
     fn handle(&mut self, ctx: &mut Context<Self>, msg: Acc) {
         let slot = Arc::new(OnceLock::new());
-        let echo = ctx.spawn(EchoConn { conn: slot.clone() }, Mailbox::Unbounded).unwrap();
+        let echo = EchoConn { conn: slot.clone() };
+        let echo = if self.on_reactor {
+            ctx.spawn_on(self.reactor.event_loop(), echo, Mailbox::Unbounded).unwrap()
+        } else {
+            ctx.spawn(echo, Mailbox::Unbounded).unwrap()
+        };
         let conn = self.reactor.adopt(msg.0.stream, ConnOptions::default(), echo.recipient()).unwrap();
         assert!(slot.set(conn).is_ok());
     }
@@ -369,11 +376,11 @@ impl Actor for EchoConn {
     }
 }
 
-fn echo_baton(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
-    g.bench_function("baton", |b| {
+fn echo_baton(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, on_reactor: bool) {
+    g.bench_function(name, |b| {
         let rt = Runtime::builder().threads(THREADS).build();
         let reactor = Reactor::start().unwrap();
-        let acceptor = rt.try_spawn(EchoAcceptor { reactor: reactor.clone() }, Mailbox::Unbounded).unwrap();
+        let acceptor = rt.try_spawn(EchoAcceptor { reactor: reactor.clone(), on_reactor }, Mailbox::Unbounded).unwrap();
         let listener = reactor.listen_tcp(loopback(), ListenOptions::default(), acceptor.recipient()).unwrap();
         let clients = EchoClients::start(inet(listener.local_addr()));
         b.iter_custom(|iters| timed(iters, || clients.round("Echo/baton")));
@@ -444,7 +451,8 @@ fn echo_epoll(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
 
 fn bench_echo(c: &mut Criterion) {
     let mut g = group(c, "Echo", (ECHO_CONNS * ECHO_ROUNDS) as u64);
-    echo_baton(&mut g);
+    echo_baton(&mut g, "baton", false);
+    echo_baton(&mut g, "baton_event_loop", true);
     echo_epoll(&mut g);
     g.finish();
 }

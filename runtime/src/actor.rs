@@ -135,7 +135,27 @@ impl<A: Actor> Context<A> {
     ///
     /// [`SpawnError::ShuttingDown`] once shutdown has begun.
     pub fn spawn<B: Actor>(&self, actor: B, mailbox: Mailbox) -> Result<Addr<B>, SpawnError> {
-        let options = SpawnOptions { mailbox, dedicated: false, depth: self.cell.depth + 1 };
+        let options = SpawnOptions { mailbox, dedicated: false, event_loop: None, depth: self.cell.depth + 1 };
+        self.cell.runtime.spawn_cell(actor, None, None, options)
+    }
+
+    /// Spawns a child actor on an [`crate::EventLoop`] (see [`crate::Runtime::spawn_on`]).
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::ShuttingDown`] once shutdown has begun.
+    pub fn spawn_on<B: Actor>(
+        &self,
+        event_loop: &crate::EventLoop,
+        actor: B,
+        mailbox: Mailbox,
+    ) -> Result<Addr<B>, SpawnError> {
+        let options = SpawnOptions {
+            mailbox,
+            dedicated: false,
+            event_loop: Some(event_loop.clone()),
+            depth: self.cell.depth + 1,
+        };
         self.cell.runtime.spawn_cell(actor, None, None, options)
     }
 
@@ -145,7 +165,7 @@ impl<A: Actor> Context<A> {
     ///
     /// [`SpawnError`] once shutdown has begun, or when no thread can be started.
     pub fn spawn_dedicated<B: Actor>(&self, actor: B, mailbox: Mailbox) -> Result<Addr<B>, SpawnError> {
-        let options = SpawnOptions { mailbox, dedicated: true, depth: self.cell.depth + 1 };
+        let options = SpawnOptions { mailbox, dedicated: true, event_loop: None, depth: self.cell.depth + 1 };
         self.cell.runtime.spawn_cell(actor, None, None, options)
     }
 

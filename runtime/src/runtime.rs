@@ -13,6 +13,7 @@ use slab::Slab;
 use crate::actor::Actor;
 use crate::address::{ActorId, Addr, Recipient};
 use crate::cell::{Cell, CellParts, Control, SupervisorHook};
+use crate::event_loop::EventLoop;
 use crate::mailbox::Mailbox;
 use crate::metrics::ActorMetrics;
 use crate::scheduler::{dedicated_loop, Executor, Pool};
@@ -109,7 +110,10 @@ impl RuntimeShared {
             Mailbox::Unbounded => unbounded(),
         };
         let id = ActorId(self.next_id.fetch_add(1, SeqCst));
-        let (executor, wakeups) = if spec.dedicated {
+        let (executor, wakeups) = if let Some(event_loop) = &spec.event_loop {
+            event_loop.inner.adopt_pool(&self.pool);
+            (Executor::Loop(event_loop.inner.clone()), None)
+        } else if spec.dedicated {
             let (tx, rx) = unbounded();
             (Executor::Dedicated(tx), Some(rx))
         } else {
@@ -157,10 +161,12 @@ impl RuntimeShared {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct SpawnOptions {
     pub mailbox: Mailbox,
     pub dedicated: bool,
+    /// Run turns on this loop's thread instead of the pool (wins over `dedicated`).
+    pub event_loop: Option<EventLoop>,
     pub depth: u32,
 }
 
@@ -243,7 +249,29 @@ impl Runtime {
     ///
     /// [`SpawnError::ShuttingDown`] once shutdown has begun.
     pub fn try_spawn<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
-        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, dedicated: false, depth: 0 })
+        self.shared.spawn_cell(
+            actor,
+            None,
+            None,
+            SpawnOptions { mailbox, dedicated: false, event_loop: None, depth: 0 },
+        )
+    }
+
+    /// Spawns `actor` on an [`EventLoop`]: its turns run on the thread that drives the loop
+    /// (a transport reactor's, for protocol actors), not on the pool. Its handlers must never
+    /// block; see [`EventLoop`] for why and when this pays.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::ShuttingDown`] once shutdown has begun.
+    pub fn spawn_on<A: Actor>(
+        &self,
+        event_loop: &EventLoop,
+        actor: A,
+        mailbox: Mailbox,
+    ) -> Result<Addr<A>, SpawnError> {
+        let options = SpawnOptions { mailbox, dedicated: false, event_loop: Some(event_loop.clone()), depth: 0 };
+        self.shared.spawn_cell(actor, None, None, options)
     }
 
     /// Spawns `actor` on a thread of its own, for handlers that block (disk, DNS, foreign
@@ -254,7 +282,7 @@ impl Runtime {
     ///
     /// [`SpawnError`] when shutting down or when no thread can be started.
     pub fn spawn_dedicated<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
-        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, dedicated: true, depth: 0 })
+        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, dedicated: true, event_loop: None, depth: 0 })
     }
 
     /// Starts a supervisor; add children with [`SupervisorHandle::start_child`].

@@ -153,6 +153,8 @@ pub(crate) enum Executor {
     Pool(Arc<Pool>),
     /// A dedicated thread waiting on this channel for "you have work" tokens.
     Dedicated(Sender<()>),
+    /// A thread of the application's that drains this queue between its own waits.
+    Loop(Arc<crate::event_loop::LoopInner>),
 }
 
 impl Executor {
@@ -162,13 +164,14 @@ impl Executor {
             Executor::Dedicated(wake) => {
                 let _ = wake.send(());
             }
+            Executor::Loop(event_loop) => event_loop.schedule(task),
         }
     }
 
     pub(crate) fn schedule_fair(&self, task: Task) {
         match self {
             Executor::Pool(pool) => pool.push_fair(task),
-            Executor::Dedicated(_) => self.schedule(task),
+            Executor::Dedicated(_) | Executor::Loop(_) => self.schedule(task),
         }
     }
 }

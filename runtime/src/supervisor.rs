@@ -219,7 +219,7 @@ pub(crate) fn start(
         Supervisor { state: state.clone() },
         None,
         None,
-        SpawnOptions { mailbox: Mailbox::Bounded(1), dedicated: false, depth },
+        SpawnOptions { mailbox: Mailbox::Bounded(1), dedicated: false, event_loop: None, depth },
     )?;
     Ok(SupervisorHandle { addr, state, shared: shared.clone(), depth })
 }
@@ -249,7 +249,7 @@ impl SupervisorHandle {
             first,
             Some(factory),
             Some((hook, restart)),
-            SpawnOptions { mailbox, dedicated, depth: self.depth + 1 },
+            SpawnOptions { mailbox, dedicated, event_loop: None, depth: self.depth + 1 },
         )?;
         st.children.push(Child { id: addr.id(), restart, control: Box::new(addr.cell.clone()) });
         Ok(addr)

@@ -403,6 +403,11 @@ impl Listener {
     /// accepted has then been offered to the owner, so a message the owner receives after
     /// this returns comes after all of them. Waits at most a second (a stopped reactor).
     pub fn close_and_wait(&self) {
+        if self.reactor.on_reactor_thread() {
+            // An actor on the reactor's loop: closing now is the same as waiting for it.
+            self.reactor.close_now_or_later(self.key);
+            return;
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         self.reactor.command(Command::CloseAndTell(self.key, tx));
         if rx.recv_timeout(Duration::from_secs(1)).is_err() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use baton_runtime::{Recipient, TrySendError};
+use baton_runtime::{EventLoop, Recipient, TrySendError};
 use parking_lot::Mutex;
 use polling::{Event, Events, Poller};
 use slab::Slab;
@@ -46,6 +46,9 @@ pub(crate) struct Shared {
     /// Source ids are serial numbers, never reused: slab keys are, and an event that names a
     /// closed source must not be taken for the new one that got its key.
     next_serial: AtomicU64,
+    /// Actors whose turns run on the reactor thread, between waits.
+    pub(crate) event_loop: EventLoop,
+    thread: std::sync::OnceLock<std::thread::ThreadId>,
 }
 
 impl Shared {
@@ -81,6 +84,23 @@ impl Shared {
 
     fn source(&self, key: usize) -> Option<Arc<dyn Source>> {
         self.sources.lock().get(key).cloned()
+    }
+
+    /// True on the reactor thread itself (in an event handler, or an actor on its loop), where
+    /// waiting for the reactor would wait forever.
+    pub(crate) fn on_reactor_thread(&self) -> bool {
+        self.thread.get() == Some(&std::thread::current().id())
+    }
+
+    /// Runs a command now if on the reactor thread, else queues it.
+    pub(crate) fn close_now_or_later(self: &Arc<Self>, key: usize) {
+        if self.on_reactor_thread() {
+            if let Some(source) = self.source(key) {
+                source.close(self, key);
+            }
+        } else {
+            self.command(Command::Close(key));
+        }
     }
 }
 
@@ -128,25 +148,75 @@ impl Reactor {
     ///
     /// When the poller or the thread cannot be created.
     pub fn start() -> io::Result<Reactor> {
-        let shared = Arc::new(Shared {
-            poller: Poller::new()?,
-            sources: Mutex::new(Slab::new()),
-            commands: Mutex::new(Vec::new()),
-            stopping: AtomicBool::new(false),
-            next_serial: AtomicU64::new(1),
+        let poller = Poller::new()?;
+        // The loop's wake-up is the poller's notify; a weak handle, so that the loop (inside
+        // `Shared`) does not keep its own reactor alive.
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+            let waker = weak.clone();
+            Shared {
+                poller,
+                sources: Mutex::new(Slab::new()),
+                commands: Mutex::new(Vec::new()),
+                stopping: AtomicBool::new(false),
+                next_serial: AtomicU64::new(1),
+                event_loop: EventLoop::new(move || {
+                    if let Some(shared) = waker.upgrade() {
+                        if let Err(e) = shared.poller.notify() {
+                            log::error!("reactor: notify failed: {e}");
+                        }
+                    }
+                }),
+                thread: std::sync::OnceLock::new(),
+            }
         });
         let run = shared.clone();
         let thread = std::thread::Builder::new().name("baton-reactor".into()).spawn(move || run_loop(&run))?;
         Ok(Reactor { shared, thread: Arc::new(Mutex::new(Some(thread))) })
     }
 
-    /// Closes every source (deregistering each before closing it) and joins the thread.
+    /// Closes every source (deregistering each before closing it) and joins the thread. Actors
+    /// on the reactor's [`EventLoop`] move to their runtime's pool and keep running.
+    ///
+    /// Called on the reactor thread itself (from an actor on its loop), it asks the thread to
+    /// stop and returns without waiting.
     pub fn stop(&self) {
         self.shared.stopping.store(true, SeqCst);
         let _ = self.shared.poller.notify();
+        if self.shared.on_reactor_thread() {
+            return;
+        }
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
+    }
+
+    /// The reactor thread's [`EventLoop`]: actors spawned on it (with
+    /// [`baton_runtime::Runtime::spawn_on`] or [`baton_runtime::Context::spawn_on`]) run their
+    /// turns on the reactor thread, right after the events that made them runnable, with no
+    /// hop to a pool thread. Their handlers must never block: while one runs, no socket of this
+    /// reactor is served. A connection's owner that only parses and writes is the case for it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use baton_runtime::{Actor, Context, Mailbox, Runtime};
+    /// use baton_transport::Reactor;
+    ///
+    /// struct Hello;
+    /// impl Actor for Hello {
+    ///     type Message = &'static str;
+    ///     fn handle(&mut self, _ctx: &mut Context<Self>, _msg: &'static str) {}
+    /// }
+    ///
+    /// let rt = Runtime::new();
+    /// let reactor = Reactor::start().unwrap();
+    /// let hello = rt.spawn_on(reactor.event_loop(), Hello, Mailbox::DEFAULT).unwrap();
+    /// hello.send("runs on the reactor thread").unwrap();
+    /// reactor.stop();
+    /// rt.shutdown(std::time::Duration::from_secs(1)).unwrap();
+    /// ```
+    pub fn event_loop(&self) -> &EventLoop {
+        &self.shared.event_loop
     }
 
     /// Sources (listeners and connections) currently registered.
@@ -156,11 +226,19 @@ impl Reactor {
 }
 
 fn run_loop(shared: &Arc<Shared>) {
+    let _ = shared.thread.set(std::thread::current().id());
+    shared.event_loop.bind();
     let mut events = Events::new();
     // (deadline, key, is_timeout): re-arms after a back-off, and connection deadlines.
     let mut timed: Vec<(Instant, usize, bool)> = Vec::new();
+    // Actors on the loop that are runnable again: poll without blocking, then run them.
+    let mut more_turns = false;
     loop {
-        let timeout = timed.iter().map(|(at, _, _)| *at).min().map(|at| at.saturating_duration_since(Instant::now()));
+        let timeout = if more_turns {
+            Some(Duration::ZERO)
+        } else {
+            timed.iter().map(|(at, _, _)| *at).min().map(|at| at.saturating_duration_since(Instant::now()))
+        };
         events.clear();
         if let Err(e) = shared.poller.wait(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -218,9 +296,12 @@ fn run_loop(shared: &Arc<Shared>) {
                 }
             }
         }
+        more_turns = shared.event_loop.run_ready();
     }
     let all: Vec<(usize, Arc<dyn Source>)> = shared.sources.lock().iter().map(|(k, s)| (k, s.clone())).collect();
     for (key, source) in all {
         source.close(shared, key);
     }
+    // Whatever the closes made runnable, and every later turn, goes to the pool.
+    shared.event_loop.close();
 }

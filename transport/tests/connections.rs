@@ -14,6 +14,8 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Adopts every accepted socket and echoes its bytes back; reports every Closed.
 struct Echo {
     reactor: Reactor,
+    /// Spawn the relays on the reactor's event loop rather than the pool.
+    on_loop: bool,
     me: Option<Addr<Echo>>,
     conns: std::collections::HashMap<ConnId, Connection>,
     closed: Sender<(ConnId, CloseReason)>,
@@ -47,7 +49,12 @@ impl Actor for Echo {
     fn handle(&mut self, ctx: &mut Context<Self>, msg: EchoMsg) {
         match msg {
             EchoMsg::Accepted(acc) => {
-                let relay = ctx.spawn(Relay(self.me.clone().unwrap()), Mailbox::Unbounded).unwrap();
+                let relay = Relay(self.me.clone().unwrap());
+                let relay = if self.on_loop {
+                    ctx.spawn_on(self.reactor.event_loop(), relay, Mailbox::Unbounded).unwrap()
+                } else {
+                    ctx.spawn(relay, Mailbox::Unbounded).unwrap()
+                };
                 let conn = self.reactor.adopt(acc.stream, ConnOptions::default(), relay.recipient()).unwrap();
                 self.conns.insert(conn.id(), conn);
             }
@@ -70,14 +77,15 @@ impl Actor for Echo {
     }
 }
 
-fn echo_server(rt: &Runtime, reactor: &Reactor) -> (SocketAddr, Receiver<(ConnId, CloseReason)>) {
+/// An echo server whose actors run on the pool, or (`on_loop`) all on the reactor's loop.
+fn echo_server(rt: &Runtime, reactor: &Reactor, on_loop: bool) -> (SocketAddr, Receiver<(ConnId, CloseReason)>) {
     let (tx, closed) = unbounded();
-    let echo = rt
-        .try_spawn(
-            Echo { reactor: reactor.clone(), me: None, conns: Default::default(), closed: tx },
-            Mailbox::Unbounded,
-        )
-        .unwrap();
+    let echo = Echo { reactor: reactor.clone(), on_loop, me: None, conns: Default::default(), closed: tx };
+    let echo = if on_loop {
+        rt.spawn_on(reactor.event_loop(), echo, Mailbox::Unbounded).unwrap()
+    } else {
+        rt.try_spawn(echo, Mailbox::Unbounded).unwrap()
+    };
     let l = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), echo.recipient()).unwrap();
     let Address::Inet(addr) = *l.local_addr() else { unreachable!() };
     (addr, closed)
@@ -85,9 +93,18 @@ fn echo_server(rt: &Runtime, reactor: &Reactor) -> (SocketAddr, Receiver<(ConnId
 
 #[test]
 fn echo_with_a_thousand_concurrent_connections_returns_every_byte_in_order() {
+    echo_a_thousand(false);
+}
+
+#[test]
+fn echo_with_every_actor_on_the_reactor_event_loop_returns_every_byte_in_order() {
+    echo_a_thousand(true);
+}
+
+fn echo_a_thousand(on_loop: bool) {
     let rt = Runtime::new();
     let reactor = Reactor::start().unwrap();
-    let (addr, closed) = echo_server(&rt, &reactor);
+    let (addr, closed) = echo_server(&rt, &reactor, on_loop);
     let mut clients: Vec<TcpStream> = (0..1000).map(|_| TcpStream::connect(addr).unwrap()).collect();
     for (i, c) in clients.iter_mut().enumerate() {
         c.set_read_timeout(Some(WAIT)).unwrap();
@@ -426,4 +443,70 @@ fn unread_bytes_given_to_adopt_with_arrive_first_and_the_close_hook_runs_once() 
     assert!(hook_rx.recv_timeout(Duration::from_millis(100)).is_err(), "the hook runs once");
     reactor.stop();
     rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn owners_on_the_event_loop_still_get_closed_when_the_reactor_stops() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (tx, events) = unbounded();
+    let owner = rt.spawn_on(reactor.event_loop(), Collect(tx), Mailbox::Unbounded).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let conn = reactor.adopt(Stream::Tcp(server), ConnOptions::default(), owner.recipient()).unwrap();
+    client.write_all(b"ping").unwrap();
+    assert_eq!(next(&events), ConnEvent::Data(conn.id(), b"ping".to_vec()));
+    reactor.stop();
+    // The reactor thread is gone; the owner's last turn runs on the pool.
+    assert_eq!(next(&events), ConnEvent::Closed(conn.id(), CloseReason::Closed));
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+enum CloserMsg {
+    Hold(Listener),
+    Accepted(Accepted),
+}
+
+impl From<Accepted> for CloserMsg {
+    fn from(a: Accepted) -> Self {
+        CloserMsg::Accepted(a)
+    }
+}
+
+/// Holds its listener; on the first connection, closes it and waits for the close, on the
+/// reactor thread (it lives on the reactor's loop), then reports whether a new connection is
+/// refused at once, as `close_and_wait` promises.
+struct Closer(Option<Listener>, Sender<bool>);
+impl Actor for Closer {
+    type Message = CloserMsg;
+    fn handle(&mut self, _ctx: &mut Context<Self>, msg: CloserMsg) {
+        match msg {
+            CloserMsg::Hold(l) => self.0 = Some(l),
+            CloserMsg::Accepted(acc) => {
+                drop(acc);
+                if let Some(l) = self.0.take() {
+                    let Address::Inet(addr) = *l.local_addr() else { unreachable!() };
+                    l.close_and_wait();
+                    self.1.send(TcpStream::connect(addr).is_err()).unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn close_and_wait_from_an_actor_on_the_reactor_thread_does_not_deadlock() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (tx, done) = unbounded();
+    let closer = rt.spawn_on(reactor.event_loop(), Closer(None, tx), Mailbox::Unbounded).unwrap();
+    let l = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), closer.recipient()).unwrap();
+    let Address::Inet(addr) = *l.local_addr() else { unreachable!() };
+    closer.send(CloserMsg::Hold(l)).unwrap();
+    let _client = TcpStream::connect(addr).unwrap();
+    let refused = done.recv_timeout(WAIT).expect("close_and_wait on the reactor thread hung");
+    assert!(refused, "close_and_wait returned before the listener was closed");
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
 }

@@ -1,0 +1,168 @@
+//! Actors whose turns run on a thread you drive: an I/O reactor's, say.
+//!
+//! The pool is the right home for most actors, but a message from an I/O thread to a pool
+//! actor crosses threads: the I/O thread queues the actor and wakes a pool thread, the pool
+//! thread runs the turn. For protocol code whose handlers only parse, compute a little and
+//! write to non-blocking sockets, that hop is most of the cost: on a 2-vCPU machine an echo
+//! server on pool actors does about two thirds of the round trips of a hand-written epoll loop,
+//! because every response leaves from another thread than the one that read the request.
+//!
+//! An [`EventLoop`] is a run queue that one thread drains itself, between its own waits
+//! (Twisted's reactor, Node's event loop and nginx's workers run protocol code the same way).
+//! Actors spawned on it with [`crate::Runtime::spawn_on`] are ordinary actors: addresses,
+//! bounded mailboxes, monitors, supervision and shutdown all work as on the pool. What changes
+//! is where their turns run, and so the rule their handlers must keep: **never block**. A
+//! handler that sleeps or waits stalls everything else on that thread, the I/O included.
+//!
+//! The protocol:
+//!
+//! - The driving thread calls [`EventLoop::bind`] once, then [`EventLoop::run_ready`] after each
+//!   of its waits. `run_ready` runs one turn of each actor that was runnable when it started
+//!   (a turn handles up to a batch of messages; an actor with more goes to the back and runs in
+//!   the next call), and says whether more are runnable, in which case the driver should not
+//!   block in its next wait.
+//! - Making an actor runnable from the driving thread itself only queues it: the driver runs
+//!   `run_ready` before it waits again. From any other thread it queues it and calls the wake
+//!   function given to [`EventLoop::new`] (for a reactor: `Poller::notify`), so the driver
+//!   comes out of its wait.
+//! - [`EventLoop::close`] (the driver is stopping) hands every queued actor to the runtime's
+//!   pool, and later wake-ups go to the pool too: an actor outlives the thread that drove it,
+//!   and runtime shutdown never waits for a turn that nobody will run.
+//! - Like a pool thread, the driving thread refuses blocking asks ([`crate::AskError`]) and
+//!   never waits for room in a full mailbox.
+
+use std::cell::Cell as StdCell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::scheduler::{Pool, Task};
+
+thread_local! {
+    /// The loop bound to this thread (its address, as an id), or 0.
+    static BOUND: StdCell<usize> = const { StdCell::new(0) };
+}
+
+/// A run queue of actors drained by one thread of your own (see the module docs).
+///
+/// Cheap to clone: clones share the queue.
+#[derive(Clone)]
+pub struct EventLoop {
+    pub(crate) inner: Arc<LoopInner>,
+}
+
+pub(crate) struct LoopInner {
+    queue: Mutex<LoopQueue>,
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+struct LoopQueue {
+    runnable: VecDeque<Task>,
+    /// Set by [`EventLoop::close`]: turns go to the pool from then on.
+    closed: bool,
+    /// The pool to fall back to, learned from the first actor spawned here (every actor on
+    /// this loop comes from that one runtime).
+    pool: Option<Arc<Pool>>,
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let q = self.inner.queue.lock();
+        f.debug_struct("EventLoop").field("runnable", &q.runnable.len()).field("closed", &q.closed).finish()
+    }
+}
+
+impl EventLoop {
+    /// A new, empty loop. `wake` is called (from any thread but the driver's) when an actor
+    /// becomes runnable, to bring the driver out of its wait; it must not block.
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> EventLoop {
+        EventLoop {
+            inner: Arc::new(LoopInner {
+                queue: Mutex::new(LoopQueue { runnable: VecDeque::new(), closed: false, pool: None }),
+                wake: Box::new(wake),
+            }),
+        }
+    }
+
+    /// Makes the calling thread this loop's driver: wake-ups caused on it only queue, and it
+    /// keeps the pool threads' rules (no blocking asks, no waiting for mailbox room). Call it
+    /// once, on the thread that will call [`EventLoop::run_ready`].
+    pub fn bind(&self) {
+        BOUND.with(|b| b.set(self.id()));
+        crate::ask::mark_pool_thread();
+    }
+
+    /// Runs one turn of every actor that was runnable when called. Returns true if actors are
+    /// runnable again (they had more than a batch of messages, or were sent more meanwhile): the
+    /// driver should then poll without blocking and call this again.
+    pub fn run_ready(&self) -> bool {
+        let batch = {
+            let mut q = self.inner.queue.lock();
+            if q.runnable.is_empty() {
+                return false;
+            }
+            std::mem::take(&mut q.runnable)
+        };
+        for task in batch {
+            // Cells catch handler panics themselves; this backstop keeps the driver (and the
+            // actors queued behind it) alive if anything else unwinds.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
+                log::error!("a task unwound onto an event loop");
+            }
+        }
+        !self.inner.queue.lock().runnable.is_empty()
+    }
+
+    /// The driver is stopping: queued actors and every later wake-up go to the runtime's pool,
+    /// so actors on this loop keep running (on pool threads) until they stop.
+    pub fn close(&self) {
+        let mut q = self.inner.queue.lock();
+        q.closed = true;
+        let stranded = std::mem::take(&mut q.runnable);
+        let pool = q.pool.clone();
+        drop(q);
+        if let Some(pool) = pool {
+            for task in stranded {
+                pool.push_fair(task);
+            }
+        }
+    }
+
+    /// Actors runnable now and waiting for [`EventLoop::run_ready`].
+    pub fn runnable(&self) -> usize {
+        self.inner.queue.lock().runnable.len()
+    }
+
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as *const u8 as usize
+    }
+}
+
+impl LoopInner {
+    /// Remembers the runtime's pool as the fallback for when the loop closes.
+    pub(crate) fn adopt_pool(&self, pool: &Arc<Pool>) {
+        let mut q = self.queue.lock();
+        if q.pool.is_none() {
+            q.pool = Some(pool.clone());
+        }
+    }
+
+    pub(crate) fn schedule(self: &Arc<Self>, task: Task) {
+        let mut q = self.queue.lock();
+        if q.closed {
+            if let Some(pool) = q.pool.clone() {
+                drop(q);
+                pool.push_fair(task);
+                return;
+            }
+        }
+        q.runnable.push_back(task);
+        drop(q);
+        let on_driver = BOUND.with(|b| b.get()) == Arc::as_ptr(self) as *const u8 as usize;
+        if !on_driver {
+            (self.wake)();
+        }
+    }
+}
