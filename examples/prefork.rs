@@ -279,7 +279,7 @@ fn worker(channel: std::io::Result<baton_handoff::Channel>) -> ExitCode {
         // keeps adopting (and reporting load) on the other.
         let rt = Runtime::builder().threads(2).build();
         let reactor = Reactor::start()?;
-        let app = rt.spawn(HttpServer::new(reactor.clone()));
+        let app = HttpServer::spawn(&rt, &reactor).expect("spawning the HTTP server");
         let w = Worker::serve(channel, &rt, &reactor, HttpServer::worker_recipient(&app), WorkerOptions::default())?;
         w.wait();
         let _ = rt.shutdown(Duration::from_secs(5));

@@ -111,7 +111,7 @@ impl Server {
     fn single() -> (Server, SocketAddr) {
         let rt = Runtime::builder().threads(2).build();
         let reactor = Reactor::start().unwrap();
-        let app = rt.spawn(HttpServer::new(reactor.clone()));
+        let app = HttpServer::spawn(&rt, &reactor).expect("spawning the HTTP server");
         let l = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), app.recipient()).unwrap();
         (Server::Single { rt, reactor }, inet(l.local_addr()))
     }
@@ -440,7 +440,7 @@ fn main() {
     if let Some(channel) = channel_from_env(PeerCheck::SameUid) {
         let rt = Runtime::builder().threads(2).build();
         let reactor = Reactor::start().unwrap();
-        let app = rt.spawn(HttpServer::new(reactor.clone()));
+        let app = HttpServer::spawn(&rt, &reactor).expect("spawning the HTTP server");
         let w = Worker::serve(
             channel.unwrap(),
             &rt,

@@ -1,18 +1,23 @@
 //! A small HTTP/1.1 server on baton's transport: keep-alive, `Connection: close`, pipelining
 //! (requests answered in order, reading paused while answers pile up), a bounded request head,
-//! and a graceful drain. `HttpServer` gives every connection an actor of its own, so a heavy
-//! request blocks its own connection and not the others (and tells the parent it is busy). It
-//! serves the `prefork` example's workers and the single-process variant of the end-to-end
-//! benchmark.
+//! and a graceful drain. It serves the `prefork` example's workers and the single-process
+//! variant of the end-to-end benchmark.
+//!
+//! The shape is the one we recommend for protocol code: the server and one actor per
+//! connection live on the reactor's [`baton_runtime::EventLoop`], so a request is read, parsed
+//! and answered on the reactor thread with no hop to another thread; work that blocks goes to
+//! an actor on the pool, and the connection waits for its answer (later pipelined requests wait
+//! behind it, in order) while the others keep being served. A handoff worker tells the parent
+//! it is busy meanwhile, so new connections go elsewhere.
 //!
 //! Routes: `GET /` answers `200` with `hello from worker <pid>`; `GET /slow?ms=N` does the same
-//! after blocking its handler for `N` milliseconds (at most 10 s: a heavy request); anything
-//! else is `404`.
+//! after a pool thread has been blocked for `N` milliseconds (at most 10 s: a heavy request);
+//! anything else is `404`.
 
 use std::time::Duration;
 
 use baton_handoff::WorkerEvent;
-use baton_runtime::{Actor, Addr, Context, Mailbox, Recipient};
+use baton_runtime::{Actor, Addr, Context, Mailbox, Recipient, Runtime, SpawnError};
 use baton_transport::{Accepted, ConnEvent, ConnOptions, Connection, Reactor};
 
 /// Largest request head (request line and headers) accepted.
@@ -107,22 +112,37 @@ pub fn response(status: &str, body: &str, close: bool) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The answer for one request (the `/slow` sleep happens here, on the caller's thread).
-pub fn answer(req: &Request<'_>, close: bool) -> Vec<u8> {
-    let hello = format!("hello from worker {}\n", std::process::id());
+/// How long a request blocks its handler: `Some` for `GET /slow?ms=N` (capped at
+/// [`MAX_SLOW`]), `None` for everything answered at once.
+pub fn heavy(req: &Request<'_>) -> Option<Duration> {
+    if (req.method, req.path) != ("GET", "/slow") {
+        return None;
+    }
+    let ms = req
+        .query
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(Duration::from_millis(ms).min(MAX_SLOW))
+}
+
+/// The answer for one request, without the wait of a heavy one (see [`heavy`]).
+pub fn reply(req: &Request<'_>, close: bool) -> Vec<u8> {
     match (req.method, req.path) {
-        ("GET", "/") => response("200 OK", &hello, close),
-        ("GET", "/slow") => {
-            let ms = req
-                .query
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            std::thread::sleep(Duration::from_millis(ms).min(MAX_SLOW));
-            response("200 OK", &hello, close)
+        ("GET", "/") | ("GET", "/slow") => {
+            response("200 OK", &format!("hello from worker {}\n", std::process::id()), close)
         }
         _ => response("404 Not Found", "not found\n", close),
     }
+}
+
+/// The answer for one request, blocking the calling thread for a heavy one (for servers that
+/// have nowhere else to put the wait: the benchmark's hand-written baseline).
+pub fn answer(req: &Request<'_>, close: bool) -> Vec<u8> {
+    if let Some(wait) = heavy(req) {
+        std::thread::sleep(wait);
+    }
+    reply(req, close)
 }
 
 /// The HTTP server actor's messages.
@@ -140,11 +160,15 @@ impl From<Accepted> for HttpMsg {
     }
 }
 
-/// One connection's actor: a heavy request blocks only its own connection (the pool's other
-/// threads keep serving the rest), and the parent hears about it through `Status::busy`.
+/// One connection's actor, on the reactor's event loop: a heavy request is handed to a
+/// [`HeavyRequest`] on the pool and blocks only its own connection, and the parent hears about
+/// it through `Status::busy`.
 struct HttpConn {
     conn: Option<Connection>,
     buf: Vec<u8>,
+    /// A heavy request is being worked on: answer nothing more until it is done. Holds the
+    /// worker's busy announcement (when there is a parent to tell).
+    heavy: Option<Option<baton_handoff::Busy>>,
     /// Responses written: a connection that has not had one is not idle, only new (its first
     /// request may be on the wire), and a drain must not close it.
     answered: u32,
@@ -165,12 +189,38 @@ pub enum ConnMsg {
     Event(ConnEvent),
     /// The worker drains: close when idle.
     Drain,
+    /// A heavy request's answer, from its [`HeavyRequest`].
+    HeavyDone {
+        /// The response to write.
+        reply: Vec<u8>,
+        /// Close after it.
+        close: bool,
+    },
+}
+
+/// Does a heavy request's blocking work on a pool thread, then hands the answer back to its
+/// connection's actor and stops.
+struct HeavyRequest {
+    wait: Duration,
+    reply: Vec<u8>,
+    close: bool,
+    to: Addr<HttpConn>,
+}
+
+impl Actor for HeavyRequest {
+    type Message = ();
+    fn handle(&mut self, ctx: &mut Context<Self>, _: ()) {
+        std::thread::sleep(self.wait);
+        let done = ConnMsg::HeavyDone { reply: std::mem::take(&mut self.reply), close: self.close };
+        // The connection may have closed meanwhile; then nobody needs the answer.
+        let _ = self.to.try_send(done);
+        ctx.stop();
+    }
 }
 
 impl HttpConn {
-    fn serve(&mut self) {
-        let Some(conn) = self.conn.as_ref() else { return };
-        while !self.closing {
+    fn serve(&mut self, ctx: &mut Context<Self>) {
+        while !self.closing && self.heavy.is_none() {
             let (reply, used, close) = match parse(&self.buf) {
                 Parsed::Incomplete => break,
                 Parsed::Request(req) => {
@@ -178,31 +228,52 @@ impl HttpConn {
                         break; // the body is still arriving
                     }
                     let close = req.close || self.draining;
-                    // A heavy request: the parent sends new connections elsewhere meanwhile.
-                    let _busy = (req.path == "/slow").then(|| self.status.as_ref().map(|s| s.busy()));
-                    (answer(&req, close), req.head_len + req.body_len, close)
+                    if let Some(wait) = heavy(&req) {
+                        let job = HeavyRequest { wait, reply: reply(&req, close), close, to: ctx.address() };
+                        let used = req.head_len + req.body_len;
+                        match ctx.spawn(job, Mailbox::Bounded(1)) {
+                            Ok(job) if job.try_send(()).is_ok() => {
+                                self.buf.drain(..used);
+                                // The parent sends new connections elsewhere meanwhile.
+                                self.heavy = Some(self.status.as_ref().map(|s| s.busy()));
+                                break;
+                            }
+                            _ => (response("503 Service Unavailable", "shutting down\n", true), used, true),
+                        }
+                    } else {
+                        (reply(&req, close), req.head_len + req.body_len, close)
+                    }
                 }
                 Parsed::Bad(why) => (response("400 Bad Request", &format!("{why}\n"), true), self.buf.len(), true),
                 Parsed::TooLarge => (response("431 Request Header Fields Too Large", "", true), self.buf.len(), true),
             };
             self.buf.drain(..used);
-            self.answered += 1;
-            if conn.write(&reply).is_err() {
-                // Closed under us, or a client that pipelines without reading: drop it.
-                conn.abort();
-                self.closing = true;
+            if !self.send(&reply, close) {
                 break;
-            }
-            if close {
-                self.closing = true;
-                conn.close();
             }
         }
     }
 
+    /// Writes one response; false once the connection is closing.
+    fn send(&mut self, reply: &[u8], close: bool) -> bool {
+        let Some(conn) = self.conn.as_ref() else { return false };
+        self.answered += 1;
+        if conn.write(reply).is_err() {
+            // Closed under us, or a client that pipelines without reading: drop it.
+            conn.abort();
+            self.closing = true;
+            return false;
+        }
+        if close {
+            self.closing = true;
+            conn.close();
+        }
+        !self.closing
+    }
+
     fn close_if_idle(&mut self) {
         if let Some(conn) = self.conn.as_ref() {
-            if self.buf.is_empty() && self.answered > 0 && !self.closing {
+            if self.buf.is_empty() && self.answered > 0 && !self.closing && self.heavy.is_none() {
                 self.closing = true;
                 conn.close();
             }
@@ -240,7 +311,16 @@ impl Actor for HttpConn {
                 if !self.closing {
                     self.buf.extend_from_slice(&bytes);
                 }
-                self.serve();
+                self.serve(ctx);
+            }
+            ConnMsg::HeavyDone { reply, close } => {
+                self.heavy = None;
+                if !self.closing && self.send(&reply, close) {
+                    self.serve(ctx);
+                    if self.draining {
+                        self.close_if_idle();
+                    }
+                }
             }
             ConnMsg::Event(ConnEvent::ReadClosed(_)) => {
                 self.closing = true;
@@ -267,9 +347,15 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// A server that registers its connections with `reactor`.
-    pub fn new(reactor: Reactor) -> HttpServer {
-        HttpServer { reactor, conns: Vec::new(), status: None, draining: false }
+    /// Starts a server on `reactor`'s event loop; its connections register with `reactor` and
+    /// their actors run on its thread too.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError`] when the runtime is shutting down.
+    pub fn spawn(rt: &Runtime, reactor: &Reactor) -> Result<Addr<HttpServer>, SpawnError> {
+        let server = HttpServer { reactor: reactor.clone(), conns: Vec::new(), status: None, draining: false };
+        rt.spawn_on(reactor.event_loop(), server, Mailbox::DEFAULT)
     }
 
     /// The recipient a handoff worker delivers to.
@@ -289,12 +375,13 @@ impl HttpServer {
         let actor = HttpConn {
             conn: None,
             buf: Vec::new(),
+            heavy: None,
             answered: 0,
             closing: false,
             draining: self.draining,
             status: self.status.clone(),
         };
-        let Ok(addr) = ctx.spawn(actor, Mailbox::Bounded(64)) else { return };
+        let Ok(addr) = ctx.spawn_on(self.reactor.event_loop(), actor, Mailbox::Bounded(64)) else { return };
         // The connection's actor adopts the socket in its own first turn (so its events queue
         // behind the handle). Its mailbox is new and empty: this cannot be refused for room.
         let _ = addr.try_send(first);

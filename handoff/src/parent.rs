@@ -497,7 +497,7 @@ impl ParentBuilder {
             me: None,
         };
         let addr = runtime
-            .try_spawn(actor, Mailbox::Bounded(1024))
+            .spawn_on(reactor.event_loop(), actor, Mailbox::Bounded(1024))
             .map_err(|e: SpawnError| io::Error::other(e.to_string()))?;
         let parent = Parent { addr, reactor: reactor.clone(), adopted, taken_over: taken_rx };
         parent

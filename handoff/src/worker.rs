@@ -373,6 +373,12 @@ struct Reports {
     migrations: Vec<(Item, Stream)>,
 }
 
+impl Reports {
+    fn is_empty(&self) -> bool {
+        self.adopted.is_empty() && self.rejected.is_empty() && self.closed.is_empty() && self.migrations.is_empty()
+    }
+}
+
 /// What the link actor shares with [`Incoming`]s and the close hooks of adopted connections.
 struct Shared {
     reactor: Reactor,
@@ -499,7 +505,9 @@ impl Worker {
             next_local_id: 0,
             me: None,
         };
-        let addr = runtime.try_spawn(link, Mailbox::Unbounded).map_err(|e| io::Error::other(e.to_string()))?;
+        let addr = runtime
+            .spawn_on(reactor.event_loop(), link, Mailbox::Unbounded)
+            .map_err(|e| io::Error::other(e.to_string()))?;
         let _ = shared.link.set(addr.clone());
         let ready = addr.recipient_map(LinkMsg::Ready, |m| match m {
             LinkMsg::Ready(r) => Some(r),
@@ -968,7 +976,10 @@ impl Link {
 
     fn check_drained(&mut self, ctx: &mut Context<Self>) {
         let idle = self.shared.open.load(SeqCst) == 0 && self.shared.unanswered.load(SeqCst) == 0;
-        if self.deadline.is_some() && idle && self.outbox.is_empty() && self.returning.is_empty() {
+        // Reports filed since this turn's flush (a migration whose `unanswered` count has just
+        // been released, say) are not sent yet: the Flush they queued comes back here.
+        let reported = self.shared.reports.lock().is_empty();
+        if self.deadline.is_some() && idle && reported && self.outbox.is_empty() && self.returning.is_empty() {
             let why = if self.parent_gone { WorkerExit::ParentGone } else { WorkerExit::Drained };
             self.finish(ctx, why);
         }

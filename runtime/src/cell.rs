@@ -371,11 +371,14 @@ impl<A: Actor> Cell<A> {
                     Ok(msg) => msg,
                     // A stream is flowing (this turn already handled several messages): wait a
                     // moment for the next one rather than end the turn and pay a reschedule,
-                    // and likely a cross-CPU wake-up, per message.
-                    Err(_) if handled >= STREAM_MIN => match self.spin_for_message() {
-                        Some(msg) => msg,
-                        None => break,
-                    },
+                    // and likely a cross-CPU wake-up, per message. Not on an event loop: there
+                    // the producer is usually the loop's own thread, which the spin would hold.
+                    Err(_) if handled >= STREAM_MIN && !matches!(self.executor, Executor::Loop(_)) => {
+                        match self.spin_for_message() {
+                            Some(msg) => msg,
+                            None => break,
+                        }
+                    }
                     Err(_) => break,
                 };
                 handled += 1;
