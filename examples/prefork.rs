@@ -29,7 +29,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 /// `eprintln!` that never panics: a closed stderr must not turn a graceful stop into a crash.
 macro_rules! note {
     ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        // One write per line: generations of a takeover share stderr, and a line written in
+        // pieces can be cut by another process's.
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }};
 }
 

@@ -115,10 +115,16 @@ impl Incoming {
         match self.shared.reactor.adopt_with(stream, prelude, Some(hook), options, owner) {
             Ok(conn) => {
                 if self.reported {
-                    self.shared.adopted(id);
-                    if order.compare_exchange(0, 1, SeqCst, SeqCst).is_err() {
-                        self.shared.report(|r| r.closed.push(id));
-                    }
+                    // Batched with the others adopted in this round: the parent closes its
+                    // copy when it hears, and the connection's own close does not wait for
+                    // that (the transport shuts a socket down before closing it).
+                    let closed_already = order.compare_exchange(0, 1, SeqCst, SeqCst).is_err();
+                    self.shared.report(|r| {
+                        r.adopted.push(id);
+                        if closed_already {
+                            r.closed.push(id);
+                        }
+                    });
                 }
                 Ok(conn)
             }
@@ -395,24 +401,9 @@ struct Shared {
     load_now: AtomicBool,
     flush_requested: AtomicBool,
     link: OnceLock<Addr<Link>>,
-    /// The channel, for ADOPTED sent straight from the adopting thread (see `adopted`).
-    channel: Arc<Channel>,
 }
 
 impl Shared {
-    /// Tells the parent at once, from the adopting thread, that `id` is adopted, so it closes
-    /// its copy before the connection's own close (which is then the last one, here, as it
-    /// should be: otherwise the parent's late close ends the TCP connection, in the parent,
-    /// and the client's end of file waits for it). Falls back to the link's batch when the
-    /// channel is full. Each record is one packet, so this cannot interleave with the link's.
-    fn adopted(&self, id: u64) {
-        let mut bytes = Vec::with_capacity(record::HEADER_LEN + 8);
-        record::encode(&Record::Adopted(vec![id]), &mut bytes);
-        if self.parent_gone.load(SeqCst) || self.channel.send_bytes(&bytes, &[]).is_err() {
-            self.report(|r| r.adopted.push(id));
-        }
-    }
-
     /// Asks the link to send LOAD now.
     fn load_changed(&self) {
         self.load_now.store(true, SeqCst);
@@ -483,7 +474,6 @@ impl Worker {
             load_now: AtomicBool::new(false),
             flush_requested: AtomicBool::new(false),
             link: OnceLock::new(),
-            channel: channel.clone(),
         });
         let link = Link {
             channel: channel.clone(),

@@ -325,7 +325,16 @@ impl ConnSource {
                 let _ = rustix::net::sockopt::set_socket_linger(stream.as_fd(), Some(std::time::Duration::ZERO));
                 None
             }
-            _ => None,
+            CloseReason::Closed | CloseReason::IdleTimeout | CloseReason::ReadTimeout => {
+                // The peer's end of file must not wait for other holders of this socket (a
+                // handoff parent that has not yet heard we adopted it, a forked child): only
+                // the last close of a descriptor sends FIN, but shutdown acts on the socket.
+                if !state.write_shut {
+                    let _ = rustix::net::shutdown(stream.as_fd(), Shutdown::Write);
+                }
+                None
+            }
+            CloseReason::Error(_) => None,
         };
         if let Some(hook) = on_close {
             hook(&reason);
