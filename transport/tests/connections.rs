@@ -510,3 +510,48 @@ fn close_and_wait_from_an_actor_on_the_reactor_thread_does_not_deadlock() {
     reactor.stop();
     rt.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn a_graceful_close_reaches_the_peer_while_another_descriptor_still_holds_the_socket() {
+    // A handoff parent keeps its copy of a socket until the worker's ADOPTED arrives; only the
+    // last close of a descriptor sends FIN, so the worker's close must not wait for it.
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let other_holder = server.try_clone().unwrap();
+    let (tx, events) = unbounded();
+    let owner = rt.try_spawn(Collect(tx), Mailbox::Unbounded).unwrap();
+    let conn = reactor.adopt(Stream::Tcp(server), ConnOptions::default(), owner.recipient()).unwrap();
+    conn.write(b"bye").unwrap();
+    conn.close();
+    assert_eq!(next(&events), ConnEvent::Closed(conn.id(), CloseReason::Closed));
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).expect("end of file while the other descriptor is open");
+    assert_eq!(got, b"bye");
+    drop(other_holder);
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn idle_timeouts_fire_in_order_after_thousands_of_closed_connections_left_theirs_behind() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let long = ConnOptions { idle_timeout: Some(Duration::from_secs(60)), ..ConnOptions::default() };
+    let (tx, _events) = unbounded();
+    let owner = rt.try_spawn(Collect(tx), Mailbox::Unbounded).unwrap();
+    // Each of these leaves a 60 s deadline behind when it closes.
+    for _ in 0..3000 {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let conn = reactor.adopt(Stream::Unix(a), long, owner.recipient()).unwrap();
+        conn.abort();
+    }
+    let short = ConnOptions { idle_timeout: Some(Duration::from_millis(100)), ..ConnOptions::default() };
+    let (quiet, _client, quiet_events) = pair(&rt, &reactor, short);
+    assert_eq!(next(&quiet_events), ConnEvent::Closed(quiet.id(), CloseReason::IdleTimeout));
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
