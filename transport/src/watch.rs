@@ -66,6 +66,10 @@ struct WatchState {
     /// Armed with no interest: the kernel still reports hang-ups and errors, which must not
     /// reach an owner that asked for nothing.
     parked: bool,
+    /// The interest the descriptor is armed with and has not fired for yet: arming again with
+    /// the same is skipped (an owner that re-arms after every message would otherwise pay an
+    /// `epoll_ctl` each time).
+    armed: Option<Interest>,
     /// A readiness the owner's full mailbox handed back, delivered when there is room.
     pending: Option<Readiness>,
     waiting_for_room: bool,
@@ -105,8 +109,10 @@ impl WatchSource {
 impl Source for WatchSource {
     fn ready(&self, reactor: &Arc<Shared>, _key: usize, event: Event) {
         let mut state = self.state.lock();
+        // Oneshot: the event disarmed the descriptor.
+        state.armed = None;
         if !state.registered || state.parked {
-            // (Oneshot: the watch stays disarmed until the owner arms it with some interest.)
+            // (The watch stays disarmed until the owner arms it with some interest.)
             return;
         }
         state.pending = Some(Readiness { watch: self.id, readable: event.readable, writable: event.writable });
@@ -154,14 +160,15 @@ impl Watch {
     /// owner that re-arms at the end of its handler pays no reactor round trip.
     pub fn arm(&self, interest: Interest) {
         let mut state = self.source.state.lock();
-        if !state.registered {
+        if !state.registered || state.armed == Some(interest) {
             return;
         }
         state.parked = interest == Interest::default();
         let key = self.source.key;
         let event = interest.event(key);
-        if let Err(e) = self.reactor.poller.modify(self.source.fd.as_fd(), event) {
-            log::error!("watch {:?}: arm failed: {e}", self.source.id);
+        match self.reactor.poller.modify(self.source.fd.as_fd(), event) {
+            Ok(()) => state.armed = Some(interest),
+            Err(e) => log::error!("watch {:?}: arm failed: {e}", self.source.id),
         }
     }
 
@@ -201,6 +208,7 @@ impl Reactor {
                 state: Mutex::new(WatchState {
                     registered: true,
                     parked: interest == Interest::default(),
+                    armed: Some(interest),
                     pending: None,
                     waiting_for_room: false,
                 }),
