@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use baton_handoff::{channel_from_env, Parent, PeerCheck, Worker, WorkerCommand, WorkerEvent, WorkerOptions};
-use baton_runtime::{Actor, Context, Runtime};
+use baton_runtime::{Actor, Context, Mailbox, Runtime};
 use baton_transport::{ConnEvent, ConnId, ConnOptions, Connection, ListenOptions, Reactor};
 
 /// The worker's application: one actor for all its connections.
@@ -63,8 +63,9 @@ fn main() -> std::io::Result<()> {
     let rt = Runtime::new();
     let reactor = Reactor::start()?;
     if let Some(channel) = worker_channel {
-        // Worker: serve what the parent hands over until told to drain (or orphaned).
-        let app = rt.spawn(Echo::default());
+        // Worker: serve what the parent hands over until told to drain (or orphaned). Echo never
+        // blocks, so it runs on the reactor's thread: no hop between reading and answering.
+        let app = rt.spawn_on(reactor.event_loop(), Echo::default(), Mailbox::DEFAULT).expect("runtime is running");
         let events = app.recipient_map(Msg::Worker, |m| match m {
             Msg::Worker(e) => Some(e),
             _ => None,

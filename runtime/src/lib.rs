@@ -9,8 +9,10 @@
 //!
 //! Many actors share a few threads. An actor becomes runnable when its mailbox goes from empty
 //! to non-empty, handles at most a bounded batch per turn, and idle threads park. Actors whose
-//! handlers block run on a dedicated thread ([`Runtime::spawn_dedicated`]). The protocol is
-//! written up in `SCHEDULER.md` beside this crate.
+//! handlers block run on a dedicated thread ([`Runtime::spawn_dedicated`]); actors whose
+//! handlers only react to I/O can run on the I/O thread itself, through an [`EventLoop`] that
+//! thread drains ([`Runtime::spawn_on`]). The protocol is written up in `SCHEDULER.md` beside
+//! this crate.
 //!
 //! A panic in a handler is caught. An unsupervised actor stops with [`ExitReason::Panicked`] and
 //! its monitors hear about it; a supervised one is reported to its [`Supervisor`], which may

@@ -12,6 +12,16 @@
 //! not take them, with high/low-water events for producers; half-close, close-after-flush,
 //! abort (RST), and exactly one [`ConnEvent::Closed`]. [`Connection::detach`] takes the socket
 //! out with the bytes read but not delivered, for handing to another reactor or process.
+//!
+//! Owners can live on the pool or on the reactor thread itself: [`Reactor::event_loop`] is a
+//! [`baton_runtime::EventLoop`] the reactor drains after every wait, so an actor spawned on it
+//! (`rt.spawn_on(reactor.event_loop(), actor, mailbox)`) handles its events on the thread that
+//! read them and writes its answer before the reactor waits again: no cross-thread wake-up per
+//! request. Such handlers must never block.
+//!
+//! Deadlines (idle and read timeouts, back-offs) live in a heap on the reactor thread; a closed
+//! connection's deadline is skipped when it comes and swept out when such entries outnumber the
+//! live sources.
 #![warn(missing_docs)]
 
 mod connection;
