@@ -9,12 +9,12 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use crate::poller::Event;
 use baton_runtime::{Recipient, TrySendError};
 use parking_lot::Mutex;
-use polling::Event;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, Shutdown};
 
@@ -635,12 +635,16 @@ impl Reactor {
         options: ConnOptions,
         owner: Recipient<ConnEvent>,
     ) -> io::Result<Connection> {
-        let raw = stream.as_fd().as_raw_fd();
         rustix::io::ioctl_fionbio(stream.as_fd(), true)?;
         let has_unread = !unread.is_empty();
         let mut made: Option<Arc<ConnSource>> = None;
         let id = ConnId(self.shared.serial());
         self.shared.insert(|key| {
+            // Bytes already read go first: the socket is armed only after they are delivered.
+            // (Registered before the socket moves into its source; an event that comes at once
+            // waits for the slab, which `insert` holds locked until the source is in.)
+            let interest = if has_unread { Event::none(key) } else { Event::readable(key) };
+            self.shared.poller.add(stream.as_fd(), interest)?;
             let mut pending = VecDeque::new();
             if has_unread {
                 pending.push_back(ConnEvent::Data(id, unread));
@@ -667,11 +671,6 @@ impl Reactor {
                     on_close,
                 }),
             });
-            // Bytes already read go first: the socket is armed only after they are delivered.
-            let interest = if has_unread { Event::none(key) } else { Event::readable(key) };
-            // SAFETY: the socket lives in this source's state and `finish` deletes it from the
-            // poller before it is dropped or handed out; nothing else closes it.
-            unsafe { self.shared.poller.add(raw, interest)? };
             made = Some(source.clone());
             Ok(source as Arc<dyn Source>)
         })?;

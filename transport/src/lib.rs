@@ -1,6 +1,6 @@
 //! baton-transport: one reactor thread whose listeners and connections speak in actor messages.
 //!
-//! A [`Reactor`] owns a `polling::Poller` on its own thread. A [`Listener`] accepts in bounded
+//! A [`Reactor`] owns an epoll instance on its own thread. A [`Listener`] accepts in bounded
 //! batches and posts every connection to its owner actor as an [`Accepted`] message; when the
 //! owner's mailbox is full, the listener stops accepting (the kernel's backlog holds new clients)
 //! and resumes when the runtime reports room. Listening sockets can also be adopted from a raw
@@ -26,6 +26,7 @@
 
 mod connection;
 mod listener;
+mod poller;
 mod reactor;
 mod watch;
 

@@ -8,15 +8,15 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::poller::Event;
 use baton_runtime::{Recipient, TrySendError};
 use parking_lot::Mutex;
-use polling::Event;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
@@ -566,10 +566,13 @@ impl Reactor {
             Socket::Tcp(l) => Address::Inet(l.local_addr()?),
             Socket::Unix(l, _) => Address::Unix(l.local_addr()?.as_pathname().map(Path::to_path_buf)),
         };
-        let raw = socket.fd().as_raw_fd();
         let mut control: Option<Arc<dyn ListenerControl>> = None;
         let id = ListenerId(self.shared.serial());
         let key = self.shared.insert(|key| {
+            // Registered before the socket moves into its source (`close` deletes it from the
+            // poller before dropping it); the first event waits for the slab, which `insert`
+            // holds locked until the source is in.
+            self.shared.poller.add(socket.fd(), Event::readable(key))?;
             let source = Arc::new(ListenerSource {
                 id,
                 local: local.clone(),
@@ -585,10 +588,6 @@ impl Reactor {
                     keep_path: false,
                 }),
             });
-            // SAFETY: the socket is owned by this source's state and is deleted from the poller
-            // in `close` before it is dropped; it is never closed any other way.
-            // The socket is in the state before it is armed: the first event may come at once.
-            unsafe { self.shared.poller.add(raw, Event::readable(key))? };
             control = Some(source.clone());
             Ok(source)
         })?;

@@ -1,4 +1,4 @@
-//! The reactor: one thread that owns a `polling::Poller` and a slab of sources.
+//! The reactor: one thread that owns an epoll instance ([`crate::poller`]) and a slab of sources.
 //!
 //! Sources are registered in oneshot mode: after an event fires, the source gets no more until
 //! it is re-armed deliberately. A source re-arms itself at the end of its event handling when it
@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::poller::{Event, Events, Poller};
 use baton_runtime::{EventLoop, Recipient, TrySendError};
 use parking_lot::Mutex;
-use polling::{Event, Events, Poller};
 use slab::Slab;
 
 /// Something registered with the reactor.
@@ -326,7 +326,7 @@ fn run_loop(shared: &Arc<Shared>) {
         } else {
             deadlines.next().map(|at| at.saturating_duration_since(Instant::now()))
         };
-        events.clear();
+
         if let Err(e) = shared.poller.wait(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 log::error!("reactor: poll failed: {e}; retrying in 10 ms");

@@ -8,12 +8,12 @@
 //! does the I/O itself, on its own thread, until the descriptor says `EAGAIN`, then re-arms.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use crate::poller::Event;
 use baton_runtime::{Recipient, TrySendError};
 use parking_lot::Mutex;
-use polling::Event;
 
 use crate::reactor::{offer, Reactor, Shared, Source};
 
@@ -196,7 +196,6 @@ impl Reactor {
         interest: Interest,
         owner: Recipient<Readiness>,
     ) -> io::Result<Watch> {
-        let raw = fd.as_fd().as_raw_fd();
         let mut made: Option<Arc<WatchSource>> = None;
         let id = WatchId(self.shared.serial());
         self.shared.insert(|key| {
@@ -213,10 +212,9 @@ impl Reactor {
                     waiting_for_room: false,
                 }),
             });
-            let event = interest.event(key);
-            // SAFETY: the source holds a reference to the descriptor, so it stays open until
+            // The source holds a reference to the descriptor, so it stays open until
             // `deregister` deletes it from the poller; only then is the reference released.
-            unsafe { self.shared.poller.add(raw, event)? };
+            self.shared.poller.add(source.fd.as_fd(), interest.event(key))?;
             made = Some(source.clone());
             Ok(source as Arc<dyn Source>)
         })?;
