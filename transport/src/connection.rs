@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use crate::poller::Event;
+use crate::poller::{Event, Mode};
 use baton_runtime::{Recipient, TrySendError};
 use parking_lot::Mutex;
 use rustix::io::Errno;
@@ -137,6 +137,11 @@ struct State {
     finished: bool,
     last_activity: std::time::Instant,
     last_read: std::time::Instant,
+    /// The live registration: `Some((readable, writable))`. Interest is level-triggered, so it
+    /// stays until changed; "nothing" is oneshot (errors and hang-ups are reported regardless
+    /// of interest, and level-triggered they would be reported in every wait), and `None`
+    /// means that oneshot has fired and the socket is disarmed.
+    armed: Option<(bool, bool)>,
     /// Runs once, when the socket leaves this process's hands (closed or detached).
     on_close: Option<CloseHook>,
 }
@@ -225,7 +230,7 @@ impl ConnSource {
                         return;
                     }
                     if n < size {
-                        // A short read drained the socket; the oneshot re-arm reports new data,
+                        // A short read drained the socket; the registration reports new data,
                         // so skip the extra recv that would only say EAGAIN.
                         return;
                     }
@@ -298,11 +303,20 @@ impl ConnSource {
         }
     }
 
-    fn arm(&self, reactor: &Arc<Shared>, state: &State) {
-        if let Some(stream) = state.stream.as_ref() {
-            if let Err(e) = reactor.poller.modify(stream.as_fd(), self.interest(state)) {
-                log::error!("connection {:?}: re-arm failed: {e}", self.id);
-            }
+    /// Brings the registration in line with what the connection wants now; no system call
+    /// when nothing changed (the common case: reading, nothing buffered).
+    fn arm(&self, reactor: &Arc<Shared>, state: &mut State) {
+        let Some(stream) = state.stream.as_ref() else { return };
+        let want = self.interest(state);
+        let wanted = (want.readable, want.writable);
+        let nothing = (false, false);
+        if state.armed == Some(wanted) || (wanted == nothing && state.armed.is_none()) {
+            return;
+        }
+        let mode = if wanted == nothing { Mode::Oneshot } else { Mode::Level };
+        match reactor.poller.modify(stream.as_fd(), want, mode) {
+            Ok(()) => state.armed = Some(wanted),
+            Err(e) => log::error!("connection {:?}: re-arm failed: {e}", self.id),
         }
     }
 
@@ -350,13 +364,17 @@ impl Source for ConnSource {
         if state.stream.is_none() {
             return;
         }
+        if state.armed == Some((false, false)) {
+            // The oneshot "nothing" registration fired (an error or hang-up): disarmed now.
+            state.armed = None;
+        }
         if event.writable && !self.flush(reactor, &mut state) {
             return;
         }
         if event.readable {
             self.read_some(reactor, &mut state);
         }
-        self.arm(reactor, &state);
+        self.arm(reactor, &mut state);
     }
 
     fn rearm(&self, reactor: &Arc<Shared>, _key: usize) {
@@ -365,7 +383,7 @@ impl Source for ConnSource {
         if !self.flush_pending(reactor, &mut state) || state.stream.is_none() {
             return;
         }
-        self.arm(reactor, &state);
+        self.arm(reactor, &mut state);
     }
 
     fn timeout(&self, reactor: &Arc<Shared>, key: usize) {
@@ -643,8 +661,9 @@ impl Reactor {
             // Bytes already read go first: the socket is armed only after they are delivered.
             // (Registered before the socket moves into its source; an event that comes at once
             // waits for the slab, which `insert` holds locked until the source is in.)
-            let interest = if has_unread { Event::none(key) } else { Event::readable(key) };
-            self.shared.poller.add(stream.as_fd(), interest)?;
+            let (interest, mode) =
+                if has_unread { (Event::none(key), Mode::Oneshot) } else { (Event::readable(key), Mode::Level) };
+            self.shared.poller.add(stream.as_fd(), interest, mode)?;
             let mut pending = VecDeque::new();
             if has_unread {
                 pending.push_back(ConnEvent::Data(id, unread));
@@ -668,6 +687,7 @@ impl Reactor {
                     finished: false,
                     last_activity: std::time::Instant::now(),
                     last_read: std::time::Instant::now(),
+                    armed: Some((interest.readable, interest.writable)),
                     on_close,
                 }),
             });

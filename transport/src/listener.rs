@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::poller::Event;
+use crate::poller::{Event, Mode};
 use baton_runtime::{Recipient, TrySendError};
 use parking_lot::Mutex;
 use rustix::io::Errno;
@@ -252,7 +252,7 @@ impl<M: From<Accepted> + Send + 'static> ListenerSource<M> {
             return;
         }
         if let Some(socket) = state.socket.as_ref() {
-            if let Err(e) = reactor.poller.modify(socket.fd(), Event::readable(key)) {
+            if let Err(e) = reactor.poller.modify(socket.fd(), Event::readable(key), Mode::Oneshot) {
                 log::error!("listener {:?}: re-arm failed: {e}", self.id);
             }
         }
@@ -572,7 +572,7 @@ impl Reactor {
             // Registered before the socket moves into its source (`close` deletes it from the
             // poller before dropping it); the first event waits for the slab, which `insert`
             // holds locked until the source is in.
-            self.shared.poller.add(socket.fd(), Event::readable(key))?;
+            self.shared.poller.add(socket.fd(), Event::readable(key), Mode::Oneshot)?;
             let source = Arc::new(ListenerSource {
                 id,
                 local: local.clone(),

@@ -8,9 +8,11 @@
 //! of short connections the reactor waits every two or three events, so those four calls were
 //! a system call per connection.
 //!
-//! Registrations are oneshot: an event disarms its descriptor until it is modified again. The
-//! interest flags are polling's, so the kernel reports errors and hang-ups to a registration
-//! with no interest too (see the watch's `parked`).
+//! Listeners and watches register oneshot (an event disarms the descriptor until it is modified
+//! again); connections register level-triggered and change their registration only when what
+//! they want changes, so a request/response connection costs no `epoll_ctl` per request. The
+//! kernel reports errors and hang-ups even to a registration with no interest, so "no interest"
+//! is always registered oneshot (see the watch's `parked` and the connection's `armed`).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -46,8 +48,11 @@ impl Event {
         Event { key, readable: false, writable: false }
     }
 
-    fn flags(self) -> EventFlags {
-        let mut flags = EventFlags::ONESHOT;
+    fn flags(self, mode: Mode) -> EventFlags {
+        let mut flags = match mode {
+            Mode::Oneshot => EventFlags::ONESHOT,
+            Mode::Level => EventFlags::empty(),
+        };
         if self.readable {
             flags |= EventFlags::IN | EventFlags::PRI | EventFlags::HUP | EventFlags::ERR;
         }
@@ -56,6 +61,16 @@ impl Event {
         }
         flags
     }
+}
+
+/// How a registration reports readiness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Once, then the descriptor is disarmed until modified again.
+    Oneshot,
+    /// In every wait while the descriptor is ready (the registrant consumes the readiness on
+    /// the reactor thread before the next wait, so nothing is reported twice).
+    Level,
 }
 
 /// Events reported by one [`Poller::wait`].
@@ -97,14 +112,14 @@ impl Poller {
         Ok(Poller { epoll, wake, woken: AtomicBool::new(false) })
     }
 
-    /// Registers `fd` (oneshot) under `interest.key`. The caller deletes it before closing it.
-    pub(crate) fn add(&self, fd: BorrowedFd<'_>, interest: Event) -> io::Result<()> {
-        Ok(epoll::add(&self.epoll, fd, EventData::new_u64(interest.key as u64), interest.flags())?)
+    /// Registers `fd` under `interest.key`. The caller deletes it before closing it.
+    pub(crate) fn add(&self, fd: BorrowedFd<'_>, interest: Event, mode: Mode) -> io::Result<()> {
+        Ok(epoll::add(&self.epoll, fd, EventData::new_u64(interest.key as u64), interest.flags(mode))?)
     }
 
-    /// Re-arms `fd` with `interest`.
-    pub(crate) fn modify(&self, fd: BorrowedFd<'_>, interest: Event) -> io::Result<()> {
-        Ok(epoll::modify(&self.epoll, fd, EventData::new_u64(interest.key as u64), interest.flags())?)
+    /// Changes (or re-arms) `fd`'s registration.
+    pub(crate) fn modify(&self, fd: BorrowedFd<'_>, interest: Event, mode: Mode) -> io::Result<()> {
+        Ok(epoll::modify(&self.epoll, fd, EventData::new_u64(interest.key as u64), interest.flags(mode))?)
     }
 
     pub(crate) fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {

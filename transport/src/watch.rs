@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use crate::poller::Event;
+use crate::poller::{Event, Mode};
 use baton_runtime::{Recipient, TrySendError};
 use parking_lot::Mutex;
 
@@ -166,7 +166,7 @@ impl Watch {
         state.parked = interest == Interest::default();
         let key = self.source.key;
         let event = interest.event(key);
-        match self.reactor.poller.modify(self.source.fd.as_fd(), event) {
+        match self.reactor.poller.modify(self.source.fd.as_fd(), event, Mode::Oneshot) {
             Ok(()) => state.armed = Some(interest),
             Err(e) => log::error!("watch {:?}: arm failed: {e}", self.source.id),
         }
@@ -214,7 +214,7 @@ impl Reactor {
             });
             // The source holds a reference to the descriptor, so it stays open until
             // `deregister` deletes it from the poller; only then is the reference released.
-            self.shared.poller.add(source.fd.as_fd(), interest.event(key))?;
+            self.shared.poller.add(source.fd.as_fd(), interest.event(key), Mode::Oneshot)?;
             made = Some(source.clone());
             Ok(source as Arc<dyn Source>)
         })?;
