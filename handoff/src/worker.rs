@@ -723,7 +723,15 @@ impl Link {
         if item.kind == Kind::Listener {
             return self.share_listener(item, fd);
         }
-        let Some(stream) = stream_from(fd) else {
+        // The record names the socket's family (its local address), which saves a system call
+        // per connection; only an unnamed one is asked. A parent that lies gets a connection
+        // whose first read fails, closed by the transport like any broken socket.
+        let stream = match &item.local {
+            Address::Inet(_) => Some(Stream::Tcp(std::net::TcpStream::from(fd))),
+            Address::Unix(Some(_)) => Some(Stream::Unix(std::os::unix::net::UnixStream::from(fd))),
+            Address::Unix(None) => stream_from(fd),
+        };
+        let Some(stream) = stream else {
             log::warn!("handoff worker: handoff {} is not a connected stream socket", item.id);
             return refuse(&self.shared, Reason::Malformed);
         };
