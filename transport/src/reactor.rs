@@ -17,6 +17,11 @@ use baton_runtime::{EventLoop, Recipient, TrySendError};
 use parking_lot::Mutex;
 use slab::Slab;
 
+thread_local! {
+    /// On a reactor thread, its `Shared` (as an address); 0 elsewhere.
+    static REACTOR_THREAD_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Something registered with the reactor.
 pub(crate) trait Source: Send + Sync {
     /// Handles a readiness event. Runs on the reactor thread.
@@ -48,13 +53,17 @@ pub(crate) struct Shared {
     next_serial: AtomicU64,
     /// Actors whose turns run on the reactor thread, between waits.
     pub(crate) event_loop: EventLoop,
-    thread: std::sync::OnceLock<std::thread::ThreadId>,
 }
 
 impl Shared {
-    /// Queues a command for the reactor thread and wakes it.
+    /// Queues a command for the reactor thread and wakes it. On the reactor thread itself no
+    /// wake-up is needed (it looks at its commands before it waits again), and an eventfd write
+    /// and read per command (one per adopted connection with a timeout) is not free.
     pub(crate) fn command(&self, cmd: Command) {
         self.commands.lock().push(cmd);
+        if self.on_reactor_thread() {
+            return;
+        }
         if let Err(e) = self.poller.notify() {
             log::error!("reactor: notify failed: {e}");
         }
@@ -89,7 +98,7 @@ impl Shared {
     /// True on the reactor thread itself (in an event handler, or an actor on its loop), where
     /// waiting for the reactor would wait forever.
     pub(crate) fn on_reactor_thread(&self) -> bool {
-        self.thread.get() == Some(&std::thread::current().id())
+        REACTOR_THREAD_OF.with(|r| r.get()) == self as *const Shared as usize
     }
 
     /// Runs a command now if on the reactor thread, else queues it.
@@ -166,7 +175,6 @@ impl Reactor {
                         }
                     }
                 }),
-                thread: std::sync::OnceLock::new(),
             }
         });
         let run = shared.clone();
@@ -314,14 +322,16 @@ impl Deadlines {
 }
 
 fn run_loop(shared: &Arc<Shared>) {
-    let _ = shared.thread.set(std::thread::current().id());
+    REACTOR_THREAD_OF.with(|r| r.set(Arc::as_ptr(shared) as usize));
     shared.event_loop.bind();
     let mut events = Events::new();
     let mut deadlines = Deadlines::default();
     // Actors on the loop that are runnable again: poll without blocking, then run them.
     let mut more_turns = false;
     loop {
-        let timeout = if more_turns {
+        // Commands queued from this thread (by actors on the loop) did not notify: do not
+        // block with any pending.
+        let timeout = if more_turns || !shared.commands.lock().is_empty() {
             Some(Duration::ZERO)
         } else {
             deadlines.next().map(|at| at.saturating_duration_since(Instant::now()))
