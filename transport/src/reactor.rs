@@ -38,6 +38,7 @@ pub(crate) enum Command {
     Rearm(usize),
     RearmAt(usize, Instant),
     TimeoutAt(usize, Instant),
+    CallAt(Instant, Box<dyn FnOnce() + Send>),
     Close(usize),
     /// Close, then tell the waiting caller.
     CloseAndTell(usize, std::sync::mpsc::Sender<()>),
@@ -198,6 +199,27 @@ impl Reactor {
         }
     }
 
+    /// Runs `f` on the reactor thread at `at` (or as soon after as the thread is free). The
+    /// deadline is the reactor's own wait timeout: no timer thread is woken, which makes it
+    /// the cheap way for an actor on the [`Reactor::event_loop`] to delay work by a fraction
+    /// of a millisecond (to batch it, say). `f` must not block.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use baton_transport::Reactor;
+    ///
+    /// let reactor = Reactor::start().unwrap();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// reactor.call_at(Instant::now() + Duration::from_millis(1), move || tx.send(()).unwrap());
+    /// rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    /// reactor.stop();
+    /// ```
+    pub fn call_at(&self, at: Instant, f: impl FnOnce() + Send + 'static) {
+        self.shared.command(Command::CallAt(at, Box::new(f)));
+    }
+
     /// The reactor thread's [`EventLoop`]: actors spawned on it (with
     /// [`baton_runtime::Runtime::spawn_on`] or [`baton_runtime::Context::spawn_on`]) run their
     /// turns on the reactor thread, right after the events that made them runnable, with no
@@ -244,13 +266,27 @@ enum Due {
 
 struct Deadline {
     at: Instant,
-    /// Breaks ties, so that entries compare without looking at the source.
+    /// Breaks ties, so that entries compare without looking at the target.
     seq: u64,
-    key: usize,
-    /// The very source that asked: a closed source's deadline must not reach the new source
-    /// that got its key, and must not keep the closed one alive.
-    source: std::sync::Weak<dyn Source>,
-    due: Due,
+    target: Target,
+}
+
+enum Target {
+    Source {
+        key: usize,
+        /// The very source that asked: a closed source's deadline must not reach the new
+        /// source that got its key, and must not keep the closed one alive.
+        source: std::sync::Weak<dyn Source>,
+        due: Due,
+    },
+    /// [`Reactor::call_at`].
+    Call(Box<dyn FnOnce() + Send>),
+}
+
+/// A deadline that has come.
+enum Fired {
+    Source(usize, Arc<dyn Source>, Due),
+    Call(Box<dyn FnOnce() + Send>),
 }
 
 impl PartialEq for Deadline {
@@ -293,28 +329,39 @@ impl Default for Deadlines {
 }
 
 impl Deadlines {
-    fn push(&mut self, at: Instant, key: usize, source: &Arc<dyn Source>, due: Due, shared: &Shared) {
+    fn push(&mut self, at: Instant, target: Target, shared: &Shared) {
         self.seq += 1;
-        let entry = Deadline { at, seq: self.seq, key, source: Arc::downgrade(source), due };
-        self.heap.push(std::cmp::Reverse(entry));
+        self.heap.push(std::cmp::Reverse(Deadline { at, seq: self.seq, target }));
         if self.heap.len() > self.sweep_at && self.heap.len() > 2 * shared.sources.lock().len() {
             // Each live source has an entry or two: the rest are closed sources'.
-            self.heap.retain(|std::cmp::Reverse(d)| d.source.strong_count() > 0);
+            self.heap.retain(|std::cmp::Reverse(d)| match &d.target {
+                Target::Source { source, .. } => source.strong_count() > 0,
+                Target::Call(_) => true,
+            });
             self.sweep_at = (2 * self.heap.len()).max(1024);
         }
+    }
+
+    fn push_source(&mut self, at: Instant, key: usize, source: &Arc<dyn Source>, due: Due, shared: &Shared) {
+        self.push(at, Target::Source { key, source: Arc::downgrade(source), due }, shared);
     }
 
     fn next(&self) -> Option<Instant> {
         self.heap.peek().map(|std::cmp::Reverse(d)| d.at)
     }
 
-    /// The deadlines that have come, with their sources if still alive.
-    fn take_due(&mut self, now: Instant) -> Vec<(usize, Arc<dyn Source>, Due)> {
+    /// The deadlines that have come (those of sources still alive).
+    fn take_due(&mut self, now: Instant) -> Vec<Fired> {
         let mut due = Vec::new();
         while self.heap.peek().is_some_and(|std::cmp::Reverse(d)| d.at <= now) {
             let std::cmp::Reverse(d) = self.heap.pop().expect("peeked");
-            if let Some(source) = d.source.upgrade() {
-                due.push((d.key, source, d.due));
+            match d.target {
+                Target::Source { key, source, due: what } => {
+                    if let Some(source) = source.upgrade() {
+                        due.push(Fired::Source(key, source, what));
+                    }
+                }
+                Target::Call(f) => due.push(Fired::Call(f)),
             }
         }
         due
@@ -351,10 +398,15 @@ fn run_loop(shared: &Arc<Shared>) {
                 source.ready(shared, ev.key, ev);
             }
         }
-        for (key, source, what) in deadlines.take_due(Instant::now()) {
-            match what {
-                Due::Timeout => source.timeout(shared, key),
-                Due::Rearm => source.rearm(shared, key),
+        for fired in deadlines.take_due(Instant::now()) {
+            match fired {
+                Fired::Source(key, source, Due::Timeout) => source.timeout(shared, key),
+                Fired::Source(key, source, Due::Rearm) => source.rearm(shared, key),
+                Fired::Call(f) => {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                        log::error!("reactor: a call_at function panicked");
+                    }
+                }
             }
         }
         let commands = std::mem::take(&mut *shared.commands.lock());
@@ -367,14 +419,15 @@ fn run_loop(shared: &Arc<Shared>) {
                 }
                 Command::RearmAt(key, at) => {
                     if let Some(source) = shared.source(key) {
-                        deadlines.push(at, key, &source, Due::Rearm, shared);
+                        deadlines.push_source(at, key, &source, Due::Rearm, shared);
                     }
                 }
                 Command::TimeoutAt(key, at) => {
                     if let Some(source) = shared.source(key) {
-                        deadlines.push(at, key, &source, Due::Timeout, shared);
+                        deadlines.push_source(at, key, &source, Due::Timeout, shared);
                     }
                 }
+                Command::CallAt(at, f) => deadlines.push(at, Target::Call(f), shared),
                 Command::Close(key) => {
                     if let Some(source) = shared.source(key) {
                         source.close(shared, key);

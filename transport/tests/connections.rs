@@ -556,36 +556,20 @@ fn idle_timeouts_fire_in_order_after_thousands_of_closed_connections_left_theirs
     rt.shutdown(Duration::from_secs(5)).unwrap();
 }
 
-/// CPU time this process has used (user + system), from `/proc/self/stat` (clock ticks of
-/// 10 ms).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
-    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
 #[test]
-fn a_reset_after_end_of_input_does_not_make_the_reactor_spin() {
-    // Connections register level-triggered; the kernel reports errors and hang-ups whatever the
-    // interest, so a connection that wants nothing must not stay registered for them, or every
-    // wait would return at once.
-    let rt = Runtime::new();
+fn call_at_runs_on_the_reactor_thread_in_deadline_order() {
     let reactor = Reactor::start().unwrap();
-    let (conn, client, events) = pair(&rt, &reactor, ConnOptions::default());
-    client.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(next(&events), ConnEvent::ReadClosed(conn.id()));
-    // The peer now resets: the socket is in error, and this connection wants nothing.
-    rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO)).unwrap();
-    drop(client);
-    std::thread::sleep(Duration::from_millis(50));
-    let before = cpu_time();
-    std::thread::sleep(Duration::from_millis(500));
-    let used = cpu_time() - before;
-    assert!(used < Duration::from_millis(200), "the reactor used {used:?} of CPU in 500 ms while idle");
-    // The error surfaces at the next write.
-    let _ = conn.write(b"late");
-    assert!(matches!(next(&events), ConnEvent::Closed(_, CloseReason::Error(_))));
+    let (tx, rx) = unbounded();
+    let now = std::time::Instant::now();
+    for (i, ms) in [30u64, 10, 20].into_iter().enumerate() {
+        let tx = tx.clone();
+        reactor.call_at(now + Duration::from_millis(ms), move || {
+            tx.send((i, std::thread::current().name().map(str::to_owned))).unwrap();
+        });
+    }
+    let order: Vec<_> = (0..3).map(|_| rx.recv_timeout(WAIT).expect("call_at never ran")).collect();
+    assert_eq!(order.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2, 0]);
+    assert!(order.iter().all(|(_, name)| name.as_deref() == Some("baton-reactor")));
+    assert!(now.elapsed() >= Duration::from_millis(30));
     reactor.stop();
-    rt.shutdown(Duration::from_secs(5)).unwrap();
 }
