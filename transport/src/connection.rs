@@ -697,11 +697,6 @@ impl Reactor {
         let source = made.expect("set by insert");
         if has_unread {
             self.shared.command(Command::Rearm(source.key));
-        } else if self.shared.on_reactor_thread() {
-            // Adopted on the reactor thread (by an actor on its loop): the first bytes are
-            // usually there already (a client that connects and sends at once, a socket that
-            // waited in a handoff parent), so read now rather than after another wait.
-            source.ready(&self.shared, source.key, Event::readable(source.key));
         }
         if let Some(first) = [options.idle_timeout, options.read_timeout].into_iter().flatten().min() {
             self.shared.command(Command::TimeoutAt(source.key, std::time::Instant::now() + first));

@@ -17,11 +17,6 @@ use baton_runtime::{EventLoop, Recipient, TrySendError};
 use parking_lot::Mutex;
 use slab::Slab;
 
-thread_local! {
-    /// On a reactor thread, its `Shared` (as an address); 0 elsewhere.
-    static REACTOR_THREAD_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
 /// Something registered with the reactor.
 pub(crate) trait Source: Send + Sync {
     /// Handles a readiness event. Runs on the reactor thread.
@@ -38,7 +33,6 @@ pub(crate) enum Command {
     Rearm(usize),
     RearmAt(usize, Instant),
     TimeoutAt(usize, Instant),
-    CallAt(Instant, Box<dyn FnOnce() + Send>),
     Close(usize),
     /// Close, then tell the waiting caller.
     CloseAndTell(usize, std::sync::mpsc::Sender<()>),
@@ -54,17 +48,13 @@ pub(crate) struct Shared {
     next_serial: AtomicU64,
     /// Actors whose turns run on the reactor thread, between waits.
     pub(crate) event_loop: EventLoop,
+    thread: std::sync::OnceLock<std::thread::ThreadId>,
 }
 
 impl Shared {
-    /// Queues a command for the reactor thread and wakes it. On the reactor thread itself no
-    /// wake-up is needed (it looks at its commands before it waits again), and an eventfd write
-    /// and read per command (one per adopted connection with a timeout) is not free.
+    /// Queues a command for the reactor thread and wakes it.
     pub(crate) fn command(&self, cmd: Command) {
         self.commands.lock().push(cmd);
-        if self.on_reactor_thread() {
-            return;
-        }
         if let Err(e) = self.poller.notify() {
             log::error!("reactor: notify failed: {e}");
         }
@@ -99,7 +89,7 @@ impl Shared {
     /// True on the reactor thread itself (in an event handler, or an actor on its loop), where
     /// waiting for the reactor would wait forever.
     pub(crate) fn on_reactor_thread(&self) -> bool {
-        REACTOR_THREAD_OF.with(|r| r.get()) == self as *const Shared as usize
+        self.thread.get() == Some(&std::thread::current().id())
     }
 
     /// Runs a command now if on the reactor thread, else queues it.
@@ -176,6 +166,7 @@ impl Reactor {
                         }
                     }
                 }),
+                thread: std::sync::OnceLock::new(),
             }
         });
         let run = shared.clone();
@@ -197,27 +188,6 @@ impl Reactor {
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
-    }
-
-    /// Runs `f` on the reactor thread at `at` (or as soon after as the thread is free). The
-    /// deadline is the reactor's own wait timeout: no timer thread is woken, which makes it
-    /// the cheap way for an actor on the [`Reactor::event_loop`] to delay work by a fraction
-    /// of a millisecond (to batch it, say). `f` must not block.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::{Duration, Instant};
-    /// use baton_transport::Reactor;
-    ///
-    /// let reactor = Reactor::start().unwrap();
-    /// let (tx, rx) = std::sync::mpsc::channel();
-    /// reactor.call_at(Instant::now() + Duration::from_millis(1), move || tx.send(()).unwrap());
-    /// rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    /// reactor.stop();
-    /// ```
-    pub fn call_at(&self, at: Instant, f: impl FnOnce() + Send + 'static) {
-        self.shared.command(Command::CallAt(at, Box::new(f)));
     }
 
     /// The reactor thread's [`EventLoop`]: actors spawned on it (with
@@ -266,27 +236,13 @@ enum Due {
 
 struct Deadline {
     at: Instant,
-    /// Breaks ties, so that entries compare without looking at the target.
+    /// Breaks ties, so that entries compare without looking at the source.
     seq: u64,
-    target: Target,
-}
-
-enum Target {
-    Source {
-        key: usize,
-        /// The very source that asked: a closed source's deadline must not reach the new
-        /// source that got its key, and must not keep the closed one alive.
-        source: std::sync::Weak<dyn Source>,
-        due: Due,
-    },
-    /// [`Reactor::call_at`].
-    Call(Box<dyn FnOnce() + Send>),
-}
-
-/// A deadline that has come.
-enum Fired {
-    Source(usize, Arc<dyn Source>, Due),
-    Call(Box<dyn FnOnce() + Send>),
+    key: usize,
+    /// The very source that asked: a closed source's deadline must not reach the new source
+    /// that got its key, and must not keep the closed one alive.
+    source: std::sync::Weak<dyn Source>,
+    due: Due,
 }
 
 impl PartialEq for Deadline {
@@ -329,39 +285,28 @@ impl Default for Deadlines {
 }
 
 impl Deadlines {
-    fn push(&mut self, at: Instant, target: Target, shared: &Shared) {
+    fn push(&mut self, at: Instant, key: usize, source: &Arc<dyn Source>, due: Due, shared: &Shared) {
         self.seq += 1;
-        self.heap.push(std::cmp::Reverse(Deadline { at, seq: self.seq, target }));
+        let entry = Deadline { at, seq: self.seq, key, source: Arc::downgrade(source), due };
+        self.heap.push(std::cmp::Reverse(entry));
         if self.heap.len() > self.sweep_at && self.heap.len() > 2 * shared.sources.lock().len() {
             // Each live source has an entry or two: the rest are closed sources'.
-            self.heap.retain(|std::cmp::Reverse(d)| match &d.target {
-                Target::Source { source, .. } => source.strong_count() > 0,
-                Target::Call(_) => true,
-            });
+            self.heap.retain(|std::cmp::Reverse(d)| d.source.strong_count() > 0);
             self.sweep_at = (2 * self.heap.len()).max(1024);
         }
-    }
-
-    fn push_source(&mut self, at: Instant, key: usize, source: &Arc<dyn Source>, due: Due, shared: &Shared) {
-        self.push(at, Target::Source { key, source: Arc::downgrade(source), due }, shared);
     }
 
     fn next(&self) -> Option<Instant> {
         self.heap.peek().map(|std::cmp::Reverse(d)| d.at)
     }
 
-    /// The deadlines that have come (those of sources still alive).
-    fn take_due(&mut self, now: Instant) -> Vec<Fired> {
+    /// The deadlines that have come, with their sources if still alive.
+    fn take_due(&mut self, now: Instant) -> Vec<(usize, Arc<dyn Source>, Due)> {
         let mut due = Vec::new();
         while self.heap.peek().is_some_and(|std::cmp::Reverse(d)| d.at <= now) {
             let std::cmp::Reverse(d) = self.heap.pop().expect("peeked");
-            match d.target {
-                Target::Source { key, source, due: what } => {
-                    if let Some(source) = source.upgrade() {
-                        due.push(Fired::Source(key, source, what));
-                    }
-                }
-                Target::Call(f) => due.push(Fired::Call(f)),
+            if let Some(source) = d.source.upgrade() {
+                due.push((d.key, source, d.due));
             }
         }
         due
@@ -369,16 +314,14 @@ impl Deadlines {
 }
 
 fn run_loop(shared: &Arc<Shared>) {
-    REACTOR_THREAD_OF.with(|r| r.set(Arc::as_ptr(shared) as usize));
+    let _ = shared.thread.set(std::thread::current().id());
     shared.event_loop.bind();
     let mut events = Events::new();
     let mut deadlines = Deadlines::default();
     // Actors on the loop that are runnable again: poll without blocking, then run them.
     let mut more_turns = false;
     loop {
-        // Commands queued from this thread (by actors on the loop) did not notify: do not
-        // block with any pending.
-        let timeout = if more_turns || !shared.commands.lock().is_empty() {
+        let timeout = if more_turns {
             Some(Duration::ZERO)
         } else {
             deadlines.next().map(|at| at.saturating_duration_since(Instant::now()))
@@ -398,15 +341,10 @@ fn run_loop(shared: &Arc<Shared>) {
                 source.ready(shared, ev.key, ev);
             }
         }
-        for fired in deadlines.take_due(Instant::now()) {
-            match fired {
-                Fired::Source(key, source, Due::Timeout) => source.timeout(shared, key),
-                Fired::Source(key, source, Due::Rearm) => source.rearm(shared, key),
-                Fired::Call(f) => {
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-                        log::error!("reactor: a call_at function panicked");
-                    }
-                }
+        for (key, source, what) in deadlines.take_due(Instant::now()) {
+            match what {
+                Due::Timeout => source.timeout(shared, key),
+                Due::Rearm => source.rearm(shared, key),
             }
         }
         let commands = std::mem::take(&mut *shared.commands.lock());
@@ -419,15 +357,14 @@ fn run_loop(shared: &Arc<Shared>) {
                 }
                 Command::RearmAt(key, at) => {
                     if let Some(source) = shared.source(key) {
-                        deadlines.push_source(at, key, &source, Due::Rearm, shared);
+                        deadlines.push(at, key, &source, Due::Rearm, shared);
                     }
                 }
                 Command::TimeoutAt(key, at) => {
                     if let Some(source) = shared.source(key) {
-                        deadlines.push_source(at, key, &source, Due::Timeout, shared);
+                        deadlines.push(at, key, &source, Due::Timeout, shared);
                     }
                 }
-                Command::CallAt(at, f) => deadlines.push(at, Target::Call(f), shared),
                 Command::Close(key) => {
                     if let Some(source) = shared.source(key) {
                         source.close(shared, key);

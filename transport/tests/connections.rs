@@ -555,21 +555,3 @@ fn idle_timeouts_fire_in_order_after_thousands_of_closed_connections_left_theirs
     reactor.stop();
     rt.shutdown(Duration::from_secs(5)).unwrap();
 }
-
-#[test]
-fn call_at_runs_on_the_reactor_thread_in_deadline_order() {
-    let reactor = Reactor::start().unwrap();
-    let (tx, rx) = unbounded();
-    let now = std::time::Instant::now();
-    for (i, ms) in [30u64, 10, 20].into_iter().enumerate() {
-        let tx = tx.clone();
-        reactor.call_at(now + Duration::from_millis(ms), move || {
-            tx.send((i, std::thread::current().name().map(str::to_owned))).unwrap();
-        });
-    }
-    let order: Vec<_> = (0..3).map(|_| rx.recv_timeout(WAIT).expect("call_at never ran")).collect();
-    assert_eq!(order.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2, 0]);
-    assert!(order.iter().all(|(_, name)| name.as_deref() == Some("baton-reactor")));
-    assert!(now.elapsed() >= Duration::from_millis(30));
-    reactor.stop();
-}
