@@ -129,13 +129,16 @@ pub fn heavy(req: &Request<'_>) -> Option<Duration> {
 /// The answer for one request, without the wait of a heavy one (see [`heavy`]).
 pub fn reply(req: &Request<'_>, close: bool) -> Vec<u8> {
     match (req.method, req.path) {
-        ("GET", "/") | ("GET", "/slow") => {
-            // The pid, read once per process (a system call per request otherwise).
-            static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-            response("200 OK", &format!("hello from worker {}\n", PID.get_or_init(std::process::id)), close)
-        }
+        ("GET", "/") | ("GET", "/slow") => hello(close),
         _ => response("404 Not Found", "not found\n", close),
     }
+}
+
+/// `200 OK` with `hello from worker <pid>`.
+pub fn hello(close: bool) -> Vec<u8> {
+    // The pid, read once per process (a system call per request otherwise).
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    response("200 OK", &format!("hello from worker {}\n", PID.get_or_init(std::process::id)), close)
 }
 
 /// The answer for one request, blocking the calling thread for a heavy one (for servers that
@@ -168,14 +171,19 @@ impl From<Accepted> for HttpMsg {
 struct HttpConn {
     conn: Option<Connection>,
     buf: Vec<u8>,
-    /// A heavy request is being worked on: answer nothing more until it is done. Holds the
-    /// worker's busy announcement (when there is a parent to tell).
-    heavy: Option<Option<baton_handoff::Busy>>,
+    /// A heavy request is being worked on: answer nothing more (and read nothing more, so the
+    /// client's TCP window holds what it pipelines) until it is done. Holds the worker's busy
+    /// announcement (when there is a parent to tell), and whether the client asked to close.
+    heavy: Option<(Option<baton_handoff::Busy>, bool)>,
     /// Responses written: a connection that has not had one is not idle, only new (its first
     /// request may be on the wire), and a drain must not close it.
     answered: u32,
     /// A response with `Connection: close` went out: ignore what follows.
     closing: bool,
+    /// The client will send no more; close once what it sent is answered.
+    read_eof: bool,
+    /// Reading paused because answers pile up unread (`HighWater`).
+    write_backlog: bool,
     draining: bool,
     status: Option<baton_handoff::Status>,
 }
@@ -191,21 +199,14 @@ pub enum ConnMsg {
     Event(ConnEvent),
     /// The worker drains: close when idle.
     Drain,
-    /// A heavy request's answer, from its [`HeavyRequest`].
-    HeavyDone {
-        /// The response to write.
-        reply: Vec<u8>,
-        /// Close after it.
-        close: bool,
-    },
+    /// A heavy request's work is done (see [`HeavyRequest`]).
+    HeavyDone,
 }
 
-/// Does a heavy request's blocking work on a pool thread, then hands the answer back to its
-/// connection's actor and stops.
+/// Does a heavy request's blocking work on a pool thread, tells its connection's actor, and
+/// stops.
 struct HeavyRequest {
     wait: Duration,
-    reply: Vec<u8>,
-    close: bool,
     to: Addr<HttpConn>,
 }
 
@@ -213,9 +214,16 @@ impl Actor for HeavyRequest {
     type Message = ();
     fn handle(&mut self, ctx: &mut Context<Self>, _: ()) {
         std::thread::sleep(self.wait);
-        let done = ConnMsg::HeavyDone { reply: std::mem::take(&mut self.reply), close: self.close };
-        // The connection may have closed meanwhile; then nobody needs the answer.
-        let _ = self.to.try_send(done);
+        // The connection reads nothing while it waits for us, so its mailbox has room unless
+        // events queued just before; it may also have closed, and then nobody needs the answer.
+        let deadline = std::time::Instant::now() + MAX_SLOW;
+        while let Err(baton_runtime::TrySendError::Full(_)) = self.to.try_send(ConnMsg::HeavyDone) {
+            if std::time::Instant::now() >= deadline {
+                log::warn!("http: a connection's mailbox stayed full; its heavy answer is lost");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         ctx.stop();
     }
 }
@@ -231,13 +239,15 @@ impl HttpConn {
                     }
                     let close = req.close || self.draining;
                     if let Some(wait) = heavy(&req) {
-                        let job = HeavyRequest { wait, reply: reply(&req, close), close, to: ctx.address() };
-                        let used = req.head_len + req.body_len;
-                        match ctx.spawn(job, Mailbox::Bounded(1)) {
-                            Ok(job) if job.try_send(()).is_ok() => {
+                        let (used, asked_close) = (req.head_len + req.body_len, req.close);
+                        let job = HeavyRequest { wait, to: ctx.address() };
+                        // A fresh actor's mailbox takes its one message.
+                        match ctx.spawn(job, Mailbox::Bounded(1)).map(|job| job.try_send(())) {
+                            Ok(Ok(())) => {
                                 self.buf.drain(..used);
                                 // The parent sends new connections elsewhere meanwhile.
-                                self.heavy = Some(self.status.as_ref().map(|s| s.busy()));
+                                self.heavy = Some((self.status.as_ref().map(|s| s.busy()), asked_close));
+                                self.update_reading();
                                 break;
                             }
                             _ => (response("503 Service Unavailable", "shutting down\n", true), used, true),
@@ -281,6 +291,28 @@ impl HttpConn {
             }
         }
     }
+
+    /// Reads while nothing holds it back: neither unread answers nor a heavy request.
+    fn update_reading(&self) {
+        if let Some(conn) = self.conn.as_ref() {
+            if self.write_backlog || self.heavy.is_some() {
+                conn.pause_reading();
+            } else {
+                conn.resume_reading();
+            }
+        }
+    }
+
+    /// After the client's end of input: close once nothing it sent waits for an answer (a
+    /// heavy request's answer, or requests pipelined behind it).
+    fn close_after_input(&mut self) {
+        if self.read_eof && self.heavy.is_none() && !self.closing {
+            self.closing = true;
+            if let Some(conn) = self.conn.as_ref() {
+                conn.close();
+            }
+        }
+    }
 }
 
 impl Actor for HttpConn {
@@ -315,24 +347,31 @@ impl Actor for HttpConn {
                 }
                 self.serve(ctx);
             }
-            ConnMsg::HeavyDone { reply, close } => {
-                self.heavy = None;
-                if !self.closing && self.send(&reply, close) {
+            ConnMsg::HeavyDone => {
+                let Some((_busy, asked_close)) = self.heavy.take() else { return };
+                // Decided now, not when the request came: a drain may have begun meanwhile.
+                if !self.closing && self.send(&hello(asked_close || self.draining), asked_close || self.draining) {
+                    self.update_reading();
                     self.serve(ctx);
                     if self.draining {
                         self.close_if_idle();
                     }
                 }
+                self.close_after_input();
             }
             ConnMsg::Event(ConnEvent::ReadClosed(_)) => {
-                self.closing = true;
-                if let Some(conn) = self.conn.as_ref() {
-                    conn.close();
-                }
+                self.read_eof = true;
+                self.close_after_input();
             }
             // Pipelined answers piling up: stop reading until the client catches up.
-            ConnMsg::Event(ConnEvent::HighWater(_)) => self.conn.iter().for_each(Connection::pause_reading),
-            ConnMsg::Event(ConnEvent::LowWater(_)) => self.conn.iter().for_each(Connection::resume_reading),
+            ConnMsg::Event(ConnEvent::HighWater(_)) => {
+                self.write_backlog = true;
+                self.update_reading();
+            }
+            ConnMsg::Event(ConnEvent::LowWater(_)) => {
+                self.write_backlog = false;
+                self.update_reading();
+            }
             ConnMsg::Event(ConnEvent::Closed(..)) => ctx.stop(),
         }
     }
@@ -378,6 +417,8 @@ impl HttpServer {
             conn: None,
             buf: Vec::new(),
             heavy: None,
+            read_eof: false,
+            write_backlog: false,
             answered: 0,
             closing: false,
             draining: self.draining,

@@ -450,8 +450,17 @@ impl ParentBuilder {
         self
     }
 
-    /// Starts the Handoff actor on `runtime`, watching its channels with `reactor`, and spawns
-    /// the workers.
+    /// Starts the Handoff actor and spawns the workers. The actor belongs to `runtime` and runs
+    /// on `reactor`'s event loop ([`Reactor::event_loop`]): accepting, placing and sending a
+    /// socket happen on the reactor thread, with no hop to a pool thread (that hop cost the
+    /// parent about a third of its CPU per connection).
+    ///
+    /// Two things block that thread briefly, and with it every other socket of `reactor`:
+    /// starting a worker process (fork and exec, a few milliseconds, at start and on each
+    /// restart) and stopping (up to a second while workers exit). Give the parent a reactor of
+    /// its own if other traffic on it cannot wait that long. Call [`Parent`]'s methods from
+    /// application threads or pool actors: on the reactor thread itself its asks (`stats`,
+    /// `drain`) are refused and [`Parent::wait_ready`] cannot succeed.
     ///
     /// # Errors
     ///

@@ -99,15 +99,21 @@ impl Incoming {
         let id = self.id;
         let shared = self.shared.clone();
         let reported = self.reported;
-        // ADOPTED must reach the parent before CLOSED. The connection can close (a peer reset)
-        // between its registration and our ADOPTED: then the hook leaves CLOSED to us.
-        // 0: ADOPTED not sent yet; 1: sent; 2: closed before it was sent.
+        // ADOPTED must reach the parent before CLOSED. The connection can close (a peer reset,
+        // on the reactor thread) between its registration and our report: then the hook leaves
+        // CLOSED to us. Both sides decide under the reports lock, so a flush can never take
+        // the CLOSED without the ADOPTED before it.
+        // 0: ADOPTED not reported yet; 1: reported; 2: closed before it was reported.
         let order = Arc::new(std::sync::atomic::AtomicU8::new(0));
         let hook_order = order.clone();
         let hook = Box::new(move |_: &CloseReason| {
             shared.open.fetch_sub(1, SeqCst);
-            if reported && hook_order.compare_exchange(0, 2, SeqCst, SeqCst).is_err() {
-                shared.report(|r| r.closed.push(id));
+            if reported {
+                shared.report(|r| {
+                    if hook_order.compare_exchange(0, 2, SeqCst, SeqCst).is_err() {
+                        r.closed.push(id);
+                    }
+                });
             }
         });
         self.shared.open.fetch_add(1, SeqCst);
@@ -118,10 +124,9 @@ impl Incoming {
                     // Batched with the others adopted in this round: the parent closes its
                     // copy when it hears, and the connection's own close does not wait for
                     // that (the transport shuts a socket down before closing it).
-                    let closed_already = order.compare_exchange(0, 1, SeqCst, SeqCst).is_err();
                     self.shared.report(|r| {
                         r.adopted.push(id);
-                        if closed_already {
+                        if order.compare_exchange(0, 1, SeqCst, SeqCst).is_err() {
                             r.closed.push(id);
                         }
                     });

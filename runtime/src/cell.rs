@@ -373,7 +373,7 @@ impl<A: Actor> Cell<A> {
                     // moment for the next one rather than end the turn and pay a reschedule,
                     // and likely a cross-CPU wake-up, per message. Not on an event loop: there
                     // the producer is usually the loop's own thread, which the spin would hold.
-                    Err(_) if handled >= STREAM_MIN && !matches!(self.executor, Executor::Loop(_)) => {
+                    Err(_) if handled >= STREAM_MIN && !matches!(self.executor, Executor::Loop(..)) => {
                         match self.spin_for_message() {
                             Some(msg) => msg,
                             None => break,

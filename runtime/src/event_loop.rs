@@ -29,7 +29,10 @@
 //!   pool, and later wake-ups go to the pool too: an actor outlives the thread that drove it,
 //!   and runtime shutdown never waits for a turn that nobody will run.
 //! - Like a pool thread, the driving thread refuses blocking asks ([`crate::AskError`]) and
-//!   never waits for room in a full mailbox.
+//!   never waits for room in a full mailbox: `Addr::send` there hands the message back at once
+//!   when the mailbox is full, as `try_send` does. Code that blocks until another actor answers
+//!   (a blocking API built on asks, `std::thread::sleep`, waiting on a child process) does not
+//!   belong in a handler on a loop.
 
 use std::cell::Cell as StdCell;
 use std::collections::VecDeque;
@@ -59,12 +62,11 @@ pub(crate) struct LoopInner {
 }
 
 struct LoopQueue {
-    runnable: VecDeque<Task>,
-    /// Set by [`EventLoop::close`]: turns go to the pool from then on.
+    /// Runnable actors, each with its own runtime's pool (actors of several runtimes may
+    /// share a loop), where it goes if the loop closes.
+    runnable: VecDeque<(Task, Arc<Pool>)>,
+    /// Set by [`EventLoop::close`]: turns go to the actors' pools from then on.
     closed: bool,
-    /// The pool to fall back to, learned from the first actor spawned here (every actor on
-    /// this loop comes from that one runtime).
-    pool: Option<Arc<Pool>>,
 }
 
 impl fmt::Debug for EventLoop {
@@ -80,7 +82,7 @@ impl EventLoop {
     pub fn new(wake: impl Fn() + Send + Sync + 'static) -> EventLoop {
         EventLoop {
             inner: Arc::new(LoopInner {
-                queue: Mutex::new(LoopQueue { runnable: VecDeque::new(), closed: false, pool: None }),
+                queue: Mutex::new(LoopQueue { runnable: VecDeque::new(), closed: false }),
                 wake: Box::new(wake),
             }),
         }
@@ -105,7 +107,7 @@ impl EventLoop {
             }
             std::mem::take(&mut q.runnable)
         };
-        for task in batch {
+        for (task, _) in batch {
             // Cells catch handler panics themselves; this backstop keeps the driver (and the
             // actors queued behind it) alive if anything else unwinds.
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
@@ -121,12 +123,9 @@ impl EventLoop {
         let mut q = self.inner.queue.lock();
         q.closed = true;
         let stranded = std::mem::take(&mut q.runnable);
-        let pool = q.pool.clone();
         drop(q);
-        if let Some(pool) = pool {
-            for task in stranded {
-                pool.push_fair(task);
-            }
+        for (task, pool) in stranded {
+            pool.push_fair(task);
         }
     }
 
@@ -141,24 +140,16 @@ impl EventLoop {
 }
 
 impl LoopInner {
-    /// Remembers the runtime's pool as the fallback for when the loop closes.
-    pub(crate) fn adopt_pool(&self, pool: &Arc<Pool>) {
-        let mut q = self.queue.lock();
-        if q.pool.is_none() {
-            q.pool = Some(pool.clone());
-        }
-    }
-
-    pub(crate) fn schedule(self: &Arc<Self>, task: Task) {
+    /// Queues `task` (an actor of the runtime whose pool is `pool`); on a closed loop, hands it
+    /// to that pool instead.
+    pub(crate) fn schedule(self: &Arc<Self>, task: Task, pool: &Arc<Pool>) {
         let mut q = self.queue.lock();
         if q.closed {
-            if let Some(pool) = q.pool.clone() {
-                drop(q);
-                pool.push_fair(task);
-                return;
-            }
+            drop(q);
+            pool.push_fair(task);
+            return;
         }
-        q.runnable.push_back(task);
+        q.runnable.push_back((task, pool.clone()));
         drop(q);
         let on_driver = BOUND.with(|b| b.get()) == Arc::as_ptr(self) as *const u8 as usize;
         if !on_driver {

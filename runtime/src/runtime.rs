@@ -111,8 +111,7 @@ impl RuntimeShared {
         };
         let id = ActorId(self.next_id.fetch_add(1, SeqCst));
         let (executor, wakeups) = if let Some(event_loop) = &spec.event_loop {
-            event_loop.inner.adopt_pool(&self.pool);
-            (Executor::Loop(event_loop.inner.clone()), None)
+            (Executor::Loop(event_loop.inner.clone(), self.pool.clone()), None)
         } else if spec.dedicated {
             let (tx, rx) = unbounded();
             (Executor::Dedicated(tx), Some(rx))

@@ -153,8 +153,9 @@ pub(crate) enum Executor {
     Pool(Arc<Pool>),
     /// A dedicated thread waiting on this channel for "you have work" tokens.
     Dedicated(Sender<()>),
-    /// A thread of the application's that drains this queue between its own waits.
-    Loop(Arc<crate::event_loop::LoopInner>),
+    /// A thread of the application's that drains this queue between its own waits; the
+    /// actor's runtime's pool takes over if the loop closes.
+    Loop(Arc<crate::event_loop::LoopInner>, Arc<Pool>),
 }
 
 impl Executor {
@@ -164,14 +165,14 @@ impl Executor {
             Executor::Dedicated(wake) => {
                 let _ = wake.send(());
             }
-            Executor::Loop(event_loop) => event_loop.schedule(task),
+            Executor::Loop(event_loop, pool) => event_loop.schedule(task, pool),
         }
     }
 
     pub(crate) fn schedule_fair(&self, task: Task) {
         match self {
             Executor::Pool(pool) => pool.push_fair(task),
-            Executor::Dedicated(_) | Executor::Loop(_) => self.schedule(task),
+            Executor::Dedicated(_) | Executor::Loop(..) => self.schedule(task),
         }
     }
 }

@@ -290,3 +290,22 @@ fn a_panicking_handler_on_the_loop_stops_its_actor_not_the_driver() {
     driver.stop();
     rt.shutdown(WAIT).unwrap();
 }
+
+#[test]
+fn actors_of_two_runtimes_on_one_closed_loop_each_go_to_their_own_pool() {
+    let first = Runtime::builder().threads(1).build();
+    let second = Runtime::builder().threads(1).build();
+    let (event_loop, _wakeups, _) = new_loop();
+    let (tx1, seen1) = unbounded();
+    let (tx2, seen2) = unbounded();
+    let a = first.spawn_on(&event_loop, WhereAmI { seen: tx1 }, Mailbox::DEFAULT).unwrap();
+    let b = second.spawn_on(&event_loop, WhereAmI { seen: tx2 }, Mailbox::DEFAULT).unwrap();
+    event_loop.close();
+    a.send(1).unwrap();
+    assert_eq!(seen1.recv_timeout(WAIT).unwrap().0, 1);
+    first.shutdown(WAIT).unwrap();
+    // The first runtime's pool is gone; the second's actor must not have been handed to it.
+    b.send(2).unwrap();
+    assert_eq!(seen2.recv_timeout(WAIT).expect("the second runtime's actor ran nowhere").0, 2);
+    second.shutdown(WAIT).unwrap();
+}

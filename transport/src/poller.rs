@@ -129,7 +129,9 @@ impl Poller {
     /// Waits for events, a [`Poller::notify`], or the timeout (`None`: no timeout).
     pub(crate) fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         events.list.clear();
-        let timeout = timeout.map(|t| Timespec {
+        // At most an hour: a longer timeout does not fit epoll_wait's milliseconds, and rustix
+        // would then need epoll_pwait2, which kernels before 5.11 lack. (A waker comes sooner.)
+        let timeout = timeout.map(|t| t.min(Duration::from_secs(3600))).map(|t| Timespec {
             tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
             tv_nsec: i64::from(t.subsec_nanos()),
         });

@@ -1,10 +1,12 @@
 //! The reactor: one thread that owns an epoll instance ([`crate::poller`]) and a slab of sources.
 //!
-//! Sources are registered in oneshot mode: after an event fires, the source gets no more until
-//! it is re-armed deliberately. A source re-arms itself at the end of its event handling when it
-//! wants more; other threads (an actor that made room in its mailbox, an API call such as
-//! `resume`) ask for a re-arm through the command queue plus `Poller::notify`, so every
-//! `Poller::modify` of a source happens on the reactor thread, in order.
+//! Listeners and watches are registered oneshot: after an event fires, the source gets no more
+//! until it is re-armed deliberately. Connections are registered level-triggered and change
+//! their registration only when what they want changes (see `poller.rs`). A source re-arms or
+//! changes itself at the end of its event handling; other threads (an actor that made room in
+//! its mailbox, an API call such as `resume`) ask through the command queue plus
+//! `Poller::notify`, so a source's registration changes on the reactor thread, in order
+//! (watches excepted: their owner re-arms them directly, `epoll_ctl` being thread-safe).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -313,7 +315,22 @@ impl Deadlines {
     }
 }
 
+/// Closes the reactor's event loop when the thread leaves `run_loop`, however it leaves: if a
+/// source or a deadline panics, the actors on the loop move to their pools and keep running
+/// (and stopping) rather than waiting forever for a thread that is gone.
+struct CloseLoopOnExit<'a>(&'a EventLoop);
+
+impl Drop for CloseLoopOnExit<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            log::error!("reactor: the reactor thread panicked; its event loop's actors move to the pool");
+        }
+        self.0.close();
+    }
+}
+
 fn run_loop(shared: &Arc<Shared>) {
+    let _close_loop = CloseLoopOnExit(&shared.event_loop);
     let _ = shared.thread.set(std::thread::current().id());
     shared.event_loop.bind();
     let mut events = Events::new();
@@ -384,6 +401,5 @@ fn run_loop(shared: &Arc<Shared>) {
     for (key, source) in all {
         source.close(shared, key);
     }
-    // Whatever the closes made runnable, and every later turn, goes to the pool.
-    shared.event_loop.close();
+    // Whatever the closes made runnable, and every later turn, goes to the pool (`_close_loop`).
 }
