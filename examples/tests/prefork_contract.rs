@@ -101,6 +101,15 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Removes a file when dropped (a socket file left by a server the test had to kill).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Reads one HTTP response (status line, headers, Content-Length body).
 fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
     let mut status = String::new();
@@ -286,6 +295,8 @@ fn sigusr2_upgrades_ten_times_without_a_failed_request() {
         .expect("start prefork");
     // Every generation is in the first one's process group: all killed if this test fails.
     let _group = GroupGuard(first.id());
+    // Killed servers cannot remove their control socket; the test does, however it ends.
+    let _socket = RemoveOnDrop(path.clone());
     let mut out = BufReader::new(first.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
