@@ -2,6 +2,9 @@
 //! descriptor count is back at its baseline. Alone in this binary (one test), so other tests'
 //! sockets do not blur the count.
 
+mod common;
+use common::Collect;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -9,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use baton_runtime::{Actor, Context, Mailbox, Runtime};
 use baton_transport::*;
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -23,14 +26,6 @@ fn back_to(baseline: usize, after: &str) {
     while open_fds() > baseline {
         assert!(Instant::now() < deadline, "descriptors leaked after {after}: {} > {baseline}", open_fds());
         std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-struct Collect(Sender<ConnEvent>);
-impl Actor for Collect {
-    type Message = ConnEvent;
-    fn handle(&mut self, _ctx: &mut Context<Self>, ev: ConnEvent) {
-        let _ = self.0.send(ev);
     }
 }
 

@@ -1,6 +1,9 @@
 //! Connections through the public API: echo at scale, half-close both ways, abort, exactly one
 //! Closed, backpressure at the high-water mark, detach and adopt with unread bytes.
 
+mod common;
+use common::Collect;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
@@ -130,15 +133,6 @@ fn echo_a_thousand(on_loop: bool) {
     }
     reactor.stop();
     rt.shutdown(Duration::from_secs(5)).unwrap();
-}
-
-/// Collects events for one connection in a test-visible channel.
-struct Collect(Sender<ConnEvent>);
-impl Actor for Collect {
-    type Message = ConnEvent;
-    fn handle(&mut self, _ctx: &mut Context<Self>, ev: ConnEvent) {
-        let _ = self.0.send(ev);
-    }
 }
 
 fn pair(rt: &Runtime, reactor: &Reactor, opts: ConnOptions) -> (Connection, TcpStream, Receiver<ConnEvent>) {

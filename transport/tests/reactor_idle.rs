@@ -1,23 +1,17 @@
 //! The reactor stays idle when it has nothing to do. Alone in its own test binary: it measures
 //! the whole process's CPU time, which other tests running in parallel would add to.
 
+mod common;
+use common::Collect;
+
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use baton_runtime::{Actor, Context, Mailbox, Runtime};
+use baton_runtime::{Mailbox, Runtime};
 use baton_transport::*;
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Collects events for one connection in a test-visible channel.
-struct Collect(Sender<ConnEvent>);
-impl Actor for Collect {
-    type Message = ConnEvent;
-    fn handle(&mut self, _ctx: &mut Context<Self>, ev: ConnEvent) {
-        let _ = self.0.send(ev);
-    }
-}
 
 fn next(rx: &Receiver<ConnEvent>) -> ConnEvent {
     rx.recv_timeout(WAIT).expect("no event")

@@ -1,4 +1,4 @@
-//! Helpers shared by the listener test binaries.
+//! Helpers shared by the transport's test binaries.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -45,5 +45,15 @@ pub fn local_inet(l: &Listener) -> SocketAddr {
     match l.local_addr() {
         Address::Inet(a) => *a,
         other => panic!("not inet: {other:?}"),
+    }
+}
+
+/// Collects one connection's events in a channel the test reads.
+pub struct Collect(pub Sender<ConnEvent>);
+
+impl Actor for Collect {
+    type Message = ConnEvent;
+    fn handle(&mut self, _ctx: &mut Context<Self>, ev: ConnEvent) {
+        let _ = self.0.send(ev);
     }
 }
