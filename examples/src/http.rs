@@ -199,7 +199,7 @@ pub enum ConnMsg {
     Event(ConnEvent),
     /// The worker drains: close when idle.
     Drain,
-    /// A heavy request's work is done (see [`HeavyRequest`]).
+    /// A heavy request's work, done on a pool thread, is over: answer it.
     HeavyDone,
 }
 

@@ -21,7 +21,7 @@ const NOT_INHERITED: [&str; 4] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", 
 ///
 /// The usual choice is [`WorkerCommand::current_exe`]: the same binary, which sees
 /// [`ENV_FD`](crate::bootstrap::ENV_FD) in its environment and takes the worker role
-/// ([`crate::worker_role`]).
+/// ([`crate::channel_from_env`] returns its channel).
 #[derive(Clone, Debug)]
 pub struct WorkerCommand {
     program: PathBuf,
