@@ -95,8 +95,8 @@ mod worker;
 pub use crate::bootstrap::{channel_from_env, ChannelListener, Endpoint, PeerCheck};
 pub use crate::channel::{BadRecord, Channel, RecvBuf, RecvError};
 pub use crate::parent::{
-    Control, Dispatch, DispatchError, DrainReport, Handoff, HandoffMsg, Parent, ParentBuilder, Stats, WorkerStats,
-    LATENCY_WINDOW,
+    Control, Dispatch, DispatchError, DrainReport, Handoff, HandoffMsg, Parent, ParentBuilder, SharedListener, Stats,
+    WorkerStats, LATENCY_WINDOW,
 };
 pub use crate::policy::{Candidate, LeastLoaded, Policy, PowerOfTwo, RoundRobin, Sticky};
 pub use crate::process::{WorkerCommand, ENV_SLOT};
