@@ -405,7 +405,7 @@ impl Listener {
     pub fn close_and_wait(&self) {
         if self.reactor.on_reactor_thread() {
             // An actor on the reactor's loop: closing now is the same as waiting for it.
-            self.reactor.close_now_or_later(self.key);
+            self.reactor.close_on_reactor_thread(self.key);
             return;
         }
         let (tx, rx) = std::sync::mpsc::channel();

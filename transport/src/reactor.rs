@@ -94,14 +94,12 @@ impl Shared {
         self.thread.get() == Some(&std::thread::current().id())
     }
 
-    /// Runs a command now if on the reactor thread, else queues it.
-    pub(crate) fn close_now_or_later(self: &Arc<Self>, key: usize) {
-        if self.on_reactor_thread() {
-            if let Some(source) = self.source(key) {
-                source.close(self, key);
-            }
-        } else {
-            self.command(Command::Close(key));
+    /// Closes source `key` at once. Only on the reactor thread, where every other change to a
+    /// source's registration also happens.
+    pub(crate) fn close_on_reactor_thread(self: &Arc<Self>, key: usize) {
+        debug_assert!(self.on_reactor_thread());
+        if let Some(source) = self.source(key) {
+            source.close(self, key);
         }
     }
 }
