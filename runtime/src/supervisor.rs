@@ -72,6 +72,7 @@ pub struct ChildSpec<A: Actor> {
     restart: Restart,
     mailbox: Mailbox,
     dedicated: bool,
+    event_loop: Option<crate::EventLoop>,
 }
 
 impl<A: Actor> ChildSpec<A> {
@@ -82,6 +83,7 @@ impl<A: Actor> ChildSpec<A> {
             restart: Restart::Permanent,
             mailbox: Mailbox::DEFAULT,
             dedicated: false,
+            event_loop: None,
         }
     }
 
@@ -100,6 +102,14 @@ impl<A: Actor> ChildSpec<A> {
     /// Runs the child on a dedicated thread (for blocking work).
     pub fn dedicated(mut self, yes: bool) -> Self {
         self.dedicated = yes;
+        self
+    }
+
+    /// Runs the child (and every restarted instance) on `event_loop`, like
+    /// [`crate::Runtime::spawn_on`]: for protocol actors that never block. Wins over
+    /// [`ChildSpec::dedicated`].
+    pub fn on_loop(mut self, event_loop: &crate::EventLoop) -> Self {
+        self.event_loop = Some(event_loop.clone());
         self
     }
 }
@@ -236,7 +246,7 @@ impl SupervisorHandle {
     ///
     /// [`SpawnError`] when shutting down, or when a dedicated thread cannot start.
     pub fn start_child<A: Actor>(&self, spec: ChildSpec<A>) -> Result<Addr<A>, SpawnError> {
-        let ChildSpec { mut factory, restart, mailbox, dedicated } = spec;
+        let ChildSpec { mut factory, restart, mailbox, dedicated, event_loop } = spec;
         let first = factory();
         let sup = self.addr.cell.clone();
         let hook = Box::new(move |down: Down| sup.signal_down(down));
@@ -249,7 +259,7 @@ impl SupervisorHandle {
             first,
             Some(factory),
             Some((hook, restart)),
-            SpawnOptions { mailbox, dedicated, event_loop: None, depth: self.depth + 1 },
+            SpawnOptions { mailbox, dedicated, event_loop, depth: self.depth + 1 },
         )?;
         st.children.push(Child { id: addr.id(), restart, control: Box::new(addr.cell.clone()) });
         Ok(addr)

@@ -309,3 +309,36 @@ fn actors_of_two_runtimes_on_one_closed_loop_each_go_to_their_own_pool() {
     assert_eq!(seen2.recv_timeout(WAIT).expect("the second runtime's actor ran nowhere").0, 2);
     second.shutdown(WAIT).unwrap();
 }
+
+/// Reports where it runs; panics on 0.
+struct Fragile {
+    seen: Sender<(u32, ThreadId)>,
+}
+
+impl Actor for Fragile {
+    type Message = u32;
+    fn handle(&mut self, _ctx: &mut Context<Self>, n: u32) {
+        assert_ne!(n, 0, "told to crash");
+        self.seen.send((n, std::thread::current().id())).unwrap();
+    }
+}
+
+#[test]
+fn a_supervised_child_on_a_loop_is_restarted_on_the_same_loop() {
+    let rt = Runtime::builder().threads(1).build();
+    let parts = new_loop();
+    let event_loop = parts.0.clone();
+    let driver = driver(parts);
+    let sup =
+        rt.supervisor(Strategy::OneForOne, Intensity { max_restarts: 3, period: Duration::from_secs(5) }).unwrap();
+    let (tx, seen) = unbounded();
+    let child = sup.start_child(ChildSpec::new(move || Fragile { seen: tx.clone() }).on_loop(&event_loop)).unwrap();
+    child.send(1).unwrap();
+    assert_eq!(seen.recv_timeout(WAIT).unwrap(), (1, driver.id));
+    child.send(0).unwrap();
+    // Restarted in place: same address, and still on the driving thread.
+    child.send(2).unwrap();
+    assert_eq!(seen.recv_timeout(WAIT).unwrap(), (2, driver.id));
+    driver.stop();
+    rt.shutdown(WAIT).unwrap();
+}
