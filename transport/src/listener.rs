@@ -128,6 +128,10 @@ struct State<M> {
     in_fd_episode: bool,
     /// Another process listens on the same socket now: closing ours must leave the file.
     keep_path: bool,
+    /// Registered level-triggered for readability. While accepting, the registration stays as
+    /// it is (no `epoll_ctl` per batch); pausing, a full owner and back-offs disarm it, or the
+    /// kernel would keep reporting the waiting clients.
+    armed: bool,
 }
 
 struct ListenerSource<M: Send + 'static> {
@@ -181,17 +185,20 @@ impl<M: From<Accepted> + Send + 'static> ListenerSource<M> {
                     }
                     let accepted = self.describe(fd, peer, is_unix);
                     if !self.deliver(reactor, key, state, M::from(accepted)) {
+                        self.disarm(reactor, key, state);
                         return;
                     }
                 }
                 Err(Errno::AGAIN) => break,
                 Err(Errno::INTR) | Err(Errno::CONNABORTED) => continue,
                 Err(Errno::MFILE) | Err(Errno::NFILE) | Err(Errno::NOBUFS) | Err(Errno::NOMEM) => {
+                    self.disarm(reactor, key, state);
                     self.out_of_descriptors(reactor, key, state);
                     return;
                 }
                 Err(e) => {
                     log::error!("listener {:?}: accept failed: {e}; backing off", self.id);
+                    self.disarm(reactor, key, state);
                     reactor.command(Command::RearmAt(key, Instant::now() + FD_BACKOFF));
                     return;
                 }
@@ -248,12 +255,27 @@ impl<M: From<Accepted> + Send + 'static> ListenerSource<M> {
     }
 
     fn rearm_now(&self, reactor: &Arc<Shared>, key: usize, state: &mut State<M>) {
-        if state.paused || state.pending.is_some() {
+        if state.paused || state.pending.is_some() || state.armed {
             return;
         }
         if let Some(socket) = state.socket.as_ref() {
-            if let Err(e) = reactor.poller.modify(socket.fd(), Event::readable(key), Mode::Oneshot) {
-                log::error!("listener {:?}: re-arm failed: {e}", self.id);
+            match reactor.poller.modify(socket.fd(), Event::readable(key), Mode::Level) {
+                Ok(()) => state.armed = true,
+                Err(e) => log::error!("listener {:?}: re-arm failed: {e}", self.id),
+            }
+        }
+    }
+
+    /// Stops readiness reports until [`Self::rearm_now`]. (Registered with no interest, and
+    /// oneshot: a listening socket reports no hang-ups, but nothing may report forever.)
+    fn disarm(&self, reactor: &Arc<Shared>, key: usize, state: &mut State<M>) {
+        if !state.armed {
+            return;
+        }
+        if let Some(socket) = state.socket.as_ref() {
+            match reactor.poller.modify(socket.fd(), Event::none(key), Mode::Oneshot) {
+                Ok(()) => state.armed = false,
+                Err(e) => log::error!("listener {:?}: disarm failed: {e}", self.id),
             }
         }
     }
@@ -263,6 +285,7 @@ impl<M: From<Accepted> + Send + 'static> Source for ListenerSource<M> {
     fn ready(&self, reactor: &Arc<Shared>, key: usize, _event: Event) {
         let mut state = self.state.lock();
         if state.paused || state.pending.is_some() {
+            self.disarm(reactor, key, &mut state);
             return;
         }
         self.accept_batch(reactor, key, &mut state);
@@ -572,7 +595,7 @@ impl Reactor {
             // Registered before the socket moves into its source (`close` deletes it from the
             // poller before dropping it); the first event waits for the slab, which `insert`
             // holds locked until the source is in.
-            self.shared.poller.add(socket.fd(), Event::readable(key), Mode::Oneshot)?;
+            self.shared.poller.add(socket.fd(), Event::readable(key), Mode::Level)?;
             let source = Arc::new(ListenerSource {
                 id,
                 local: local.clone(),
@@ -586,6 +609,7 @@ impl Reactor {
                     reserve: reserve_fd(),
                     in_fd_episode: false,
                     keep_path: false,
+                    armed: true,
                 }),
             });
             control = Some(source.clone());
