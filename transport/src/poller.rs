@@ -8,9 +8,10 @@
 //! of short connections the reactor waits every two or three events, so those four calls were
 //! a system call per connection.
 //!
-//! Listeners and watches register oneshot (an event disarms the descriptor until it is modified
-//! again); connections register level-triggered and change their registration only when what
-//! they want changes, so a request/response connection costs no `epoll_ctl` per request. The
+//! Watches register oneshot (an event disarms the descriptor until it is modified again);
+//! connections and listeners register level-triggered and change their registration only when
+//! what they want changes, so a request/response connection costs no `epoll_ctl` per request
+//! and a listener none per batch of accepts. The
 //! kernel reports errors and hang-ups even to a registration with no interest, so "no interest"
 //! is always registered oneshot (see the watch's `parked` and the connection's `armed`).
 

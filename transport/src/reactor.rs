@@ -1,7 +1,7 @@
 //! The reactor: one thread that owns an epoll instance ([`crate::poller`]) and a slab of sources.
 //!
-//! Listeners and watches are registered oneshot: after an event fires, the source gets no more
-//! until it is re-armed deliberately. Connections are registered level-triggered and change
+//! Watches are registered oneshot: after an event fires, the source gets no more until it is
+//! re-armed deliberately. Connections and listeners are registered level-triggered and change
 //! their registration only when what they want changes (see `poller.rs`). A source re-arms or
 //! changes itself at the end of its event handling; other threads (an actor that made room in
 //! its mailbox, an API call such as `resume`) ask through the command queue plus
