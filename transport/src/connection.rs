@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use crate::poller::{Event, Mode};
+use crate::poller::{Event, Registration};
 use baton_runtime::{Recipient, TrySendError};
 use parking_lot::Mutex;
 use rustix::io::Errno;
@@ -137,11 +137,8 @@ struct State {
     finished: bool,
     last_activity: std::time::Instant,
     last_read: std::time::Instant,
-    /// The live registration: `Some((readable, writable))`. Interest is level-triggered, so it
-    /// stays until changed; "nothing" is oneshot (errors and hang-ups are reported regardless
-    /// of interest, and level-triggered they would be reported in every wait), and `None`
-    /// means that oneshot has fired and the socket is disarmed.
-    armed: Option<(bool, bool)>,
+    /// The socket's registration, changed only when `interest` changes.
+    registration: Registration,
     /// Runs once, when the socket leaves this process's hands (closed or detached).
     on_close: Option<CloseHook>,
 }
@@ -306,17 +303,10 @@ impl ConnSource {
     /// Brings the registration in line with what the connection wants now; no system call
     /// when nothing changed (the common case: reading, nothing buffered).
     fn arm(&self, reactor: &Arc<Shared>, state: &mut State) {
-        let Some(stream) = state.stream.as_ref() else { return };
         let want = self.interest(state);
-        let wanted = (want.readable, want.writable);
-        let nothing = (false, false);
-        if state.armed == Some(wanted) || (wanted == nothing && state.armed.is_none()) {
-            return;
-        }
-        let mode = if wanted == nothing { Mode::Oneshot } else { Mode::Level };
-        match reactor.poller.modify(stream.as_fd(), want, mode) {
-            Ok(()) => state.armed = Some(wanted),
-            Err(e) => log::error!("connection {:?}: re-arm failed: {e}", self.id),
+        let State { stream: Some(stream), registration, .. } = state else { return };
+        if let Err(e) = registration.set(&reactor.poller, stream.as_fd(), want) {
+            log::error!("connection {:?}: re-arm failed: {e}", self.id);
         }
     }
 
@@ -364,10 +354,7 @@ impl Source for ConnSource {
         if state.stream.is_none() {
             return;
         }
-        if state.armed == Some((false, false)) {
-            // The oneshot "nothing" registration fired (an error or hang-up): disarmed now.
-            state.armed = None;
-        }
+        state.registration.fired();
         if event.writable && !self.flush(reactor, &mut state) {
             return;
         }
@@ -661,9 +648,8 @@ impl Reactor {
             // Bytes already read go first: the socket is armed only after they are delivered.
             // (Registered before the socket moves into its source; an event that comes at once
             // waits for the slab, which `insert` holds locked until the source is in.)
-            let (interest, mode) =
-                if has_unread { (Event::none(key), Mode::Oneshot) } else { (Event::readable(key), Mode::Level) };
-            self.shared.poller.add(stream.as_fd(), interest, mode)?;
+            let interest = if has_unread { Event::none(key) } else { Event::readable(key) };
+            let registration = Registration::add(&self.shared.poller, stream.as_fd(), interest)?;
             let mut pending = VecDeque::new();
             if has_unread {
                 pending.push_back(ConnEvent::Data(id, unread));
@@ -687,7 +673,7 @@ impl Reactor {
                     finished: false,
                     last_activity: std::time::Instant::now(),
                     last_read: std::time::Instant::now(),
-                    armed: Some((interest.readable, interest.writable)),
+                    registration,
                     on_close,
                 }),
             });

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::poller::{Event, Mode};
+use crate::poller::{Event, Registration};
 use baton_runtime::{Recipient, TrySendError};
 use parking_lot::Mutex;
 use rustix::io::Errno;
@@ -128,10 +128,9 @@ struct State<M> {
     in_fd_episode: bool,
     /// Another process listens on the same socket now: closing ours must leave the file.
     keep_path: bool,
-    /// Registered level-triggered for readability. While accepting, the registration stays as
-    /// it is (no `epoll_ctl` per batch); pausing, a full owner and back-offs disarm it, or the
-    /// kernel would keep reporting the waiting clients.
-    armed: bool,
+    /// Readable while accepting (no `epoll_ctl` per batch); nothing while paused, while the
+    /// owner is full and during back-offs, or the kernel would keep reporting waiting clients.
+    registration: Registration,
 }
 
 struct ListenerSource<M: Send + 'static> {
@@ -255,28 +254,20 @@ impl<M: From<Accepted> + Send + 'static> ListenerSource<M> {
     }
 
     fn rearm_now(&self, reactor: &Arc<Shared>, key: usize, state: &mut State<M>) {
-        if state.paused || state.pending.is_some() || state.armed {
-            return;
-        }
-        if let Some(socket) = state.socket.as_ref() {
-            match reactor.poller.modify(socket.fd(), Event::readable(key), Mode::Level) {
-                Ok(()) => state.armed = true,
-                Err(e) => log::error!("listener {:?}: re-arm failed: {e}", self.id),
-            }
+        if !state.paused && state.pending.is_none() {
+            self.register(reactor, state, Event::readable(key));
         }
     }
 
-    /// Stops readiness reports until [`Self::rearm_now`]. (Registered with no interest, and
-    /// oneshot: a listening socket reports no hang-ups, but nothing may report forever.)
+    /// Stops readiness reports until [`Self::rearm_now`].
     fn disarm(&self, reactor: &Arc<Shared>, key: usize, state: &mut State<M>) {
-        if !state.armed {
-            return;
-        }
-        if let Some(socket) = state.socket.as_ref() {
-            match reactor.poller.modify(socket.fd(), Event::none(key), Mode::Oneshot) {
-                Ok(()) => state.armed = false,
-                Err(e) => log::error!("listener {:?}: disarm failed: {e}", self.id),
-            }
+        self.register(reactor, state, Event::none(key));
+    }
+
+    fn register(&self, reactor: &Arc<Shared>, state: &mut State<M>, want: Event) {
+        let State { socket: Some(socket), registration, .. } = state else { return };
+        if let Err(e) = registration.set(&reactor.poller, socket.fd(), want) {
+            log::error!("listener {:?}: registration change failed: {e}", self.id);
         }
     }
 }
@@ -284,6 +275,7 @@ impl<M: From<Accepted> + Send + 'static> ListenerSource<M> {
 impl<M: From<Accepted> + Send + 'static> Source for ListenerSource<M> {
     fn ready(&self, reactor: &Arc<Shared>, key: usize, _event: Event) {
         let mut state = self.state.lock();
+        state.registration.fired();
         if state.paused || state.pending.is_some() {
             self.disarm(reactor, key, &mut state);
             return;
@@ -595,7 +587,7 @@ impl Reactor {
             // Registered before the socket moves into its source (`close` deletes it from the
             // poller before dropping it); the first event waits for the slab, which `insert`
             // holds locked until the source is in.
-            self.shared.poller.add(socket.fd(), Event::readable(key), Mode::Level)?;
+            let registration = Registration::add(&self.shared.poller, socket.fd(), Event::readable(key))?;
             let source = Arc::new(ListenerSource {
                 id,
                 local: local.clone(),
@@ -609,7 +601,7 @@ impl Reactor {
                     reserve: reserve_fd(),
                     in_fd_episode: false,
                     keep_path: false,
-                    armed: true,
+                    registration,
                 }),
             });
             control = Some(source.clone());

@@ -74,6 +74,55 @@ pub(crate) enum Mode {
     Level,
 }
 
+/// A level-triggered registration that changes only when its interest does, shared by
+/// connections and listeners (a request, or a batch of accepts, then costs no `epoll_ctl`).
+/// Interest in nothing is registered oneshot: errors and hang-ups are reported whatever the
+/// interest, and level-triggered they would be reported in every wait.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    /// The live interest as `(readable, writable)`; `None` once a oneshot "nothing" has fired
+    /// and the descriptor is disarmed.
+    live: Option<(bool, bool)>,
+}
+
+const NOTHING: (bool, bool) = (false, false);
+
+impl Registration {
+    /// Registers `fd` with `interest`.
+    pub(crate) fn add(poller: &Poller, fd: BorrowedFd<'_>, interest: Event) -> io::Result<Registration> {
+        poller.add(fd, interest, Self::mode(interest))?;
+        Ok(Registration { live: Some((interest.readable, interest.writable)) })
+    }
+
+    /// Notes that an event was reported: a oneshot "nothing" is disarmed by it. Call it first
+    /// thing in the source's event handler.
+    pub(crate) fn fired(&mut self) {
+        if self.live == Some(NOTHING) {
+            self.live = None;
+        }
+    }
+
+    /// Makes `want` the registration, with no system call when it already is (or when it is
+    /// "nothing" and the descriptor is disarmed anyway).
+    pub(crate) fn set(&mut self, poller: &Poller, fd: BorrowedFd<'_>, want: Event) -> io::Result<()> {
+        let wanted = (want.readable, want.writable);
+        if self.live == Some(wanted) || (wanted == NOTHING && self.live.is_none()) {
+            return Ok(());
+        }
+        poller.modify(fd, want, Self::mode(want))?;
+        self.live = Some(wanted);
+        Ok(())
+    }
+
+    fn mode(interest: Event) -> Mode {
+        if interest.readable || interest.writable {
+            Mode::Level
+        } else {
+            Mode::Oneshot
+        }
+    }
+}
+
 /// Events reported by one [`Poller::wait`].
 pub(crate) struct Events {
     list: Vec<epoll::Event>,
