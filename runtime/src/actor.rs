@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::address::{ActorId, Addr};
 use crate::cell::Cell;
 use crate::mailbox::Mailbox;
-use crate::runtime::{SpawnError, SpawnOptions};
+use crate::runtime::{Placement, SpawnError, SpawnOptions};
 use crate::timer::TimerHandle;
 
 /// A unit of application state that handles one type of message at a time.
@@ -135,7 +135,7 @@ impl<A: Actor> Context<A> {
     ///
     /// [`SpawnError::ShuttingDown`] once shutdown has begun.
     pub fn spawn<B: Actor>(&self, actor: B, mailbox: Mailbox) -> Result<Addr<B>, SpawnError> {
-        let options = SpawnOptions { mailbox, dedicated: false, event_loop: None, depth: self.cell.depth + 1 };
+        let options = SpawnOptions { mailbox, placement: Placement::Pool, depth: self.cell.depth + 1 };
         self.cell.runtime.spawn_cell(actor, None, None, options)
     }
 
@@ -150,12 +150,8 @@ impl<A: Actor> Context<A> {
         actor: B,
         mailbox: Mailbox,
     ) -> Result<Addr<B>, SpawnError> {
-        let options = SpawnOptions {
-            mailbox,
-            dedicated: false,
-            event_loop: Some(event_loop.clone()),
-            depth: self.cell.depth + 1,
-        };
+        let options =
+            SpawnOptions { mailbox, placement: Placement::Loop(event_loop.clone()), depth: self.cell.depth + 1 };
         self.cell.runtime.spawn_cell(actor, None, None, options)
     }
 
@@ -165,7 +161,7 @@ impl<A: Actor> Context<A> {
     ///
     /// [`SpawnError`] once shutdown has begun, or when no thread can be started.
     pub fn spawn_dedicated<B: Actor>(&self, actor: B, mailbox: Mailbox) -> Result<Addr<B>, SpawnError> {
-        let options = SpawnOptions { mailbox, dedicated: true, event_loop: None, depth: self.cell.depth + 1 };
+        let options = SpawnOptions { mailbox, placement: Placement::Dedicated, depth: self.cell.depth + 1 };
         self.cell.runtime.spawn_cell(actor, None, None, options)
     }
 

@@ -135,11 +135,16 @@ impl EventLoop {
     }
 
     fn id(&self) -> usize {
-        Arc::as_ptr(&self.inner) as *const u8 as usize
+        self.inner.id()
     }
 }
 
 impl LoopInner {
+    /// This loop's identity for [`BOUND`]: its address.
+    fn id(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as *const u8 as usize
+    }
+
     /// Queues `task` (an actor of the runtime whose pool is `pool`); on a closed loop, hands it
     /// to that pool instead.
     pub(crate) fn schedule(self: &Arc<Self>, task: Task, pool: &Arc<Pool>) {
@@ -151,8 +156,7 @@ impl LoopInner {
         }
         q.runnable.push_back((task, pool.clone()));
         drop(q);
-        let on_driver = BOUND.with(|b| b.get()) == Arc::as_ptr(self) as *const u8 as usize;
-        if !on_driver {
+        if BOUND.with(|b| b.get()) != self.id() {
             (self.wake)();
         }
     }

@@ -110,13 +110,13 @@ impl RuntimeShared {
             Mailbox::Unbounded => unbounded(),
         };
         let id = ActorId(self.next_id.fetch_add(1, SeqCst));
-        let (executor, wakeups) = if let Some(event_loop) = &spec.event_loop {
-            (Executor::Loop(event_loop.inner.clone(), self.pool.clone()), None)
-        } else if spec.dedicated {
-            let (tx, rx) = unbounded();
-            (Executor::Dedicated(tx), Some(rx))
-        } else {
-            (Executor::Pool(self.pool.clone()), None)
+        let (executor, wakeups) = match &spec.placement {
+            Placement::Pool => (Executor::Pool(self.pool.clone()), None),
+            Placement::Dedicated => {
+                let (tx, rx) = unbounded();
+                (Executor::Dedicated(tx), Some(rx))
+            }
+            Placement::Loop(event_loop) => (Executor::Loop(event_loop.inner.clone(), self.pool.clone()), None),
         };
         let (supervisor, restart) = match supervisor {
             Some((hook, restart)) => (Some(hook), restart),
@@ -163,10 +163,19 @@ impl RuntimeShared {
 #[derive(Clone, Debug)]
 pub(crate) struct SpawnOptions {
     pub mailbox: Mailbox,
-    pub dedicated: bool,
-    /// Run turns on this loop's thread instead of the pool (wins over `dedicated`).
-    pub event_loop: Option<EventLoop>,
+    pub placement: Placement,
     pub depth: u32,
+}
+
+/// Where an actor's turns run.
+#[derive(Clone, Debug)]
+pub(crate) enum Placement {
+    /// The runtime's pool threads.
+    Pool,
+    /// A thread of its own, for handlers that block.
+    Dedicated,
+    /// The thread that drives this loop.
+    Loop(EventLoop),
 }
 
 /// Why a spawn failed.
@@ -248,12 +257,7 @@ impl Runtime {
     ///
     /// [`SpawnError::ShuttingDown`] once shutdown has begun.
     pub fn try_spawn<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
-        self.shared.spawn_cell(
-            actor,
-            None,
-            None,
-            SpawnOptions { mailbox, dedicated: false, event_loop: None, depth: 0 },
-        )
+        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, placement: Placement::Pool, depth: 0 })
     }
 
     /// Spawns `actor` on an [`EventLoop`]: its turns run on the thread that drives the loop
@@ -269,7 +273,7 @@ impl Runtime {
         actor: A,
         mailbox: Mailbox,
     ) -> Result<Addr<A>, SpawnError> {
-        let options = SpawnOptions { mailbox, dedicated: false, event_loop: Some(event_loop.clone()), depth: 0 };
+        let options = SpawnOptions { mailbox, placement: Placement::Loop(event_loop.clone()), depth: 0 };
         self.shared.spawn_cell(actor, None, None, options)
     }
 
@@ -281,7 +285,7 @@ impl Runtime {
     ///
     /// [`SpawnError`] when shutting down or when no thread can be started.
     pub fn spawn_dedicated<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
-        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, dedicated: true, event_loop: None, depth: 0 })
+        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, placement: Placement::Dedicated, depth: 0 })
     }
 
     /// Starts a supervisor; add children with [`SupervisorHandle::start_child`].

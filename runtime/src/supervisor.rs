@@ -16,7 +16,7 @@ use crate::actor::{Actor, Context, Down, ExitReason};
 use crate::address::{ActorId, Addr};
 use crate::cell::{Control, Signal};
 use crate::mailbox::Mailbox;
-use crate::runtime::{RuntimeShared, SpawnError, SpawnOptions};
+use crate::runtime::{Placement, RuntimeShared, SpawnError, SpawnOptions};
 
 /// Which children restart when one exits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,8 +71,7 @@ pub struct ChildSpec<A: Actor> {
     factory: Box<dyn FnMut() -> A + Send>,
     restart: Restart,
     mailbox: Mailbox,
-    dedicated: bool,
-    event_loop: Option<crate::EventLoop>,
+    placement: Placement,
 }
 
 impl<A: Actor> ChildSpec<A> {
@@ -82,8 +81,7 @@ impl<A: Actor> ChildSpec<A> {
             factory: Box::new(factory),
             restart: Restart::Permanent,
             mailbox: Mailbox::DEFAULT,
-            dedicated: false,
-            event_loop: None,
+            placement: Placement::Pool,
         }
     }
 
@@ -101,7 +99,9 @@ impl<A: Actor> ChildSpec<A> {
 
     /// Runs the child on a dedicated thread (for blocking work).
     pub fn dedicated(mut self, yes: bool) -> Self {
-        self.dedicated = yes;
+        if !matches!(self.placement, Placement::Loop(_)) {
+            self.placement = if yes { Placement::Dedicated } else { Placement::Pool };
+        }
         self
     }
 
@@ -109,7 +109,7 @@ impl<A: Actor> ChildSpec<A> {
     /// [`crate::Runtime::spawn_on`]: for protocol actors that never block. Wins over
     /// [`ChildSpec::dedicated`].
     pub fn on_loop(mut self, event_loop: &crate::EventLoop) -> Self {
-        self.event_loop = Some(event_loop.clone());
+        self.placement = Placement::Loop(event_loop.clone());
         self
     }
 }
@@ -229,7 +229,7 @@ pub(crate) fn start(
         Supervisor { state: state.clone() },
         None,
         None,
-        SpawnOptions { mailbox: Mailbox::Bounded(1), dedicated: false, event_loop: None, depth },
+        SpawnOptions { mailbox: Mailbox::Bounded(1), placement: Placement::Pool, depth },
     )?;
     Ok(SupervisorHandle { addr, state, shared: shared.clone(), depth })
 }
@@ -246,7 +246,7 @@ impl SupervisorHandle {
     ///
     /// [`SpawnError`] when shutting down, or when a dedicated thread cannot start.
     pub fn start_child<A: Actor>(&self, spec: ChildSpec<A>) -> Result<Addr<A>, SpawnError> {
-        let ChildSpec { mut factory, restart, mailbox, dedicated, event_loop } = spec;
+        let ChildSpec { mut factory, restart, mailbox, placement } = spec;
         let first = factory();
         let sup = self.addr.cell.clone();
         let hook = Box::new(move |down: Down| sup.signal_down(down));
@@ -259,7 +259,7 @@ impl SupervisorHandle {
             first,
             Some(factory),
             Some((hook, restart)),
-            SpawnOptions { mailbox, dedicated, event_loop, depth: self.depth + 1 },
+            SpawnOptions { mailbox, placement, depth: self.depth + 1 },
         )?;
         st.children.push(Child { id: addr.id(), restart, control: Box::new(addr.cell.clone()) });
         Ok(addr)
