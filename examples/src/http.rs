@@ -277,18 +277,24 @@ impl HttpConn {
             return false;
         }
         if close {
-            self.closing = true;
-            conn.close();
+            self.close();
         }
         !self.closing
     }
 
-    fn close_if_idle(&mut self) {
-        if let Some(conn) = self.conn.as_ref() {
-            if self.buf.is_empty() && self.answered > 0 && !self.closing && self.heavy.is_none() {
-                self.closing = true;
+    /// Closes after the answers already written (once).
+    fn close(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            if let Some(conn) = self.conn.as_ref() {
                 conn.close();
             }
+        }
+    }
+
+    fn close_if_idle(&mut self) {
+        if self.conn.is_some() && self.buf.is_empty() && self.answered > 0 && self.heavy.is_none() {
+            self.close();
         }
     }
 
@@ -306,11 +312,8 @@ impl HttpConn {
     /// After the client's end of input: close once nothing it sent waits for an answer (a
     /// heavy request's answer, or requests pipelined behind it).
     fn close_after_input(&mut self) {
-        if self.read_eof && self.heavy.is_none() && !self.closing {
-            self.closing = true;
-            if let Some(conn) = self.conn.as_ref() {
-                conn.close();
-            }
+        if self.read_eof && self.heavy.is_none() {
+            self.close();
         }
     }
 }

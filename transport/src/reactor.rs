@@ -226,7 +226,7 @@ impl Reactor {
 }
 
 /// What a deadline does when it comes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug)]
 enum Due {
     /// [`Source::rearm`]: the end of a back-off.
     Rearm,
