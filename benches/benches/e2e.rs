@@ -461,6 +461,12 @@ fn main() {
     if let Ok(spec) = std::env::var("E2E_SERVE") {
         return serve_foreground(&spec);
     }
+    if let Ok(spec) = std::env::var("E2E_LOAD") {
+        return load_foreground(&spec);
+    }
+    // E2E_TABLES=close,keepalive,skew (all by default): a shorter run while working on one.
+    let tables_wanted = std::env::var("E2E_TABLES").unwrap_or_else(|_| "close,keepalive,skew".into());
+    let wanted = |name: &str| tables_wanted.split(',').any(|t| t.trim() == name);
     // (kind, policy, label)
     let variants = [
         ("reuseport", "", "(b) SO_REUSEPORT prefork"),
@@ -469,7 +475,12 @@ fn main() {
         ("single", "", "(c) baton single process"),
     ];
     let mut tables = Vec::new();
-    for (mode, title) in [(Mode::Close, "new connection per request"), (Mode::KeepAlive, "keep-alive")] {
+    for (mode, title, name) in
+        [(Mode::Close, "new connection per request", "close"), (Mode::KeepAlive, "keep-alive", "keepalive")]
+    {
+        if !wanted(name) {
+            continue;
+        }
         let mut rows: Vec<Row> = variants.iter().map(|v| Row { name: v.2.to_string(), runs: Vec::new() }).collect();
         for _ in 0..ROUNDS {
             for (i, (kind, policy, _)) in variants.iter().enumerate() {
@@ -478,6 +489,9 @@ fn main() {
         }
         print_table(title, &rows, 0);
         tables.push((title, rows));
+    }
+    if !wanted("skew") {
+        return;
     }
     let skew = [
         ("reuseport", "", "SO_REUSEPORT prefork"),
@@ -492,6 +506,9 @@ fn main() {
     }
     print_table("skewed: new connection per request, 1 % /slow?ms=20", &rows, 0);
     tables.push(("skewed (1 % /slow?ms=20)", rows));
+    if tables.len() < 3 {
+        return; // the plot shows every table or none
+    }
     let svg = plot(&tables);
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e.svg");
     match std::fs::write(&path, svg) {
@@ -513,6 +530,24 @@ fn serve_foreground(spec: &str) {
     std::io::stdout().flush().unwrap();
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     server.stop();
+}
+
+/// Our load client alone against a server started elsewhere (for profiling one with `perf`):
+/// `E2E_LOAD="close ADDR"` or `E2E_LOAD="keepalive ADDR"`; one run of [`RUN`].
+fn load_foreground(spec: &str) {
+    let (mode, addr) = spec.split_once(' ').expect("E2E_LOAD=\"close|keepalive ADDR\"");
+    let (mode, clients) = match mode {
+        "close" => (Mode::Close, CLOSE_CLIENTS),
+        _ => (Mode::KeepAlive, KEEPALIVE_CLIENTS),
+    };
+    let load = load(addr.trim().parse().expect("E2E_LOAD: ADDR"), mode, clients, None);
+    println!(
+        "{:.0} requests/s, p50 {:.2?}, p99 {:.2?}, {} failed",
+        load.rate(),
+        load.percentile(0.5),
+        load.percentile(0.99),
+        load.failed
+    );
 }
 
 /// Two bar charts per table, requests/s and p99, as a self-contained SVG.

@@ -380,11 +380,18 @@ impl Actor for HttpConn {
     }
 }
 
+const MIN_PRUNE: usize = 64;
+
 /// Serves HTTP: gives every connection (handed over by the worker, or accepted here) an actor
 /// of its own, and passes a drain on to them.
 pub struct HttpServer {
     reactor: Reactor,
+    /// The connections' actors, for a drain; stopped ones are pruned as it grows.
     conns: Vec<Addr<HttpConn>>,
+    /// Prune `conns` when it reaches this length: twice the live count after the last prune, so
+    /// the cost per connection stays constant and few stopped actors are kept alive (each one
+    /// holds its mailbox's memory).
+    prune_at: usize,
     /// Tells the parent when a heavy request is running (handoff workers only).
     status: Option<baton_handoff::Status>,
     draining: bool,
@@ -398,7 +405,13 @@ impl HttpServer {
     ///
     /// [`SpawnError`] when the runtime is shutting down.
     pub fn spawn(rt: &Runtime, reactor: &Reactor) -> Result<Addr<HttpServer>, SpawnError> {
-        let server = HttpServer { reactor: reactor.clone(), conns: Vec::new(), status: None, draining: false };
+        let server = HttpServer {
+            reactor: reactor.clone(),
+            conns: Vec::new(),
+            prune_at: MIN_PRUNE,
+            status: None,
+            draining: false,
+        };
         rt.spawn_on(reactor.event_loop(), server, Mailbox::DEFAULT)
     }
 
@@ -431,8 +444,9 @@ impl HttpServer {
         // The connection's actor adopts the socket in its own first turn (so its events queue
         // behind the handle). Its mailbox is new and empty: this cannot be refused for room.
         let _ = addr.try_send(first);
-        if self.conns.len() >= 1024 {
+        if self.conns.len() >= self.prune_at {
             self.conns.retain(|a| !a.is_stopped());
+            self.prune_at = (2 * self.conns.len()).max(MIN_PRUNE);
         }
         self.conns.push(addr);
     }

@@ -124,8 +124,8 @@ pub(crate) struct CellParts<A: Actor> {
 
 impl<A: Actor> Cell<A> {
     pub(crate) fn new(id: ActorId, runtime: Arc<RuntimeShared>, parts: CellParts<A>) -> Arc<Self> {
-        let type_name = short_type_name::<A>();
-        let metrics = runtime.metrics_for(type_name);
+        let metrics = runtime.metrics_for::<A>();
+        let type_name = metrics.name;
         Arc::new(Cell {
             id,
             type_name,
@@ -650,7 +650,7 @@ pub(crate) fn panic_text(payload: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-fn short_type_name<A>() -> &'static str {
+pub(crate) fn short_type_name<A>() -> &'static str {
     let full = std::any::type_name::<A>();
     let base = full.split('<').next().unwrap_or(full);
     let start = base.rfind("::").map_or(0, |i| i + 2);

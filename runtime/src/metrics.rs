@@ -18,6 +18,8 @@
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 pub(crate) struct ActorMetrics {
+    /// The actor type's short name (the `actor` label).
+    pub name: &'static str,
     pub sent: Counter,
     pub handled: Counter,
     pub dropped: Counter,
@@ -31,6 +33,7 @@ pub(crate) struct ActorMetrics {
 impl ActorMetrics {
     pub(crate) fn register(actor: &'static str) -> ActorMetrics {
         ActorMetrics {
+            name: actor,
             sent: counter!("baton_messages_sent_total", "actor" => actor),
             handled: counter!("baton_messages_handled_total", "actor" => actor),
             dropped: counter!("baton_messages_dropped_total", "actor" => actor),

@@ -71,7 +71,8 @@ pub(crate) struct RuntimeShared {
     shutting_down: AtomicBool,
     registry: Mutex<Slab<Entry>>,
     registry_changed: Condvar,
-    metrics: Mutex<HashMap<&'static str, Arc<ActorMetrics>>>,
+    /// Per actor type, keyed by `TypeId` so a spawn neither formats nor hashes the type's name.
+    metrics: Mutex<HashMap<std::any::TypeId, Arc<ActorMetrics>>>,
     dedicated: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) timers: Timers,
 }
@@ -85,8 +86,10 @@ impl RuntimeShared {
         self.shutting_down.load(SeqCst)
     }
 
-    pub(crate) fn metrics_for(&self, actor: &'static str) -> Arc<ActorMetrics> {
-        self.metrics.lock().entry(actor).or_insert_with(|| Arc::new(ActorMetrics::register(actor))).clone()
+    pub(crate) fn metrics_for<A: 'static>(&self) -> Arc<ActorMetrics> {
+        let mut metrics = self.metrics.lock();
+        let entry = metrics.entry(std::any::TypeId::of::<A>());
+        entry.or_insert_with(|| Arc::new(ActorMetrics::register(crate::cell::short_type_name::<A>()))).clone()
     }
 
     pub(crate) fn deregister(&self, key: usize) {
