@@ -43,8 +43,11 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 /// Length of one measured run.
 const RUN: Duration = Duration::from_secs(3);
+/// Load before each measured run, not counted: the servers' heaps, caches and the kernel's
+/// socket tables reach their steady state first.
+const WARMUP: Duration = Duration::from_millis(500);
 /// Interleaved repetitions of every run.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const WORKERS: usize = 2;
 /// Concurrent clients, new connection per request (each a blocking thread).
 const CLOSE_CLIENTS: usize = 32;
@@ -310,7 +313,7 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
 
 /// `clients` threads for `RUN`; every `slow_every`-th request of a thread is `/slow?ms=20`.
 fn load(addr: SocketAddr, mode: Mode, clients: usize, slow_every: Option<usize>) -> Load {
-    let start = Instant::now();
+    let start = Instant::now() + WARMUP;
     let end = start + RUN;
     let threads: Vec<_> = (0..clients)
         .map(|t| {
@@ -342,6 +345,7 @@ fn load(addr: SocketAddr, mode: Mode, clients: usize, slow_every: Option<usize>)
                         read_response(s, &mut buf)
                     })();
                     match result {
+                        Ok(()) if t0 < start => {}
                         Ok(()) => {
                             lat.push(t0.elapsed());
                             if !slow {
@@ -349,7 +353,7 @@ fn load(addr: SocketAddr, mode: Mode, clients: usize, slow_every: Option<usize>)
                             }
                         }
                         Err(_) => {
-                            failed += 1;
+                            failed += usize::from(t0 >= start);
                             conn = None;
                         }
                     }
@@ -398,6 +402,14 @@ impl Row {
     fn p99_fast(&self) -> Duration {
         self.median(|l| l.fast_percentile(0.99))
     }
+    /// This row's requests/s over `base`'s, round by round (runs of one round are minutes
+    /// apart at most, so a drift in the machine's speed cancels), and their median.
+    fn round_ratios(&self, base: &Row) -> (f64, Vec<f64>) {
+        let ratios: Vec<f64> = self.runs.iter().zip(&base.runs).map(|(a, b)| a.rate() / b.rate()).collect();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (sorted[sorted.len() / 2], ratios)
+    }
     fn failed(&self) -> usize {
         self.runs.iter().map(|l| l.failed).sum()
     }
@@ -411,6 +423,9 @@ fn measure(kind: &str, policy: &str, mode: Mode, slow_every: Option<usize>) -> L
     };
     let clients = if mode == Mode::Close { CLOSE_CLIENTS } else { KEEPALIVE_CLIENTS };
     let result = load(addr, mode, clients, slow_every);
+    if std::env::var_os("E2E_VERBOSE").is_some() {
+        eprintln!("  {kind} {policy}: {:.0} requests/s", result.rate());
+    }
     server.stop();
     result
 }
@@ -418,21 +433,24 @@ fn measure(kind: &str, policy: &str, mode: Mode, slow_every: Option<usize>) -> L
 fn print_table(title: &str, rows: &[Row], base: usize) {
     println!("== {title} (medians of {ROUNDS} interleaved runs of {RUN:?}) ==");
     println!(
-        "{:<34} {:>11} {:>10} {:>10} {:>12} {:>8} {:>7}",
+        "{:<34} {:>11} {:>10} {:>10} {:>12} {:>8} {:>7}   ratio in each round",
         "variant", "requests/s", "p50", "p99", "p99 (fast)", "ratio", "failed"
     );
     for r in rows {
+        let (median, rounds) = r.round_ratios(&rows[base]);
         println!(
-            "{:<34} {:>11.0} {:>10.2?} {:>10.2?} {:>12.2?} {:>8.3} {:>7}",
+            "{:<34} {:>11.0} {:>10.2?} {:>10.2?} {:>12.2?} {:>8.3} {:>7}   {}",
             r.name,
             r.rate(),
             r.p50(),
             r.p99(),
             r.p99_fast(),
-            r.rate() / rows[base].rate(),
-            r.failed()
+            median,
+            r.failed(),
+            rounds.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(" ")
         );
     }
+    println!("(ratio: the median over rounds of requests/s against the first row's in the same round)");
     println!();
 }
 

@@ -125,7 +125,7 @@ impl<A: Actor> Addr<A> {
 
     /// Messages waiting in the mailbox now.
     pub fn mailbox_len(&self) -> usize {
-        self.cell.user_rx.len()
+        self.cell.mailbox.len()
     }
 
     /// An address that hides the actor type.

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, O
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, SendTimeoutError as CbSendTimeout, Sender, TrySendError as CbTrySend};
 use parking_lot::Mutex;
 
 use crate::actor::{Actor, Context, Down, ExitReason};
 use crate::address::ActorId;
 use crate::mailbox::{SendTimeoutError, TrySendError};
 use crate::metrics::ActorMetrics;
+use crate::queue::MessageQueue;
 use crate::runtime::RuntimeShared;
 use crate::scheduler::{Executor, Runnable};
 use crate::supervisor::Restart;
@@ -71,6 +71,9 @@ struct Inner<A: Actor> {
     last_exit: Option<ExitReason>,
     /// Turns that handled messages; one in `SAMPLE_EVERY` (starting with the first) is timed.
     busy_turns: u64,
+    /// Messages the turns took from the mailbox in one go and have not handled yet (see
+    /// `queue.rs`); they still count against the mailbox's bound.
+    batch: VecDeque<A::Message>,
 }
 
 /// Type-erased control over any cell: what the runtime registry and supervisors hold.
@@ -83,8 +86,7 @@ pub(crate) struct Cell<A: Actor> {
     pub(crate) id: ActorId,
     pub(crate) type_name: &'static str,
     pub(crate) runtime: Arc<RuntimeShared>,
-    user_tx: Sender<A::Message>,
-    pub(crate) user_rx: Receiver<A::Message>,
+    pub(crate) mailbox: MessageQueue<A::Message>,
     control: Mutex<VecDeque<Signal>>,
     has_control: AtomicBool,
     scheduled: AtomicBool,
@@ -117,8 +119,7 @@ pub(crate) struct CellParts<A: Actor> {
     pub factory: Option<Factory<A>>,
     pub supervisor: Option<SupervisorHook>,
     pub restart: Restart,
-    pub user_tx: Sender<A::Message>,
-    pub user_rx: Receiver<A::Message>,
+    pub mailbox: MessageQueue<A::Message>,
     pub executor: Executor,
 }
 
@@ -130,8 +131,7 @@ impl<A: Actor> Cell<A> {
             id,
             type_name,
             runtime,
-            user_tx: parts.user_tx,
-            user_rx: parts.user_rx,
+            mailbox: parts.mailbox,
             control: Mutex::new(VecDeque::new()),
             has_control: AtomicBool::new(false),
             scheduled: AtomicBool::new(false),
@@ -146,6 +146,7 @@ impl<A: Actor> Cell<A> {
                 phase: Phase::Starting,
                 last_exit: None,
                 busy_turns: 0,
+                batch: VecDeque::new(),
             }),
             monitors: Mutex::new(Monitors::default()),
             room_waiters: Mutex::new(Vec::new()),
@@ -187,12 +188,9 @@ impl<A: Actor> Cell<A> {
         if !self.enter_send() {
             return Err(TrySendError::Closed(msg));
         }
-        let r = self.user_tx.try_send(msg);
+        let r = self.mailbox.try_send(msg);
         self.leave_send(r.is_ok());
-        r.map_err(|e| match e {
-            CbTrySend::Full(m) => TrySendError::Full(m),
-            CbTrySend::Disconnected(m) => TrySendError::Closed(m),
-        })
+        r.map_err(TrySendError::Full)
     }
 
     pub(crate) fn send(
@@ -221,16 +219,12 @@ impl<A: Actor> Cell<A> {
                 loop {
                     let slice = Instant::now() + std::time::Duration::from_millis(10);
                     let until = deadline.map_or(slice, |d| d.min(slice));
-                    match self.user_tx.send_deadline(m, until) {
+                    match self.mailbox.send_deadline(m, until) {
                         Ok(()) => {
                             self.leave_send(true);
                             return Ok(());
                         }
-                        Err(CbSendTimeout::Disconnected(back)) => {
-                            self.leave_send(false);
-                            return Err(SendTimeoutError::Closed(back));
-                        }
-                        Err(CbSendTimeout::Timeout(back)) => {
+                        Err(back) => {
                             if deadline.is_some_and(|d| Instant::now() >= d) {
                                 self.leave_send(false);
                                 return Err(SendTimeoutError::Timeout(back));
@@ -260,7 +254,7 @@ impl<A: Actor> Cell<A> {
                 self.has_room_waiters.store(true, SeqCst);
                 // The actor may have emptied its mailbox between the failed push and the
                 // registration; it would then never look at the waiters. Check again.
-                if !self.user_rx.is_full() || self.is_closed() {
+                if !self.mailbox.is_full() || self.is_closed() {
                     self.call_room_waiters();
                 }
                 Err(TrySendError::Full(m))
@@ -367,19 +361,19 @@ impl<A: Actor> Cell<A> {
             let started = (inner.busy_turns % SAMPLE_EVERY == 0).then(Instant::now);
             let mut handled = 0u64;
             while handled < BATCH as u64 {
-                let msg = match self.user_rx.try_recv() {
-                    Ok(msg) => msg,
+                let msg = match self.mailbox.recv(&mut inner.batch) {
+                    Some(msg) => msg,
                     // A stream is flowing (this turn already handled several messages): wait a
                     // moment for the next one rather than end the turn and pay a reschedule,
                     // and likely a cross-CPU wake-up, per message. Not on an event loop: there
                     // the producer is usually the loop's own thread, which the spin would hold.
-                    Err(_) if handled >= STREAM_MIN && !matches!(self.executor, Executor::Loop(..)) => {
-                        match self.spin_for_message() {
+                    None if handled >= STREAM_MIN && !matches!(self.executor, Executor::Loop(..)) => {
+                        match self.spin_for_message(&mut inner.batch) {
                             Some(msg) => msg,
                             None => break,
                         }
                     }
-                    Err(_) => break,
+                    None => break,
                 };
                 handled += 1;
                 let actor = inner.actor.as_mut().expect("running phase has an actor");
@@ -397,14 +391,14 @@ impl<A: Actor> Cell<A> {
                     self.metrics.handler.record(started.elapsed().as_secs_f64() / handled as f64);
                 }
             }
-            self.metrics.depth.set(self.user_rx.len() as f64);
+            self.metrics.depth.set(self.mailbox.len() as f64);
             if handled > 0 {
                 self.call_room_waiters();
             }
             if let Phase::Draining(reason) = inner.phase.clone() {
                 // Count first: a sender that entered before CLOSED has pushed by the time it
                 // leaves, so "no sender, then empty" cannot miss its message.
-                if self.send_state.load(SeqCst) & !CLOSED == 0 && self.user_rx.is_empty() {
+                if self.send_state.load(SeqCst) & !CLOSED == 0 && self.mailbox.is_empty() {
                     self.exit_instance(&mut inner, &mut ctx, reason);
                 }
             }
@@ -422,12 +416,12 @@ impl<A: Actor> Cell<A> {
         }
     }
 
-    fn spin_for_message(&self) -> Option<A::Message> {
+    fn spin_for_message(&self, batch: &mut VecDeque<A::Message>) -> Option<A::Message> {
         for i in 0..STREAM_SPINS {
             for _ in 0..(1 << i.min(4)) {
                 std::hint::spin_loop();
             }
-            if let Ok(msg) = self.user_rx.try_recv() {
+            if let Some(msg) = self.mailbox.recv(batch) {
                 return Some(msg);
             }
         }
@@ -438,7 +432,7 @@ impl<A: Actor> Cell<A> {
         if self.terminated.load(SeqCst) {
             return false;
         }
-        self.has_control.load(SeqCst) || (handles_user_messages && !self.user_rx.is_empty())
+        self.has_control.load(SeqCst) || (handles_user_messages && !self.mailbox.is_empty())
     }
 
     fn on_signal(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>, sig: Signal) {
@@ -587,7 +581,7 @@ impl<A: Actor> Cell<A> {
         let mut dropped = 0usize;
         loop {
             let in_flight = self.send_state.load(SeqCst) & !CLOSED;
-            while let Ok(msg) = self.user_rx.try_recv() {
+            while let Some(msg) = self.mailbox.recv(&mut inner.batch) {
                 dropped += 1;
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(msg)));
             }

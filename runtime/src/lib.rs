@@ -54,6 +54,7 @@ mod cell;
 mod event_loop;
 mod mailbox;
 mod metrics;
+mod queue;
 mod runtime;
 mod scheduler;
 mod supervisor;

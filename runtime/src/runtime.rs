@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::unbounded;
 use parking_lot::{Condvar, Mutex};
 use slab::Slab;
 
@@ -16,6 +16,7 @@ use crate::cell::{Cell, CellParts, Control, SupervisorHook};
 use crate::event_loop::EventLoop;
 use crate::mailbox::Mailbox;
 use crate::metrics::ActorMetrics;
+use crate::queue::MessageQueue;
 use crate::scheduler::{dedicated_loop, Executor, Pool};
 use crate::supervisor::{Intensity, Strategy, SupervisorHandle};
 use crate::timer::{TimerHandle, Timers};
@@ -108,10 +109,10 @@ impl RuntimeShared {
         supervisor: Option<(SupervisorHook, crate::supervisor::Restart)>,
         spec: SpawnOptions,
     ) -> Result<Addr<A>, SpawnError> {
-        let (user_tx, user_rx) = match spec.mailbox {
-            Mailbox::Bounded(n) => bounded(n.max(1)),
-            Mailbox::Unbounded => unbounded(),
-        };
+        let mailbox = MessageQueue::new(match spec.mailbox {
+            Mailbox::Bounded(n) => n,
+            Mailbox::Unbounded => usize::MAX,
+        });
         let id = ActorId(self.next_id.fetch_add(1, SeqCst));
         let (executor, wakeups) = match &spec.placement {
             Placement::Pool => (Executor::Pool(self.pool.clone()), None),
@@ -125,7 +126,7 @@ impl RuntimeShared {
             Some((hook, restart)) => (Some(hook), restart),
             None => (None, crate::supervisor::Restart::Temporary),
         };
-        let parts = CellParts { depth: spec.depth, actor, factory, supervisor, restart, user_tx, user_rx, executor };
+        let parts = CellParts { depth: spec.depth, actor, factory, supervisor, restart, mailbox, executor };
         let cell = Cell::new(id, self.clone(), parts);
         let key = {
             // Checked under the registry lock, which shutdown also takes to set the flag: an
