@@ -982,8 +982,6 @@ fn memory_per_idle_actor() {
     let started = STARTED.load(Relaxed);
     let total = live_bytes() - before;
     let per_actor = total as f64 / IDLE_ACTORS as f64;
-    // crossbeam's array channel keeps `cap` slots of (stamp: AtomicUsize, message).
-    let buffer = std::mem::size_of::<AtomicUsize>() + std::mem::size_of::<u64>();
     let live_reported = rt.live_actors();
 
     drop(addrs);
@@ -998,8 +996,7 @@ fn memory_per_idle_actor() {
     println!("actors started: {started} of {} ; live_actors(): {live_reported}", IDLE_ACTORS + 1);
     println!("heap growth: {total} bytes in all");
     println!("bytes per idle actor, total:                  {per_actor:.1}");
-    println!("mailbox buffer estimate (1 slot of {buffer} B):     {buffer}");
-    println!("bytes per idle actor beyond mailbox buffer:   {:.1}", per_actor - buffer as f64);
+    println!("(a mailbox allocates no buffer before its first message, so that is all of it)");
     println!("(for scale: one bare crossbeam bounded(1) channel, with its buffer: {per_channel:.1} bytes)");
     println!("shutdown: {shutdown_result:?}; heap left after runtime shutdown and drop: {residue} bytes");
     println!();

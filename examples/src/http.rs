@@ -14,7 +14,11 @@
 //! after a pool thread has been blocked for `N` milliseconds (at most 10 s: a heavy request);
 //! anything else is `404`.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use slab::Slab;
 
 use baton_handoff::WorkerEvent;
 use baton_runtime::{Actor, Addr, Context, Mailbox, Recipient, Runtime, SpawnError};
@@ -169,6 +173,9 @@ impl From<Accepted> for HttpMsg {
 /// [`HeavyRequest`] on the pool and blocks only its own connection, and the parent hears about
 /// it through `Status::busy`.
 struct HttpConn {
+    /// Where the server finds this actor for a drain; it removes itself when it stops.
+    registry: Registry,
+    slot: usize,
     conn: Option<Connection>,
     buf: Vec<u8>,
     /// A heavy request is being worked on: answer nothing more (and read nothing more, so the
@@ -321,6 +328,10 @@ impl HttpConn {
 impl Actor for HttpConn {
     type Message = ConnMsg;
 
+    fn stopped(&mut self, _reason: &baton_runtime::ExitReason) {
+        self.registry.lock().try_remove(self.slot);
+    }
+
     fn handle(&mut self, ctx: &mut Context<Self>, msg: ConnMsg) {
         let events = || {
             ctx.address().recipient_map(ConnMsg::Event, |m| match m {
@@ -345,7 +356,10 @@ impl Actor for HttpConn {
                 self.close_if_idle();
             }
             ConnMsg::Event(ConnEvent::Data(_, bytes)) => {
-                if !self.closing {
+                if self.closing {
+                } else if self.buf.is_empty() {
+                    self.buf = bytes; // the common case: a whole request in one read, no copy
+                } else {
                     self.buf.extend_from_slice(&bytes);
                 }
                 self.serve(ctx);
@@ -380,18 +394,17 @@ impl Actor for HttpConn {
     }
 }
 
-const MIN_PRUNE: usize = 64;
+/// The live connections' actors, shared by the server (which tells them about a drain) and the
+/// actors themselves (each removes itself when it stops): constant work per connection, and no
+/// stopped actor kept alive. All of them run on the reactor's thread, so the lock is never
+/// contended.
+type Registry = Arc<Mutex<Slab<Addr<HttpConn>>>>;
 
 /// Serves HTTP: gives every connection (handed over by the worker, or accepted here) an actor
 /// of its own, and passes a drain on to them.
 pub struct HttpServer {
     reactor: Reactor,
-    /// The connections' actors, for a drain; stopped ones are pruned as it grows.
-    conns: Vec<Addr<HttpConn>>,
-    /// Prune `conns` when it reaches this length: twice the live count after the last prune, so
-    /// the cost per connection stays constant and few stopped actors are kept alive (each one
-    /// holds its mailbox's memory).
-    prune_at: usize,
+    conns: Registry,
     /// Tells the parent when a heavy request is running (handoff workers only).
     status: Option<baton_handoff::Status>,
     draining: bool,
@@ -405,13 +418,7 @@ impl HttpServer {
     ///
     /// [`SpawnError`] when the runtime is shutting down.
     pub fn spawn(rt: &Runtime, reactor: &Reactor) -> Result<Addr<HttpServer>, SpawnError> {
-        let server = HttpServer {
-            reactor: reactor.clone(),
-            conns: Vec::new(),
-            prune_at: MIN_PRUNE,
-            status: None,
-            draining: false,
-        };
+        let server = HttpServer { reactor: reactor.clone(), conns: Registry::default(), status: None, draining: false };
         rt.spawn_on(reactor.event_loop(), server, Mailbox::DEFAULT)
     }
 
@@ -429,7 +436,11 @@ impl HttpServer {
     }
 
     fn start(&mut self, ctx: &mut Context<Self>, first: ConnMsg) {
+        let mut conns = self.conns.lock();
+        let entry = conns.vacant_entry();
         let actor = HttpConn {
+            registry: self.conns.clone(),
+            slot: entry.key(),
             conn: None,
             buf: Vec::new(),
             heavy: None,
@@ -444,11 +455,7 @@ impl HttpServer {
         // The connection's actor adopts the socket in its own first turn (so its events queue
         // behind the handle). Its mailbox is new and empty: this cannot be refused for room.
         let _ = addr.try_send(first);
-        if self.conns.len() >= self.prune_at {
-            self.conns.retain(|a| !a.is_stopped());
-            self.prune_at = (2 * self.conns.len()).max(MIN_PRUNE);
-        }
-        self.conns.push(addr);
+        entry.insert(addr);
     }
 }
 
@@ -469,8 +476,7 @@ impl Actor for HttpServer {
                 // Idle keep-alive connections close now; busy and new ones after their next
                 // answer (which says `Connection: close`).
                 self.draining = true;
-                self.conns.retain(|a| !a.is_stopped());
-                for c in &self.conns {
+                for (_, c) in self.conns.lock().iter() {
                     let _ = c.try_send(ConnMsg::Drain);
                 }
             }

@@ -482,7 +482,7 @@ impl ParentBuilder {
             max_tries: self.max_tries,
             batch: self.batch,
             intensity: self.intensity,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             waiting: VecDeque::new(),
             next_id: 1,
             watches: HashMap::new(),
@@ -747,7 +747,7 @@ pub struct Handoff {
     max_tries: u32,
     batch: usize,
     intensity: Intensity,
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<u64, Pending, BuildIdHasher>,
     waiting: VecDeque<u64>,
     next_id: u64,
     /// Which slot each channel watch belongs to (`None`: the named channel listener).
@@ -1919,6 +1919,28 @@ fn accept_waiting(listener: &ChannelListener, what: &str) -> Vec<Channel> {
 
 /// `ETOOMANYREFS` (more descriptors in flight than the user's limit allows) and `ENOBUFS` say
 /// "not now", not "this worker is broken".
+/// Hashes the parent's handoff ids, which are serial numbers: one multiplication (Fibonacci
+/// hashing spreads consecutive ids over the table) instead of SipHash, which guards against
+/// keys an attacker picks, and these are not.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
+
 pub(crate) fn too_many_in_flight(e: &io::Error) -> bool {
     let raw = e.raw_os_error();
     raw == Some(rustix::io::Errno::TOOMANYREFS.raw_os_error()) || raw == Some(rustix::io::Errno::NOBUFS.raw_os_error())

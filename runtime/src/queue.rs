@@ -14,8 +14,8 @@
 //! cache-padded, 128-byte-aligned block and a slot array of the full capacity up front. An
 //! actor per connection paid that on every connection (a `posix_memalign` that, on a
 //! fragmented heap, cost a worker several percent of its CPU), and an idle actor carried about
-//! 650 bytes of channel. This queue allocates nothing until the first message, and then only as
-//! many slots as messages wait at once.
+//! 650 bytes of channel. This queue allocates nothing until the first message, then only as
+//! many slots as messages wait at once, and gives a burst's memory back once it is handled.
 //!
 //! The bound counts every message accepted and not yet taken by the consumer, in the shared
 //! deque and in the consumer's batch alike, so `Mailbox::Bounded(n)` means at most `n` waiting.
@@ -25,6 +25,9 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
+
+/// Slots an empty deque keeps between bursts.
+const KEEP_CAPACITY: usize = 32;
 
 pub(crate) struct MessageQueue<M> {
     shared: Mutex<VecDeque<M>>,
@@ -82,10 +85,18 @@ impl<M> MessageQueue<M> {
 
     /// The next message for the consumer, refilling `batch` (the consumer's own deque, empty
     /// between turns or not) from the shared one when it is empty.
+    ///
+    /// One consumer at a time: the cell passes its `Inner::batch`, which only the holder of
+    /// its `inner` lock (the thread running the actor's turn) can reach.
     pub(crate) fn recv(&self, batch: &mut VecDeque<M>) -> Option<M> {
         if batch.is_empty() {
             if self.len.load(SeqCst) == 0 {
                 return None;
+            }
+            if batch.capacity() > KEEP_CAPACITY {
+                // What a burst left behind goes back to the allocator (one swap later), so an
+                // idle actor does not keep its peak backlog's memory for life.
+                batch.shrink_to(KEEP_CAPACITY);
             }
             std::mem::swap(batch, &mut *self.shared.lock());
         }
@@ -98,8 +109,9 @@ impl<M> MessageQueue<M> {
         self.len.fetch_sub(1, SeqCst);
         if self.sleepers.load(SeqCst) > 0 {
             // Taking the lock orders this wake-up after a sender's check-then-wait.
+            // One slot was freed, so one sender can use it; a woken sender checks again anyway.
             let _shared = self.shared.lock();
-            self.room.notify_all();
+            self.room.notify_one();
         }
     }
 
@@ -159,6 +171,21 @@ mod tests {
         assert_eq!(q.recv(&mut batch), Some(0));
         assert_eq!(sender.join().unwrap(), Ok(()), "woken by the room the consumer made");
         assert_eq!(q.recv(&mut batch), Some(2));
+    }
+
+    #[test]
+    fn a_burst_s_memory_is_given_back_once_handled() {
+        let q = MessageQueue::new(usize::MAX);
+        let mut batch = VecDeque::new();
+        for i in 0..10_000 {
+            q.try_send(i).unwrap();
+        }
+        while q.recv(&mut batch).is_some() {}
+        q.try_send(0).unwrap();
+        assert_eq!(q.recv(&mut batch), Some(0));
+        q.try_send(1).unwrap();
+        assert_eq!(q.recv(&mut batch), Some(1));
+        assert!(batch.capacity() <= KEEP_CAPACITY && q.shared.lock().capacity() <= KEEP_CAPACITY);
     }
 
     #[test]
