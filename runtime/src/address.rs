@@ -95,7 +95,8 @@ impl<A: Actor> Addr<A> {
         msg: A::Message,
         notify: impl FnOnce() + Send + 'static,
     ) -> Result<(), TrySendError<A::Message>> {
-        self.cell.try_send_notify(msg, Box::new(notify))
+        let mut notify = Some(notify);
+        self.cell.try_send_notify(msg, &mut || Box::new(notify.take().expect("asked for once")))
     }
 
     /// Sends a request built by `make` and waits up to `timeout` for the reply.
@@ -208,7 +209,7 @@ impl<A: Actor, M: Send + 'static> Deliver<M> for Mapped<A, M> {
     fn try_send(&self, msg: M) -> Result<(), TrySendError<M>> {
         self.addr.cell.try_send((self.wrap)(msg)).or_else(|e| self.back_try(e))
     }
-    fn try_send_notify(&self, msg: M, notify: Box<dyn FnOnce() + Send>) -> Result<(), TrySendError<M>> {
+    fn try_send_notify(&self, msg: M, notify: MakeRoomWaiter<'_>) -> Result<(), TrySendError<M>> {
         self.addr.cell.try_send_notify((self.wrap)(msg), notify).or_else(|e| self.back_try(e))
     }
     fn mailbox_len(&self) -> usize {
@@ -216,11 +217,15 @@ impl<A: Actor, M: Send + 'static> Deliver<M> for Mapped<A, M> {
     }
 }
 
+/// Boxes a room-waiter callback only when the mailbox is full: a send that finds room, the
+/// common case, allocates nothing for it.
+pub(crate) type MakeRoomWaiter<'a> = &'a mut dyn FnMut() -> Box<dyn FnOnce() + Send>;
+
 pub(crate) trait Deliver<M>: Send + Sync {
     fn id(&self) -> ActorId;
     fn send(&self, msg: M, deadline: Option<Instant>) -> Result<(), SendTimeoutError<M>>;
     fn try_send(&self, msg: M) -> Result<(), TrySendError<M>>;
-    fn try_send_notify(&self, msg: M, notify: Box<dyn FnOnce() + Send>) -> Result<(), TrySendError<M>>;
+    fn try_send_notify(&self, msg: M, notify: MakeRoomWaiter<'_>) -> Result<(), TrySendError<M>>;
     fn mailbox_len(&self) -> usize;
 }
 
@@ -234,11 +239,7 @@ impl<A: Actor> Deliver<A::Message> for Addr<A> {
     fn try_send(&self, msg: A::Message) -> Result<(), TrySendError<A::Message>> {
         self.cell.try_send(msg)
     }
-    fn try_send_notify(
-        &self,
-        msg: A::Message,
-        notify: Box<dyn FnOnce() + Send>,
-    ) -> Result<(), TrySendError<A::Message>> {
+    fn try_send_notify(&self, msg: A::Message, notify: MakeRoomWaiter<'_>) -> Result<(), TrySendError<A::Message>> {
         self.cell.try_send_notify(msg, notify)
     }
     fn mailbox_len(&self) -> usize {
@@ -302,7 +303,8 @@ impl<M: Send + 'static> Recipient<M> {
     ///
     /// [`TrySendError`] with the message.
     pub fn try_send_notify(&self, msg: M, notify: impl FnOnce() + Send + 'static) -> Result<(), TrySendError<M>> {
-        self.inner.try_send_notify(msg, Box::new(notify))
+        let mut notify = Some(notify);
+        self.inner.try_send_notify(msg, &mut || Box::new(notify.take().expect("asked for once")))
     }
 
     /// As [`Addr::mailbox_len`].

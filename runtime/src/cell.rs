@@ -69,7 +69,8 @@ struct Inner<A: Actor> {
     phase: Phase,
     /// Why the last instance exited, while the supervisor decides.
     last_exit: Option<ExitReason>,
-    /// Turns that handled messages; one in `SAMPLE_EVERY` (starting with the first) is timed.
+    /// Turns that handled messages (counted from a phase of the actor's id); one in
+    /// `SAMPLE_EVERY` is timed.
     busy_turns: u64,
     /// Messages the turns took from the mailbox in one go and have not handled yet (see
     /// `queue.rs`); they still count against the mailbox's bound.
@@ -138,14 +139,16 @@ impl<A: Actor> Cell<A> {
             send_state: AtomicUsize::new(0),
             terminated: AtomicBool::new(false),
             runnable_since: AtomicU64::new(0),
-            wakes: AtomicU64::new(0),
+            // Each actor starts its sampling count at a different phase: a short-lived actor
+            // (one per connection) would otherwise time its first wake-up and turn, every one.
+            wakes: AtomicU64::new(id.0),
             executor: parts.executor,
             inner: Mutex::new(Inner {
                 actor: Some(parts.actor),
                 factory: parts.factory,
                 phase: Phase::Starting,
                 last_exit: None,
-                busy_turns: 0,
+                busy_turns: id.0,
                 batch: VecDeque::new(),
             }),
             monitors: Mutex::new(Monitors::default()),
@@ -246,11 +249,11 @@ impl<A: Actor> Cell<A> {
     pub(crate) fn try_send_notify(
         self: &Arc<Self>,
         msg: A::Message,
-        notify: RoomWaiter,
+        notify: crate::address::MakeRoomWaiter<'_>,
     ) -> Result<(), TrySendError<A::Message>> {
         match self.try_send(msg) {
             Err(TrySendError::Full(m)) => {
-                self.room_waiters.lock().push(notify);
+                self.room_waiters.lock().push(notify());
                 self.has_room_waiters.store(true, SeqCst);
                 // The actor may have emptied its mailbox between the failed push and the
                 // registration; it would then never look at the waiters. Check again.

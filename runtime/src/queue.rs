@@ -94,11 +94,20 @@ impl<M> MessageQueue<M> {
                 return None;
             }
             if batch.capacity() > KEEP_CAPACITY {
-                // What a burst left behind goes back to the allocator (one swap later), so an
-                // idle actor does not keep its peak backlog's memory for life.
+                // What a burst left behind goes back to the allocator, so an idle actor does
+                // not keep its peak backlog's memory for life.
                 batch.shrink_to(KEEP_CAPACITY);
             }
-            std::mem::swap(batch, &mut *self.shared.lock());
+            let mut shared = self.shared.lock();
+            if shared.len() == 1 {
+                // One message (request/response, most actors most of the time): take it and
+                // leave the allocations where they are, so a short-lived actor makes one.
+                let msg = shared.pop_front();
+                drop(shared);
+                self.taken();
+                return msg;
+            }
+            std::mem::swap(batch, &mut *shared);
         }
         let msg = batch.pop_front()?;
         self.taken();

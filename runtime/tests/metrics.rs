@@ -27,9 +27,12 @@ fn runtime_metrics_are_recorded_per_actor_type() {
         rt.supervisor(Strategy::OneForOne, Intensity { max_restarts: 10, period: Duration::from_secs(10) }).unwrap();
     let a = sup.start_child(ChildSpec::new(|| Flaky)).unwrap();
     let b = sup.start_child(ChildSpec::new(|| Flaky)).unwrap();
+    // One message per turn (the pause lets each turn end), so every actor has more than the 16
+    // turns and wake-ups within which one is timed.
     for n in 0..20 {
         a.send(n).unwrap();
         b.send(100 + n).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
     }
     rt.shutdown(Duration::from_secs(5)).unwrap();
 

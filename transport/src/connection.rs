@@ -161,35 +161,54 @@ pub(crate) struct ConnSource {
 impl ConnSource {
     /// Offers an event to the owner (after any still pending); false once the mailbox is full.
     fn emit(&self, reactor: &Arc<Shared>, state: &mut State, ev: ConnEvent) -> bool {
+        if state.pending.is_empty() {
+            // Straight to the owner: the queue (and its allocation) is only for events the
+            // owner's full mailbox refused.
+            if !self.offer_one(reactor, state, ev) {
+                return false;
+            }
+            if state.finished {
+                reactor.remove(self.key);
+            }
+            return true;
+        }
         state.pending.push_back(ev);
         self.flush_pending(reactor, state)
     }
 
     fn flush_pending(&self, reactor: &Arc<Shared>, state: &mut State) -> bool {
         while let Some(ev) = state.pending.pop_front() {
-            match offer(reactor, self.key, &self.owner, &mut state.waiting_for_room, ev) {
-                Ok(()) => {}
-                Err(TrySendError::Full(ev)) => {
-                    state.pending.push_front(ev);
-                    return false;
-                }
-                Err(TrySendError::Closed(_)) => {
-                    // The owner is gone: nobody will ever read this connection.
-                    log::debug!("connection {:?}: owner gone, closing", self.id);
-                    state.pending.clear();
-                    if state.stream.is_some() {
-                        self.finish(reactor, state, CloseReason::Closed, false);
-                    } else {
-                        reactor.remove(self.key);
-                    }
-                    return false;
-                }
+            if !self.offer_one(reactor, state, ev) {
+                return false;
             }
         }
         if state.finished {
             reactor.remove(self.key);
         }
         true
+    }
+
+    /// Offers one event to the owner; false when it had to be queued (full mailbox: it goes
+    /// first in `pending`) or the owner is gone (the connection is closed).
+    fn offer_one(&self, reactor: &Arc<Shared>, state: &mut State, ev: ConnEvent) -> bool {
+        match offer(reactor, self.key, &self.owner, &mut state.waiting_for_room, ev) {
+            Ok(()) => true,
+            Err(TrySendError::Full(ev)) => {
+                state.pending.push_front(ev);
+                false
+            }
+            Err(TrySendError::Closed(_)) => {
+                // The owner is gone: nobody will ever read this connection.
+                log::debug!("connection {:?}: owner gone, closing", self.id);
+                state.pending.clear();
+                if state.stream.is_some() {
+                    self.finish(reactor, state, CloseReason::Closed, false);
+                } else {
+                    reactor.remove(self.key);
+                }
+                false
+            }
+        }
     }
 
     fn read_some(&self, reactor: &Arc<Shared>, state: &mut State) {
@@ -642,6 +661,7 @@ impl Reactor {
     ) -> io::Result<Connection> {
         rustix::io::ioctl_fionbio(stream.as_fd(), true)?;
         let has_unread = !unread.is_empty();
+        let now = std::time::Instant::now();
         let mut made: Option<Arc<ConnSource>> = None;
         let id = ConnId(self.shared.serial());
         self.shared.insert(|key| {
@@ -671,8 +691,8 @@ impl Reactor {
                     write_shut: false,
                     close_requested: false,
                     finished: false,
-                    last_activity: std::time::Instant::now(),
-                    last_read: std::time::Instant::now(),
+                    last_activity: now,
+                    last_read: now,
                     registration,
                     on_close,
                 }),
@@ -685,7 +705,7 @@ impl Reactor {
             self.shared.command(Command::Rearm(source.key));
         }
         if let Some(first) = [options.idle_timeout, options.read_timeout].into_iter().flatten().min() {
-            self.shared.command(Command::TimeoutAt(source.key, std::time::Instant::now() + first));
+            self.shared.command(Command::TimeoutAt(source.key, now + first));
         }
         Ok(Connection { source, reactor: self.shared.clone() })
     }
