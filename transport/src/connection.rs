@@ -77,6 +77,13 @@ pub struct ConnOptions {
     /// much is written (a peer that stopped sending). Time spent with reading paused, by the
     /// application or by a full mailbox, does not count. Default: none.
     pub read_timeout: Option<std::time::Duration>,
+    /// Read once when the socket is adopted on the reactor thread, and register it with the
+    /// poller only after the owner's turns that follow, if it is still open then. For a socket
+    /// whose first bytes are already waiting (one handed over by another process) and that is
+    /// answered and closed at once, this saves both `epoll_ctl` calls and a wait; when nothing
+    /// is waiting it costs one `recv` that finds nothing. Default: off (handoff workers turn it
+    /// on for the sockets they are handed).
+    pub read_first: bool,
 }
 
 impl Default for ConnOptions {
@@ -87,6 +94,7 @@ impl Default for ConnOptions {
             low_water: 64 * 1024,
             idle_timeout: None,
             read_timeout: None,
+            read_first: false,
         }
     }
 }
@@ -211,13 +219,16 @@ impl ConnSource {
         }
     }
 
-    fn read_some(&self, reactor: &Arc<Shared>, state: &mut State) {
+    /// Reads what is waiting and delivers it; returns whether anything happened (bytes, end of
+    /// input or an error), as opposed to nothing waiting.
+    fn read_some(&self, reactor: &Arc<Shared>, state: &mut State) -> bool {
+        let mut happened = false;
         // Bounded: at most 16 reads per event so one busy connection cannot hog the reactor.
         for _ in 0..16 {
             if state.user_paused || state.read_eof || !state.pending.is_empty() {
-                return;
+                return happened;
             }
-            let Some(stream) = state.stream.as_ref() else { return };
+            let Some(stream) = state.stream.as_ref() else { return true };
             let size = self.options.read_size.max(1);
             // Read into one reused scratch buffer (reads only happen on the reactor thread) and
             // copy out exactly what arrived: a fresh zeroed 64 KiB per read, kept alive by every
@@ -237,29 +248,31 @@ impl ConnSource {
                     if state.write_shut && state.stream.is_some() {
                         self.finish(reactor, state, CloseReason::Closed, true);
                     }
-                    return;
+                    return true;
                 }
                 Ok((n, bytes)) => {
+                    happened = true;
                     state.last_activity = std::time::Instant::now();
                     state.last_read = state.last_activity;
                     if !self.emit(reactor, state, ConnEvent::Data(self.id, bytes)) {
-                        return;
+                        return true;
                     }
                     if n < size {
                         // A short read drained the socket; the registration reports new data,
                         // so skip the extra recv that would only say EAGAIN.
-                        return;
+                        return true;
                     }
                 }
-                Err(Errno::AGAIN) => return,
+                Err(Errno::AGAIN) => return happened,
                 Err(Errno::INTR) => continue,
                 Err(e) => {
                     let kind = io::Error::from(e).kind();
                     self.finish(reactor, state, CloseReason::Error(kind), true);
-                    return;
+                    return true;
                 }
             }
         }
+        happened
     }
 
     /// Writes buffered bytes; true while the socket is healthy.
@@ -335,7 +348,9 @@ impl ConnSource {
     fn finish(&self, reactor: &Arc<Shared>, state: &mut State, reason: CloseReason, notify: bool) -> Option<Stream> {
         let stream = state.stream.take()?;
         // Deregister before closing: the poller tracks the open file, not the number.
-        let _ = reactor.poller.delete(stream.as_fd());
+        if state.registration.is_added() {
+            let _ = reactor.poller.delete(stream.as_fd());
+        }
         state.wbuf = VecDeque::new();
         state.finished = true;
         let on_close = state.on_close.take();
@@ -378,7 +393,7 @@ impl Source for ConnSource {
             return;
         }
         if event.readable {
-            self.read_some(reactor, &mut state);
+            let _ = self.read_some(reactor, &mut state);
         }
         self.arm(reactor, &mut state);
     }
@@ -661,6 +676,9 @@ impl Reactor {
     ) -> io::Result<Connection> {
         rustix::io::ioctl_fionbio(stream.as_fd(), true)?;
         let has_unread = !unread.is_empty();
+        // Off the reactor thread the owner's turn may come after the reactor's next pass, so
+        // deferring the registration would save nothing there.
+        let read_first = options.read_first && !has_unread && self.shared.on_reactor_thread();
         let now = std::time::Instant::now();
         let mut made: Option<Arc<ConnSource>> = None;
         let id = ConnId(self.shared.serial());
@@ -669,7 +687,11 @@ impl Reactor {
             // (Registered before the socket moves into its source; an event that comes at once
             // waits for the slab, which `insert` holds locked until the source is in.)
             let interest = if has_unread { Event::none(key) } else { Event::readable(key) };
-            let registration = Registration::add(&self.shared.poller, stream.as_fd(), interest)?;
+            let registration = if read_first {
+                Registration::deferred()
+            } else {
+                Registration::add(&self.shared.poller, stream.as_fd(), interest)?
+            };
             let mut pending = VecDeque::new();
             if has_unread {
                 pending.push_back(ConnEvent::Data(id, unread));
@@ -703,6 +725,16 @@ impl Reactor {
         let source = made.expect("set by insert");
         if has_unread {
             self.shared.command(Command::Rearm(source.key));
+        }
+        if read_first {
+            let mut state = source.state.lock();
+            if source.read_some(&self.shared, &mut state) {
+                // The owner will see these bytes in the turns that follow this one, on this
+                // thread; register after them, if the connection is still open then.
+                self.shared.defer_arm(source.key);
+            } else {
+                source.arm(&self.shared, &mut state);
+            }
         }
         if let Some(first) = [options.idle_timeout, options.read_timeout].into_iter().flatten().min() {
             self.shared.command(Command::TimeoutAt(source.key, now + first));

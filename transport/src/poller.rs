@@ -81,8 +81,10 @@ pub(crate) enum Mode {
 #[derive(Debug)]
 pub(crate) struct Registration {
     /// The live interest as `(readable, writable)`; `None` once a oneshot "nothing" has fired
-    /// and the descriptor is disarmed.
+    /// and the descriptor is disarmed (or before it is added).
     live: Option<(bool, bool)>,
+    /// Whether the descriptor is in the epoll set yet (see [`Registration::deferred`]).
+    added: bool,
 }
 
 const NOTHING: (bool, bool) = (false, false);
@@ -91,7 +93,18 @@ impl Registration {
     /// Registers `fd` with `interest`.
     pub(crate) fn add(poller: &Poller, fd: BorrowedFd<'_>, interest: Event) -> io::Result<Registration> {
         poller.add(fd, interest, Self::mode(interest))?;
-        Ok(Registration { live: Some((interest.readable, interest.writable)) })
+        Ok(Registration { live: Some((interest.readable, interest.writable)), added: true })
+    }
+
+    /// A registration whose descriptor is added by the first [`Registration::set`]: a
+    /// connection answered and closed before that costs no `epoll_ctl` at all.
+    pub(crate) fn deferred() -> Registration {
+        Registration { live: None, added: false }
+    }
+
+    /// Whether the descriptor is in the epoll set (and must leave it before it is closed).
+    pub(crate) fn is_added(&self) -> bool {
+        self.added
     }
 
     /// Notes that an event was reported: a oneshot "nothing" is disarmed by it. Call it first
@@ -106,6 +119,13 @@ impl Registration {
     /// "nothing" and the descriptor is disarmed anyway).
     pub(crate) fn set(&mut self, poller: &Poller, fd: BorrowedFd<'_>, want: Event) -> io::Result<()> {
         let wanted = (want.readable, want.writable);
+        if !self.added {
+            // Even for "nothing" (oneshot): errors and hang-ups are reported from now on.
+            poller.add(fd, want, Self::mode(want))?;
+            self.added = true;
+            self.live = Some(wanted);
+            return Ok(());
+        }
         if self.live == Some(wanted) || (wanted == NOTHING && self.live.is_none()) {
             return Ok(());
         }

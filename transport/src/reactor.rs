@@ -44,6 +44,9 @@ pub(crate) struct Shared {
     pub(crate) poller: Poller,
     sources: Mutex<Slab<Arc<dyn Source>>>,
     commands: Mutex<Vec<Command>>,
+    /// Sources to arm once the event loop's turns of this pass have run (see
+    /// `ConnOptions::read_first`). Only the reactor thread adds to it.
+    deferred_arms: Mutex<Vec<usize>>,
     stopping: AtomicBool,
     /// Source ids are serial numbers, never reused: slab keys are, and an event that names a
     /// closed source must not be taken for the new one that got its key.
@@ -60,6 +63,13 @@ impl Shared {
         if let Err(e) = self.poller.notify() {
             log::error!("reactor: notify failed: {e}");
         }
+    }
+
+    /// Arms source `key` after this pass's event-loop turns. Only on the reactor thread, which
+    /// looks at the list before it next waits.
+    pub(crate) fn defer_arm(&self, key: usize) {
+        debug_assert!(self.on_reactor_thread());
+        self.deferred_arms.lock().push(key);
     }
 
     pub(crate) fn insert(&self, make: impl FnOnce(usize) -> io::Result<Arc<dyn Source>>) -> io::Result<usize> {
@@ -157,6 +167,7 @@ impl Reactor {
                 poller,
                 sources: Mutex::new(Slab::new()),
                 commands: Mutex::new(Vec::new()),
+                deferred_arms: Mutex::new(Vec::new()),
                 stopping: AtomicBool::new(false),
                 next_serial: AtomicU64::new(1),
                 event_loop: EventLoop::new(move || {
@@ -394,6 +405,14 @@ fn run_loop(shared: &Arc<Shared>) {
             }
         }
         more_turns = shared.event_loop.run_ready();
+        let deferred = std::mem::take(&mut *shared.deferred_arms.lock());
+        for key in deferred {
+            // A key freed and reused in this pass names a newer source; arming that one early
+            // is harmless.
+            if let Some(source) = shared.source(key) {
+                source.rearm(shared, key);
+            }
+        }
     }
     let all: Vec<(usize, Arc<dyn Source>)> = shared.sources.lock().iter().map(|(k, s)| (k, s.clone())).collect();
     for (key, source) in all {

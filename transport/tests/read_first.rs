@@ -1,0 +1,179 @@
+//! `ConnOptions::read_first`: a socket adopted on the reactor thread is read at once and
+//! registered with the poller only after the owner's turns, if it is still open. What must hold:
+//! bytes already waiting arrive first, later bytes and the end of input still arrive (the
+//! registration did happen), a socket with nothing waiting is served as usual, and a connection
+//! answered and closed in the turn that read it leaves no descriptor and no source behind.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use baton_runtime::{Actor, Context, Mailbox, Runtime};
+use baton_transport::*;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The tests count this process's descriptors: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+enum Msg {
+    Adopt(TcpStream),
+    Event(ConnEvent),
+}
+
+/// Adopts each socket it is given with `read_first`, on the reactor's event loop, and reports
+/// every event. With `answer_and_close`, answers the first bytes and closes in the same turn.
+struct Adopter {
+    reactor: Reactor,
+    events: Sender<ConnEvent>,
+    conns: Vec<Connection>,
+    answer_and_close: bool,
+}
+
+impl Actor for Adopter {
+    type Message = Msg;
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
+        match msg {
+            Msg::Adopt(stream) => {
+                let me = ctx.address().recipient_map(Msg::Event, |m| match m {
+                    Msg::Event(e) => Some(e),
+                    Msg::Adopt(_) => None,
+                });
+                let options = ConnOptions { read_first: true, ..ConnOptions::default() };
+                let conn = self.reactor.adopt(Stream::Tcp(stream), options, me).expect("adopting");
+                self.conns.push(conn);
+            }
+            Msg::Event(ev) => {
+                if let ConnEvent::Data(id, _) = &ev {
+                    if self.answer_and_close {
+                        let conn = self.conns.iter().find(|c| c.id() == *id).expect("adopted before its data");
+                        conn.write(b"bye").unwrap();
+                        conn.close();
+                    }
+                }
+                if let ConnEvent::Closed(id, _) = &ev {
+                    self.conns.retain(|c| c.id() != *id);
+                }
+                let _ = self.events.send(ev);
+            }
+        }
+    }
+}
+
+struct Fixture {
+    rt: Runtime,
+    reactor: Reactor,
+    adopter: baton_runtime::Addr<Adopter>,
+    events: Receiver<ConnEvent>,
+    listener: TcpListener,
+}
+
+fn fixture(answer_and_close: bool) -> Fixture {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (tx, events) = unbounded();
+    let adopter = Adopter { reactor: reactor.clone(), events: tx, conns: Vec::new(), answer_and_close };
+    let adopter = rt.spawn_on(reactor.event_loop(), adopter, Mailbox::Unbounded).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    Fixture { rt, reactor, adopter, events, listener }
+}
+
+impl Fixture {
+    /// A connected pair: (the client, the server side not yet adopted).
+    fn pair(&self) -> (TcpStream, TcpStream) {
+        let client = TcpStream::connect(self.listener.local_addr().unwrap()).unwrap();
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        let (server, _) = self.listener.accept().unwrap();
+        (client, server)
+    }
+
+    fn next(&self) -> ConnEvent {
+        self.events.recv_timeout(WAIT).expect("an event")
+    }
+
+    fn stop(self) {
+        self.reactor.stop();
+        self.rt.shutdown(Duration::from_secs(5)).unwrap();
+    }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn waiting_bytes_arrive_first_then_later_bytes_and_the_end_of_input() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture(false);
+    let (mut client, server) = f.pair();
+    client.write_all(b"early").unwrap();
+    // Let the bytes reach the server's socket before it is adopted.
+    std::thread::sleep(Duration::from_millis(20));
+    f.adopter.send(Msg::Adopt(server)).unwrap();
+    let ConnEvent::Data(id, bytes) = f.next() else { panic!("expected the waiting bytes first") };
+    assert_eq!(bytes, b"early");
+    // Only a registration (made after the adopting turn) can deliver these.
+    client.write_all(b"late").unwrap();
+    let ConnEvent::Data(_, bytes) = f.next() else { panic!("later bytes were not delivered") };
+    assert_eq!(bytes, b"late");
+    client.shutdown(Shutdown::Write).unwrap();
+    assert!(matches!(f.next(), ConnEvent::ReadClosed(i) if i == id));
+    drop(client);
+    f.stop();
+}
+
+#[test]
+fn a_socket_with_nothing_waiting_is_registered_at_once() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture(false);
+    let (mut client, server) = f.pair();
+    f.adopter.send(Msg::Adopt(server)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    client.write_all(b"hello").unwrap();
+    let ConnEvent::Data(_, bytes) = f.next() else { panic!("bytes sent after adoption were not delivered") };
+    assert_eq!(bytes, b"hello");
+    f.stop();
+}
+
+#[test]
+fn connections_answered_and_closed_in_the_turn_that_read_them_leave_nothing_behind() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture(true);
+    let baseline = open_fds();
+    for round in 0..200 {
+        let (mut client, server) = f.pair();
+        client.write_all(b"hi").unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+        f.adopter.send(Msg::Adopt(server)).unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(answer, b"bye", "round {round}: the answer, then the end of the connection");
+        assert!(matches!(f.next(), ConnEvent::Data(..)));
+        assert!(matches!(f.next(), ConnEvent::Closed(_, CloseReason::Closed)));
+    }
+    // A peer that resets before its socket is adopted: the first read reports it.
+    let (client, server) = f.pair();
+    rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO)).unwrap();
+    drop(client);
+    std::thread::sleep(Duration::from_millis(20));
+    f.adopter.send(Msg::Adopt(server)).unwrap();
+    loop {
+        match f.next() {
+            ConnEvent::Closed(_, reason) => {
+                assert_ne!(reason, CloseReason::Closed, "a reset is an error, not a close");
+                break;
+            }
+            ConnEvent::ReadClosed(_) | ConnEvent::Data(..) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while (open_fds() > baseline || f.reactor.sources() > 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(open_fds(), baseline, "a descriptor was left open");
+    assert_eq!(f.reactor.sources(), 0, "a source was left in the reactor");
+    f.stop();
+}
