@@ -85,8 +85,8 @@ impl Incoming {
     /// `ConnEvent::Data`. Call it from the owner's own handler (see
     /// [`Reactor::adopt`](baton_transport::Reactor::adopt)).
     ///
-    /// A handed-over socket's first bytes are nearly always waiting by now, so
-    /// [`ConnOptions::read_first`] is turned on: from an owner on the reactor's event loop, the
+    /// A handed-over socket's first bytes are nearly always waiting by now: with
+    /// [`ConnOptions::read_first`] (the default) and an owner on the reactor's event loop, the
     /// socket is read at once and registered with the poller only if it is still open after
     /// the owner's turns.
     ///
@@ -123,7 +123,6 @@ impl Incoming {
         });
         self.shared.open.fetch_add(1, SeqCst);
         self.shared.unanswered.fetch_sub(1, SeqCst);
-        let options = ConnOptions { read_first: true, ..options };
         match self.shared.reactor.adopt_with(stream, prelude, Some(hook), options, owner) {
             Ok(conn) => {
                 if self.reported {

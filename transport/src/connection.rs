@@ -77,12 +77,15 @@ pub struct ConnOptions {
     /// much is written (a peer that stopped sending). Time spent with reading paused, by the
     /// application or by a full mailbox, does not count. Default: none.
     pub read_timeout: Option<std::time::Duration>,
-    /// Read once when the socket is adopted on the reactor thread, and register it with the
-    /// poller only after the owner's turns that follow, if it is still open then. For a socket
-    /// whose first bytes are already waiting (one handed over by another process) and that is
-    /// answered and closed at once, this saves both `epoll_ctl` calls and a wait; when nothing
-    /// is waiting it costs one `recv` that finds nothing. Default: off (handoff workers turn it
-    /// on for the sockets they are handed).
+    /// When the socket is adopted on the reactor thread (by an actor on its event loop), read
+    /// it at once, and register it with the poller only after the owner's turns that follow,
+    /// if it is still open then. For a protocol where the client speaks first (HTTP, Redis,
+    /// TLS...) the first bytes are usually waiting by the time a socket is accepted and
+    /// adopted, and more so when another process handed it over: a request answered and closed
+    /// at once then costs no `epoll_ctl` at all and no wait. When nothing is waiting it costs
+    /// one `recv` that finds nothing, and the socket is registered as usual: turn it off for
+    /// protocols where the server speaks first. Default: on. (Off the reactor thread, and
+    /// for client connections, sockets are registered at once.)
     pub read_first: bool,
 }
 
@@ -94,7 +97,7 @@ impl Default for ConnOptions {
             low_water: 64 * 1024,
             idle_timeout: None,
             read_timeout: None,
-            read_first: false,
+            read_first: true,
         }
     }
 }
@@ -762,6 +765,8 @@ impl Reactor {
             Ok(()) | Err(Errno::INPROGRESS) => {}
             Err(e) => return Err(e.into()),
         }
+        // Still connecting: nothing to read yet, and the outcome comes as writability.
+        let options = ConnOptions { read_first: false, ..options };
         self.adopt(Stream::Tcp(std::net::TcpStream::from(fd)), options, owner)
     }
 }
