@@ -41,13 +41,14 @@ use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
-/// Length of one measured run.
-const RUN: Duration = Duration::from_secs(3);
+/// Length of one measured run. Short runs, many rounds: this machine's speed drifts by tens of
+/// percent within a minute, and runs of one round are seconds apart.
+const RUN: Duration = Duration::from_secs(2);
 /// Load before each measured run, not counted: the servers' heaps, caches and the kernel's
 /// socket tables reach their steady state first.
 const WARMUP: Duration = Duration::from_millis(500);
 /// Interleaved repetitions of every run.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 const WORKERS: usize = 2;
 /// Concurrent clients, new connection per request (each a blocking thread).
 const CLOSE_CLIENTS: usize = 32;
@@ -433,24 +434,28 @@ fn measure(kind: &str, policy: &str, mode: Mode, slow_every: Option<usize>) -> L
 fn print_table(title: &str, rows: &[Row], base: usize) {
     println!("== {title} (medians of {ROUNDS} interleaved runs of {RUN:?}) ==");
     println!(
-        "{:<34} {:>11} {:>10} {:>10} {:>12} {:>8} {:>7}   ratio in each round",
-        "variant", "requests/s", "p50", "p99", "p99 (fast)", "ratio", "failed"
+        "{:<34} {:>11} {:>10} {:>10} {:>12} {:>8} {:>8} {:>7}   ratio in each round",
+        "variant", "requests/s", "p50", "p99", "p99 (fast)", "ratio", "of med.", "failed"
     );
     for r in rows {
         let (median, rounds) = r.round_ratios(&rows[base]);
         println!(
-            "{:<34} {:>11.0} {:>10.2?} {:>10.2?} {:>12.2?} {:>8.3} {:>7}   {}",
+            "{:<34} {:>11.0} {:>10.2?} {:>10.2?} {:>12.2?} {:>8.3} {:>8.3} {:>7}   {}",
             r.name,
             r.rate(),
             r.p50(),
             r.p99(),
             r.p99_fast(),
             median,
+            r.rate() / rows[base].rate(),
             r.failed(),
             rounds.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(" ")
         );
     }
-    println!("(ratio: the median over rounds of requests/s against the first row's in the same round)");
+    println!(
+        "(ratio: the median over rounds of requests/s against the first row's in the same round; \
+         of med.: median requests/s over the first row's)"
+    );
     println!();
 }
 

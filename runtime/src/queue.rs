@@ -115,12 +115,14 @@ impl<M> MessageQueue<M> {
     }
 
     fn taken(&self) {
-        self.len.fetch_sub(1, SeqCst);
-        if self.sleepers.load(SeqCst) > 0 {
+        let left = self.len.fetch_sub(1, SeqCst) - 1;
+        // Waiting senders are woken once half the queue is free, all together: waking one per
+        // freed slot would have a producer that outruns its consumer sleep and wake (two
+        // futex calls, often a cross-CPU wake-up) for every message.
+        if left <= self.bound / 2 && self.sleepers.load(SeqCst) > 0 {
             // Taking the lock orders this wake-up after a sender's check-then-wait.
-            // One slot was freed, so one sender can use it; a woken sender checks again anyway.
             let _shared = self.shared.lock();
-            self.room.notify_one();
+            self.room.notify_all();
         }
     }
 
