@@ -19,6 +19,12 @@
 //! read them and writes its answer before the reactor waits again: no cross-thread wake-up per
 //! request. Such handlers must never block.
 //!
+//! A socket adopted on the reactor thread is read at once, before it is registered with epoll
+//! ([`ConnOptions::read_first`]); the registration is made after the event loop's turns that
+//! follow, and only if the connection is still open. A client that speaks first has usually
+//! sent its request by the time its socket is accepted (or handed over by another process), so
+//! a request answered and closed in the owner's first turns never touches `epoll_ctl`.
+//!
 //! Deadlines (idle and read timeouts, back-offs) live in a heap on the reactor thread; a closed
 //! connection's deadline is skipped when it comes and swept out when such entries outnumber the
 //! live sources.

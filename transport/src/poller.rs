@@ -13,7 +13,9 @@
 //! what they want changes, so a request/response connection costs no `epoll_ctl` per request
 //! and a listener none per batch of accepts. The
 //! kernel reports errors and hang-ups even to a registration with no interest, so "no interest"
-//! is always registered oneshot (see the watch's `parked` and the connection's `armed`).
+//! is always registered oneshot (see the watch's `parked` and the connection's `armed`). A
+//! registration can also start out deferred (`Registration::deferred`): the descriptor joins
+//! the epoll set at its first `set`, and one closed before that never joins it.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

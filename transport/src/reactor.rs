@@ -7,6 +7,9 @@
 //! its mailbox, an API call such as `resume`) ask through the command queue plus
 //! `Poller::notify`, so a source's registration changes on the reactor thread, in order
 //! (watches excepted: their owner re-arms them directly, `epoll_ctl` being thread-safe).
+//! A connection adopted with `read_first` on the reactor thread is registered from the
+//! deferred-arm list, which the loop empties right after the event loop's turns of the same
+//! pass, before it waits again.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
