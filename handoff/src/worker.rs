@@ -86,9 +86,9 @@ impl Incoming {
     /// [`Reactor::adopt`](baton_transport::Reactor::adopt)).
     ///
     /// A handed-over socket's first bytes are nearly always waiting by now: with
-    /// [`ConnOptions::read_first`] (the default) and an owner on the reactor's event loop, the
-    /// socket is read at once and registered with the poller only if it is still open after
-    /// the owner's turns.
+    /// [`ConnOptions::read_first`] (the default), no prelude, and `owner` the actor calling
+    /// this on the reactor's event loop, the socket is read at once and registered with the
+    /// poller only if it is still open after the owner's turns.
     ///
     /// # Errors
     ///

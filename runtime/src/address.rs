@@ -270,6 +270,13 @@ impl<M: Send + 'static> Recipient<M> {
         self.inner.id()
     }
 
+    /// Whether this is the address of the actor whose handler is running on this thread right
+    /// now: a message sent to it then is handled after the current one, in the same turn if
+    /// the mailbox had nothing else waiting.
+    pub fn is_current(&self) -> bool {
+        crate::ask::current_actor() == Some(self.inner.id())
+    }
+
     /// As [`Addr::send`].
     ///
     /// # Errors

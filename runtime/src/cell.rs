@@ -14,7 +14,7 @@ use crate::actor::{Actor, Context, Down, ExitReason};
 use crate::address::ActorId;
 use crate::mailbox::{SendTimeoutError, TrySendError};
 use crate::metrics::ActorMetrics;
-use crate::queue::MessageQueue;
+use crate::queue::{Batch, MessageQueue};
 use crate::runtime::RuntimeShared;
 use crate::scheduler::{Executor, Runnable};
 use crate::supervisor::Restart;
@@ -74,7 +74,7 @@ struct Inner<A: Actor> {
     busy_turns: u64,
     /// Messages the turns took from the mailbox in one go and have not handled yet (see
     /// `queue.rs`); they still count against the mailbox's bound.
-    batch: VecDeque<A::Message>,
+    batch: Batch<A::Message>,
 }
 
 /// Type-erased control over any cell: what the runtime registry and supervisors hold.
@@ -149,7 +149,7 @@ impl<A: Actor> Cell<A> {
                 phase: Phase::Starting,
                 last_exit: None,
                 busy_turns: id.0,
-                batch: VecDeque::new(),
+                batch: Batch::default(),
             }),
             monitors: Mutex::new(Monitors::default()),
             room_waiters: Mutex::new(Vec::new()),
@@ -394,6 +394,9 @@ impl<A: Actor> Cell<A> {
                     self.metrics.handler.record(started.elapsed().as_secs_f64() / handled as f64);
                 }
             }
+            // The count is exact from here on: the drain check below and the runnable-edge
+            // check after the turn read it.
+            self.mailbox.publish(&mut inner.batch);
             self.metrics.depth.set(self.mailbox.len() as f64);
             if handled > 0 {
                 self.call_room_waiters();
@@ -419,7 +422,7 @@ impl<A: Actor> Cell<A> {
         }
     }
 
-    fn spin_for_message(&self, batch: &mut VecDeque<A::Message>) -> Option<A::Message> {
+    fn spin_for_message(&self, batch: &mut Batch<A::Message>) -> Option<A::Message> {
         for i in 0..STREAM_SPINS {
             for _ in 0..(1 << i.min(4)) {
                 std::hint::spin_loop();

@@ -5,10 +5,10 @@
 //!
 //! Senders push onto a shared `VecDeque` under a short lock. The consumer does not take the
 //! lock per message: when its own batch runs dry it swaps the whole shared deque for its empty
-//! one (O(1), and the two allocations keep circulating), then pops from the batch without any
-//! synchronisation but one counter. So a stream of messages costs the consumer one lock per
-//! batch, not per message, and the senders and the consumer touch a shared cache line once per
-//! message (the counter) instead of once per slot.
+//! one (O(1), and the two allocations keep circulating), then pops from the batch with no
+//! synchronisation at all, subtracting what it took from the shared count every
+//! `PUBLISH_EVERY` messages and whenever it runs dry. So a stream of messages costs the
+//! consumer one lock per batch and one atomic operation per `PUBLISH_EVERY` messages.
 //!
 //! Why not a crossbeam channel, which the mailboxes used before: creating one allocates a
 //! cache-padded, 128-byte-aligned block and a slot array of the full capacity up front. An
@@ -28,6 +28,25 @@ use parking_lot::{Condvar, Mutex};
 
 /// Slots an empty deque keeps between bursts.
 const KEEP_CAPACITY: usize = 32;
+
+/// The consumer subtracts what it took from the shared count once per this many messages (and
+/// whenever its batch runs dry), not per message: the count's cache line is the one senders
+/// read and write.
+const PUBLISH_EVERY: usize = 32;
+
+/// The consumer's side of a queue: messages taken from the shared deque in one go, and how many
+/// it has handed out since it last subtracted them from the count (until then the count is
+/// too high by that much, which can only make a sender wait early, never exceed the bound).
+pub(crate) struct Batch<M> {
+    items: VecDeque<M>,
+    unpublished: usize,
+}
+
+impl<M> Default for Batch<M> {
+    fn default() -> Self {
+        Batch { items: VecDeque::new(), unpublished: 0 }
+    }
+}
 
 pub(crate) struct MessageQueue<M> {
     shared: Mutex<VecDeque<M>>,
@@ -88,34 +107,51 @@ impl<M> MessageQueue<M> {
     ///
     /// One consumer at a time: the cell passes its `Inner::batch`, which only the holder of
     /// its `inner` lock (the thread running the actor's turn) can reach.
-    pub(crate) fn recv(&self, batch: &mut VecDeque<M>) -> Option<M> {
-        if batch.is_empty() {
-            if self.len.load(SeqCst) == 0 {
-                return None;
+    pub(crate) fn recv(&self, batch: &mut Batch<M>) -> Option<M> {
+        if let Some(msg) = batch.items.pop_front() {
+            batch.unpublished += 1;
+            if batch.unpublished >= PUBLISH_EVERY {
+                self.publish(batch);
             }
-            if batch.capacity() > KEEP_CAPACITY {
-                // What a burst left behind goes back to the allocator, so an idle actor does
-                // not keep its peak backlog's memory for life.
-                batch.shrink_to(KEEP_CAPACITY);
-            }
-            let mut shared = self.shared.lock();
-            if shared.len() == 1 {
-                // One message (request/response, most actors most of the time): take it and
-                // leave the allocations where they are, so a short-lived actor makes one.
-                let msg = shared.pop_front();
-                drop(shared);
-                self.taken();
-                return msg;
-            }
-            std::mem::swap(batch, &mut *shared);
+            return Some(msg);
         }
-        let msg = batch.pop_front()?;
-        self.taken();
+        // Before reading the count: it must not include what this consumer already took.
+        self.publish(batch);
+        if self.len.load(SeqCst) == 0 {
+            return None;
+        }
+        if batch.items.capacity() > KEEP_CAPACITY {
+            // What a burst left behind goes back to the allocator, so an idle actor does not
+            // keep its peak backlog's memory for life.
+            batch.items.shrink_to(KEEP_CAPACITY);
+        }
+        let mut shared = self.shared.lock();
+        if shared.len() == 1 {
+            // One message (request/response, most actors most of the time): take it and leave
+            // the allocations where they are, so a short-lived actor makes one.
+            let msg = shared.pop_front();
+            drop(shared);
+            batch.unpublished = 1;
+            self.publish(batch);
+            return msg;
+        }
+        std::mem::swap(&mut batch.items, &mut *shared);
+        drop(shared);
+        let msg = batch.items.pop_front()?;
+        batch.unpublished = 1;
         Some(msg)
     }
 
-    fn taken(&self) {
-        let left = self.len.fetch_sub(1, SeqCst) - 1;
+    /// Subtracts the messages the consumer took since it last did so from the count, and wakes
+    /// waiting senders if that freed half the queue. `recv` calls it every `PUBLISH_EVERY`
+    /// messages and whenever its batch runs dry; the cell calls it at the end of every turn,
+    /// so the count is exact whenever the actor is not running.
+    pub(crate) fn publish(&self, batch: &mut Batch<M>) {
+        let taken = std::mem::take(&mut batch.unpublished);
+        if taken == 0 {
+            return;
+        }
+        let left = self.len.fetch_sub(taken, SeqCst) - taken;
         // Waiting senders are woken once half the queue is free, all together: waking one per
         // freed slot would have a producer that outruns its consumer sleep and wake (two
         // futex calls, often a cross-CPU wake-up) for every message.
@@ -126,7 +162,8 @@ impl<M> MessageQueue<M> {
         }
     }
 
-    /// Messages accepted and not yet taken.
+    /// Messages accepted and not yet taken (while the consumer runs, possibly up to
+    /// `PUBLISH_EVERY - 1` too many).
     pub(crate) fn len(&self) -> usize {
         self.len.load(SeqCst)
     }
@@ -149,13 +186,15 @@ mod tests {
     #[test]
     fn bound_counts_the_consumers_batch_too() {
         let q = MessageQueue::new(3);
-        let mut batch = VecDeque::new();
+        let mut batch = Batch::default();
         for i in 0..3 {
             q.try_send(i).unwrap();
         }
         assert_eq!(q.try_send(3), Err(3));
         // The first recv moves all three into the batch; only one is taken.
         assert_eq!(q.recv(&mut batch), Some(0));
+        assert_eq!(q.len(), 3, "counted until the consumer publishes what it took");
+        q.publish(&mut batch);
         assert_eq!(q.len(), 2);
         q.try_send(3).unwrap();
         assert_eq!(q.try_send(4), Err(4), "two in the batch and one shared fill the bound");
@@ -178,7 +217,7 @@ mod tests {
         while q.sleepers.load(SeqCst) == 0 {
             std::thread::yield_now();
         }
-        let mut batch = VecDeque::new();
+        let mut batch = Batch::default();
         assert_eq!(q.recv(&mut batch), Some(0));
         assert_eq!(sender.join().unwrap(), Ok(()), "woken by the room the consumer made");
         assert_eq!(q.recv(&mut batch), Some(2));
@@ -187,7 +226,7 @@ mod tests {
     #[test]
     fn a_burst_s_memory_is_given_back_once_handled() {
         let q = MessageQueue::new(usize::MAX);
-        let mut batch = VecDeque::new();
+        let mut batch = Batch::default();
         for i in 0..10_000 {
             q.try_send(i).unwrap();
         }
@@ -196,7 +235,7 @@ mod tests {
         assert_eq!(q.recv(&mut batch), Some(0));
         q.try_send(1).unwrap();
         assert_eq!(q.recv(&mut batch), Some(1));
-        assert!(batch.capacity() <= KEEP_CAPACITY && q.shared.lock().capacity() <= KEEP_CAPACITY);
+        assert!(batch.items.capacity() <= KEEP_CAPACITY && q.shared.lock().capacity() <= KEEP_CAPACITY);
     }
 
     #[test]
@@ -212,7 +251,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut batch = VecDeque::new();
+        let mut batch = Batch::default();
         let mut next = [0u64; 4];
         let mut got = 0;
         while got < 40_000 {
@@ -229,6 +268,7 @@ mod tests {
         for s in senders {
             s.join().unwrap();
         }
+        q.publish(&mut batch); // as the cell does at the end of every turn
         assert!(q.is_empty());
     }
 }

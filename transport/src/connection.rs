@@ -77,15 +77,16 @@ pub struct ConnOptions {
     /// much is written (a peer that stopped sending). Time spent with reading paused, by the
     /// application or by a full mailbox, does not count. Default: none.
     pub read_timeout: Option<std::time::Duration>,
-    /// When the socket is adopted on the reactor thread (by an actor on its event loop), read
-    /// it at once, and register it with the poller only after the owner's turns that follow,
-    /// if it is still open then. For a protocol where the client speaks first (HTTP, Redis,
+    /// When the owner adopts the socket in its own handler on the reactor thread (an actor on
+    /// the reactor's event loop), read it once at once, and register it with the poller only
+    /// after the owner's turns that follow, if it is still open then. For a protocol where the client speaks first (HTTP, Redis,
     /// TLS...) the first bytes are usually waiting by the time a socket is accepted and
     /// adopted, and more so when another process handed it over: a request answered and closed
     /// at once then costs no `epoll_ctl` at all and no wait. When nothing is waiting it costs
     /// one `recv` that finds nothing, and the socket is registered as usual: turn it off for
-    /// protocols where the server speaks first. Default: on. (Off the reactor thread, and
-    /// for client connections, sockets are registered at once.)
+    /// protocols where the server speaks first. Default: on. (Adopted for another actor, off
+    /// the reactor thread, with `unread` bytes, or for a client connection still connecting,
+    /// a socket is registered at once.)
     pub read_first: bool,
 }
 
@@ -170,6 +171,10 @@ pub(crate) struct ConnSource {
 }
 
 impl ConnSource {
+    pub(crate) fn key(&self) -> usize {
+        self.key
+    }
+
     /// Offers an event to the owner (after any still pending); false once the mailbox is full.
     fn emit(&self, reactor: &Arc<Shared>, state: &mut State, ev: ConnEvent) -> bool {
         if state.pending.is_empty() {
@@ -225,9 +230,13 @@ impl ConnSource {
     /// Reads what is waiting and delivers it; returns whether anything happened (bytes, end of
     /// input or an error), as opposed to nothing waiting.
     fn read_some(&self, reactor: &Arc<Shared>, state: &mut State) -> bool {
-        let mut happened = false;
         // Bounded: at most 16 reads per event so one busy connection cannot hog the reactor.
-        for _ in 0..16 {
+        self.read_some_bounded(reactor, state, 16)
+    }
+
+    fn read_some_bounded(&self, reactor: &Arc<Shared>, state: &mut State, reads: usize) -> bool {
+        let mut happened = false;
+        for _ in 0..reads {
             if state.user_paused || state.read_eof || !state.pending.is_empty() {
                 return happened;
             }
@@ -338,11 +347,30 @@ impl ConnSource {
     /// Brings the registration in line with what the connection wants now; no system call
     /// when nothing changed (the common case: reading, nothing buffered).
     fn arm(&self, reactor: &Arc<Shared>, state: &mut State) {
-        let want = self.interest(state);
-        let State { stream: Some(stream), registration, .. } = state else { return };
-        if let Err(e) = registration.set(&reactor.poller, stream.as_fd(), want) {
-            log::error!("connection {:?}: re-arm failed: {e}", self.id);
+        if let Err(e) = self.register(reactor, state) {
+            if state.registration.is_added() {
+                log::error!("connection {:?}: re-arm failed: {e}", self.id);
+            } else {
+                // A deferred registration the poller refused (ENOSPC, ENOMEM): unregistered,
+                // the connection would never hear from its socket again.
+                log::error!("connection {:?}: cannot register with the poller: {e}; closing", self.id);
+                self.finish(reactor, state, CloseReason::Error(e.kind()), true);
+            }
         }
+    }
+
+    /// Brings the registration in line with what the connection wants now.
+    fn register(&self, reactor: &Arc<Shared>, state: &mut State) -> io::Result<()> {
+        let want = self.interest(state);
+        let State { stream: Some(stream), registration, .. } = state else { return Ok(()) };
+        registration.set(&reactor.poller, stream.as_fd(), want)
+    }
+
+    /// The one read at adoption of `ConnOptions::read_first`: a single `recv` (however much
+    /// is waiting), so an owner that pauses or detaches right after adopting finds at most one
+    /// `Data` delivered. Returns whether anything happened (bytes, end of input, an error).
+    fn read_first(&self, reactor: &Arc<Shared>, state: &mut State) -> bool {
+        self.read_some_bounded(reactor, state, 1)
     }
 
     /// Deregisters, closes (or hands back) the socket, and queues the one `Closed` event. The
@@ -648,10 +676,14 @@ impl Reactor {
     /// [`ConnEvent`]s. Use it for accepted sockets, sockets from another process, and the
     /// `stream` of a [`Detached`] connection (deliver its `unread` bytes yourself first).
     ///
-    /// Events can arrive as soon as this returns. Call it from the owner's own handler (send
-    /// the owner the stream, and let it adopt for itself): its events then queue in its
-    /// mailbox until that handler has stored the returned [`Connection`], so the first
-    /// `Data` never finds the owner without the handle it needs to reply.
+    /// Events can arrive as soon as this returns, or even before it does: an owner adopting in
+    /// its own handler on the reactor thread gets the first bytes read at once
+    /// ([`ConnOptions::read_first`]), so one `Data` (or the end of input, or a `Closed` for a
+    /// peer that already reset, with the close hook run inside this call) may already be in its
+    /// mailbox. Call it from the owner's own handler (send the owner the stream, and let it
+    /// adopt for itself): its events then queue in its mailbox until that handler has stored
+    /// the returned [`Connection`], so the first `Data` never finds the owner without the
+    /// handle it needs to reply.
     ///
     /// # Errors
     ///
@@ -679,9 +711,10 @@ impl Reactor {
     ) -> io::Result<Connection> {
         rustix::io::ioctl_fionbio(stream.as_fd(), true)?;
         let has_unread = !unread.is_empty();
-        // Off the reactor thread the owner's turn may come after the reactor's next pass, so
-        // deferring the registration would save nothing there.
-        let read_first = options.read_first && !has_unread && self.shared.on_reactor_thread();
+        // Only for an owner adopting in its own handler on the reactor thread: its events then
+        // queue behind the handler that stores the connection, and it handles them before the
+        // reactor's next pass (elsewhere, deferring the registration would save nothing).
+        let read_first = options.read_first && !has_unread && owner.is_current() && self.shared.on_reactor_thread();
         let now = std::time::Instant::now();
         let mut made: Option<Arc<ConnSource>> = None;
         let id = ConnId(self.shared.serial());
@@ -731,12 +764,17 @@ impl Reactor {
         }
         if read_first {
             let mut state = source.state.lock();
-            if source.read_some(&self.shared, &mut state) {
+            if source.read_first(&self.shared, &mut state) {
                 // The owner will see these bytes in the turns that follow this one, on this
                 // thread; register after them, if the connection is still open then.
-                self.shared.defer_arm(source.key);
-            } else {
-                source.arm(&self.shared, &mut state);
+                self.shared.defer_arm(source.clone());
+            } else if let Err(e) = source.register(&self.shared, &mut state) {
+                // Nothing was waiting and the poller refuses the socket: as before, adoption
+                // fails, and the socket is closed.
+                drop(state.stream.take());
+                drop(state);
+                self.shared.remove(source.key);
+                return Err(e);
             }
         }
         if let Some(first) = [options.idle_timeout, options.read_timeout].into_iter().flatten().min() {

@@ -48,8 +48,9 @@ pub(crate) struct Shared {
     sources: Mutex<Slab<Arc<dyn Source>>>,
     commands: Mutex<Vec<Command>>,
     /// Sources to arm once the event loop's turns of this pass have run (see
-    /// `ConnOptions::read_first`). Only the reactor thread adds to it.
-    deferred_arms: Mutex<Vec<usize>>,
+    /// `ConnOptions::read_first`), held by their `Arc` so a slab key freed and reused meanwhile
+    /// cannot send the arm to another source. Only the reactor thread adds to it.
+    deferred_arms: Mutex<Vec<(usize, Arc<dyn Source>)>>,
     stopping: AtomicBool,
     /// Source ids are serial numbers, never reused: slab keys are, and an event that names a
     /// closed source must not be taken for the new one that got its key.
@@ -70,9 +71,10 @@ impl Shared {
 
     /// Arms source `key` after this pass's event-loop turns. Only on the reactor thread, which
     /// looks at the list before it next waits.
-    pub(crate) fn defer_arm(&self, key: usize) {
+    pub(crate) fn defer_arm(&self, source: Arc<crate::connection::ConnSource>) {
         debug_assert!(self.on_reactor_thread());
-        self.deferred_arms.lock().push(key);
+        let key = source.key();
+        self.deferred_arms.lock().push((key, source));
     }
 
     pub(crate) fn insert(&self, make: impl FnOnce(usize) -> io::Result<Arc<dyn Source>>) -> io::Result<usize> {
@@ -408,11 +410,14 @@ fn run_loop(shared: &Arc<Shared>) {
             }
         }
         more_turns = shared.event_loop.run_ready();
-        let deferred = std::mem::take(&mut *shared.deferred_arms.lock());
-        for key in deferred {
-            // A key freed and reused in this pass names a newer source; arming that one early
-            // is harmless.
-            if let Some(source) = shared.source(key) {
+        // Until none is left: an arm can run a close hook, and that hook could adopt again.
+        loop {
+            let deferred = std::mem::take(&mut *shared.deferred_arms.lock());
+            if deferred.is_empty() {
+                break;
+            }
+            for (key, source) in deferred {
+                // A source closed meanwhile does nothing.
                 source.rearm(shared, key);
             }
         }

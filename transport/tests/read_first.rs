@@ -9,7 +9,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use baton_runtime::{Actor, Context, Mailbox, Runtime};
+use baton_runtime::{Actor, Context, Mailbox, Recipient, Runtime};
 use baton_transport::*;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
@@ -20,6 +20,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 enum Msg {
     Adopt(TcpStream),
+    /// Adopt for another actor, pause reading at once, and hand the connection back.
+    AdoptPausedFor(TcpStream, Recipient<ConnEvent>, Sender<Connection>),
     Event(ConnEvent),
 }
 
@@ -39,11 +41,17 @@ impl Actor for Adopter {
             Msg::Adopt(stream) => {
                 let me = ctx.address().recipient_map(Msg::Event, |m| match m {
                     Msg::Event(e) => Some(e),
-                    Msg::Adopt(_) => None,
+                    _ => None,
                 });
                 let options = ConnOptions { read_first: true, ..ConnOptions::default() };
                 let conn = self.reactor.adopt(Stream::Tcp(stream), options, me).expect("adopting");
                 self.conns.push(conn);
+            }
+            Msg::AdoptPausedFor(stream, owner, back) => {
+                let options = ConnOptions { read_first: true, ..ConnOptions::default() };
+                let conn = self.reactor.adopt(Stream::Tcp(stream), options, owner).expect("adopting");
+                conn.pause_reading();
+                back.send(conn).unwrap();
             }
             Msg::Event(ev) => {
                 if let ConnEvent::Data(id, _) = &ev {
@@ -175,5 +183,38 @@ fn connections_answered_and_closed_in_the_turn_that_read_them_leave_nothing_behi
     }
     assert_eq!(open_fds(), baseline, "a descriptor was left open");
     assert_eq!(f.reactor.sources(), 0, "a source was left in the reactor");
+    f.stop();
+}
+
+/// Forwards one connection's events to the test.
+struct Forward(Sender<ConnEvent>);
+impl Actor for Forward {
+    type Message = ConnEvent;
+    fn handle(&mut self, _ctx: &mut Context<Self>, ev: ConnEvent) {
+        let _ = self.0.send(ev);
+    }
+}
+
+#[test]
+fn a_socket_adopted_for_another_actor_is_not_read_before_the_adopter_can_pause_it() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture(false);
+    let (tx, events) = unbounded();
+    let owner = f.rt.try_spawn(Forward(tx), Mailbox::Unbounded).unwrap();
+    let (mut client, server) = f.pair();
+    client.write_all(b"early").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let (back, conn) = unbounded();
+    f.adopter.send(Msg::AdoptPausedFor(server, owner.recipient(), back)).unwrap();
+    let conn = conn.recv_timeout(WAIT).expect("the connection");
+    assert!(
+        events.recv_timeout(Duration::from_millis(200)).is_err(),
+        "read at adoption although the owner was another actor, and paused"
+    );
+    conn.resume_reading();
+    let ConnEvent::Data(_, bytes) = events.recv_timeout(WAIT).expect("Data after resume") else {
+        panic!("expected the waiting bytes")
+    };
+    assert_eq!(bytes, b"early");
     f.stop();
 }
