@@ -48,8 +48,9 @@ pub(crate) struct Shared {
     sources: Mutex<Slab<Arc<dyn Source>>>,
     commands: Mutex<Vec<Command>>,
     /// Sources to arm once the event loop's turns of this pass have run (see
-    /// `ConnOptions::read_first`), held by their `Arc` so a slab key freed and reused meanwhile
-    /// cannot send the arm to another source. Only the reactor thread adds to it.
+    /// `ConnOptions::read_first`), with their `Arc`, so that an arm whose key was freed and
+    /// reused meanwhile is dropped instead of reaching another source. Only the reactor thread
+    /// adds to it.
     deferred_arms: Mutex<Vec<(usize, Arc<dyn Source>)>>,
     stopping: AtomicBool,
     /// Source ids are serial numbers, never reused: slab keys are, and an event that names a
@@ -417,8 +418,12 @@ fn run_loop(shared: &Arc<Shared>) {
                 break;
             }
             for (key, source) in deferred {
-                // A source closed meanwhile does nothing.
-                source.rearm(shared, key);
+                // Only while the slab still holds this very source: one that closed in this
+                // pass has left it, and its key may already name a newer source, which a late
+                // arm of the old one would remove (`flush_pending` forgets a finished source).
+                if shared.source(key).is_some_and(|current| Arc::ptr_eq(&current, &source)) {
+                    source.rearm(shared, key);
+                }
             }
         }
     }

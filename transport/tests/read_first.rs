@@ -218,3 +218,91 @@ fn a_socket_adopted_for_another_actor_is_not_read_before_the_adopter_can_pause_i
     assert_eq!(bytes, b"early");
     f.stop();
 }
+
+/// Accepts and gives each connection an actor of its own on the reactor's loop (the HTTP
+/// example's shape): the actor adopts its socket in its first turn, answers the first bytes,
+/// and closes.
+struct Spawner {
+    reactor: Reactor,
+}
+
+impl Actor for Spawner {
+    type Message = Accepted;
+    fn handle(&mut self, ctx: &mut Context<Self>, acc: Accepted) {
+        let conn = OneShot { reactor: self.reactor.clone(), conn: None };
+        let conn = ctx.spawn_on(self.reactor.event_loop(), conn, Mailbox::Bounded(8)).unwrap();
+        let _ = conn.try_send(OneShotMsg::Adopt(acc.stream));
+    }
+}
+
+enum OneShotMsg {
+    Adopt(Stream),
+    Event(ConnEvent),
+}
+
+struct OneShot {
+    reactor: Reactor,
+    conn: Option<Connection>,
+}
+
+impl Actor for OneShot {
+    type Message = OneShotMsg;
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: OneShotMsg) {
+        match msg {
+            OneShotMsg::Adopt(stream) => {
+                let me = ctx.address().recipient_map(OneShotMsg::Event, |m| match m {
+                    OneShotMsg::Event(e) => Some(e),
+                    OneShotMsg::Adopt(_) => None,
+                });
+                match self.reactor.adopt(stream, ConnOptions::default(), me) {
+                    Ok(conn) => self.conn = Some(conn),
+                    Err(_) => ctx.stop(),
+                }
+            }
+            OneShotMsg::Event(ConnEvent::Data(..)) => {
+                if let Some(conn) = self.conn.as_ref() {
+                    let _ = conn.write(b"bye");
+                    conn.close();
+                }
+            }
+            OneShotMsg::Event(ConnEvent::Closed(..)) => ctx.stop(),
+            OneShotMsg::Event(_) => {}
+        }
+    }
+}
+
+#[test]
+fn many_short_connections_each_with_an_actor_of_its_own_are_all_answered() {
+    // Guards the deferred registration against slab keys reused within one pass: a closed
+    // connection's late arm once removed the source that had taken its key, and that client
+    // waited forever.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let spawner = rt.spawn_on(reactor.event_loop(), Spawner { reactor: reactor.clone() }, Mailbox::DEFAULT).unwrap();
+    let listener =
+        reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), spawner.recipient()).unwrap();
+    let Address::Inet(addr) = *listener.local_addr() else { unreachable!() };
+    let clients: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..150 {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    if (t + i) % 3 == 0 {
+                        std::thread::sleep(Duration::from_micros(100)); // sometimes after adoption
+                    }
+                    s.write_all(b"hi").unwrap();
+                    let mut answer = Vec::new();
+                    s.read_to_end(&mut answer).unwrap_or_else(|e| panic!("client {t}, connection {i}: {e}"));
+                    assert_eq!(answer, b"bye");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client was not answered");
+    }
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}
