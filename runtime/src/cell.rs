@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +23,7 @@ use crate::supervisor::Restart;
 pub(crate) const BATCH: usize = 64;
 
 /// One turn in this many is timed for the mailbox-wait and handler-duration histograms.
-const SAMPLE_EVERY: u64 = 16;
+const SAMPLE_EVERY: u32 = 16;
 
 /// A turn that has handled this many messages treats the mailbox as a stream and spins briefly
 /// when it runs dry; single messages (request/response, rings) end the turn at once.
@@ -71,7 +71,7 @@ struct Inner<A: Actor> {
     last_exit: Option<ExitReason>,
     /// Turns that handled messages (counted from a phase of the actor's id); one in
     /// `SAMPLE_EVERY` is timed.
-    busy_turns: u64,
+    busy_turns: u32,
     /// Messages the turns took from the mailbox in one go and have not handled yet (see
     /// `queue.rs`); they still count against the mailbox's bound.
     batch: Batch<A::Message>,
@@ -99,7 +99,8 @@ pub(crate) struct Cell<A: Actor> {
     /// When the actor became runnable (nanoseconds since the runtime started), or 0 when this
     /// turn is not sampled. Only the thread that won the `scheduled` flag writes it.
     runnable_since: AtomicU64,
-    wakes: AtomicU64,
+    /// Wake-ups, for sampling one in `SAMPLE_EVERY` (wraps; only the remainder matters).
+    wakes: AtomicU32,
     pub(crate) executor: Executor,
     inner: Mutex<Inner<A>>,
     monitors: Mutex<Monitors>,
@@ -141,14 +142,14 @@ impl<A: Actor> Cell<A> {
             runnable_since: AtomicU64::new(0),
             // Each actor starts its sampling count at a different phase: a short-lived actor
             // (one per connection) would otherwise time its first wake-up and turn, every one.
-            wakes: AtomicU64::new(id.0),
+            wakes: AtomicU32::new(id.0 as u32),
             executor: parts.executor,
             inner: Mutex::new(Inner {
                 actor: Some(parts.actor),
                 factory: parts.factory,
                 phase: Phase::Starting,
                 last_exit: None,
-                busy_turns: id.0,
+                busy_turns: id.0 as u32,
                 batch: Batch::default(),
             }),
             monitors: Mutex::new(Monitors::default()),
@@ -388,7 +389,7 @@ impl<A: Actor> Cell<A> {
                 self.apply_stop_request(&mut inner, &mut ctx);
             }
             if handled > 0 {
-                inner.busy_turns += 1;
+                inner.busy_turns = inner.busy_turns.wrapping_add(1);
                 self.metrics.handled.increment(handled);
                 if let Some(started) = started {
                     self.metrics.handler.record(started.elapsed().as_secs_f64() / handled as f64);
