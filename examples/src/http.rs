@@ -26,6 +26,8 @@ use baton_transport::{Accepted, ConnEvent, ConnOptions, Connection, Reactor};
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body accepted (a body is buffered whole before the request is answered).
+pub const MAX_BODY: usize = 1024 * 1024;
 /// Longest `/slow` sleep honoured.
 pub const MAX_SLOW: Duration = Duration::from_secs(10);
 
@@ -98,7 +100,8 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
                 }
             }
         } else if name.eq_ignore_ascii_case("content-length") {
-            match value.parse() {
+            match value.parse::<usize>() {
+                Ok(n) if n > MAX_BODY => return Parsed::Bad("request body over 1 MiB"),
                 Ok(n) => body_len = n,
                 Err(_) => return Parsed::Bad("bad Content-Length"),
             }
@@ -325,12 +328,15 @@ impl HttpConn {
     }
 }
 
-impl Actor for HttpConn {
-    type Message = ConnMsg;
-
-    fn stopped(&mut self, _reason: &baton_runtime::ExitReason) {
+impl Drop for HttpConn {
+    fn drop(&mut self) {
+        // Whatever ended the actor (a stop, a panic in a handler, a spawn refused at shutdown).
         self.registry.lock().try_remove(self.slot);
     }
+}
+
+impl Actor for HttpConn {
+    type Message = ConnMsg;
 
     fn handle(&mut self, ctx: &mut Context<Self>, msg: ConnMsg) {
         let events = || {
@@ -395,10 +401,11 @@ impl Actor for HttpConn {
 }
 
 /// The live connections' actors, shared by the server (which tells them about a drain) and the
-/// actors themselves (each removes itself when it stops): constant work per connection, and no
-/// stopped actor kept alive. All of them run on the reactor's thread, so the lock is never
-/// contended.
-type Registry = Arc<Mutex<Slab<Addr<HttpConn>>>>;
+/// actors themselves (each removes its entry when it is dropped: stopped, crashed, or never
+/// started): constant work per connection, and no stopped actor kept alive. All of them run on
+/// the reactor's thread, so the lock is never contended. An entry is `None` from the moment
+/// its slot is reserved until the actor's address is known.
+type Registry = Arc<Mutex<Slab<Option<Addr<HttpConn>>>>>;
 
 /// Serves HTTP: gives every connection (handed over by the worker, or accepted here) an actor
 /// of its own, and passes a drain on to them.
@@ -436,11 +443,12 @@ impl HttpServer {
     }
 
     fn start(&mut self, ctx: &mut Context<Self>, first: ConnMsg) {
-        let mut conns = self.conns.lock();
-        let entry = conns.vacant_entry();
+        // Reserved first, filled after the spawn: the lock is not held while the actor is
+        // created, since a failed spawn drops it, and its `Drop` takes the lock.
+        let slot = self.conns.lock().insert(None);
         let actor = HttpConn {
             registry: self.conns.clone(),
-            slot: entry.key(),
+            slot,
             conn: None,
             buf: Vec::new(),
             heavy: None,
@@ -455,7 +463,11 @@ impl HttpServer {
         // The connection's actor adopts the socket in its own first turn (so its events queue
         // behind the handle). Its mailbox is new and empty: this cannot be refused for room.
         let _ = addr.try_send(first);
-        entry.insert(addr);
+        // Gone already only if the actor ran and stopped meanwhile (on the pool, after the
+        // reactor's loop closed); then its slot is free, and nothing is kept.
+        if let Some(entry) = self.conns.lock().get_mut(slot) {
+            *entry = Some(addr);
+        }
     }
 }
 
@@ -477,7 +489,9 @@ impl Actor for HttpServer {
                 // answer (which says `Connection: close`).
                 self.draining = true;
                 for (_, c) in self.conns.lock().iter() {
-                    let _ = c.try_send(ConnMsg::Drain);
+                    if let Some(c) = c {
+                        let _ = c.try_send(ConnMsg::Drain);
+                    }
                 }
             }
         }
@@ -499,5 +513,11 @@ mod tests {
         assert!(matches!(parse(b"GET / HTTP/1.0\r\n\r\n"), Parsed::Request(Request { close: true, .. })));
         assert!(matches!(parse(b"BLAH\r\n\r\n"), Parsed::Bad(_)));
         assert_eq!(parse(&vec![b'a'; MAX_HEAD + 1]), Parsed::TooLarge);
+        // A body that would be buffered whole must fit the limit (and its length cannot
+        // overflow the head's when they are added).
+        let huge = b"POST / HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n";
+        assert!(matches!(parse(huge), Parsed::Bad(_)));
+        let over = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        assert!(matches!(parse(over.as_bytes()), Parsed::Bad(_)));
     }
 }

@@ -1917,8 +1917,6 @@ fn accept_waiting(listener: &ChannelListener, what: &str) -> Vec<Channel> {
     accepted
 }
 
-/// `ETOOMANYREFS` (more descriptors in flight than the user's limit allows) and `ENOBUFS` say
-/// "not now", not "this worker is broken".
 /// Hashes the parent's handoff ids, which are serial numbers: one multiplication (Fibonacci
 /// hashing spreads consecutive ids over the table) instead of SipHash, which guards against
 /// keys an attacker picks, and these are not.
@@ -1941,6 +1939,8 @@ impl std::hash::Hasher for IdHasher {
 
 type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
 
+/// `ETOOMANYREFS` (more descriptors in flight than the user's limit allows) and `ENOBUFS` say
+/// "not now", not "this worker is broken".
 pub(crate) fn too_many_in_flight(e: &io::Error) -> bool {
     let raw = e.raw_os_error();
     raw == Some(rustix::io::Errno::TOOMANYREFS.raw_os_error()) || raw == Some(rustix::io::Errno::NOBUFS.raw_os_error())

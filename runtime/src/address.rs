@@ -271,8 +271,8 @@ impl<M: Send + 'static> Recipient<M> {
     }
 
     /// Whether this is the address of the actor whose handler is running on this thread right
-    /// now: a message sent to it then is handled after the current one, in the same turn if
-    /// the mailbox had nothing else waiting.
+    /// now: a message sent to it then is handled after the current one (in the same turn
+    /// unless the turn reaches its batch limit first).
     pub fn is_current(&self) -> bool {
         crate::ask::current_actor() == Some(self.inner.id())
     }

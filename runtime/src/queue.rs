@@ -26,12 +26,15 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-/// Slots an empty deque keeps between bursts.
+/// Slots an empty deque shrinks to once it has held more than `SHRINK_ABOVE` (a burst); below
+/// that, a batch keeps its allocation from one refill to the next.
 const KEEP_CAPACITY: usize = 32;
+const SHRINK_ABOVE: usize = 256;
 
 /// The consumer subtracts what it took from the shared count once per this many messages (and
 /// whenever its batch runs dry), not per message: the count's cache line is the one senders
-/// read and write.
+/// read and write. At most a quarter of the bound, so a small mailbox does not look full for
+/// long while its consumer works through a batch.
 const PUBLISH_EVERY: usize = 32;
 
 /// The consumer's side of a queue: messages taken from the shared deque in one go, and how many
@@ -53,6 +56,8 @@ pub(crate) struct MessageQueue<M> {
     /// Accepted and not yet taken: in `shared` plus in the consumer's batch.
     len: AtomicUsize,
     bound: usize,
+    /// `PUBLISH_EVERY`, or a quarter of a smaller bound (at least 1).
+    publish_every: usize,
     /// Senders waiting for room in [`MessageQueue::send_deadline`].
     room: Condvar,
     sleepers: AtomicUsize,
@@ -65,6 +70,7 @@ impl<M> MessageQueue<M> {
             shared: Mutex::new(VecDeque::new()),
             len: AtomicUsize::new(0),
             bound: bound.max(1),
+            publish_every: (bound / 4).clamp(1, PUBLISH_EVERY),
             room: Condvar::new(),
             sleepers: AtomicUsize::new(0),
         }
@@ -110,7 +116,7 @@ impl<M> MessageQueue<M> {
     pub(crate) fn recv(&self, batch: &mut Batch<M>) -> Option<M> {
         if let Some(msg) = batch.items.pop_front() {
             batch.unpublished += 1;
-            if batch.unpublished >= PUBLISH_EVERY {
+            if batch.unpublished >= self.publish_every {
                 self.publish(batch);
             }
             return Some(msg);
@@ -120,7 +126,7 @@ impl<M> MessageQueue<M> {
         if self.len.load(SeqCst) == 0 {
             return None;
         }
-        if batch.items.capacity() > KEEP_CAPACITY {
+        if batch.items.capacity() > SHRINK_ABOVE {
             // What a burst left behind goes back to the allocator, so an idle actor does not
             // keep its peak backlog's memory for life.
             batch.items.shrink_to(KEEP_CAPACITY);
@@ -143,7 +149,7 @@ impl<M> MessageQueue<M> {
     }
 
     /// Subtracts the messages the consumer took since it last did so from the count, and wakes
-    /// waiting senders if that freed half the queue. `recv` calls it every `PUBLISH_EVERY`
+    /// waiting senders if that freed half the queue. `recv` calls it every `publish_every`
     /// messages and whenever its batch runs dry; the cell calls it at the end of every turn,
     /// so the count is exact whenever the actor is not running.
     pub(crate) fn publish(&self, batch: &mut Batch<M>) {
@@ -163,7 +169,7 @@ impl<M> MessageQueue<M> {
     }
 
     /// Messages accepted and not yet taken (while the consumer runs, possibly up to
-    /// `PUBLISH_EVERY - 1` too many).
+    /// `publish_every - 1` too many).
     pub(crate) fn len(&self) -> usize {
         self.len.load(SeqCst)
     }
@@ -201,6 +207,19 @@ mod tests {
         let got: Vec<i32> = std::iter::from_fn(|| q.recv(&mut batch)).collect();
         assert_eq!(got, vec![1, 2, 3], "order kept across the swap");
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_small_mailbox_has_room_again_soon_after_its_consumer_starts_a_batch() {
+        let q = MessageQueue::new(8);
+        let mut batch = Batch::default();
+        for i in 0..8 {
+            q.try_send(i).unwrap();
+        }
+        assert_eq!(q.recv(&mut batch), Some(0));
+        assert_eq!(q.recv(&mut batch), Some(1));
+        // A quarter of the bound taken: published, so senders see the room.
+        q.try_send(8).expect("room after two of eight were taken");
     }
 
     #[test]

@@ -79,8 +79,9 @@ pub struct ConnOptions {
     pub read_timeout: Option<std::time::Duration>,
     /// When the owner adopts the socket in its own handler on the reactor thread (an actor on
     /// the reactor's event loop), read it once at once, and register it with the poller only
-    /// after the owner's turns that follow, if it is still open then. For a protocol where the client speaks first (HTTP, Redis,
-    /// TLS...) the first bytes are usually waiting by the time a socket is accepted and
+    /// after the event loop's turns of that pass (the owner handles what was read in its
+    /// current turn), if it is still open then. For a protocol where the client speaks first
+    /// (HTTP, Redis, TLS...) the first bytes are usually waiting by the time a socket is accepted and
     /// adopted, and more so when another process handed it over: a request answered and closed
     /// at once then costs no `epoll_ctl` at all and no wait. When nothing is waiting it costs
     /// one `recv` that finds nothing, and the socket is registered as usual: turn it off for

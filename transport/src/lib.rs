@@ -19,9 +19,10 @@
 //! read them and writes its answer before the reactor waits again: no cross-thread wake-up per
 //! request. Such handlers must never block.
 //!
-//! A socket adopted on the reactor thread is read at once, before it is registered with epoll
-//! ([`ConnOptions::read_first`]); the registration is made after the event loop's turns that
-//! follow, and only if the connection is still open. A client that speaks first has usually
+//! A socket that its owner adopts in its own handler on the reactor thread is read at once,
+//! before it is registered with epoll ([`ConnOptions::read_first`]); the registration is made
+//! after the rest of the event loop's turns in that pass, and only if the connection is still
+//! open. A client that speaks first has usually
 //! sent its request by the time its socket is accepted (or handed over by another process), so
 //! a request answered and closed in the owner's first turns never touches `epoll_ctl`.
 //!

@@ -425,6 +425,9 @@ fn run_loop(shared: &Arc<Shared>) {
                     source.rearm(shared, key);
                 }
             }
+            // An arm can deliver events (a refused registration closes the connection), and
+            // actors made runnable from this thread do not wake the poller.
+            more_turns |= shared.event_loop.runnable() > 0;
         }
     }
     let all: Vec<(usize, Arc<dyn Source>)> = shared.sources.lock().iter().map(|(k, s)| (k, s.clone())).collect();

@@ -30,6 +30,8 @@ enum Msg {
 struct Adopter {
     reactor: Reactor,
     events: Sender<ConnEvent>,
+    /// Messages waiting in the adopter's own mailbox when `adopt` returned.
+    queued_at_adoption: Sender<usize>,
     conns: Vec<Connection>,
     answer_and_close: bool,
 }
@@ -45,6 +47,7 @@ impl Actor for Adopter {
                 });
                 let options = ConnOptions { read_first: true, ..ConnOptions::default() };
                 let conn = self.reactor.adopt(Stream::Tcp(stream), options, me).expect("adopting");
+                let _ = self.queued_at_adoption.send(ctx.address().mailbox_len());
                 self.conns.push(conn);
             }
             Msg::AdoptPausedFor(stream, owner, back) => {
@@ -75,6 +78,7 @@ struct Fixture {
     reactor: Reactor,
     adopter: baton_runtime::Addr<Adopter>,
     events: Receiver<ConnEvent>,
+    queued_at_adoption: Receiver<usize>,
     listener: TcpListener,
 }
 
@@ -82,10 +86,17 @@ fn fixture(answer_and_close: bool) -> Fixture {
     let rt = Runtime::new();
     let reactor = Reactor::start().unwrap();
     let (tx, events) = unbounded();
-    let adopter = Adopter { reactor: reactor.clone(), events: tx, conns: Vec::new(), answer_and_close };
+    let (queued_tx, queued_at_adoption) = unbounded();
+    let adopter = Adopter {
+        reactor: reactor.clone(),
+        events: tx,
+        queued_at_adoption: queued_tx,
+        conns: Vec::new(),
+        answer_and_close,
+    };
     let adopter = rt.spawn_on(reactor.event_loop(), adopter, Mailbox::Unbounded).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    Fixture { rt, reactor, adopter, events, listener }
+    Fixture { rt, reactor, adopter, events, queued_at_adoption, listener }
 }
 
 impl Fixture {
@@ -120,6 +131,11 @@ fn waiting_bytes_arrive_first_then_later_bytes_and_the_end_of_input() {
     // Let the bytes reach the server's socket before it is adopted.
     std::thread::sleep(Duration::from_millis(20));
     f.adopter.send(Msg::Adopt(server)).unwrap();
+    assert_eq!(
+        f.queued_at_adoption.recv_timeout(WAIT).unwrap(),
+        1,
+        "the waiting bytes were read at adoption, before the poller was involved"
+    );
     let ConnEvent::Data(id, bytes) = f.next() else { panic!("expected the waiting bytes first") };
     assert_eq!(bytes, b"early");
     // Only a registration (made after the adopting turn) can deliver these.
@@ -138,7 +154,7 @@ fn a_socket_with_nothing_waiting_is_registered_at_once() {
     let f = fixture(false);
     let (mut client, server) = f.pair();
     f.adopter.send(Msg::Adopt(server)).unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(f.queued_at_adoption.recv_timeout(WAIT).unwrap(), 0, "nothing was waiting to be read");
     client.write_all(b"hello").unwrap();
     let ConnEvent::Data(_, bytes) = f.next() else { panic!("bytes sent after adoption were not delivered") };
     assert_eq!(bytes, b"hello");
