@@ -56,8 +56,6 @@ pub(crate) struct MessageQueue<M> {
     /// Accepted and not yet taken: in `shared` plus in the consumer's batch.
     len: AtomicUsize,
     bound: usize,
-    /// `PUBLISH_EVERY`, or a quarter of a smaller bound (at least 1).
-    publish_every: usize,
     /// Senders waiting for room in [`MessageQueue::send_deadline`].
     room: Condvar,
     sleepers: AtomicUsize,
@@ -70,7 +68,6 @@ impl<M> MessageQueue<M> {
             shared: Mutex::new(VecDeque::new()),
             len: AtomicUsize::new(0),
             bound: bound.max(1),
-            publish_every: (bound / 4).clamp(1, PUBLISH_EVERY),
             room: Condvar::new(),
             sleepers: AtomicUsize::new(0),
         }
@@ -116,7 +113,7 @@ impl<M> MessageQueue<M> {
     pub(crate) fn recv(&self, batch: &mut Batch<M>) -> Option<M> {
         if let Some(msg) = batch.items.pop_front() {
             batch.unpublished += 1;
-            if batch.unpublished >= self.publish_every {
+            if batch.unpublished >= self.publish_every() {
                 self.publish(batch);
             }
             return Some(msg);
@@ -146,6 +143,12 @@ impl<M> MessageQueue<M> {
         let msg = batch.items.pop_front()?;
         batch.unpublished = 1;
         Some(msg)
+    }
+
+    /// `PUBLISH_EVERY`, or a quarter of a smaller bound (at least 1). Computed, not stored: an
+    /// idle actor's size is a target of its own.
+    fn publish_every(&self) -> usize {
+        (self.bound / 4).clamp(1, PUBLISH_EVERY)
     }
 
     /// Subtracts the messages the consumer took since it last did so from the count, and wakes
