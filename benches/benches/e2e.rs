@@ -385,11 +385,15 @@ struct Row {
     runs: Vec<Load>,
 }
 
+/// The median (the upper one of an even count).
+fn middle<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
 impl Row {
     fn median<T: PartialOrd + Copy>(&self, f: impl Fn(&Load) -> T) -> T {
-        let mut v: Vec<T> = self.runs.iter().map(f).collect();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
+        middle(self.runs.iter().map(f).collect())
     }
     fn rate(&self) -> f64 {
         self.median(Load::rate)
@@ -403,13 +407,11 @@ impl Row {
     fn p99_fast(&self) -> Duration {
         self.median(|l| l.fast_percentile(0.99))
     }
-    /// This row's requests/s over `base`'s, round by round (runs of one round are minutes
-    /// apart at most, so a drift in the machine's speed cancels), and their median.
+    /// This row's requests/s over `base`'s, round by round (runs of one round are seconds
+    /// apart, so a drift in the machine's speed cancels), and their median.
     fn round_ratios(&self, base: &Row) -> (f64, Vec<f64>) {
         let ratios: Vec<f64> = self.runs.iter().zip(&base.runs).map(|(a, b)| a.rate() / b.rate()).collect();
-        let mut sorted = ratios.clone();
-        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        (sorted[sorted.len() / 2], ratios)
+        (middle(ratios.clone()), ratios)
     }
     fn failed(&self) -> usize {
         self.runs.iter().map(|l| l.failed).sum()

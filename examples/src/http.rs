@@ -176,7 +176,7 @@ impl From<Accepted> for HttpMsg {
 /// [`HeavyRequest`] on the pool and blocks only its own connection, and the parent hears about
 /// it through `Status::busy`.
 struct HttpConn {
-    /// Where the server finds this actor for a drain; it removes itself when it stops.
+    /// Where the server finds this actor for a drain; its entry goes when the actor is dropped.
     registry: Registry,
     slot: usize,
     conn: Option<Connection>,
@@ -362,11 +362,12 @@ impl Actor for HttpConn {
                 self.close_if_idle();
             }
             ConnMsg::Event(ConnEvent::Data(_, bytes)) => {
-                if self.closing {
-                } else if self.buf.is_empty() {
-                    self.buf = bytes; // the common case: a whole request in one read, no copy
-                } else {
-                    self.buf.extend_from_slice(&bytes);
+                if !self.closing {
+                    if self.buf.is_empty() {
+                        self.buf = bytes; // the common case: a whole request in one read, no copy
+                    } else {
+                        self.buf.extend_from_slice(&bytes);
+                    }
                 }
                 self.serve(ctx);
             }

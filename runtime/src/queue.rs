@@ -53,7 +53,8 @@ impl<M> Default for Batch<M> {
 
 pub(crate) struct MessageQueue<M> {
     shared: Mutex<VecDeque<M>>,
-    /// Accepted and not yet taken: in `shared` plus in the consumer's batch.
+    /// Accepted and not yet taken: in `shared`, in the consumer's batch, and (until the
+    /// consumer publishes) handed out by the consumer since its last `publish`.
     len: AtomicUsize,
     bound: usize,
     /// Senders waiting for room in [`MessageQueue::send_deadline`].

@@ -81,9 +81,9 @@ pub struct ConnOptions {
     /// the reactor's event loop), read it once at once, and register it with the poller only
     /// after the event loop's turns of that pass (the owner handles what was read in its
     /// current turn), if it is still open then. For a protocol where the client speaks first
-    /// (HTTP, Redis, TLS...) the first bytes are usually waiting by the time a socket is accepted and
-    /// adopted, and more so when another process handed it over: a request answered and closed
-    /// at once then costs no `epoll_ctl` at all and no wait. When nothing is waiting it costs
+    /// (HTTP, Redis, TLS...) the first bytes are usually waiting by the time a socket is
+    /// accepted and adopted, and more so when another process handed it over: a request
+    /// answered and closed at once then costs no `epoll_ctl` at all and no wait. When nothing is waiting it costs
     /// one `recv` that finds nothing, and the socket is registered as usual: turn it off for
     /// protocols where the server speaks first. Default: on. (Adopted for another actor, off
     /// the reactor thread, with `unread` bytes, or for a client connection still connecting,
@@ -184,12 +184,9 @@ impl ConnSource {
             if !self.offer_one(reactor, state, ev) {
                 return false;
             }
-            if state.finished {
-                reactor.remove(self.key);
-            }
-            return true;
+        } else {
+            state.pending.push_back(ev);
         }
-        state.pending.push_back(ev);
         self.flush_pending(reactor, state)
     }
 

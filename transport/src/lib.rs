@@ -22,9 +22,9 @@
 //! A socket that its owner adopts in its own handler on the reactor thread is read at once,
 //! before it is registered with epoll ([`ConnOptions::read_first`]); the registration is made
 //! after the rest of the event loop's turns in that pass, and only if the connection is still
-//! open. A client that speaks first has usually
-//! sent its request by the time its socket is accepted (or handed over by another process), so
-//! a request answered and closed in the owner's first turns never touches `epoll_ctl`.
+//! open. A client that speaks first has usually sent its request by the time its socket is
+//! accepted (or handed over by another process), so a request answered and closed in the
+//! owner's first turns never touches `epoll_ctl`.
 //!
 //! Deadlines (idle and read timeouts, back-offs) live in a heap on the reactor thread; a closed
 //! connection's deadline is skipped when it comes and swept out when such entries outnumber the
