@@ -8,6 +8,10 @@
 //! - **(b) SO_REUSEPORT prefork**: 2 processes, each with its own `SO_REUSEPORT` listener on the
 //!   same port and a hand-written single-threaded epoll loop (rustix) serving the same HTTP:
 //!   the kernel spreads connections, nothing is handed off. The upper bound.
+//! - **(b+) the same, answer and FIN in one segment** (new connection per request only): (b)
+//!   writing its last answer with `MSG_MORE` before the close, as baton's transport does
+//!   ([`baton_transport::Connection::write_and_close`]). (b) writes then closes, as servers
+//!   usually do; (b+) shows how much of baton's figure is that one segment less.
 //! - **(a') baton prefork, shared listener**: the parent sends the listening socket to both
 //!   workers, which accept by themselves (the nginx shape); no per-connection handoff.
 //! - **(c) single process**: one process, baton's reactor and one `HttpServer` actor.
@@ -91,7 +95,8 @@ impl Server {
         (Server::Baton { rt, reactor, parent }, addr)
     }
 
-    fn reuseport() -> (Server, SocketAddr) {
+    /// `fin_with_answer`: (b+), the last answer and the FIN in one segment.
+    fn reuseport(fin_with_answer: bool) -> (Server, SocketAddr) {
         // Reserve a port with a listener of the same group, then let it go once the workers
         // have theirs (a listener nobody accepts on would take its share of the connections).
         let probe = reuseport_listener("127.0.0.1:0".parse().unwrap());
@@ -100,6 +105,7 @@ impl Server {
         for _ in 0..WORKERS {
             let mut child = Command::new(std::env::current_exe().unwrap())
                 .env("E2E_REUSEPORT_CHILD", addr.to_string())
+                .env("E2E_REUSEPORT_FIN", if fin_with_answer { "1" } else { "0" })
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -159,7 +165,7 @@ fn reuseport_listener(addr: SocketAddr) -> TcpListener {
 
 /// One SO_REUSEPORT process: a level-triggered epoll loop serving the same HTTP as
 /// `HttpServer`, until its stdin closes.
-fn reuseport_child(addr: SocketAddr) {
+fn reuseport_child(addr: SocketAddr, fin_with_answer: bool) {
     let listener = reuseport_listener(addr);
     rustix::io::ioctl_fionbio(&listener, true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -217,9 +223,16 @@ fn reuseport_child(addr: SocketAddr) {
                     let mut close = false;
                     while let Parsed::Request(req) = http::parse(&c.buf) {
                         let reply = http::answer(&req, req.close);
+                        // (b+): MSG_MORE holds the answer back until the close, whose FIN
+                        // goes out with it.
+                        let flags = if req.close && fin_with_answer {
+                            rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::MORE
+                        } else {
+                            rustix::net::SendFlags::NOSIGNAL
+                        };
                         // A small answer into an empty socket buffer: written whole, or the
                         // client is gone.
-                        if write_all(&c.fd, &reply).is_err() || req.close {
+                        if write_all(&c.fd, &reply, flags).is_err() || req.close {
                             close = true;
                             break;
                         }
@@ -239,9 +252,9 @@ fn reuseport_child(addr: SocketAddr) {
     }
 }
 
-fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), Errno> {
+fn write_all(fd: &OwnedFd, mut bytes: &[u8], flags: rustix::net::SendFlags) -> Result<(), Errno> {
     while !bytes.is_empty() {
-        match rustix::net::send(fd, bytes, rustix::net::SendFlags::NOSIGNAL) {
+        match rustix::net::send(fd, bytes, flags) {
             Ok(n) => bytes = &bytes[n..],
             Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => std::thread::yield_now(),
@@ -421,7 +434,8 @@ impl Row {
 fn measure(kind: &str, policy: &str, mode: Mode, slow_every: Option<usize>) -> Load {
     let (server, addr) = match kind {
         "baton" => Server::baton(policy),
-        "reuseport" => Server::reuseport(),
+        "reuseport" => Server::reuseport(false),
+        "reuseport-fin" => Server::reuseport(true),
         _ => Server::single(),
     };
     let clients = if mode == Mode::Close { CLOSE_CLIENTS } else { KEEPALIVE_CLIENTS };
@@ -480,7 +494,7 @@ fn main() {
         return;
     }
     if let Ok(addr) = std::env::var("E2E_REUSEPORT_CHILD") {
-        reuseport_child(addr.parse().unwrap());
+        reuseport_child(addr.parse().unwrap(), std::env::var("E2E_REUSEPORT_FIN").is_ok_and(|v| v == "1"));
         return;
     }
     if let Ok(spec) = std::env::var("E2E_SERVE") {
@@ -498,6 +512,7 @@ fn main() {
         ("baton", "least-loaded", "(a) baton prefork, least-loaded"),
         ("baton", "listeners", "(a') baton prefork, shared listener"),
         ("single", "", "(c) baton single process"),
+        ("reuseport-fin", "", "(b+) SO_REUSEPORT, FIN with answer"),
     ];
     let mut tables = Vec::new();
     for (mode, title, name) in
@@ -506,6 +521,8 @@ fn main() {
         if !wanted(name) {
             continue;
         }
+        // (b+) differs from (b) only in how a connection ends.
+        let variants = if mode == Mode::Close { &variants[..] } else { &variants[..4] };
         let mut rows: Vec<Row> = variants.iter().map(|v| Row { name: v.2.to_string(), runs: Vec::new() }).collect();
         for _ in 0..ROUNDS {
             for (i, (kind, policy, _)) in variants.iter().enumerate() {
@@ -548,7 +565,8 @@ fn serve_foreground(spec: &str) {
     let (server, addr) = match kind {
         "baton" => Server::baton("least-loaded"),
         "listeners" => Server::baton("listeners"),
-        "reuseport" => Server::reuseport(),
+        "reuseport" => Server::reuseport(false),
+        "reuseport-fin" => Server::reuseport(true),
         _ => Server::single(),
     };
     println!("listening on http://{addr}");

@@ -280,15 +280,15 @@ impl HttpConn {
     fn send(&mut self, reply: &[u8], close: bool) -> bool {
         let Some(conn) = self.conn.as_ref() else { return false };
         self.answered += 1;
-        if conn.write(reply).is_err() {
+        // The last answer and the end of stream leave in one segment.
+        let written = if close { conn.write_and_close(reply) } else { conn.write(reply) };
+        if written.is_err() {
             // Closed under us, or a client that pipelines without reading: drop it.
             conn.abort();
             self.closing = true;
             return false;
         }
-        if close {
-            self.close();
-        }
+        self.closing |= close;
         !self.closing
     }
 

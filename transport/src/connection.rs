@@ -503,6 +503,28 @@ impl Connection {
     ///
     /// As [`Connection::write`].
     pub fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> Result<(), WriteError> {
+        self.send(bufs, SendFlags::NOSIGNAL)
+    }
+
+    /// Writes `data` as the connection's last bytes and closes it (as [`Connection::write`]
+    /// then [`Connection::close`]), with the bytes and the end of stream in one TCP segment
+    /// when the socket takes them at once: the peer gets the answer and its end of file
+    /// together, and there is one segment less to send, deliver and acknowledge. For the
+    /// answer to a request that asked to close (HTTP's `Connection: close`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::write`]; the connection is then not closed (call
+    /// [`Connection::close`] or [`Connection::abort`]).
+    pub fn write_and_close(&self, data: &[u8]) -> Result<(), WriteError> {
+        // MSG_MORE holds a short tail back (even with TCP_NODELAY) until the shutdown in the
+        // close, which tacks its FIN onto the segment not yet sent and pushes it out.
+        self.send(&[io::IoSlice::new(data)], SendFlags::NOSIGNAL | SendFlags::MORE)?;
+        self.close();
+        Ok(())
+    }
+
+    fn send(&self, bufs: &[io::IoSlice<'_>], flags: SendFlags) -> Result<(), WriteError> {
         let src = &self.source;
         let mut state = src.state.lock();
         if state.stream.is_none() || state.close_requested || state.shutdown_write_requested {
@@ -515,7 +537,7 @@ impl Connection {
         let mut skip = 0;
         if state.wbuf.is_empty() {
             let stream = state.stream.as_ref().expect("checked");
-            match rustix::net::sendmsg(stream.as_fd(), bufs, &mut Default::default(), SendFlags::NOSIGNAL) {
+            match rustix::net::sendmsg(stream.as_fd(), bufs, &mut Default::default(), flags) {
                 Ok(n) => {
                     skip = n;
                     state.last_activity = std::time::Instant::now();

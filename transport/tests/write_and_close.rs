@@ -1,0 +1,174 @@
+//! `Connection::write_and_close`: the last answer and the end of stream leave together. What
+//! must hold: the peer reads every byte and then its end of file, whether the socket took the
+//! bytes at once or only part of them (the rest goes when it drains); on TCP, the bytes and
+//! the FIN travel in one segment where `write` then `close` sends two; on a Unix socket it
+//! works the same; and on a connection already closing it refuses, as `write` does.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use baton_runtime::{Actor, Context, Mailbox, Runtime};
+use baton_transport::*;
+use crossbeam_channel::{unbounded, Sender};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+enum Ending {
+    /// `write_and_close`.
+    Together,
+    /// `write`, then `close`: the usual two steps.
+    WriteThenClose,
+}
+
+enum Msg {
+    /// Adopt the socket and answer `bytes` at once, ending the connection as told; the result
+    /// of a second `write_and_close` goes to `second`.
+    Serve(Stream, Vec<u8>, Ending, Sender<Result<(), WriteError>>),
+    Event(ConnEvent),
+}
+
+/// Serves each socket it is given on the reactor's event loop (the way a server speaks first).
+struct Server {
+    reactor: Reactor,
+    conns: Vec<Connection>,
+}
+
+impl Actor for Server {
+    type Message = Msg;
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
+        match msg {
+            Msg::Serve(stream, bytes, ending, second) => {
+                let me = ctx.address().recipient_map(Msg::Event, |m| match m {
+                    Msg::Event(e) => Some(e),
+                    _ => None,
+                });
+                let conn = self.reactor.adopt(stream, ConnOptions::default(), me).expect("adopting");
+                match ending {
+                    Ending::Together => conn.write_and_close(&bytes).expect("writing"),
+                    Ending::WriteThenClose => {
+                        conn.write(&bytes).expect("writing");
+                        conn.close();
+                    }
+                }
+                let _ = second.send(conn.write_and_close(b"more"));
+                self.conns.push(conn);
+            }
+            Msg::Event(ConnEvent::Closed(id, _)) => self.conns.retain(|c| c.id() != id),
+            Msg::Event(_) => {}
+        }
+    }
+}
+
+struct Fixture {
+    rt: Runtime,
+    reactor: Reactor,
+    server: baton_runtime::Addr<Server>,
+}
+
+fn fixture() -> Fixture {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let server = Server { reactor: reactor.clone(), conns: Vec::new() };
+    let server = rt.spawn_on(reactor.event_loop(), server, Mailbox::Unbounded).unwrap();
+    Fixture { rt, reactor, server }
+}
+
+impl Fixture {
+    /// Serves `bytes` on the server side of a new TCP connection; returns the client, after
+    /// checking that a second `write_and_close` was refused.
+    fn serve_tcp(&self, bytes: &[u8], ending: Ending) -> TcpStream {
+        let (client, server_side) = tcp_pair();
+        self.serve(Stream::Tcp(server_side), bytes, ending);
+        client
+    }
+
+    fn serve(&self, stream: Stream, bytes: &[u8], ending: Ending) {
+        let (tx, second) = unbounded();
+        self.server.try_send(Msg::Serve(stream, bytes.to_vec(), ending, tx)).ok().unwrap();
+        let second = second.recv_timeout(WAIT).expect("served");
+        assert!(matches!(second, Err(WriteError::Closed)), "a write after the close must be refused");
+    }
+
+    fn stop(self) {
+        self.reactor.stop();
+        self.rt.shutdown(Duration::from_secs(5)).unwrap();
+    }
+}
+
+/// A connected pair over loopback: (the client, the server side).
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let (server_side, _) = listener.accept().unwrap();
+    (client, server_side)
+}
+
+fn read_to_end(mut s: impl Read) -> Vec<u8> {
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("reading to the end of stream");
+    got
+}
+
+/// Segments this socket has received (the kernel's `tcpi_segs_in`).
+fn segments_in(s: &TcpStream) -> u32 {
+    // SAFETY: an all-zero `tcp_info` is a valid value of this plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes and outlives the call; the descriptor is open
+    // (borrowed from `s`).
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt(TCP_INFO): {}", std::io::Error::last_os_error());
+    info.tcpi_segs_in
+}
+
+#[test]
+fn answer_and_end_of_stream_arrive_in_one_segment() {
+    let f = fixture();
+    // The client sends nothing, so every segment it receives after the handshake's SYN-ACK is
+    // the server's answer or its FIN, and no acknowledgement of ours can ride on either.
+    let together = f.serve_tcp(b"hello", Ending::Together);
+    assert_eq!(read_to_end(&together), b"hello");
+    let apart = f.serve_tcp(b"hello", Ending::WriteThenClose);
+    assert_eq!(read_to_end(&apart), b"hello");
+    let (together, apart) = (segments_in(&together), segments_in(&apart));
+    assert_eq!(together + 1, apart, "write_and_close: {together} segments in; write then close: {apart}");
+    f.stop();
+}
+
+#[test]
+fn an_answer_the_socket_takes_in_parts_still_arrives_whole_before_the_end() {
+    let f = fixture();
+    // Far more than the (shrunk) socket buffer takes at once: the rest waits in the
+    // connection's buffer, and the end of stream follows it. (The default limit on what a
+    // connection buffers is 1 MiB.)
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let (client, server_side) = tcp_pair();
+    rustix::net::sockopt::set_socket_send_buffer_size(&server_side, 16 * 1024).unwrap();
+    f.serve(Stream::Tcp(server_side), &big, Ending::Together);
+    let got = read_to_end(&client);
+    assert_eq!(got.len(), big.len());
+    assert!(got == big, "the bytes arrived altered or out of order");
+    f.stop();
+}
+
+#[test]
+fn works_on_unix_sockets() {
+    let f = fixture();
+    let (client, server_side) = UnixStream::pair().unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    f.serve(Stream::Unix(server_side), b"over unix", Ending::Together);
+    assert_eq!(read_to_end(&client), b"over unix");
+    f.stop();
+}
