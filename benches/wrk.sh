@@ -5,7 +5,8 @@
 #
 # Builds the e2e bench binary, then for each server of `benches/benches/e2e.rs` — (b) SO_REUSEPORT
 # prefork, (a) baton prefork (least-loaded), (a') baton with the listener shared with the workers,
-# (c) baton single process — starts it on a free
+# (c) baton single process, and (b+) SO_REUSEPORT sending its last answer and FIN in one segment
+# (new connection per request only) — starts it on a free
 # loopback port (E2E_SERVE), runs wrk for a new connection per request (32 connections,
 # `Connection: close`) and for keep-alive (64 connections), prints requests/s and the ratio to
 # SO_REUSEPORT, and stops it. Installs wrk from Debian's packages when it is missing.
@@ -46,13 +47,15 @@ read -r rp_close rp_keep < <(run reuseport)
 read -r bt_close bt_keep < <(run baton)
 read -r sl_close sl_keep < <(run listeners)
 read -r sg_close sg_keep < <(run single)
+read -r rf_close _ < <(run reuseport-fin)
 
 printf '%-32s %14s %14s\n' "wrk, ${secs}s per run" "close req/s" "keep-alive req/s"
 printf '%-32s %14.0f %14.0f\n' "(b) SO_REUSEPORT prefork" "$rp_close" "$rp_keep"
 printf '%-32s %14.0f %14.0f\n' "(a) baton prefork" "$bt_close" "$bt_keep"
 printf '%-32s %14.0f %14.0f\n' "(a') baton, shared listener" "$sl_close" "$sl_keep"
 printf '%-32s %14.0f %14.0f\n' "(c) baton single process" "$sg_close" "$sg_keep"
-awk -v a="$bt_close" -v b="$rp_close" -v s="$sl_close" -v c="$sg_close" \
+printf '%-32s %14.0f %14s\n' "(b+) SO_REUSEPORT, FIN w/ answer" "$rf_close" "-"
+awk -v a="$bt_close" -v b="$rp_close" -v s="$sl_close" -v c="$sg_close" -v f="$rf_close" \
     -v ak="$bt_keep" -v bk="$rp_keep" -v sk="$sl_keep" -v ck="$sg_keep" 'BEGIN {
-    printf "ratios: close a/b %.3f a'"'"'/b %.3f c/b %.3f; keep-alive a/b %.3f a'"'"'/b %.3f c/b %.3f\n",
-        a/b, s/b, c/b, ak/bk, sk/bk, ck/bk }'
+    printf "ratios: close a/b %.3f a'"'"'/b %.3f c/b %.3f (a/b+ %.3f); keep-alive a/b %.3f a'"'"'/b %.3f c/b %.3f\n",
+        a/b, s/b, c/b, a/f, ak/bk, sk/bk, ck/bk }'

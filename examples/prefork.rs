@@ -23,7 +23,7 @@ use std::time::Duration;
 use baton_examples::http::{self, HttpServer, Parsed};
 use baton_handoff::{channel_from_env, policy, Parent, PeerCheck, Worker, WorkerCommand, WorkerOptions};
 use baton_runtime::{Actor, Context, Runtime};
-use baton_transport::{Accepted, Address, ConnEvent, ConnId, ConnOptions, Connection, ListenOptions, Reactor};
+use baton_transport::{Accepted, Address, ConnEvent, ConnId, ConnOptions, Connection, Reactor};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// `eprintln!` that never panics: a closed stderr must not turn a graceful stop into a crash.
@@ -178,21 +178,21 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     // A predecessor's socket, else socket activation (systemd), else --listen.
     let given = inherited.or_else(|| activated.into_iter().next().map(|a| a.fd));
     let bound = match (given, opts.listeners_mode) {
-        (Some(fd), true) => parent.share_listener(fd, 0)?,
+        (Some(fd), true) => parent.share_listener(deferred(fd), 0)?,
         (Some(fd), false) => {
             let l = reactor
-                .adopt_listener(fd, ListenOptions::default(), parent.recipient())
+                .adopt_listener(fd, HttpServer::listen_options(), parent.recipient())
                 .map_err(|e| std::io::Error::other(format!("the activated socket: {e}")))?;
             parent.attach(l.clone(), "main");
             l.local_addr().clone()
         }
-        (None, true) => parent.share_listener(std::net::TcpListener::bind(opts.listen)?.into(), 0)?,
-        (None, false) => parent.listen_tcp(opts.listen, ListenOptions::default())?.local_addr().clone(),
+        (None, true) => parent.share_listener(deferred(std::net::TcpListener::bind(opts.listen)?.into()), 0)?,
+        (None, false) => parent.listen_tcp(opts.listen, HttpServer::listen_options())?.local_addr().clone(),
     };
     if let (Some(addr), Some(handle)) = (opts.metrics, metrics) {
         let server = rt.spawn(MetricsServer { handle, reactor: reactor.clone(), conns: Default::default(), me: None });
         // (During a takeover the predecessor may still hold the port for a moment.)
-        match reactor.listen_tcp(addr, ListenOptions::default(), server.recipient()) {
+        match reactor.listen_tcp(addr, HttpServer::listen_options(), server.recipient()) {
             Ok(l) => note!("prefork: metrics on http://{}/metrics", show(l.local_addr())),
             Err(e) => note!("prefork: no metrics endpoint: {e}"),
         }
@@ -255,6 +255,16 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     let _ = rt.shutdown(Duration::from_secs(5));
     reactor.stop();
     Ok(())
+}
+
+/// A listening socket the workers will accept from (listeners mode), set up as
+/// [`HttpServer::listen_options`] would set up one of ours. A Unix socket has no such option and
+/// is shared as it is.
+fn deferred(fd: std::os::fd::OwnedFd) -> std::os::fd::OwnedFd {
+    if let Some(timeout) = HttpServer::listen_options().defer_accept {
+        let _ = baton_transport::set_defer_accept(&fd, timeout);
+    }
+    fd
 }
 
 fn show(addr: &Address) -> String {

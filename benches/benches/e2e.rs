@@ -8,10 +8,13 @@
 //! - **(b) SO_REUSEPORT prefork**: 2 processes, each with its own `SO_REUSEPORT` listener on the
 //!   same port and a hand-written single-threaded epoll loop (rustix) serving the same HTTP:
 //!   the kernel spreads connections, nothing is handed off. The upper bound.
-//! - **(b+) the same, answer and FIN in one segment** (new connection per request only): (b)
-//!   writing its last answer with `MSG_MORE` before the close, as baton's transport does
-//!   ([`baton_transport::Connection::write_and_close`]). (b) writes then closes, as servers
-//!   usually do; (b+) shows how much of baton's figure is that one segment less.
+//! - **(b+) the same with baton's TCP options** (new connection per request only): (b) with
+//!   its listeners' `TCP_DEFER_ACCEPT` and its last answer written with `MSG_MORE` before the
+//!   close, as baton's HTTP server does (`ListenOptions::defer_accept`,
+//!   `Connection::write_and_close`): a connection reaches `accept` with its request, and the
+//!   answer and the FIN leave in one segment. (b) is the minimal server the issue asks for,
+//!   writing then closing like most servers; (b+) takes those two options out of the
+//!   comparison and leaves the cost of the handoff itself.
 //! - **(a') baton prefork, shared listener**: the parent sends the listening socket to both
 //!   workers, which accept by themselves (the nginx shape); no per-connection handoff.
 //! - **(c) single process**: one process, baton's reactor and one `HttpServer` actor.
@@ -40,7 +43,7 @@ use std::time::{Duration, Instant};
 use baton_examples::http::{self, HttpServer, Parsed};
 use baton_handoff::{channel_from_env, policy, Parent, PeerCheck, Worker, WorkerCommand, WorkerOptions};
 use baton_runtime::Runtime;
-use baton_transport::{Address, ListenOptions, Reactor};
+use baton_transport::{set_defer_accept, Address, Reactor};
 use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -83,9 +86,10 @@ impl Server {
         let addr = if policy_name == "listeners" {
             // The nginx shape: the workers accept from the listener the parent shares.
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            set_defer_accept(&l, HttpServer::listen_options().defer_accept.unwrap()).unwrap();
             inet(&parent.share_listener(l.into(), 0).unwrap())
         } else {
-            inet(parent.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).unwrap().local_addr())
+            inet(parent.listen_tcp("127.0.0.1:0".parse().unwrap(), HttpServer::listen_options()).unwrap().local_addr())
         };
         // A worker has the listener once it answers.
         while policy_name == "listeners" && TcpStream::connect(addr).is_err() {
@@ -95,7 +99,8 @@ impl Server {
         (Server::Baton { rt, reactor, parent }, addr)
     }
 
-    /// `fin_with_answer`: (b+), the last answer and the FIN in one segment.
+    /// `fin_with_answer`: (b+), with baton's TCP options (deferred accept, the last answer and
+    /// the FIN in one segment).
     fn reuseport(fin_with_answer: bool) -> (Server, SocketAddr) {
         // Reserve a port with a listener of the same group, then let it go once the workers
         // have theirs (a listener nobody accepts on would take its share of the connections).
@@ -122,7 +127,8 @@ impl Server {
         let rt = Runtime::builder().threads(2).build();
         let reactor = Reactor::start().unwrap();
         let app = HttpServer::spawn(&rt, &reactor).expect("spawning the HTTP server");
-        let l = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), app.recipient()).unwrap();
+        let l =
+            reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), HttpServer::listen_options(), app.recipient()).unwrap();
         (Server::Single { rt, reactor }, inet(l.local_addr()))
     }
 
@@ -167,6 +173,10 @@ fn reuseport_listener(addr: SocketAddr) -> TcpListener {
 /// `HttpServer`, until its stdin closes.
 fn reuseport_child(addr: SocketAddr, fin_with_answer: bool) {
     let listener = reuseport_listener(addr);
+    if fin_with_answer {
+        // (b+): connections reach accept with their request.
+        set_defer_accept(&listener, HttpServer::listen_options().defer_accept.unwrap()).unwrap();
+    }
     rustix::io::ioctl_fionbio(&listener, true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
@@ -512,7 +522,7 @@ fn main() {
         ("baton", "least-loaded", "(a) baton prefork, least-loaded"),
         ("baton", "listeners", "(a') baton prefork, shared listener"),
         ("single", "", "(c) baton single process"),
-        ("reuseport-fin", "", "(b+) SO_REUSEPORT, FIN with answer"),
+        ("reuseport-fin", "", "(b+) SO_REUSEPORT, baton's TCP opts"),
     ];
     let mut tables = Vec::new();
     for (mode, title, name) in
@@ -521,7 +531,7 @@ fn main() {
         if !wanted(name) {
             continue;
         }
-        // (b+) differs from (b) only in how a connection ends.
+        // (b+) differs from (b) only in how a connection starts and ends.
         let variants = if mode == Mode::Close { &variants[..] } else { &variants[..4] };
         let mut rows: Vec<Row> = variants.iter().map(|v| Row { name: v.2.to_string(), runs: Vec::new() }).collect();
         for _ in 0..ROUNDS {

@@ -22,7 +22,7 @@ use slab::Slab;
 
 use baton_handoff::WorkerEvent;
 use baton_runtime::{Actor, Addr, Context, Mailbox, Recipient, Runtime, SpawnError};
-use baton_transport::{Accepted, ConnEvent, ConnOptions, Connection, Reactor};
+use baton_transport::{Accepted, ConnEvent, ConnOptions, Connection, ListenOptions, Reactor};
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -436,6 +436,13 @@ impl HttpServer {
             HttpMsg::Worker(e) => Some(e),
             _ => None,
         })
+    }
+
+    /// How to set up a listener for HTTP: clients speak first, so the kernel hands a
+    /// connection over only once its request has arrived ([`ListenOptions::defer_accept`],
+    /// nginx's `deferred`), or after about a second without one.
+    pub fn listen_options() -> ListenOptions {
+        ListenOptions { defer_accept: Some(Duration::from_secs(1)), ..ListenOptions::default() }
     }
 
     fn options() -> ConnOptions {

@@ -287,23 +287,29 @@ impl ConnSource {
 
     /// Writes buffered bytes; true while the socket is healthy.
     fn flush(&self, reactor: &Arc<Shared>, state: &mut State) -> bool {
+        // The end of stream follows these bytes: hold the last short segment back for the
+        // shutdown below to carry the FIN with it (see `Connection::write_and_close`).
+        let flags = if state.close_requested || state.shutdown_write_requested {
+            SendFlags::NOSIGNAL | SendFlags::MORE
+        } else {
+            SendFlags::NOSIGNAL
+        };
         while !state.wbuf.is_empty() {
             let Some(stream) = state.stream.as_ref() else {
                 return false;
             };
             let (a, b) = state.wbuf.as_slices();
             let slices = [io::IoSlice::new(a), io::IoSlice::new(b)];
-            let written =
-                match rustix::net::sendmsg(stream.as_fd(), &slices, &mut Default::default(), SendFlags::NOSIGNAL) {
-                    Ok(n) => n,
-                    Err(Errno::AGAIN) => break,
-                    Err(Errno::INTR) => continue,
-                    Err(e) => {
-                        let kind = io::Error::from(e).kind();
-                        self.finish(reactor, state, CloseReason::Error(kind), true);
-                        return false;
-                    }
-                };
+            let written = match rustix::net::sendmsg(stream.as_fd(), &slices, &mut Default::default(), flags) {
+                Ok(n) => n,
+                Err(Errno::AGAIN) => break,
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    let kind = io::Error::from(e).kind();
+                    self.finish(reactor, state, CloseReason::Error(kind), true);
+                    return false;
+                }
+            };
             state.wbuf.drain(..written);
             state.last_activity = std::time::Instant::now();
         }
@@ -507,10 +513,12 @@ impl Connection {
     }
 
     /// Writes `data` as the connection's last bytes and closes it (as [`Connection::write`]
-    /// then [`Connection::close`]), with the bytes and the end of stream in one TCP segment
-    /// when the socket takes them at once: the peer gets the answer and its end of file
-    /// together, and there is one segment less to send, deliver and acknowledge. For the
-    /// answer to a request that asked to close (HTTP's `Connection: close`).
+    /// then [`Connection::close`]), with the end of stream (TCP's FIN) in the same segment
+    /// as the last bytes: the peer gets the answer and its end of file together, and there is
+    /// one segment less to send, deliver and acknowledge. For the answer to a request that
+    /// asked to close (HTTP's `Connection: close`). `write` then `close` cannot do this: the
+    /// bytes have left by the time the close is asked for. (Bytes that wait in the buffer when
+    /// a close is asked for go the same way.)
     ///
     /// # Errors
     ///

@@ -35,9 +35,11 @@ mod connection;
 mod listener;
 mod poller;
 mod reactor;
+mod sockopt;
 mod watch;
 
 pub use crate::connection::{CloseHook, CloseReason, ConnEvent, ConnId, ConnOptions, Connection, Detached, WriteError};
 pub use crate::listener::{Accepted, Address, AdoptError, ListenOptions, Listener, ListenerId, Stream};
 pub use crate::reactor::Reactor;
+pub use crate::sockopt::set_defer_accept;
 pub use crate::watch::{Interest, Readiness, Watch, WatchId};

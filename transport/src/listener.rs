@@ -94,11 +94,19 @@ pub struct ListenOptions {
     /// Most connections accepted per readiness event before yielding to other sources.
     /// Default 64.
     pub batch: usize,
+    /// TCP only: hand a connection to `accept` only once its client has sent something, or
+    /// after about this long without ([`set_defer_accept`](crate::set_defer_accept),
+    /// `TCP_DEFER_ACCEPT`; nginx's `listen ... deferred`). For protocols where the client
+    /// speaks first (HTTP): the listener wakes only for connections that have a request to
+    /// read, and the first read of each finds it. Never for protocols where the server speaks
+    /// first (SMTP, most databases): their clients would wait the whole timeout. Default
+    /// `None`, which leaves the socket as it is (an adopted listener keeps what it was given).
+    pub defer_accept: Option<Duration>,
 }
 
 impl Default for ListenOptions {
     fn default() -> Self {
-        ListenOptions { backlog: 1024, reuse_address: true, reuse_port: false, batch: 64 }
+        ListenOptions { backlog: 1024, reuse_address: true, reuse_port: false, batch: 64, defer_accept: None }
     }
 }
 
@@ -581,6 +589,9 @@ impl Reactor {
             Socket::Tcp(l) => Address::Inet(l.local_addr()?),
             Socket::Unix(l, _) => Address::Unix(l.local_addr()?.as_pathname().map(Path::to_path_buf)),
         };
+        if let (Socket::Tcp(l), Some(timeout)) = (&socket, options.defer_accept) {
+            crate::set_defer_accept(l, timeout)?;
+        }
         let mut control: Option<Arc<dyn ListenerControl>> = None;
         let id = ListenerId(self.shared.serial());
         let key = self.shared.insert(|key| {

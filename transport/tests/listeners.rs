@@ -123,3 +123,50 @@ fn adopting_a_descriptor_validates_it() {
     reactor.stop();
     rt.shutdown(WAIT).unwrap();
 }
+
+/// Hands every accepted connection to the test.
+struct Forward(crossbeam_channel::Sender<Accepted>);
+
+impl baton_runtime::Actor for Forward {
+    type Message = Accepted;
+    fn handle(&mut self, _ctx: &mut baton_runtime::Context<Self>, acc: Accepted) {
+        let _ = self.0.send(acc);
+    }
+}
+
+#[test]
+fn deferred_accept_hands_over_a_connection_only_with_its_first_bytes() {
+    use std::io::{Read, Write};
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (tx, accepted) = unbounded();
+    let owner = rt.spawn(Forward(tx));
+    let deferred = ListenOptions { defer_accept: Some(Duration::from_secs(5)), ..ListenOptions::default() };
+    let l = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), deferred, owner.recipient()).unwrap();
+    let mut client = TcpStream::connect(local_inet(&l)).unwrap();
+    assert!(accepted.recv_timeout(Duration::from_millis(300)).is_err(), "accepted before the client said anything");
+    client.write_all(b"hello").unwrap();
+    let acc = accepted.recv_timeout(WAIT).expect("accepted once the client spoke");
+    // The bytes came with the connection: a read of the non-blocking socket finds them at once.
+    let Stream::Tcp(mut s) = acc.stream else { panic!("a TCP listener gave a Unix stream") };
+    let mut got = [0u8; 5];
+    assert_eq!(s.read(&mut got).expect("the first bytes, already there"), 5);
+    assert_eq!(&got, b"hello");
+
+    // Without the option the same silent client is accepted at once (what the wait above
+    // would have seen, had the option not been applied).
+    let plain =
+        reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), owner.recipient()).unwrap();
+    let _silent = TcpStream::connect(local_inet(&plain)).unwrap();
+    accepted.recv_timeout(WAIT).expect("a plain listener accepts a silent client");
+    reactor.stop();
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn deferred_accept_is_refused_on_a_socket_that_is_not_tcp() {
+    let (a, _b) = UnixStream::pair().unwrap();
+    assert!(set_defer_accept(&a, Duration::from_secs(1)).is_err());
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    set_defer_accept(&tcp, Duration::from_millis(1500)).expect("a TCP listener takes it");
+}
