@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The end-to-end comparison driven by wrk instead of our own load client.
 #
-#   benches/wrk.sh [SECONDS]
+#   benches/wrk.sh [SECONDS] [ROUNDS]
 #
 # Builds the e2e bench binary, then for each server of `benches/benches/e2e.rs` — (b) SO_REUSEPORT
 # prefork, (a) baton prefork (least-loaded), (a') baton with the listener shared with the workers,
-# (c) baton single process, and (b+) SO_REUSEPORT sending its last answer and FIN in one segment
-# (new connection per request only) — starts it on a free
+# (c) baton single process, and (b+) SO_REUSEPORT with baton's TCP options (deferred accept, the
+# last answer and the FIN in one segment; new connection per request only) — starts it on a free
 # loopback port (E2E_SERVE), runs wrk for a new connection per request (32 connections,
-# `Connection: close`) and for keep-alive (64 connections), prints requests/s and the ratio to
-# SO_REUSEPORT, and stops it. Installs wrk from Debian's packages when it is missing.
+# `Connection: close`) and for keep-alive (64 connections), and stops it. The servers take turns,
+# ROUNDS times (default 3): this machine's speed drifts between runs, so each ratio is the median
+# of the ratios measured in the same round. Installs wrk from Debian's packages when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-5}"
+rounds="${2:-3}"
 
 if ! command -v wrk >/dev/null; then
     echo "wrk not found; installing it (apt-get)" >&2
@@ -26,36 +28,68 @@ bin=$(ls -t target/release/deps/e2e-* | grep -v '\.d$' | head -1)
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 
-run() { # KIND -> "close keepalive" requests/s
-    local kind=$1 fifo="$dir/in-$1" out="$dir/out-$1"
+run() { # KIND MODES -> requests/s for each mode ("close" and/or "keep")
+    local kind=$1 modes=$2 fifo="$dir/in" out="$dir/out"
+    rm -f "$fifo" "$out"
     mkfifo "$fifo"
     E2E_SERVE=$kind "$bin" <"$fifo" >"$out" 2>/dev/null &
     local pid=$!
     exec 7>"$fifo"
     for _ in $(seq 100); do grep -q listening "$out" 2>/dev/null && break; sleep 0.1; done
-    local addr
+    local addr rates=""
     addr=$(sed -n 's|listening on http://||p' "$out")
-    local close keep
-    close=$(wrk -t1 -c32 -d"${secs}s" -H "Connection: close" "http://$addr/" | sed -n 's/Requests\/sec: *//p')
-    keep=$(wrk -t1 -c64 -d"${secs}s" "http://$addr/" | sed -n 's/Requests\/sec: *//p')
+    for mode in $modes; do
+        if [ "$mode" = close ]; then
+            rates+=" $(wrk -t1 -c32 -d"${secs}s" -H "Connection: close" "http://$addr/" | sed -n 's/Requests\/sec: *//p')"
+        else
+            rates+=" $(wrk -t1 -c64 -d"${secs}s" "http://$addr/" | sed -n 's/Requests\/sec: *//p')"
+        fi
+    done
     exec 7>&- # end of stdin: the server stops
     wait "$pid" || true
-    echo "$close $keep"
+    echo "$rates"
 }
 
-read -r rp_close rp_keep < <(run reuseport)
-read -r bt_close bt_keep < <(run baton)
-read -r sl_close sl_keep < <(run listeners)
-read -r sg_close sg_keep < <(run single)
-read -r rf_close _ < <(run reuseport-fin)
+# One line per run: ROUND VARIANT MODE REQUESTS/S
+results="$dir/results"
+for round in $(seq "$rounds"); do
+    for variant in reuseport baton listeners single reuseport-fin; do
+        modes="close keep"
+        [ "$variant" = reuseport-fin ] && modes="close"
+        read -r -a rates < <(run "$variant" "$modes")
+        i=0
+        for mode in $modes; do
+            echo "$round $variant $mode ${rates[$i]}" >>"$results"
+            i=$((i + 1))
+        done
+    done
+done
 
-printf '%-32s %14s %14s\n' "wrk, ${secs}s per run" "close req/s" "keep-alive req/s"
-printf '%-32s %14.0f %14.0f\n' "(b) SO_REUSEPORT prefork" "$rp_close" "$rp_keep"
-printf '%-32s %14.0f %14.0f\n' "(a) baton prefork" "$bt_close" "$bt_keep"
-printf '%-32s %14.0f %14.0f\n' "(a') baton, shared listener" "$sl_close" "$sl_keep"
-printf '%-32s %14.0f %14.0f\n' "(c) baton single process" "$sg_close" "$sg_keep"
-printf '%-32s %14.0f %14s\n' "(b+) SO_REUSEPORT, FIN w/ answer" "$rf_close" "-"
-awk -v a="$bt_close" -v b="$rp_close" -v s="$sl_close" -v c="$sg_close" -v f="$rf_close" \
-    -v ak="$bt_keep" -v bk="$rp_keep" -v sk="$sl_keep" -v ck="$sg_keep" 'BEGIN {
-    printf "ratios: close a/b %.3f a'"'"'/b %.3f c/b %.3f (a/b+ %.3f); keep-alive a/b %.3f a'"'"'/b %.3f c/b %.3f\n",
-        a/b, s/b, c/b, a/f, ak/bk, sk/bk, ck/bk }'
+awk -v secs="$secs" -v rounds="$rounds" '
+function median(list,    n, a, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+{ rate[$1, $2, $3] = $4; all[$2, $3] = all[$2, $3] " " $4 }
+END {
+    split("reuseport baton listeners single reuseport-fin", order, " ")
+    name["reuseport"] = "(b) SO_REUSEPORT prefork"; name["baton"] = "(a) baton prefork"
+    name["listeners"] = "(a'"'"') baton, shared listener"; name["single"] = "(c) baton single process"
+    name["reuseport-fin"] = "(b+) SO_REUSEPORT, baton TCP opts"
+    printf "wrk, %ss per run, medians of %s interleaved rounds\n", secs, rounds
+    printf "%-34s %12s %8s %8s %14s %8s\n", "variant", "close req/s", "x/b", "x/b+", "keep req/s", "x/b"
+    for (k = 1; k <= 5; k++) {
+        v = order[k]; rc = ""; rf = ""; rk = ""
+        for (r = 1; r <= rounds; r++) {
+            rc = rc " " rate[r, v, "close"] / rate[r, "reuseport", "close"]
+            rf = rf " " rate[r, v, "close"] / rate[r, "reuseport-fin", "close"]
+            if (v != "reuseport-fin") rk = rk " " rate[r, v, "keep"] / rate[r, "reuseport", "keep"]
+        }
+        if (v == "reuseport-fin")
+            printf "%-34s %12.0f %8.3f %8.3f %14s %8s\n", name[v], median(all[v, "close"]), median(rc), median(rf), "-", "-"
+        else
+            printf "%-34s %12.0f %8.3f %8.3f %14.0f %8.3f\n", name[v], median(all[v, "close"]), median(rc), median(rf), median(all[v, "keep"]), median(rk)
+    }
+    print "(ratios: the median over rounds of the ratio measured in the same round)"
+}' "$results"
