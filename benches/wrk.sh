@@ -28,27 +28,43 @@ bin=$(ls -t target/release/deps/e2e-* | grep -v '\.d$' | head -1)
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 
-run() { # KIND MODES -> requests/s for each mode ("close" and/or "keep")
-    local kind=$1 modes=$2 fifo="$dir/in" out="$dir/out"
+fail() {
+    echo "wrk.sh: $*" >&2
+    exit 1
+}
+
+# KIND MODE...: starts server KIND, prints "MODE REQUESTS/S" for each mode ("close", "keep").
+run() {
+    local kind=$1 fifo="$dir/in" out="$dir/out" mode rate addr=""
+    shift
     rm -f "$fifo" "$out"
     mkfifo "$fifo"
-    E2E_SERVE=$kind "$bin" <"$fifo" >"$out" 2>/dev/null &
+    E2E_SERVE=$kind "$bin" <"$fifo" >"$out" 2>"$dir/err" &
     local pid=$!
     exec 7>"$fifo"
-    for _ in $(seq 100); do grep -q listening "$out" 2>/dev/null && break; sleep 0.1; done
-    local addr rates=""
-    addr=$(sed -n 's|listening on http://||p' "$out")
-    for mode in $modes; do
+    for _ in $(seq 100); do
+        addr=$(sed -n 's|listening on http://||p' "$out" 2>/dev/null)
+        [ -n "$addr" ] && break
+        sleep 0.1
+    done
+    if [ -z "$addr" ]; then
+        exec 7>&-
+        fail "server $kind did not start: $(tail -3 "$dir/err")"
+    fi
+    for mode in "$@"; do
         if [ "$mode" = close ]; then
-            rates+=" $(wrk -t1 -c32 -d"${secs}s" -H "Connection: close" "http://$addr/" | sed -n 's/Requests\/sec: *//p')"
+            rate=$(wrk -t1 -c32 -d"${secs}s" -H "Connection: close" "http://$addr/" | sed -n 's/Requests\/sec: *//p')
         else
-            rates+=" $(wrk -t1 -c64 -d"${secs}s" "http://$addr/" | sed -n 's/Requests\/sec: *//p')"
+            rate=$(wrk -t1 -c64 -d"${secs}s" "http://$addr/" | sed -n 's/Requests\/sec: *//p')
         fi
+        [ -n "$rate" ] || { exec 7>&-; fail "wrk gave no rate for $kind ($mode)"; }
+        echo "$mode $rate"
     done
     exec 7>&- # end of stdin: the server stops
     wait "$pid" || true
-    echo "$rates"
 }
+
+[ "$rounds" -ge 1 ] 2>/dev/null || fail "ROUNDS must be a whole number of at least 1, not '$rounds'"
 
 # One line per run: ROUND VARIANT MODE REQUESTS/S
 results="$dir/results"
@@ -56,16 +72,16 @@ for round in $(seq "$rounds"); do
     for variant in reuseport baton listeners single reuseport-fin; do
         modes="close keep"
         [ "$variant" = reuseport-fin ] && modes="close"
-        read -r -a rates < <(run "$variant" "$modes")
-        i=0
-        for mode in $modes; do
-            echo "$round $variant $mode ${rates[$i]}" >>"$results"
-            i=$((i + 1))
-        done
+        # shellcheck disable=SC2086 # the modes are words
+        run "$variant" $modes >"$dir/run"
+        while read -r mode rate; do
+            echo "$round $variant $mode $rate" >>"$results"
+        done <"$dir/run"
     done
 done
 
 awk -v secs="$secs" -v rounds="$rounds" '
+function ratio(a, b) { return b > 0 ? a / b : 0 }
 function median(list,    n, a, i, j, t) {
     n = split(list, a, " ")
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
@@ -82,9 +98,9 @@ END {
     for (k = 1; k <= 5; k++) {
         v = order[k]; rc = ""; rf = ""; rk = ""
         for (r = 1; r <= rounds; r++) {
-            rc = rc " " rate[r, v, "close"] / rate[r, "reuseport", "close"]
-            rf = rf " " rate[r, v, "close"] / rate[r, "reuseport-fin", "close"]
-            if (v != "reuseport-fin") rk = rk " " rate[r, v, "keep"] / rate[r, "reuseport", "keep"]
+            rc = rc " " ratio(rate[r, v, "close"], rate[r, "reuseport", "close"])
+            rf = rf " " ratio(rate[r, v, "close"], rate[r, "reuseport-fin", "close"])
+            if (v != "reuseport-fin") rk = rk " " ratio(rate[r, v, "keep"], rate[r, "reuseport", "keep"])
         }
         if (v == "reuseport-fin")
             printf "%-34s %12.0f %8.3f %8.3f %14s %8s\n", name[v], median(all[v, "close"]), median(rc), median(rf), "-", "-"

@@ -257,6 +257,11 @@ fn reuseport_child(addr: SocketAddr, fin_with_answer: bool) {
             if close {
                 let c = conns.remove(&token).unwrap();
                 let _ = epoll::delete(&ep, &c.fd);
+                if fin_with_answer {
+                    // As baton's transport: the shutdown pushes the held answer with the FIN
+                    // even if the client sent more (a bare close would then reset).
+                    let _ = rustix::net::shutdown(&c.fd, rustix::net::Shutdown::Write);
+                }
             }
         }
     }

@@ -509,7 +509,7 @@ impl Connection {
     ///
     /// As [`Connection::write`].
     pub fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> Result<(), WriteError> {
-        self.send(bufs, SendFlags::NOSIGNAL)
+        self.send(bufs, false)
     }
 
     /// Writes `data` as the connection's last bytes and closes it (as [`Connection::write`]
@@ -525,14 +525,14 @@ impl Connection {
     /// As [`Connection::write`]; the connection is then not closed (call
     /// [`Connection::close`] or [`Connection::abort`]).
     pub fn write_and_close(&self, data: &[u8]) -> Result<(), WriteError> {
-        // MSG_MORE holds a short tail back (even with TCP_NODELAY) until the shutdown in the
-        // close, which tacks its FIN onto the segment not yet sent and pushes it out.
-        self.send(&[io::IoSlice::new(data)], SendFlags::NOSIGNAL | SendFlags::MORE)?;
-        self.close();
-        Ok(())
+        self.send(&[io::IoSlice::new(data)], true)
     }
 
-    fn send(&self, bufs: &[io::IoSlice<'_>], flags: SendFlags) -> Result<(), WriteError> {
+    /// Writes `bufs`; with `last`, closes after them (see [`Connection::write_and_close`]).
+    fn send(&self, bufs: &[io::IoSlice<'_>], last: bool) -> Result<(), WriteError> {
+        // MSG_MORE holds a short tail back (even with TCP_NODELAY) until the shutdown in the
+        // close, which tacks its FIN onto the segment not yet sent and pushes it out.
+        let flags = if last { SendFlags::NOSIGNAL | SendFlags::MORE } else { SendFlags::NOSIGNAL };
         let src = &self.source;
         let mut state = src.state.lock();
         if state.stream.is_none() || state.close_requested || state.shutdown_write_requested {
@@ -558,7 +558,15 @@ impl Connection {
                 }
             }
         }
+        if last {
+            // Under the lock the bytes were written under: no other write, detach or timeout
+            // comes between the last bytes and the close.
+            state.close_requested = true;
+        }
         if skip == total {
+            if last {
+                src.flush(&self.reactor, &mut state); // nothing buffered: closes now
+            }
             return Ok(());
         }
         for b in bufs {

@@ -100,7 +100,9 @@ pub struct ListenOptions {
     /// speaks first (HTTP): the listener wakes only for connections that have a request to
     /// read, and the first read of each finds it. Never for protocols where the server speaks
     /// first (SMTP, most databases): their clients would wait the whole timeout. Default
-    /// `None`, which leaves the socket as it is (an adopted listener keeps what it was given).
+    /// `None`, which leaves the socket as it is (an adopted listener keeps what it was given;
+    /// `Some` replaces that, and on an adopted socket that refuses the option it is logged and
+    /// skipped). Ignored for Unix sockets.
     pub defer_accept: Option<Duration>,
 }
 
@@ -497,6 +499,10 @@ impl Reactor {
             rustix::net::sockopt::set_socket_reuseport(&fd, true)?;
         }
         rustix::net::bind(&fd, &addr)?;
+        if let Some(timeout) = options.defer_accept {
+            // Before `listen`, so that no early client escapes it.
+            crate::set_defer_accept(&fd, timeout)?;
+        }
         rustix::net::listen(&fd, options.backlog)?;
         self.register(Socket::Tcp(TcpListener::from(fd)), options, owner)
     }
@@ -570,6 +576,13 @@ impl Reactor {
         let family = rustix::net::sockopt::socket_domain(&fd).map_err(|e| AdoptError::Io(e.into()))?;
         rustix::io::ioctl_fionbio(&fd, true).map_err(|e| AdoptError::Io(e.into()))?;
         let socket = if family == AddressFamily::INET || family == AddressFamily::INET6 {
+            if let Some(timeout) = options.defer_accept {
+                // Best effort: an inherited stream socket of these families may be SCTP, or
+                // MPTCP on a kernel without the option, and it serves as well without it.
+                if let Err(e) = crate::set_defer_accept(&fd, timeout) {
+                    log::warn!("adopted listener: deferred accept not set ({e}); accepting at once");
+                }
+            }
             Socket::Tcp(TcpListener::from(fd))
         } else if family == AddressFamily::UNIX {
             Socket::Unix(UnixListener::from(fd), None)
@@ -589,9 +602,6 @@ impl Reactor {
             Socket::Tcp(l) => Address::Inet(l.local_addr()?),
             Socket::Unix(l, _) => Address::Unix(l.local_addr()?.as_pathname().map(Path::to_path_buf)),
         };
-        if let (Socket::Tcp(l), Some(timeout)) = (&socket, options.defer_accept) {
-            crate::set_defer_accept(l, timeout)?;
-        }
         let mut control: Option<Arc<dyn ListenerControl>> = None;
         let id = ListenerId(self.shared.serial());
         let key = self.shared.insert(|key| {

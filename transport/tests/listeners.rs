@@ -163,10 +163,61 @@ fn deferred_accept_hands_over_a_connection_only_with_its_first_bytes() {
     rt.shutdown(WAIT).unwrap();
 }
 
+/// The socket's `TCP_DEFER_ACCEPT`, in seconds as the kernel keeps it.
+fn defer_accept_of(fd: &impl std::os::fd::AsRawFd) -> i32 {
+    let mut value: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` is a writable c_int for `len` bytes and outlives the call; the
+    // descriptor is borrowed from a live socket.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt(TCP_DEFER_ACCEPT): {}", std::io::Error::last_os_error());
+    value
+}
+
 #[test]
-fn deferred_accept_is_refused_on_a_socket_that_is_not_tcp() {
+fn deferred_accept_takes_any_timeout_and_is_refused_on_a_socket_that_is_not_tcp() {
     let (a, _b) = UnixStream::pair().unwrap();
     assert!(set_defer_accept(&a, Duration::from_secs(1)).is_err());
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     set_defer_accept(&tcp, Duration::from_millis(1500)).expect("a TCP listener takes it");
+    assert!(defer_accept_of(&tcp) >= 2, "1.5 s is at least 2 s once rounded up");
+    // "Forever" is the kernel's longest, not an overflow to zero (which means off).
+    set_defer_accept(&tcp, Duration::MAX).unwrap();
+    assert!(defer_accept_of(&tcp) > 3600, "Duration::MAX gave {} s", defer_accept_of(&tcp));
+    set_defer_accept(&tcp, Duration::ZERO).unwrap();
+    assert_eq!(defer_accept_of(&tcp), 0, "zero turns it off");
+}
+
+#[test]
+fn deferred_accept_applies_to_adopted_listeners_and_is_ignored_for_unix_ones() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (tx, accepted) = unbounded();
+    let owner = rt.spawn(Forward(tx));
+    let deferred = ListenOptions { defer_accept: Some(Duration::from_secs(5)), ..ListenOptions::default() };
+    let std_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe = std_listener.try_clone().unwrap(); // the same socket, to read its option back
+    assert_eq!(defer_accept_of(&probe), 0);
+    let fd: OwnedFd = std_listener.into();
+    let _adopted = reactor.adopt_listener(fd, deferred, owner.recipient()).expect("adopting");
+    assert!(defer_accept_of(&probe) >= 5, "the adopted listener did not get the option");
+
+    let dir = std::env::temp_dir().join(format!("baton-defer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s");
+    let unix = reactor.listen_unix(&path, deferred, owner.recipient()).expect("a Unix listener ignores it");
+    let _client = UnixStream::connect(&path).unwrap();
+    accepted.recv_timeout(WAIT).expect("a silent Unix client is accepted at once");
+    unix.close();
+    reactor.stop();
+    rt.shutdown(WAIT).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

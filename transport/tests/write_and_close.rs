@@ -1,8 +1,9 @@
 //! `Connection::write_and_close`: the last answer and the end of stream leave together. What
 //! must hold: the peer reads every byte and then its end of file, whether the socket took the
-//! bytes at once or only part of them (the rest goes when it drains); on TCP, the bytes and
-//! the FIN travel in one segment where `write` then `close` sends two; on a Unix socket it
-//! works the same; and on a connection already closing it refuses, as `write` does.
+//! bytes at once or only part of them (the rest goes when it drains, held back for the FIN as
+//! bytes buffered at a `close` or `shutdown_write` are); on TCP, the bytes and the FIN travel
+//! in one segment where `write` then `close` sends two; on a Unix socket it works the same;
+//! and on a connection already closing it refuses, as `write` does.
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +22,8 @@ enum Ending {
     Together,
     /// `write`, then `close`: the usual two steps.
     WriteThenClose,
+    /// `write`, then `shutdown_write` (the connection stays open for reading).
+    WriteThenShutdown,
 }
 
 enum Msg {
@@ -51,6 +54,10 @@ impl Actor for Server {
                     Ending::WriteThenClose => {
                         conn.write(&bytes).expect("writing");
                         conn.close();
+                    }
+                    Ending::WriteThenShutdown => {
+                        conn.write(&bytes).expect("writing");
+                        conn.shutdown_write();
                     }
                 }
                 let _ = second.send(conn.write_and_close(b"more"));
@@ -160,6 +167,22 @@ fn an_answer_the_socket_takes_in_parts_still_arrives_whole_before_the_end() {
     let got = read_to_end(&client);
     assert_eq!(got.len(), big.len());
     assert!(got == big, "the bytes arrived altered or out of order");
+    f.stop();
+}
+
+#[test]
+fn bytes_buffered_when_a_close_or_half_close_is_asked_for_all_arrive_before_the_end() {
+    // The buffered tail is flushed with MSG_MORE once a close is asked for; the shutdown that
+    // follows must still push it, for a close and for a half-close alike.
+    let f = fixture();
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+    for ending in [Ending::WriteThenClose, Ending::WriteThenShutdown] {
+        let (client, server_side) = tcp_pair();
+        rustix::net::sockopt::set_socket_send_buffer_size(&server_side, 16 * 1024).unwrap();
+        f.serve(Stream::Tcp(server_side), &big, ending);
+        let got = read_to_end(&client);
+        assert!(got == big, "{} bytes arrived, altered or out of order", got.len());
+    }
     f.stop();
 }
 
