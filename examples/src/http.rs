@@ -196,15 +196,22 @@ struct HttpConn {
     write_backlog: bool,
     draining: bool,
     status: Option<baton_handoff::Status>,
+    /// The socket, until the actor adopts it in its first turn (`started`): its events then
+    /// queue behind that turn, and no message carries the socket in.
+    socket: Option<Socket>,
+}
+
+/// A connection's socket, before its actor adopts it.
+enum Socket {
+    /// From the worker.
+    Incoming(baton_handoff::Incoming),
+    /// Accepted in this process.
+    Accepted(Accepted, Reactor),
 }
 
 /// What a connection's actor hears.
 #[derive(Debug)]
-pub enum ConnMsg {
-    /// Its socket, from the worker.
-    Incoming(baton_handoff::Incoming),
-    /// Its socket, accepted in this process.
-    Accepted(Accepted, Reactor),
+enum ConnMsg {
     /// The connection's events.
     Event(ConnEvent),
     /// The worker drains: close when idle.
@@ -338,25 +345,29 @@ impl Drop for HttpConn {
 impl Actor for HttpConn {
     type Message = ConnMsg;
 
-    fn handle(&mut self, ctx: &mut Context<Self>, msg: ConnMsg) {
-        let events = || {
-            ctx.address().recipient_map(ConnMsg::Event, |m| match m {
-                ConnMsg::Event(e) => Some(e),
-                _ => None,
-            })
-        };
-        match msg {
-            ConnMsg::Incoming(inc) => match inc.adopt(events(), HttpServer::options()) {
-                Ok(conn) => self.conn = Some(conn),
-                Err(_) => ctx.stop(),
-            },
-            ConnMsg::Accepted(acc, reactor) => match reactor.adopt(acc.stream, HttpServer::options(), events()) {
-                Ok(conn) => {
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let events = ctx.address().recipient_map(ConnMsg::Event, |m| match m {
+            ConnMsg::Event(e) => Some(e),
+            _ => None,
+        });
+        let adopted = match self.socket.take() {
+            Some(Socket::Incoming(inc)) => inc.adopt(events, HttpServer::options()),
+            Some(Socket::Accepted(acc, reactor)) => {
+                reactor.adopt(acc.stream, HttpServer::options(), events).map(|conn| {
                     let _ = conn.set_nodelay(true);
-                    self.conn = Some(conn);
-                }
-                Err(_) => ctx.stop(),
-            },
+                    conn
+                })
+            }
+            None => return,
+        };
+        match adopted {
+            Ok(conn) => self.conn = Some(conn),
+            Err(_) => ctx.stop(),
+        }
+    }
+
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: ConnMsg) {
+        match msg {
             ConnMsg::Drain => {
                 self.draining = true;
                 self.close_if_idle();
@@ -450,7 +461,7 @@ impl HttpServer {
         ConnOptions { idle_timeout: Some(Duration::from_secs(60)), ..ConnOptions::default() }
     }
 
-    fn start(&mut self, ctx: &mut Context<Self>, first: ConnMsg) {
+    fn start(&mut self, ctx: &mut Context<Self>, socket: Socket) {
         // Reserved first, filled after the spawn: the lock is not held while the actor is
         // created, since a failed spawn drops it, and its `Drop` takes the lock.
         let slot = self.conns.lock().insert(None);
@@ -466,11 +477,10 @@ impl HttpServer {
             closing: false,
             draining: self.draining,
             status: self.status.clone(),
+            socket: Some(socket),
         };
+        // A refused spawn drops the actor, and the socket with it (closed).
         let Ok(addr) = ctx.spawn_on(self.reactor.event_loop(), actor, Mailbox::Bounded(64)) else { return };
-        // The connection's actor adopts the socket in its own first turn (so its events queue
-        // behind the handle). Its mailbox is new and empty: this cannot be refused for room.
-        let _ = addr.try_send(first);
         // Gone already only if the actor ran and stopped meanwhile (on the pool, after the
         // reactor's loop closed); then its slot is free, and nothing is kept.
         if let Some(entry) = self.conns.lock().get_mut(slot) {
@@ -486,11 +496,11 @@ impl Actor for HttpServer {
         match msg {
             HttpMsg::Worker(WorkerEvent::Incoming(inc)) => {
                 self.status.get_or_insert_with(|| inc.status());
-                self.start(ctx, ConnMsg::Incoming(inc));
+                self.start(ctx, Socket::Incoming(inc));
             }
             HttpMsg::Accepted(acc) => {
                 let reactor = self.reactor.clone();
-                self.start(ctx, ConnMsg::Accepted(acc, reactor));
+                self.start(ctx, Socket::Accepted(acc, reactor));
             }
             HttpMsg::Worker(WorkerEvent::Drain { .. }) => {
                 // Idle keep-alive connections close now; busy and new ones after their next
