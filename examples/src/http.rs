@@ -353,10 +353,7 @@ impl Actor for HttpConn {
         let adopted = match self.socket.take() {
             Some(Socket::Incoming(inc)) => inc.adopt(events, HttpServer::options()),
             Some(Socket::Accepted(acc, reactor)) => {
-                reactor.adopt(acc.stream, HttpServer::options(), events).map(|conn| {
-                    let _ = conn.set_nodelay(true);
-                    conn
-                })
+                reactor.adopt(acc.stream, HttpServer::options(), events).inspect(|conn| drop(conn.set_nodelay(true)))
             }
             None => return,
         };
