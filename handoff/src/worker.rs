@@ -492,6 +492,7 @@ impl Worker {
             shared: shared.clone(),
             recv_buf: RecvBuf::default(),
             send_buf: Vec::new(),
+            spare_reports: Reports::default(),
             outbox: VecDeque::new(),
             deadline: None,
             parent_gone: false,
@@ -564,6 +565,9 @@ struct Link {
     shared: Arc<Shared>,
     recv_buf: RecvBuf,
     send_buf: Vec<u8>,
+    /// Swapped with the shared reports at each flush and kept, emptied, with its capacity:
+    /// gathering reports allocates nothing at steady state.
+    spare_reports: Reports,
     /// Encoded records the parent's full queue refused, sent when writable, in order.
     outbox: VecDeque<Vec<u8>>,
     /// Set when draining (told, or orphaned): exit when nothing is open, or at this instant.
@@ -916,7 +920,8 @@ impl Link {
     /// Sends the reports gathered since the last flush, and the load when it changed.
     fn flush_reports(&mut self) {
         self.shared.flush_requested.store(false, SeqCst);
-        let reports = std::mem::take(&mut *self.shared.reports.lock());
+        let mut reports = std::mem::take(&mut self.spare_reports);
+        std::mem::swap(&mut *self.shared.reports.lock(), &mut reports);
         for ids in reports.adopted.chunks(MAX_IDS) {
             self.send(&Record::Adopted(ids.to_vec()));
         }
@@ -926,7 +931,15 @@ impl Link {
         for ids in reports.closed.chunks(MAX_IDS) {
             self.send(&Record::Closed(ids.to_vec()));
         }
-        self.returning.extend(reports.migrations);
+        self.returning.extend(reports.migrations.drain(..));
+        // Emptied, keeping room for an ordinary round but not a burst's.
+        reports.adopted.clear();
+        reports.adopted.shrink_to(1024);
+        reports.rejected.clear();
+        reports.rejected.shrink_to(1024);
+        reports.closed.clear();
+        reports.closed.shrink_to(1024);
+        self.spare_reports = reports;
         self.send_returns();
         if self.shared.load_now.swap(false, SeqCst) {
             self.report_load();

@@ -58,6 +58,9 @@ pub struct EventLoop {
 
 pub(crate) struct LoopInner {
     queue: Mutex<LoopQueue>,
+    /// The driver's batch, swapped with the runnable queue on each pass and kept (empty, with
+    /// its capacity) between passes, so neither side allocates at steady state.
+    batch: Mutex<VecDeque<(Task, Arc<Pool>)>>,
     wake: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -83,6 +86,7 @@ impl EventLoop {
         EventLoop {
             inner: Arc::new(LoopInner {
                 queue: Mutex::new(LoopQueue { runnable: VecDeque::new(), closed: false }),
+                batch: Mutex::new(VecDeque::new()),
                 wake: Box::new(wake),
             }),
         }
@@ -100,20 +104,24 @@ impl EventLoop {
     /// runnable again (they had more than a batch of messages, or were sent more meanwhile): the
     /// driver should then poll without blocking and call this again.
     pub fn run_ready(&self) -> bool {
-        let batch = {
+        let mut batch = std::mem::take(&mut *self.inner.batch.lock());
+        {
             let mut q = self.inner.queue.lock();
             if q.runnable.is_empty() {
+                drop(q);
+                *self.inner.batch.lock() = batch;
                 return false;
             }
-            std::mem::take(&mut q.runnable)
-        };
-        for (task, _) in batch {
+            std::mem::swap(&mut q.runnable, &mut batch);
+        }
+        for (task, _) in batch.drain(..) {
             // Cells catch handler panics themselves; this backstop keeps the driver (and the
             // actors queued behind it) alive if anything else unwinds.
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
                 log::error!("a task unwound onto an event loop");
             }
         }
+        *self.inner.batch.lock() = batch;
         !self.inner.queue.lock().runnable.is_empty()
     }
 

@@ -389,9 +389,7 @@ impl ConnSource {
         state.wbuf = VecDeque::new();
         state.finished = true;
         let on_close = state.on_close.take();
-        if notify {
-            state.pending.push_back(ConnEvent::Closed(self.id, reason.clone()));
-        }
+        let closed = notify.then(|| ConnEvent::Closed(self.id, reason.clone()));
         let kept = match reason {
             CloseReason::Detached => Some(stream),
             CloseReason::Aborted => {
@@ -412,7 +410,11 @@ impl ConnSource {
         if let Some(hook) = on_close {
             hook(&reason);
         }
-        self.flush_pending(reactor, state);
+        // After what is pending; straight to the owner when nothing is (no queue allocated).
+        match closed {
+            Some(ev) => self.emit(reactor, state, ev),
+            None => self.flush_pending(reactor, state),
+        };
         kept
     }
 }

@@ -350,6 +350,8 @@ fn run_loop(shared: &Arc<Shared>) {
     shared.event_loop.bind();
     let mut events = Events::new();
     let mut deadlines = Deadlines::default();
+    let mut commands = Vec::new();
+    let mut deferred = Vec::new();
     // Actors on the loop that are runnable again: poll without blocking, then run them.
     let mut more_turns = false;
     loop {
@@ -379,8 +381,9 @@ fn run_loop(shared: &Arc<Shared>) {
                 Due::Rearm => source.rearm(shared, key),
             }
         }
-        let commands = std::mem::take(&mut *shared.commands.lock());
-        for cmd in commands {
+        // Swapped with a buffer kept across passes: no allocation per pass.
+        std::mem::swap(&mut *shared.commands.lock(), &mut commands);
+        for cmd in commands.drain(..) {
             match cmd {
                 Command::Rearm(key) => {
                     if let Some(source) = shared.source(key) {
@@ -413,11 +416,11 @@ fn run_loop(shared: &Arc<Shared>) {
         more_turns = shared.event_loop.run_ready();
         // Until none is left: an arm can run a close hook, and that hook could adopt again.
         loop {
-            let deferred = std::mem::take(&mut *shared.deferred_arms.lock());
+            std::mem::swap(&mut *shared.deferred_arms.lock(), &mut deferred);
             if deferred.is_empty() {
                 break;
             }
-            for (key, source) in deferred {
+            for (key, source) in deferred.drain(..) {
                 // Only while the slab still holds this very source: one that closed in this
                 // pass has left it, and its key may already name a newer source, which a late
                 // arm of the old one would remove (`flush_pending` forgets a finished source).
