@@ -79,8 +79,7 @@ struct Inner<A: Actor> {
 
 /// Type-erased control over any cell: what the runtime registry and supervisors hold.
 pub(crate) trait Control: Send + Sync {
-    fn signal(&self, sig: Signal);
-    fn is_terminated(&self) -> bool;
+    fn signal(self: Arc<Self>, sig: Signal);
 }
 
 pub(crate) struct Cell<A: Actor> {
@@ -632,12 +631,9 @@ impl<A: Actor> Runnable for Cell<A> {
     }
 }
 
-impl<A: Actor> Control for Arc<Cell<A>> {
-    fn signal(&self, sig: Signal) {
+impl<A: Actor> Control for Cell<A> {
+    fn signal(self: Arc<Self>, sig: Signal) {
         self.push_signal(sig);
-    }
-    fn is_terminated(&self) -> bool {
-        self.terminated.load(SeqCst)
     }
 }
 

@@ -62,7 +62,8 @@ impl Builder {
 
 struct Entry {
     depth: u32,
-    control: Box<dyn Control>,
+    /// The cell itself (no allocation of its own per actor).
+    control: Arc<dyn Control>,
 }
 
 pub(crate) struct RuntimeShared {
@@ -135,7 +136,7 @@ impl RuntimeShared {
             if self.is_shutting_down() {
                 return Err(SpawnError::ShuttingDown);
             }
-            let key = registry.insert(Entry { depth: spec.depth, control: Box::new(cell.clone()) });
+            let key = registry.insert(Entry { depth: spec.depth, control: cell.clone() });
             cell.registry_key.store(key, SeqCst);
             key
         };
@@ -349,7 +350,7 @@ impl Runtime {
                     break;
                 };
                 for (_, e) in registry.iter().filter(|(_, e)| e.depth == depth) {
-                    e.control.signal(crate::cell::Signal::Stop(crate::ExitReason::Shutdown));
+                    e.control.clone().signal(crate::cell::Signal::Stop(crate::ExitReason::Shutdown));
                 }
                 depth
             };

@@ -117,7 +117,7 @@ impl<A: Actor> ChildSpec<A> {
 struct Child {
     id: ActorId,
     restart: Restart,
-    control: Box<dyn Control>,
+    control: Arc<dyn Control>,
 }
 
 struct State {
@@ -152,7 +152,7 @@ impl Actor for Supervisor {
         };
         if !st.children[pos].restart.restarts_after(&down.reason) {
             let child = st.children.remove(pos);
-            child.control.signal(Signal::Stop(down.reason));
+            child.control.clone().signal(Signal::Stop(down.reason));
             return;
         }
         let now = Instant::now();
@@ -165,7 +165,7 @@ impl Actor for Supervisor {
             log::error!("supervisor {}: restart intensity exceeded ({}), escalating", ctx.id(), down.reason);
             st.stopped = true;
             for child in st.children.drain(..).rev() {
-                child.control.signal(Signal::Stop(ExitReason::Escalated));
+                child.control.clone().signal(Signal::Stop(ExitReason::Escalated));
             }
             drop(st);
             ctx.cell.signal_stop(ExitReason::Escalated);
@@ -174,14 +174,14 @@ impl Actor for Supervisor {
         log::warn!("supervisor {}: restarting {} ({})", ctx.id(), down.id, down.reason);
         let first = match st.strategy {
             Strategy::OneForOne => {
-                st.children[pos].control.signal(Signal::Restart);
+                st.children[pos].control.clone().signal(Signal::Restart);
                 return;
             }
             Strategy::OneForAll => 0,
             Strategy::RestForOne => pos,
         };
         for child in &st.children[first..] {
-            child.control.signal(Signal::Restart);
+            child.control.clone().signal(Signal::Restart);
         }
     }
 
@@ -192,7 +192,7 @@ impl Actor for Supervisor {
         let mut st = self.state.lock();
         st.stopped = true;
         for child in st.children.drain(..).rev() {
-            child.control.signal(Signal::Stop(ExitReason::Shutdown));
+            child.control.clone().signal(Signal::Stop(ExitReason::Shutdown));
         }
     }
 }
@@ -261,7 +261,7 @@ impl SupervisorHandle {
             Some((hook, restart)),
             SpawnOptions { mailbox, placement, depth: self.depth + 1 },
         )?;
-        st.children.push(Child { id: addr.id(), restart, control: Box::new(addr.cell.clone()) });
+        st.children.push(Child { id: addr.id(), restart, control: addr.cell.clone() });
         Ok(addr)
     }
 
@@ -278,7 +278,7 @@ impl SupervisorHandle {
         self.state.lock().children.push(Child {
             id: child.addr.id(),
             restart: Restart::Temporary,
-            control: Box::new(child.addr.cell.clone()),
+            control: child.addr.cell.clone(),
         });
         Ok(child)
     }
