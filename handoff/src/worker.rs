@@ -8,9 +8,10 @@
 //! (or refusing, or dropping the `Incoming`) is reported to the parent, as is every adopted
 //! connection's close, and the worker's load.
 //!
-//! Adoption happens in the application's own handler, so the connection's events queue behind
-//! the handler that stores the [`Connection`] handle, and an application may adopt into
-//! whichever actor it likes (one per connection, or one for all).
+//! Adoption happens in the owner's own turn (a handler, or the `started` of the actor spawned
+//! for the connection), so the connection's events queue behind the turn that stores the
+//! [`Connection`] handle, and an application may adopt into whichever actor it likes (one per
+//! connection, or one for all).
 //!
 //! A worker stops taking sockets when the parent says DRAIN, or when the parent is gone (its
 //! channel reads end-of-file): it finishes its open connections up to a deadline and then
@@ -82,7 +83,7 @@ impl Incoming {
 
     /// Makes the socket a [`Connection`] on the worker's reactor, owned by `owner`, and tells
     /// the parent it may close its copy. The prelude arrives first, as
-    /// `ConnEvent::Data`. Call it from the owner's own handler (see
+    /// `ConnEvent::Data`. Call it from the owner's own turn, a handler or its `started` (see
     /// [`Reactor::adopt`](baton_transport::Reactor::adopt)).
     ///
     /// A handed-over socket's first bytes are nearly always waiting by now: with
@@ -931,7 +932,14 @@ impl Link {
         for ids in reports.closed.chunks(MAX_IDS) {
             self.send(&Record::Closed(ids.to_vec()));
         }
-        self.returning.extend(reports.migrations.drain(..));
+        if self.parent_gone {
+            // Nobody to hand them to (`orphaned` already let go of what was returning): drop
+            // them, closing our copies, instead of holding them until the orphan deadline.
+            reports.migrations.clear();
+        } else {
+            self.returning.extend(reports.migrations.drain(..));
+        }
+        reports.migrations.shrink_to(64);
         // Emptied, keeping room for an ordinary round but not a burst's.
         reports.adopted.clear();
         reports.adopted.shrink_to(1024);

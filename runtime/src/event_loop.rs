@@ -58,16 +58,19 @@ pub struct EventLoop {
 
 pub(crate) struct LoopInner {
     queue: Mutex<LoopQueue>,
-    /// The driver's batch, swapped with the runnable queue on each pass and kept (empty, with
-    /// its capacity) between passes, so neither side allocates at steady state.
-    batch: Mutex<VecDeque<(Task, Arc<Pool>)>>,
     wake: Box<dyn Fn() + Send + Sync>,
 }
+
+/// What a driver keeps between passes beyond this: a burst's memory is given back.
+const KEEP_BATCH: usize = 1024;
 
 struct LoopQueue {
     /// Runnable actors, each with its own runtime's pool (actors of several runtimes may
     /// share a loop), where it goes if the loop closes.
     runnable: VecDeque<(Task, Arc<Pool>)>,
+    /// The driver's last batch, emptied: swapped with `runnable` on each pass, so neither side
+    /// allocates at steady state.
+    spare: VecDeque<(Task, Arc<Pool>)>,
     /// Set by [`EventLoop::close`]: turns go to the actors' pools from then on.
     closed: bool,
 }
@@ -85,8 +88,7 @@ impl EventLoop {
     pub fn new(wake: impl Fn() + Send + Sync + 'static) -> EventLoop {
         EventLoop {
             inner: Arc::new(LoopInner {
-                queue: Mutex::new(LoopQueue { runnable: VecDeque::new(), closed: false }),
-                batch: Mutex::new(VecDeque::new()),
+                queue: Mutex::new(LoopQueue { runnable: VecDeque::new(), spare: VecDeque::new(), closed: false }),
                 wake: Box::new(wake),
             }),
         }
@@ -104,16 +106,14 @@ impl EventLoop {
     /// runnable again (they had more than a batch of messages, or were sent more meanwhile): the
     /// driver should then poll without blocking and call this again.
     pub fn run_ready(&self) -> bool {
-        let mut batch = std::mem::take(&mut *self.inner.batch.lock());
-        {
+        let mut batch = {
             let mut q = self.inner.queue.lock();
             if q.runnable.is_empty() {
-                drop(q);
-                *self.inner.batch.lock() = batch;
                 return false;
             }
-            std::mem::swap(&mut q.runnable, &mut batch);
-        }
+            let spare = std::mem::take(&mut q.spare);
+            std::mem::replace(&mut q.runnable, spare)
+        };
         for (task, _) in batch.drain(..) {
             // Cells catch handler panics themselves; this backstop keeps the driver (and the
             // actors queued behind it) alive if anything else unwinds.
@@ -121,8 +121,10 @@ impl EventLoop {
                 log::error!("a task unwound onto an event loop");
             }
         }
-        *self.inner.batch.lock() = batch;
-        !self.inner.queue.lock().runnable.is_empty()
+        batch.shrink_to(KEEP_BATCH);
+        let mut q = self.inner.queue.lock();
+        q.spare = batch;
+        !q.runnable.is_empty()
     }
 
     /// The driver is stopping: queued actors and every later wake-up go to the runtime's pool,

@@ -152,7 +152,7 @@ impl Actor for Supervisor {
         };
         if !st.children[pos].restart.restarts_after(&down.reason) {
             let child = st.children.remove(pos);
-            child.control.clone().signal(Signal::Stop(down.reason));
+            child.control.signal(Signal::Stop(down.reason));
             return;
         }
         let now = Instant::now();
@@ -165,7 +165,7 @@ impl Actor for Supervisor {
             log::error!("supervisor {}: restart intensity exceeded ({}), escalating", ctx.id(), down.reason);
             st.stopped = true;
             for child in st.children.drain(..).rev() {
-                child.control.clone().signal(Signal::Stop(ExitReason::Escalated));
+                child.control.signal(Signal::Stop(ExitReason::Escalated));
             }
             drop(st);
             ctx.cell.signal_stop(ExitReason::Escalated);
@@ -192,7 +192,7 @@ impl Actor for Supervisor {
         let mut st = self.state.lock();
         st.stopped = true;
         for child in st.children.drain(..).rev() {
-            child.control.clone().signal(Signal::Stop(ExitReason::Shutdown));
+            child.control.signal(Signal::Stop(ExitReason::Shutdown));
         }
     }
 }

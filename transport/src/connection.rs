@@ -718,10 +718,11 @@ impl Reactor {
     /// its own handler on the reactor thread gets the first bytes read at once
     /// ([`ConnOptions::read_first`]), so one `Data` (or the end of input, or a `Closed` for a
     /// peer that already reset, with the close hook run inside this call) may already be in its
-    /// mailbox. Call it from the owner's own handler (send the owner the stream, and let it
-    /// adopt for itself): its events then queue in its mailbox until that handler has stored
-    /// the returned [`Connection`], so the first `Data` never finds the owner without the
-    /// handle it needs to reply.
+    /// mailbox. Call it from the owner's own turn: in its `started` (give the stream to the
+    /// actor you spawn for the connection, the cheapest way) or a handler (send it the stream).
+    /// Its events then queue in its mailbox until that turn has stored the returned
+    /// [`Connection`], so the first `Data` never finds the owner without the handle it needs
+    /// to reply.
     ///
     /// # Errors
     ///

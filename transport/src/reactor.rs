@@ -344,6 +344,9 @@ impl Drop for CloseLoopOnExit<'_> {
     }
 }
 
+/// What the reactor keeps of its per-pass buffers: a burst's memory is given back.
+const KEEP_BUFFERED: usize = 1024;
+
 fn run_loop(shared: &Arc<Shared>) {
     let _close_loop = CloseLoopOnExit(&shared.event_loop);
     let _ = shared.thread.set(std::thread::current().id());
@@ -381,7 +384,8 @@ fn run_loop(shared: &Arc<Shared>) {
                 Due::Rearm => source.rearm(shared, key),
             }
         }
-        // Swapped with a buffer kept across passes: no allocation per pass.
+        // Swapped with a buffer kept across passes (up to a size): no allocation per pass.
+        commands.shrink_to(KEEP_BUFFERED);
         std::mem::swap(&mut *shared.commands.lock(), &mut commands);
         for cmd in commands.drain(..) {
             match cmd {
@@ -416,6 +420,7 @@ fn run_loop(shared: &Arc<Shared>) {
         more_turns = shared.event_loop.run_ready();
         // Until none is left: an arm can run a close hook, and that hook could adopt again.
         loop {
+            deferred.shrink_to(KEEP_BUFFERED);
             std::mem::swap(&mut *shared.deferred_arms.lock(), &mut deferred);
             if deferred.is_empty() {
                 break;

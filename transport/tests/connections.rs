@@ -549,3 +549,55 @@ fn idle_timeouts_fire_in_order_after_thousands_of_closed_connections_left_theirs
     reactor.stop();
     rt.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn closed_waits_for_room_in_a_full_mailbox_and_is_never_lost() {
+    // The owner holds its first event, so the second fills its mailbox of one; the abort's
+    // Closed then finds no room, waits for it, and still comes last, once.
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (hold_tx, hold) = unbounded::<()>();
+    let (tx, events) = unbounded();
+    struct HeldCollect(Option<Receiver<()>>, Sender<ConnEvent>);
+    impl Actor for HeldCollect {
+        type Message = ConnEvent;
+        fn handle(&mut self, _ctx: &mut Context<Self>, ev: ConnEvent) {
+            if let Some(hold) = self.0.take() {
+                let _ = hold.recv_timeout(WAIT);
+            }
+            let _ = self.1.send(ev);
+        }
+    }
+    let owner = rt.try_spawn(HeldCollect(Some(hold), tx), Mailbox::Bounded(1)).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let before = reactor.sources();
+    let conn = reactor.adopt(Stream::Tcp(server), ConnOptions::default(), owner.recipient()).unwrap();
+    client.write_all(b"one").unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // in the held handler
+    client.write_all(b"two").unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // in the mailbox, which is now full
+    conn.abort();
+    hold_tx.send(()).unwrap();
+    let mut got = Vec::new();
+    loop {
+        match next(&events) {
+            ConnEvent::Data(_, b) => got.extend(b),
+            ConnEvent::Closed(id, reason) => {
+                assert_eq!((id, reason), (conn.id(), CloseReason::Aborted));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, b"onetwo", "the events before the close arrive before it");
+    assert!(events.recv_timeout(Duration::from_millis(100)).is_err(), "more than one Closed");
+    let deadline = std::time::Instant::now() + WAIT;
+    while reactor.sources() != before {
+        assert!(std::time::Instant::now() < deadline, "the closed connection stayed in the reactor");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}

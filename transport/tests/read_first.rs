@@ -235,19 +235,24 @@ fn a_socket_adopted_for_another_actor_is_not_read_before_the_adopter_can_pause_i
     f.stop();
 }
 
-/// Accepts and gives each connection an actor of its own on the reactor's loop (the HTTP
-/// example's shape): the actor adopts its socket in its first turn, answers the first bytes,
-/// and closes.
+/// Accepts and gives each connection an actor of its own on the reactor's loop: the actor
+/// adopts its socket in its first turn, answers the first bytes, and closes. With
+/// `in_started`, the actor is spawned holding its socket and adopts it in `started` (the HTTP
+/// example's shape); else the socket comes as its first message.
 struct Spawner {
     reactor: Reactor,
+    in_started: bool,
 }
 
 impl Actor for Spawner {
     type Message = Accepted;
     fn handle(&mut self, ctx: &mut Context<Self>, acc: Accepted) {
-        let conn = OneShot { reactor: self.reactor.clone(), conn: None };
+        let (stream, first) = if self.in_started { (Some(acc.stream), None) } else { (None, Some(acc.stream)) };
+        let conn = OneShot { reactor: self.reactor.clone(), conn: None, stream };
         let conn = ctx.spawn_on(self.reactor.event_loop(), conn, Mailbox::Bounded(8)).unwrap();
-        let _ = conn.try_send(OneShotMsg::Adopt(acc.stream));
+        if let Some(stream) = first {
+            let _ = conn.try_send(OneShotMsg::Adopt(stream));
+        }
     }
 }
 
@@ -259,22 +264,33 @@ enum OneShotMsg {
 struct OneShot {
     reactor: Reactor,
     conn: Option<Connection>,
+    /// The socket it adopts in `started`, when it was spawned with one.
+    stream: Option<Stream>,
+}
+
+impl OneShot {
+    fn adopt(&mut self, ctx: &mut Context<Self>, stream: Stream) {
+        let me = ctx.address().recipient_map(OneShotMsg::Event, |m| match m {
+            OneShotMsg::Event(e) => Some(e),
+            OneShotMsg::Adopt(_) => None,
+        });
+        match self.reactor.adopt(stream, ConnOptions::default(), me) {
+            Ok(conn) => self.conn = Some(conn),
+            Err(_) => ctx.stop(),
+        }
+    }
 }
 
 impl Actor for OneShot {
     type Message = OneShotMsg;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(stream) = self.stream.take() {
+            self.adopt(ctx, stream);
+        }
+    }
     fn handle(&mut self, ctx: &mut Context<Self>, msg: OneShotMsg) {
         match msg {
-            OneShotMsg::Adopt(stream) => {
-                let me = ctx.address().recipient_map(OneShotMsg::Event, |m| match m {
-                    OneShotMsg::Event(e) => Some(e),
-                    OneShotMsg::Adopt(_) => None,
-                });
-                match self.reactor.adopt(stream, ConnOptions::default(), me) {
-                    Ok(conn) => self.conn = Some(conn),
-                    Err(_) => ctx.stop(),
-                }
-            }
+            OneShotMsg::Adopt(stream) => self.adopt(ctx, stream),
             OneShotMsg::Event(ConnEvent::Data(..)) => {
                 if let Some(conn) = self.conn.as_ref() {
                     let _ = conn.write(b"bye");
@@ -292,10 +308,18 @@ fn many_short_connections_each_with_an_actor_of_its_own_are_all_answered() {
     // Guards the deferred registration against slab keys reused within one pass: a closed
     // connection's late arm once removed the source that had taken its key, and that client
     // waited forever.
+    // Both ways of giving the actor its socket: as its first message, and held for `started`.
+    for in_started in [false, true] {
+        short_connections_each_with_an_actor_of_its_own(in_started);
+    }
+}
+
+fn short_connections_each_with_an_actor_of_its_own(in_started: bool) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let rt = Runtime::new();
     let reactor = Reactor::start().unwrap();
-    let spawner = rt.spawn_on(reactor.event_loop(), Spawner { reactor: reactor.clone() }, Mailbox::DEFAULT).unwrap();
+    let spawner = Spawner { reactor: reactor.clone(), in_started };
+    let spawner = rt.spawn_on(reactor.event_loop(), spawner, Mailbox::DEFAULT).unwrap();
     let listener =
         reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), spawner.recipient()).unwrap();
     let Address::Inet(addr) = *listener.local_addr() else { unreachable!() };
@@ -310,7 +334,9 @@ fn many_short_connections_each_with_an_actor_of_its_own_are_all_answered() {
                     }
                     s.write_all(b"hi").unwrap();
                     let mut answer = Vec::new();
-                    s.read_to_end(&mut answer).unwrap_or_else(|e| panic!("client {t}, connection {i}: {e}"));
+                    s.read_to_end(&mut answer).unwrap_or_else(|e| {
+                        panic!("client {t}, connection {i} (adopted in started: {in_started}): {e}")
+                    });
                     assert_eq!(answer, b"bye");
                 }
             })
