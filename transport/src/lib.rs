@@ -26,6 +26,14 @@
 //! accepted (or handed over by another process), so a request answered and closed in the
 //! owner's first turns never touches `epoll_ctl`.
 //!
+//! Two TCP options spare a connection's first and last round trips for protocols where the
+//! client speaks first (HTTP). [`ListenOptions::defer_accept`] (`TCP_DEFER_ACCEPT`) has the
+//! kernel report a connection to `accept` only once its request is in, so the acceptor never
+//! wakes for a bare handshake and the first read finds the request. And
+//! [`Connection::write_and_close`] sends the last answer with `MSG_MORE`, so that the shutdown
+//! after it carries the FIN in the same segment: one segment less to send, deliver and
+//! acknowledge per connection.
+//!
 //! Deadlines (idle and read timeouts, back-offs) live in a heap on the reactor thread; a closed
 //! connection's deadline is skipped when it comes and swept out when such entries outnumber the
 //! live sources.
