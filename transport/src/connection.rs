@@ -530,6 +530,16 @@ impl Connection {
         self.send(&[io::IoSlice::new(data)], true)
     }
 
+    /// [`Connection::write_and_close`] for several buffers (a head and a body, say), written
+    /// in order with one system call when the socket takes them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::write_and_close`].
+    pub fn write_vectored_and_close(&self, bufs: &[io::IoSlice<'_>]) -> Result<(), WriteError> {
+        self.send(bufs, true)
+    }
+
     /// Writes `bufs`; with `last`, closes after them (see [`Connection::write_and_close`]).
     fn send(&self, bufs: &[io::IoSlice<'_>], last: bool) -> Result<(), WriteError> {
         // MSG_MORE holds a short tail back (even with TCP_NODELAY) until the shutdown in the

@@ -5,7 +5,7 @@
 //! in one segment where `write` then `close` sends two; on a Unix socket it works the same;
 //! and on a connection already closing it refuses, as `write` does.
 
-use std::io::Read;
+use std::io::{IoSlice, Read};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -20,6 +20,8 @@ const WAIT: Duration = Duration::from_secs(10);
 enum Ending {
     /// `write_and_close`.
     Together,
+    /// `write_vectored_and_close`, the bytes in three pieces.
+    TogetherInPieces,
     /// `write`, then `close`: the usual two steps.
     WriteThenClose,
     /// `write`, then `shutdown_write` (the connection stays open for reading).
@@ -51,6 +53,12 @@ impl Actor for Server {
                 let conn = self.reactor.adopt(stream, ConnOptions::default(), me).expect("adopting");
                 match ending {
                     Ending::Together => conn.write_and_close(&bytes).expect("writing"),
+                    Ending::TogetherInPieces => {
+                        let (a, rest) = bytes.split_at(bytes.len() / 3);
+                        let (b, c) = rest.split_at(rest.len() / 2);
+                        let pieces = [IoSlice::new(a), IoSlice::new(b), IoSlice::new(c)];
+                        conn.write_vectored_and_close(&pieces).expect("writing");
+                    }
                     Ending::WriteThenClose => {
                         conn.write(&bytes).expect("writing");
                         conn.close();
@@ -149,8 +157,11 @@ fn answer_and_end_of_stream_arrive_in_one_segment() {
     assert_eq!(read_to_end(&together), b"hello");
     let apart = f.serve_tcp(b"hello", Ending::WriteThenClose);
     assert_eq!(read_to_end(&apart), b"hello");
-    let (together, apart) = (segments_in(&together), segments_in(&apart));
+    let pieces = f.serve_tcp(b"hello, world", Ending::TogetherInPieces);
+    assert_eq!(read_to_end(&pieces), b"hello, world");
+    let (together, apart, pieces) = (segments_in(&together), segments_in(&apart), segments_in(&pieces));
     assert_eq!(together + 1, apart, "write_and_close: {together} segments in; write then close: {apart}");
+    assert_eq!(pieces, together, "write_vectored_and_close: {pieces} segments in");
     f.stop();
 }
 
@@ -161,12 +172,14 @@ fn an_answer_the_socket_takes_in_parts_still_arrives_whole_before_the_end() {
     // connection's buffer, and the end of stream follows it. (The default limit on what a
     // connection buffers is 1 MiB.)
     let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let (client, server_side) = tcp_pair();
-    rustix::net::sockopt::set_socket_send_buffer_size(&server_side, 16 * 1024).unwrap();
-    f.serve(Stream::Tcp(server_side), &big, Ending::Together);
-    let got = read_to_end(&client);
-    assert_eq!(got.len(), big.len());
-    assert!(got == big, "the bytes arrived altered or out of order");
+    for ending in [Ending::Together, Ending::TogetherInPieces] {
+        let (client, server_side) = tcp_pair();
+        rustix::net::sockopt::set_socket_send_buffer_size(&server_side, 16 * 1024).unwrap();
+        f.serve(Stream::Tcp(server_side), &big, ending);
+        let got = read_to_end(&client);
+        assert_eq!(got.len(), big.len());
+        assert!(got == big, "the bytes arrived altered or out of order");
+    }
     f.stop();
 }
 
