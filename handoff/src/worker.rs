@@ -394,6 +394,19 @@ impl Reports {
     fn is_empty(&self) -> bool {
         self.adopted.is_empty() && self.rejected.is_empty() && self.closed.is_empty() && self.migrations.is_empty()
     }
+
+    /// Empties every list (dropping migrations not taken out), keeping room for an ordinary
+    /// round but not a burst's.
+    fn clear(&mut self) {
+        self.adopted.clear();
+        self.adopted.shrink_to(1024);
+        self.rejected.clear();
+        self.rejected.shrink_to(1024);
+        self.closed.clear();
+        self.closed.shrink_to(1024);
+        self.migrations.clear();
+        self.migrations.shrink_to(64);
+    }
 }
 
 /// What the link actor shares with [`Incoming`]s and the close hooks of adopted connections.
@@ -932,21 +945,13 @@ impl Link {
         for ids in reports.closed.chunks(MAX_IDS) {
             self.send(&Record::Closed(ids.to_vec()));
         }
-        if self.parent_gone {
-            // Nobody to hand them to (`orphaned` already let go of what was returning): drop
-            // them, closing our copies, instead of holding them until the orphan deadline.
-            reports.migrations.clear();
-        } else {
+        // With the parent gone there is nobody to hand migrations to (`orphaned` already let go
+        // of what was returning): `clear` drops them, closing our copies, instead of holding
+        // them until the orphan deadline.
+        if !self.parent_gone {
             self.returning.extend(reports.migrations.drain(..));
         }
-        reports.migrations.shrink_to(64);
-        // Emptied, keeping room for an ordinary round but not a burst's.
-        reports.adopted.clear();
-        reports.adopted.shrink_to(1024);
-        reports.rejected.clear();
-        reports.rejected.shrink_to(1024);
-        reports.closed.clear();
-        reports.closed.shrink_to(1024);
+        reports.clear();
         self.spare_reports = reports;
         self.send_returns();
         if self.shared.load_now.swap(false, SeqCst) {

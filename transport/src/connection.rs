@@ -171,6 +171,17 @@ pub(crate) struct ConnSource {
     state: Mutex<State>,
 }
 
+/// The flags of every send: with `ending` (a close or half-close follows these bytes),
+/// `MSG_MORE` holds a short last segment back, even with `TCP_NODELAY`, until the shutdown that
+/// follows tacks its FIN onto it and pushes it out (see [`Connection::write_and_close`]).
+fn send_flags(ending: bool) -> SendFlags {
+    if ending {
+        SendFlags::NOSIGNAL | SendFlags::MORE
+    } else {
+        SendFlags::NOSIGNAL
+    }
+}
+
 impl ConnSource {
     pub(crate) fn key(&self) -> usize {
         self.key
@@ -225,13 +236,14 @@ impl ConnSource {
         }
     }
 
-    /// Reads what is waiting and delivers it; returns whether anything happened (bytes, end of
-    /// input or an error), as opposed to nothing waiting.
-    fn read_some(&self, reactor: &Arc<Shared>, state: &mut State) -> bool {
+    /// Reads what is waiting and delivers it.
+    fn read_some(&self, reactor: &Arc<Shared>, state: &mut State) {
         // Bounded: at most 16 reads per event so one busy connection cannot hog the reactor.
-        self.read_some_bounded(reactor, state, 16)
+        self.read_some_bounded(reactor, state, 16);
     }
 
+    /// At most `reads` reads; returns whether anything happened (bytes, end of input or an
+    /// error), as opposed to nothing waiting.
     fn read_some_bounded(&self, reactor: &Arc<Shared>, state: &mut State, reads: usize) -> bool {
         let mut happened = false;
         for _ in 0..reads {
@@ -287,13 +299,8 @@ impl ConnSource {
 
     /// Writes buffered bytes; true while the socket is healthy.
     fn flush(&self, reactor: &Arc<Shared>, state: &mut State) -> bool {
-        // The end of stream follows these bytes: hold the last short segment back for the
-        // shutdown below to carry the FIN with it (see `Connection::write_and_close`).
-        let flags = if state.close_requested || state.shutdown_write_requested {
-            SendFlags::NOSIGNAL | SendFlags::MORE
-        } else {
-            SendFlags::NOSIGNAL
-        };
+        // The end of stream follows these bytes: the shutdown below carries the FIN with them.
+        let flags = send_flags(state.close_requested || state.shutdown_write_requested);
         while !state.wbuf.is_empty() {
             let Some(stream) = state.stream.as_ref() else {
                 return false;
@@ -377,7 +384,7 @@ impl ConnSource {
         self.read_some_bounded(reactor, state, 1)
     }
 
-    /// Deregisters, closes (or hands back) the socket, and queues the one `Closed` event. The
+    /// Deregisters, closes (or hands back) the socket, and sends the one `Closed` event. The
     /// source leaves the reactor's table once the owner has taken every pending event, so a
     /// full mailbox delays `Closed` (through the usual room notification) but never loses it.
     fn finish(&self, reactor: &Arc<Shared>, state: &mut State, reason: CloseReason, notify: bool) -> Option<Stream> {
@@ -430,7 +437,7 @@ impl Source for ConnSource {
             return;
         }
         if event.readable {
-            let _ = self.read_some(reactor, &mut state);
+            self.read_some(reactor, &mut state);
         }
         self.arm(reactor, &mut state);
     }
@@ -542,9 +549,7 @@ impl Connection {
 
     /// Writes `bufs`; with `last`, closes after them (see [`Connection::write_and_close`]).
     fn send(&self, bufs: &[io::IoSlice<'_>], last: bool) -> Result<(), WriteError> {
-        // MSG_MORE holds a short tail back (even with TCP_NODELAY) until the shutdown in the
-        // close, which tacks its FIN onto the segment not yet sent and pushes it out.
-        let flags = if last { SendFlags::NOSIGNAL | SendFlags::MORE } else { SendFlags::NOSIGNAL };
+        let flags = send_flags(last);
         let src = &self.source;
         let mut state = src.state.lock();
         if state.stream.is_none() || state.close_requested || state.shutdown_write_requested {
