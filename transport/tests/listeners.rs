@@ -12,7 +12,7 @@ use baton_transport::*;
 use crossbeam_channel::unbounded;
 
 mod common;
-use common::{greeted, local_inet, Greeter, WAIT};
+use common::{greeted, local_inet, tcp_option, Greeter, WAIT};
 
 #[test]
 fn listener_pauses_while_the_owner_is_full_and_loses_no_client() {
@@ -165,21 +165,7 @@ fn deferred_accept_hands_over_a_connection_only_with_its_first_bytes() {
 
 /// The socket's `TCP_DEFER_ACCEPT`, in seconds as the kernel keeps it.
 fn defer_accept_of(fd: &impl std::os::fd::AsRawFd) -> i32 {
-    let mut value: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` is a writable c_int for `len` bytes and outlives the call; the
-    // descriptor is borrowed from a live socket.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "getsockopt(TCP_DEFER_ACCEPT): {}", std::io::Error::last_os_error());
-    value
+    tcp_option(fd, libc::TCP_DEFER_ACCEPT)
 }
 
 #[test]

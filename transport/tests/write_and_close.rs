@@ -7,7 +7,6 @@
 
 use std::io::{IoSlice, Read};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -15,8 +14,11 @@ use baton_runtime::{Actor, Context, Mailbox, Runtime};
 use baton_transport::*;
 use crossbeam_channel::{unbounded, Sender};
 
+mod common;
+
 const WAIT: Duration = Duration::from_secs(10);
 
+#[derive(Clone, Copy, Debug)]
 enum Ending {
     /// `write_and_close`.
     Together,
@@ -130,22 +132,7 @@ fn read_to_end(mut s: impl Read) -> Vec<u8> {
 
 /// Segments this socket has received (the kernel's `tcpi_segs_in`).
 fn segments_in(s: &TcpStream) -> u32 {
-    // SAFETY: an all-zero `tcp_info` is a valid value of this plain C struct.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes and outlives the call; the descriptor is open
-    // (borrowed from `s`).
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "getsockopt(TCP_INFO): {}", std::io::Error::last_os_error());
-    info.tcpi_segs_in
+    common::tcp_option::<libc::tcp_info>(s, libc::TCP_INFO).tcpi_segs_in
 }
 
 #[test]
@@ -166,35 +153,20 @@ fn answer_and_end_of_stream_arrive_in_one_segment() {
 }
 
 #[test]
-fn an_answer_the_socket_takes_in_parts_still_arrives_whole_before_the_end() {
-    let f = fixture();
+fn bytes_the_socket_takes_in_parts_all_arrive_before_the_end_however_it_comes() {
     // Far more than the (shrunk) socket buffer takes at once: the rest waits in the
-    // connection's buffer, and the end of stream follows it. (The default limit on what a
-    // connection buffers is 1 MiB.)
-    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
-    for ending in [Ending::Together, Ending::TogetherInPieces] {
-        let (client, server_side) = tcp_pair();
-        rustix::net::sockopt::set_socket_send_buffer_size(&server_side, 16 * 1024).unwrap();
-        f.serve(Stream::Tcp(server_side), &big, ending);
-        let got = read_to_end(&client);
-        assert_eq!(got.len(), big.len());
-        assert!(got == big, "the bytes arrived altered or out of order");
-    }
-    f.stop();
-}
-
-#[test]
-fn bytes_buffered_when_a_close_or_half_close_is_asked_for_all_arrive_before_the_end() {
-    // The buffered tail is flushed with MSG_MORE once a close is asked for; the shutdown that
-    // follows must still push it, for a close and for a half-close alike.
+    // connection's buffer (the default limit on what it buffers is 1 MiB). Once a close or
+    // half-close is asked for, that tail is flushed with MSG_MORE, and the shutdown that
+    // follows must still push it.
     let f = fixture();
-    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
-    for ending in [Ending::WriteThenClose, Ending::WriteThenShutdown] {
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    for ending in [Ending::Together, Ending::TogetherInPieces, Ending::WriteThenClose, Ending::WriteThenShutdown] {
         let (client, server_side) = tcp_pair();
         rustix::net::sockopt::set_socket_send_buffer_size(&server_side, 16 * 1024).unwrap();
         f.serve(Stream::Tcp(server_side), &big, ending);
         let got = read_to_end(&client);
-        assert!(got == big, "{} bytes arrived, altered or out of order", got.len());
+        assert_eq!(got.len(), big.len(), "{ending:?}");
+        assert!(got == big, "{ending:?}: the bytes arrived altered or out of order");
     }
     f.stop();
 }

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use baton_runtime::{Actor, Context};
@@ -56,4 +57,23 @@ impl Actor for Collect {
     fn handle(&mut self, _ctx: &mut Context<Self>, ev: ConnEvent) {
         let _ = self.0.send(ev);
     }
+}
+
+/// C types for which every bit pattern is a valid value: what `getsockopt` may write.
+pub trait Plain: Copy {}
+impl Plain for libc::c_int {}
+impl Plain for libc::tcp_info {}
+
+/// A TCP-level socket option as the kernel reports it (`getsockopt(IPPROTO_TCP, name)`); the
+/// tests read what rustix has no getter for (`TCP_INFO`, `TCP_DEFER_ACCEPT`).
+pub fn tcp_option<T: Plain>(fd: &impl AsRawFd, name: libc::c_int) -> T {
+    // SAFETY: `T: Plain`: all zeroes is a valid value.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is writable for `len` bytes and outlives the call, any bytes the kernel
+    // writes make a valid `T`, and the descriptor is borrowed from a live socket.
+    let rc =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, name, (&mut value as *mut T).cast(), &mut len) };
+    assert_eq!(rc, 0, "getsockopt(IPPROTO_TCP, {name}): {}", std::io::Error::last_os_error());
+    value
 }
