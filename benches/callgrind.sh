@@ -16,35 +16,19 @@ kind="${1:-baton}"
 out="${2:-$(mktemp -d)}"
 mkdir -p "$out"
 
-if ! command -v valgrind >/dev/null; then
-    echo "valgrind not found; installing it (apt-get)" >&2
-    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
-    $sudo apt-get install -y valgrind >/dev/null || { $sudo apt-get update >/dev/null && $sudo apt-get install -y valgrind >/dev/null; }
-fi
-
-cargo bench -p baton-benches --bench e2e --no-run >/dev/null 2>&1
-bin=$(ls -t target/release/deps/e2e-* | grep -v '\.d$' | head -1)
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+need valgrind
+e2e_binary
 
 dir=$(mktemp -d)
-trap 'exec 7>&- 2>/dev/null || true; rm -rf "$dir"' EXIT
-mkfifo "$dir/in"
-E2E_SERVE=$kind valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$out/callgrind.%p" \
-    "$bin" <"$dir/in" >"$dir/out" 2>"$dir/err" &
-server=$!
-exec 7>"$dir/in"
-addr=""
-for _ in $(seq 600); do
-    addr=$(sed -n 's|listening on http://||p' "$dir/out" 2>/dev/null)
-    [ -n "$addr" ] && break
-    sleep 0.1
-done
-[ -n "$addr" ] || { echo "callgrind.sh: server $kind did not start: $(tail -3 "$dir/err")" >&2; exit 1; }
-E2E_LOAD="close $addr" "$bin" >/dev/null # warm-up
+trap 'rm -rf "$dir"' EXIT
+start_server "$bin" "$dir" "$kind" valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$out/callgrind.%p"
+E2E_LOAD="close $server_addr" "$bin" >/dev/null # warm-up
 callgrind_control -z >/dev/null 2>&1
-result=$(E2E_LOAD="close $addr" "$bin")
+result=$(E2E_LOAD="close $server_addr" "$bin")
 callgrind_control -d >/dev/null 2>&1
-exec 7>&- # end of stdin: the server stops
-wait "$server" || true
+stop_server
 
 # The client reports requests/s over its measured run, which follows a warm-up that also
 # counts here: rate × (warm-up + run), as in benches/benches/e2e.rs (0.5 s + 2 s).

@@ -16,14 +16,10 @@ cd "$(dirname "$0")/.."
 secs="${1:-5}"
 rounds="${2:-3}"
 
-if ! command -v wrk >/dev/null; then
-    echo "wrk not found; installing it (apt-get)" >&2
-    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
-    $sudo apt-get install -y wrk >/dev/null || { $sudo apt-get update >/dev/null && $sudo apt-get install -y wrk >/dev/null; }
-fi
-
-cargo bench -p baton-benches --bench e2e --no-run >/dev/null 2>&1
-bin=$(ls -t target/release/deps/e2e-* | grep -v '\.d$' | head -1)
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+need wrk
+e2e_binary
 
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
@@ -35,33 +31,19 @@ fail() {
 
 # KIND MODE...: starts server KIND, prints "MODE REQUESTS/S" for each mode ("close", "keep").
 run() {
-    local kind=$1 fifo="$dir/in" out="$dir/out" mode rate addr=""
+    local kind=$1 mode rate
     shift
-    rm -f "$fifo" "$out"
-    mkfifo "$fifo"
-    E2E_SERVE=$kind "$bin" <"$fifo" >"$out" 2>"$dir/err" &
-    local pid=$!
-    exec 7>"$fifo"
-    for _ in $(seq 100); do
-        addr=$(sed -n 's|listening on http://||p' "$out" 2>/dev/null)
-        [ -n "$addr" ] && break
-        sleep 0.1
-    done
-    if [ -z "$addr" ]; then
-        exec 7>&-
-        fail "server $kind did not start: $(tail -3 "$dir/err")"
-    fi
+    start_server "$bin" "$dir" "$kind"
     for mode in "$@"; do
         if [ "$mode" = close ]; then
-            rate=$(wrk -t1 -c32 -d"${secs}s" -H "Connection: close" "http://$addr/" | sed -n 's/Requests\/sec: *//p')
+            rate=$(wrk -t1 -c32 -d"${secs}s" -H "Connection: close" "http://$server_addr/" | sed -n 's/Requests\/sec: *//p')
         else
-            rate=$(wrk -t1 -c64 -d"${secs}s" "http://$addr/" | sed -n 's/Requests\/sec: *//p')
+            rate=$(wrk -t1 -c64 -d"${secs}s" "http://$server_addr/" | sed -n 's/Requests\/sec: *//p')
         fi
-        [ -n "$rate" ] || { exec 7>&-; fail "wrk gave no rate for $kind ($mode)"; }
+        [ -n "$rate" ] || { stop_server; fail "wrk gave no rate for $kind ($mode)"; }
         echo "$mode $rate"
     done
-    exec 7>&- # end of stdin: the server stops
-    wait "$pid" || true
+    stop_server
 }
 
 [ "$rounds" -ge 1 ] 2>/dev/null || fail "ROUNDS must be a whole number of at least 1, not '$rounds'"
