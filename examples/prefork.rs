@@ -261,9 +261,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
 /// [`HttpServer::listen_options`] would set up one of ours. A Unix socket has no such option and
 /// is shared as it is.
 fn deferred(fd: std::os::fd::OwnedFd) -> std::os::fd::OwnedFd {
-    if let Some(timeout) = HttpServer::listen_options().defer_accept {
-        let _ = baton_transport::set_defer_accept(&fd, timeout);
-    }
+    let _ = HttpServer::defer_accept(&fd);
     fd
 }
 

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use baton_examples::http::{self, HttpServer, Parsed};
 use baton_handoff::{channel_from_env, policy, Parent, PeerCheck, Worker, WorkerCommand, WorkerOptions};
 use baton_runtime::Runtime;
-use baton_transport::{set_defer_accept, Address, Reactor};
+use baton_transport::{Address, Reactor};
 use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -86,7 +86,7 @@ impl Server {
         let addr = if policy_name == "listeners" {
             // The nginx shape: the workers accept from the listener the parent shares.
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            set_defer_accept(&l, HttpServer::listen_options().defer_accept.unwrap()).unwrap();
+            HttpServer::defer_accept(&l).unwrap();
             inet(&parent.share_listener(l.into(), 0).unwrap())
         } else {
             inet(parent.listen_tcp("127.0.0.1:0".parse().unwrap(), HttpServer::listen_options()).unwrap().local_addr())
@@ -175,7 +175,7 @@ fn reuseport_child(addr: SocketAddr, fin_with_answer: bool) {
     let listener = reuseport_listener(addr);
     if fin_with_answer {
         // (b+): connections reach accept with their request.
-        set_defer_accept(&listener, HttpServer::listen_options().defer_accept.unwrap()).unwrap();
+        HttpServer::defer_accept(&listener).unwrap();
     }
     rustix::io::ioctl_fionbio(&listener, true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -157,6 +157,10 @@ pub fn answer(req: &Request<'_>, close: bool) -> Vec<u8> {
     reply(req, close)
 }
 
+/// How long the kernel holds a connection whose client has not spoken yet (see
+/// [`HttpServer::listen_options`]).
+const DEFER_ACCEPT: Duration = Duration::from_secs(1);
+
 /// The HTTP server actor's messages.
 #[derive(Debug)]
 pub enum HttpMsg {
@@ -450,7 +454,17 @@ impl HttpServer {
     /// connection over only once its request has arrived ([`ListenOptions::defer_accept`],
     /// nginx's `deferred`), or after about a second without one.
     pub fn listen_options() -> ListenOptions {
-        ListenOptions { defer_accept: Some(Duration::from_secs(1)), ..ListenOptions::default() }
+        ListenOptions { defer_accept: Some(DEFER_ACCEPT), ..ListenOptions::default() }
+    }
+
+    /// Sets up a TCP listening socket bound elsewhere (to be shared with workers, say) as
+    /// [`HttpServer::listen_options`] sets up ours: deferred accept.
+    ///
+    /// # Errors
+    ///
+    /// From [`baton_transport::set_defer_accept`]: a socket that is not TCP (a Unix one).
+    pub fn defer_accept(listener: impl std::os::fd::AsFd) -> std::io::Result<()> {
+        baton_transport::set_defer_accept(listener, DEFER_ACCEPT)
     }
 
     fn options() -> ConnOptions {
