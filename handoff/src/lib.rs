@@ -84,6 +84,7 @@
 
 pub mod bootstrap;
 mod channel;
+mod log_limit;
 mod parent;
 pub mod policy;
 mod process;
