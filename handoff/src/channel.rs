@@ -279,3 +279,46 @@ impl Channel {
         Ok((record, fds))
     }
 }
+
+impl Channel {
+    /// The type code of the next record waiting, without taking it or its descriptors; `None`
+    /// when nothing is waiting (or the channel failed: [`Channel::recv`] will say how). Lets a
+    /// receiver at its descriptor budget leave a record that carries descriptors in the queue.
+    pub(crate) fn peek_type(&self) -> Option<u8> {
+        let mut head = [0u8; record::HEADER_LEN];
+        // No control buffer: a peek installs no descriptor (the kernel sets MSG_CTRUNC and
+        // leaves them with the packet).
+        match rustix::net::recv(&self.fd, &mut head, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((n, _)) if n >= 4 => Some(head[3]),
+            _ => None,
+        }
+    }
+}
+
+/// `ETOOMANYREFS` (more descriptors in flight than the sender's limit allows) and `ENOBUFS`
+/// say "not now", not "this peer is broken": nothing was sent, and the channel is still
+/// writable, so the sender retries on a timer rather than on writability.
+pub(crate) fn too_many_in_flight(e: &io::Error) -> bool {
+    let raw = e.raw_os_error();
+    raw == Some(Errno::TOOMANYREFS.raw_os_error()) || raw == Some(Errno::NOBUFS.raw_os_error())
+}
+
+/// A descriptor received from a peer, as a connected stream socket of a family the transport
+/// serves, or `None` (it is then closed): a listening socket, a datagram or SEQPACKET socket
+/// (a channel end, say), an unconnected one, or not a socket at all. Three system calls; for
+/// sockets that come back from a worker or a predecessor, never on the per-connection path.
+pub(crate) fn connected_stream(fd: OwnedFd) -> Option<baton_transport::Stream> {
+    use rustix::net::sockopt;
+    if sockopt::socket_type(&fd).ok()? != SocketType::STREAM || sockopt::socket_acceptconn(&fd).ok()? {
+        return None;
+    }
+    let family = sockopt::socket_domain(&fd).ok()?;
+    rustix::net::getpeername(&fd).ok()?;
+    if family == AddressFamily::INET || family == AddressFamily::INET6 {
+        Some(baton_transport::Stream::Tcp(std::net::TcpStream::from(fd)))
+    } else if family == AddressFamily::UNIX {
+        Some(baton_transport::Stream::Unix(std::os::unix::net::UnixStream::from(fd)))
+    } else {
+        None
+    }
+}

@@ -97,7 +97,7 @@ pub use crate::bootstrap::{channel_from_env, ChannelListener, Endpoint, PeerChec
 pub use crate::channel::{BadRecord, Channel, RecvBuf, RecvError};
 pub use crate::parent::{
     Control, Dispatch, DispatchError, DrainReport, Handoff, HandoffMsg, Parent, ParentBuilder, SharedListener, Stats,
-    WorkerStats, LATENCY_WINDOW,
+    WorkerStats, LATENCY_WINDOW, UNATTACHED_TAG,
 };
 pub use crate::policy::{Candidate, LeastLoaded, Policy, PowerOfTwo, RoundRobin, Sticky};
 pub use crate::process::{WorkerCommand, ENV_SLOT};

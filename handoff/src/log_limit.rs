@@ -49,12 +49,6 @@ impl LogLimit {
         self.written += 1;
         Some(std::mem::take(&mut self.suppressed))
     }
-
-    /// Counts `n` events that would each have been a line, writing none of them: for a record
-    /// whose every id is wrong, one line says how many.
-    pub(crate) fn count(&mut self, n: u64) {
-        self.suppressed += n;
-    }
 }
 
 /// Writes a log line through a [`LogLimit`]: `limited!(limit, Level::Warn, "format", args..)`.
@@ -88,13 +82,5 @@ mod tests {
         // The next window's first line reports what the last one held back.
         assert_eq!(l.admit(t + Duration::from_secs(1)), Some(1000));
         assert_eq!(l.admit(t + Duration::from_secs(1)), Some(0));
-    }
-
-    #[test]
-    fn counted_events_are_reported_with_the_next_line() {
-        let mut l = LogLimit::new(1, Duration::from_secs(1));
-        let t = Instant::now();
-        l.count(4096);
-        assert_eq!(l.admit(t), Some(4096));
     }
 }

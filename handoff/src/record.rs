@@ -318,6 +318,24 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     }
 }
 
+/// How many items, of the lengths `lens` in order ([`item_len`]), go in the next HANDOFF or
+/// RETURN record: at most `max_items` (itself at most [`MAX_FDS`]) and at most [`MAX_RECORD`]
+/// bytes with the header. At least one when `lens` is not empty: a single item always fits
+/// (its limits keep it under 17 648 bytes). Every sender of items packs its records with this.
+pub fn fits(lens: impl IntoIterator<Item = usize>, max_items: usize) -> usize {
+    let max_items = max_items.clamp(1, MAX_FDS);
+    let mut size = HEADER_LEN;
+    let mut n = 0;
+    for len in lens {
+        if n == max_items || (n > 0 && size + len > MAX_RECORD) {
+            break;
+        }
+        size += len;
+        n += 1;
+    }
+    n
+}
+
 /// Bytes `item` takes in a HANDOFF record.
 pub fn item_len(item: &Item) -> usize {
     8 + 1

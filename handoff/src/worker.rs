@@ -983,7 +983,7 @@ impl Link {
                     self.returning.drain(..take);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if crate::parent::too_many_in_flight(&e) => {
+                Err(e) if crate::channel::too_many_in_flight(&e) => {
                     // The channel is writable; waiting for writability would spin: the tick retries.
                     self.returns_limited = true;
                     return;

@@ -1,0 +1,120 @@
+//! A socket for the parent to place, and why the parent may hand one back.
+
+use std::os::fd::OwnedFd;
+
+use baton_transport::{Address, Stream};
+
+use crate::record::{self, Item, Kind};
+
+/// A socket for the parent to place on a worker.
+#[derive(Debug)]
+pub struct Dispatch {
+    /// The connected socket.
+    pub stream: Stream,
+    /// The client's address.
+    pub peer: Address,
+    /// The address it arrived on.
+    pub local: Address,
+    /// An application label the worker receives. For a socket a listener of the parent
+    /// accepted: the index of that listener among those attached to the parent
+    /// ([`Parent::listen_tcp`](crate::Parent::listen_tcp) and
+    /// [`Parent::attach`](crate::Parent::attach), from 0, in the order attached).
+    pub tag: u32,
+    /// A routing key for [`Sticky`](crate::Sticky) placement.
+    pub key: Option<Vec<u8>>,
+    /// Bytes already read from the socket; the worker's application receives them first.
+    pub prelude: Vec<u8>,
+}
+
+impl Dispatch {
+    /// The record item describing this socket, as handoff `id`.
+    pub(crate) fn item(&self, id: u64) -> Item {
+        Item {
+            id,
+            kind: Kind::Connection,
+            tag: self.tag,
+            peer: self.peer.clone(),
+            local: self.local.clone(),
+            key: self.key.clone(),
+            prelude: self.prelude.clone(),
+        }
+    }
+
+    /// A connection item received with its descriptor (a migration or a takeover), or `None`
+    /// (the descriptor is closed) when it is not a connected stream socket or the item is a
+    /// listener.
+    pub(crate) fn from_item(item: Item, fd: OwnedFd) -> Option<Dispatch> {
+        if item.kind != Kind::Connection {
+            return None;
+        }
+        let stream = crate::channel::connected_stream(fd)?;
+        Some(Dispatch {
+            stream,
+            peer: item.peer,
+            local: item.local,
+            tag: item.tag,
+            key: item.key,
+            prelude: item.prelude,
+        })
+    }
+
+    /// Why a record could not carry it, if so.
+    pub(crate) fn check(&self) -> Result<(), fn(Box<Dispatch>) -> DispatchError> {
+        if self.key.as_ref().is_some_and(|k| k.len() > record::MAX_KEY) {
+            return Err(DispatchError::KeyTooLong);
+        }
+        if self.prelude.len() > record::MAX_PRELUDE {
+            return Err(DispatchError::PreludeTooLong);
+        }
+        Ok(())
+    }
+}
+
+/// Why [`Parent::dispatch`](crate::Parent::dispatch) refused a socket (handed back inside).
+#[derive(Debug)]
+pub enum DispatchError {
+    /// The routing key is longer than [`record::MAX_KEY`].
+    KeyTooLong(Box<Dispatch>),
+    /// The prelude is longer than [`record::MAX_PRELUDE`].
+    PreludeTooLong(Box<Dispatch>),
+    /// The parent has stopped.
+    Stopped(Box<Dispatch>),
+}
+
+impl DispatchError {
+    /// The socket, back.
+    pub fn into_inner(self) -> Dispatch {
+        match self {
+            DispatchError::KeyTooLong(d) | DispatchError::PreludeTooLong(d) | DispatchError::Stopped(d) => *d,
+        }
+    }
+}
+
+impl std::fmt::Display for DispatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DispatchError::KeyTooLong(_) => "routing key longer than MAX_KEY",
+            DispatchError::PreludeTooLong(_) => "prelude longer than MAX_PRELUDE",
+            DispatchError::Stopped(_) => "the parent has stopped",
+        })
+    }
+}
+
+impl std::error::Error for DispatchError {}
+
+/// An address a record can carry: a Unix path the format cannot hold (empty, longer than 107
+/// bytes, or with a NUL) is sent as unnamed rather than making the record malformed.
+pub(crate) fn describable(addr: Address) -> Address {
+    use std::os::unix::ffi::OsStrExt;
+    match addr {
+        Address::Unix(Some(p)) => {
+            let b = p.as_os_str().as_bytes();
+            if b.is_empty() || b.len() > 107 || b.contains(&0) {
+                Address::Unix(None)
+            } else {
+                Address::Unix(Some(p))
+            }
+        }
+        other => other,
+    }
+}

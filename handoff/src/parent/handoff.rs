@@ -1,0 +1,1395 @@
+//! The Handoff actor: carries events from sockets, channels and processes into the
+//! [`Ledger`] and the [`Slot`]s, and carries their decisions out as records and system calls.
+//!
+//! The actor runs on the reactor's event loop. Its own rules are few: how records are read and
+//! written (bounded per wake-up, a full channel backs a worker up, the kernel's refusal of
+//! descriptors is retried on the tick), and what a process is (a child it can kill and reap, or
+//! a named worker it can only watch). What happens to a socket is the ledger's business, and
+//! what happens to a worker the slot's.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::Child;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_runtime::{Actor, Addr, Context, Intensity, Recipient, ReplyTo};
+use baton_transport::{Accepted, Address, Interest, Listener, ListenerId, Reactor, Readiness, Watch, WatchId};
+
+use super::budget::Budget;
+use super::dispatch::{describable, Dispatch};
+use super::ledger::{End, Ended, Held, Ledger, Lost, Touch};
+use super::probe::Baseline;
+use super::slot::{Phase, Restart, Slot, Verdict};
+use super::stats::{DrainReport, Latencies, Stats, WorkerStats};
+use super::successor::Successor;
+use crate::bootstrap::ChannelListener;
+use crate::channel::{too_many_in_flight, BadRecord, Channel, RecvBuf, RecvError};
+use crate::log_limit::{limited, LogLimit};
+use crate::process::WorkerCommand;
+use crate::record::{self, code, Item, Kind, Reason, Record, MAX_RECORD};
+
+/// How often the parent checks deadlines, reaps and restarts workers.
+pub(crate) const TICK: Duration = Duration::from_millis(20);
+
+/// How long after its deadline a draining worker may still run before it is killed.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// The tag of a connection from a listener that was never attached to the parent.
+pub const UNATTACHED_TAG: u32 = u32::MAX;
+
+/// The Handoff actor's messages.
+#[derive(Debug)]
+pub enum HandoffMsg {
+    /// A socket to place (an application that read a handshake, a migration, a takeover).
+    Dispatch(Dispatch),
+    /// A connection one of the parent's listeners accepted.
+    Accepted(Accepted),
+    /// A worker channel (or a named socket) is ready.
+    Ready(Readiness),
+    /// Send what the outboxes hold.
+    Flush,
+    /// Deadlines, reaping, restarts.
+    Tick,
+    /// Requests from the [`Parent`](crate::Parent) handle.
+    Control(Control),
+}
+
+impl From<Accepted> for HandoffMsg {
+    fn from(a: Accepted) -> HandoffMsg {
+        HandoffMsg::Accepted(a)
+    }
+}
+
+impl From<Dispatch> for HandoffMsg {
+    fn from(d: Dispatch) -> HandoffMsg {
+        HandoffMsg::Dispatch(d)
+    }
+}
+
+impl From<Readiness> for HandoffMsg {
+    fn from(r: Readiness) -> HandoffMsg {
+        HandoffMsg::Ready(r)
+    }
+}
+
+/// Requests the [`Parent`](crate::Parent) handle makes of its actor.
+#[derive(Debug)]
+pub enum Control {
+    /// Spawn the configured workers.
+    Start(ReplyTo<io::Result<()>>),
+    /// Pause this listener while nothing can take sockets; give it to a successor by this name.
+    Attach(Listener, String),
+    /// Accept workers that connect to this named channel.
+    AcceptWorkers(ChannelListener),
+    /// Let a successor take over through this control socket.
+    OfferTakeover(ChannelListener),
+    /// A snapshot of the counters.
+    Stats(ReplyTo<Stats>),
+    /// Stop accepting, place what was accepted, let workers finish, stop them.
+    Drain(Duration, ReplyTo<DrainReport>),
+    /// Send this listening socket to every worker, once per worker incarnation.
+    Share(SharedListener),
+    /// Drain one worker (it may hand its connections back); it is restarted once it exits.
+    Retire(usize, Duration),
+}
+
+/// A listening socket the parent shares with its workers (see
+/// [`Parent::share_listener`](crate::Parent::share_listener)).
+#[derive(Debug)]
+pub struct SharedListener {
+    pub(crate) fd: OwnedFd,
+    pub(crate) local: Address,
+    pub(crate) tag: u32,
+}
+
+/// A socket in the ledger: the dispatch and what it looked like when admitted.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) socket: Dispatch,
+    baseline: Baseline,
+}
+
+impl Held for Pending {
+    fn key(&self) -> Option<&[u8]> {
+        self.socket.key.as_deref()
+    }
+
+    fn touched(&self) -> Touch {
+        self.baseline.touched(self.socket.stream.as_fd())
+    }
+}
+
+/// A worker's channel in service.
+struct Link {
+    channel: Arc<Channel>,
+    watch: Watch,
+    /// Records without descriptors (HELLO, DRAIN, STOP) a full channel did not take, sent
+    /// first when it is writable again.
+    control: VecDeque<Vec<u8>>,
+    /// A RETURN waits in the channel until the descriptor budget has room for it.
+    deferred: bool,
+}
+
+/// A worker's process.
+#[derive(Debug)]
+enum Process {
+    /// Started by the parent: it can be killed and reaped.
+    Spawned(Child),
+    /// Connected by name; watched through a pidfd when one could be opened.
+    Named(Option<OwnedFd>),
+}
+
+impl Process {
+    /// Known to have exited (and, for a child, reaped).
+    fn exited(&mut self) -> bool {
+        match self {
+            Process::Spawned(child) => !matches!(child.try_wait(), Ok(None)),
+            Process::Named(Some(pidfd)) => {
+                use rustix::event::{PollFd, PollFlags};
+                let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+                rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 }))
+                    .is_ok_and(|n| n > 0)
+            }
+            Process::Named(None) => false,
+        }
+    }
+
+    fn spawned(&self) -> bool {
+        matches!(self, Process::Spawned(_))
+    }
+}
+
+/// A process whose channel is gone and that has not been seen to exit.
+struct Exiting {
+    slot: usize,
+    gen: u64,
+    process: Process,
+    /// Killed (spawned) or let go (named) at this instant.
+    kill_at: Instant,
+    killed: bool,
+}
+
+/// Why a worker's link went down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Down {
+    /// Its end of the channel closed (it exited, or dropped the channel).
+    EndOfFile,
+    /// Sending or receiving failed otherwise.
+    ChannelError,
+    /// It did not answer in time (no READY, or sockets unanswered and silence).
+    Deadline,
+    /// It was draining and did not exit in time.
+    Overstayed,
+}
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Down::EndOfFile => "its channel closed",
+            Down::ChannelError => "its channel failed",
+            Down::Deadline => "it stopped answering",
+            Down::Overstayed => "it did not finish draining in time",
+        })
+    }
+}
+
+/// What a watch of the actor's belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watched {
+    /// A worker's channel.
+    Worker(usize),
+    /// The socket named workers connect to.
+    WorkerListener,
+    /// The control socket a successor connects to.
+    TakeoverListener,
+    /// A successor's control connection.
+    Successor,
+}
+
+pub(crate) struct DrainState {
+    pub(crate) deadline: Instant,
+    replies: Vec<ReplyTo<DrainReport>>,
+    /// Finished: the report is final.
+    done: bool,
+    told_workers: bool,
+    pub(crate) report: DrainReport,
+}
+
+/// Log lines about peers, each rate-limited.
+#[derive(Default)]
+struct Logs {
+    unknown_ids: LogLimit,
+    bad_records: LogLimit,
+    refused_peers: LogLimit,
+    returns: LogLimit,
+    ended: LogLimit,
+    unattached: LogLimit,
+    exhaustion: LogLimit,
+    invalid: LogLimit,
+}
+
+/// What [`ParentBuilder::start`](crate::ParentBuilder::start) configures.
+pub(crate) struct Config {
+    pub(crate) workers: usize,
+    pub(crate) command: Option<WorkerCommand>,
+    pub(crate) adopt_timeout: Duration,
+    pub(crate) startup_timeout: Duration,
+    pub(crate) exit_timeout: Duration,
+    pub(crate) batch: usize,
+    pub(crate) intensity: Intensity,
+    pub(crate) max_in_flight: usize,
+}
+
+/// The Handoff actor (build it with [`Parent::builder`](crate::Parent::builder)).
+pub struct Handoff {
+    /// Sockets adopted so far, readable without a message ([`Parent::adopted`](crate::Parent::adopted)).
+    adopted_total: Arc<AtomicU64>,
+    reactor: Reactor,
+    config: Config,
+    ledger: Ledger<Pending>,
+    budget: Budget,
+    slots: Vec<Slot>,
+    links: Vec<Option<Link>>,
+    procs: Vec<Option<Process>>,
+    exiting: Vec<Exiting>,
+    next_gen: u64,
+    watches: HashMap<WatchId, Watched>,
+    channel_listener: Option<(Arc<ChannelListener>, Watch)>,
+    /// The listeners this parent accepts on, each with its name (what a successor asks for).
+    pub(crate) listeners: Vec<(Listener, String)>,
+    /// Every listener ever attached, in order: a connection's tag is its listener's index here.
+    tags: Vec<ListenerId>,
+    listeners_paused: bool,
+    /// Connections from a listener not attached (yet): its `attach` may still be on its way.
+    unattached: VecDeque<(Accepted, Instant)>,
+    pub(crate) successor: Successor,
+    /// Listening sockets every worker accepts on (the nginx shape), kept for later workers.
+    pub(crate) shared: Vec<SharedListener>,
+    /// Listener shares sent and not yet answered: record id → index in `shared`.
+    share_sends: HashMap<u64, usize>,
+    /// Listener shares a full channel did not take: (slot, incarnation, index), on the tick.
+    share_retry: Vec<(usize, u64, usize)>,
+    flush_scheduled: bool,
+    pub(crate) recv_buf: RecvBuf,
+    pub(crate) send_buf: Vec<u8>,
+    stats: Stats,
+    latencies: Latencies,
+    pub(crate) drain: Option<DrainState>,
+    logs: Logs,
+    me: Option<Addr<Handoff>>,
+}
+
+impl Handoff {
+    pub(crate) fn new(
+        config: Config,
+        ledger: Ledger<Pending>,
+        reactor: Reactor,
+        adopted_total: Arc<AtomicU64>,
+        taken_over: crossbeam_channel::Sender<()>,
+    ) -> Handoff {
+        let now = Instant::now();
+        let n = config.workers;
+        Handoff {
+            adopted_total,
+            reactor,
+            budget: Budget::new(config.max_in_flight),
+            config,
+            ledger,
+            slots: (0..n).map(|_| Slot::new(true, now)).collect(),
+            links: (0..n).map(|_| None).collect(),
+            procs: (0..n).map(|_| None).collect(),
+            exiting: Vec::new(),
+            next_gen: 1,
+            watches: HashMap::new(),
+            channel_listener: None,
+            listeners: Vec::new(),
+            tags: Vec::new(),
+            listeners_paused: false,
+            unattached: VecDeque::new(),
+            successor: Successor::new(taken_over),
+            shared: Vec::new(),
+            share_sends: HashMap::new(),
+            share_retry: Vec::new(),
+            flush_scheduled: false,
+            recv_buf: RecvBuf::default(),
+            send_buf: Vec::with_capacity(MAX_RECORD),
+            stats: Stats::default(),
+            latencies: Latencies::default(),
+            drain: None,
+            logs: Logs::default(),
+            me: None,
+        }
+    }
+}
+
+impl Actor for Handoff {
+    type Message = HandoffMsg;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address());
+        ctx.send_after(TICK, HandoffMsg::Tick);
+    }
+
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: HandoffMsg) {
+        match msg {
+            HandoffMsg::Dispatch(d) => {
+                let baseline = Baseline::measure(d.stream.as_fd());
+                self.admit(d, None, baseline);
+            }
+            HandoffMsg::Accepted(a) => self.accepted(a),
+            HandoffMsg::Ready(r) => self.on_ready(r),
+            HandoffMsg::Flush => {
+                self.flush_scheduled = false;
+                for slot in 0..self.slots.len() {
+                    self.flush(slot);
+                }
+            }
+            HandoffMsg::Tick => {
+                self.tick();
+                ctx.send_after(TICK, HandoffMsg::Tick);
+            }
+            HandoffMsg::Control(c) => self.control(c),
+        }
+        self.update_listeners();
+    }
+
+    fn stopped(&mut self, _reason: &baton_runtime::ExitReason) {
+        // No worker outlives the parent's actor: ask them to stop, then make sure.
+        for slot in 0..self.slots.len() {
+            self.send_record(slot, &Record::Stop);
+        }
+        let mut children: Vec<Child> = self
+            .procs
+            .iter_mut()
+            .filter_map(Option::take)
+            .chain(self.exiting.drain(..).map(|e| e.process))
+            .filter_map(|p| match p {
+                Process::Spawned(c) => Some(c),
+                Process::Named(_) => None,
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for child in &mut children {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        for link in self.links.iter_mut().filter_map(Option::take) {
+            link.watch.close();
+        }
+        if let Some((_, watch)) = self.channel_listener.take() {
+            watch.close();
+        }
+    }
+}
+
+impl Handoff {
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Start(reply) => {
+                let mut result = Ok(());
+                for slot in 0..self.slots.len() {
+                    if let Err(e) = self.spawn_worker(slot) {
+                        log::error!("handoff: cannot start worker {slot}: {e}");
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Control::Attach(l, name) => {
+                if self.listeners_paused {
+                    l.pause();
+                }
+                let id = l.id();
+                if !self.tags.contains(&id) {
+                    self.tags.push(id);
+                }
+                self.listeners.push((l, name));
+                // Connections that arrived before their listener was attached.
+                let (mine, others): (VecDeque<_>, VecDeque<_>) =
+                    std::mem::take(&mut self.unattached).into_iter().partition(|(a, _)| a.listener == id);
+                self.unattached = others;
+                for (a, _) in mine {
+                    self.accepted(a);
+                }
+            }
+            Control::OfferTakeover(listener) => {
+                let listener = Arc::new(listener);
+                match self.reactor.watch(listener.clone(), Interest::READ, self.ready_recipient()) {
+                    Ok(watch) => {
+                        self.watches.insert(watch.id(), Watched::TakeoverListener);
+                        self.successor.listener = Some((listener, watch));
+                    }
+                    Err(e) => log::error!("handoff: cannot watch the takeover socket: {e}"),
+                }
+            }
+            Control::AcceptWorkers(listener) => {
+                let listener = Arc::new(listener);
+                match self.reactor.watch(listener.clone(), Interest::READ, self.ready_recipient()) {
+                    Ok(watch) => {
+                        self.watches.insert(watch.id(), Watched::WorkerListener);
+                        self.channel_listener = Some((listener, watch));
+                    }
+                    Err(e) => log::error!("handoff: cannot watch the channel listener: {e}"),
+                }
+            }
+            Control::Retire(slot, deadline) => {
+                if self.links.get(slot).is_some_and(Option::is_some) {
+                    log::info!("handoff: retiring worker {slot}");
+                    let now = Instant::now();
+                    self.slots[slot].drain(Some(now + deadline + DRAIN_GRACE));
+                    self.sync(slot);
+                    // What was placed there and not yet sent goes elsewhere (it would be refused).
+                    self.ledger.unqueue(slot);
+                    self.send_record(slot, &Record::Drain { deadline_ms: millis(deadline) });
+                    self.schedule_flush();
+                }
+            }
+            Control::Share(listener) => {
+                self.shared.push(listener);
+                let index = self.shared.len() - 1;
+                for slot in 0..self.slots.len() {
+                    if self.slots[slot].phase == Phase::Ready {
+                        self.send_listener(slot, index);
+                    }
+                }
+            }
+            Control::Stats(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Control::Drain(deadline, reply) => {
+                if let Some(d) = self.drain.as_mut() {
+                    if d.done {
+                        let _ = reply.send(d.report.clone());
+                    } else {
+                        // Already draining: answer this caller too, when that one ends.
+                        d.replies.push(reply);
+                    }
+                    return;
+                }
+                for (l, _) in self.listeners.drain(..) {
+                    l.close_and_wait();
+                }
+                // Our copies of shared listeners: workers close theirs on DRAIN.
+                self.shared.clear();
+                if let Some((_, watch)) = self.channel_listener.take() {
+                    // No new workers during a drain.
+                    watch.close();
+                }
+                let deadline = Instant::now() + deadline;
+                for e in &mut self.exiting {
+                    e.kill_at = e.kill_at.min(deadline + DRAIN_GRACE);
+                }
+                self.drain = Some(DrainState {
+                    deadline,
+                    replies: vec![reply],
+                    done: false,
+                    told_workers: false,
+                    report: DrainReport::default(),
+                });
+                // Not now: connections the listeners accepted before closing are still in our
+                // mailbox, ahead of the next tick, which moves the drain on once they are placed.
+            }
+        }
+    }
+
+    /// Sends shared listener `index` to `slot` (the parent keeps its copy).
+    fn send_listener(&mut self, slot: usize, index: usize) {
+        let Some(link) = self.links[slot].as_ref() else { return };
+        let l = &self.shared[index];
+        let id = self.ledger.fresh_id();
+        let item = Item {
+            id,
+            kind: Kind::Listener,
+            tag: l.tag,
+            peer: l.local.clone(),
+            local: l.local.clone(),
+            key: None,
+            prelude: Vec::new(),
+        };
+        match link.channel.send(&Record::Handoff(vec![item]), &[l.fd.as_fd()], &mut self.send_buf) {
+            Ok(()) => {
+                self.share_sends.insert(id, index);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || too_many_in_flight(&e) => {
+                // The worker's channel is full for now: again on the tick.
+                self.share_retry.push((slot, self.slots[slot].gen, index));
+            }
+            Err(e) => log::error!("handoff: could not share listener {index} with worker {slot}: {e}"),
+        }
+    }
+
+    pub(crate) fn ready_recipient(&self) -> Recipient<Readiness> {
+        self.me.as_ref().expect("set in started").recipient_map(HandoffMsg::Ready, |m| match m {
+            HandoffMsg::Ready(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn watch_as(&mut self, watch: &Watch, what: Watched) {
+        self.watches.insert(watch.id(), what);
+    }
+
+    pub(crate) fn unwatch(&mut self, watch: &Watch) {
+        watch.close();
+        self.watches.remove(&watch.id());
+    }
+
+    fn snapshot(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.in_flight = self.ledger.len();
+        stats.waiting = self.ledger.waiting();
+        stats.replaced = self.ledger.replaced;
+        stats.budget = self.ledger.limits().max_in_flight;
+        (stats.latency_p50, stats.latency_p99) = self.latencies.percentiles();
+        let books = self.ledger.books();
+        stats.workers = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(slot, s)| WorkerStats {
+                slot,
+                pid: if s.phase == Phase::Down { None } else { s.pid },
+                ready: s.phase == Phase::Ready,
+                open: books.get(slot).map_or(0, |b| b.open),
+                in_flight: self.ledger.in_flight(slot),
+                adopted: s.adopted,
+                gave_up: s.gave_up,
+            })
+            .collect();
+        stats
+    }
+
+    // ----- sockets -----------------------------------------------------------------------
+
+    /// A connection a listener accepted: its tag is the listener's index among those attached.
+    fn accepted(&mut self, a: Accepted) {
+        match self.tags.iter().position(|&id| id == a.listener) {
+            Some(index) => {
+                let d = Dispatch {
+                    stream: a.stream,
+                    peer: a.peer,
+                    local: a.local,
+                    tag: index as u32,
+                    key: None,
+                    prelude: Vec::new(),
+                };
+                // Accepted here and never read: nothing consumed, nothing written.
+                self.admit(d, None, Baseline::Fresh);
+            }
+            None => self.unattached.push_back((a, Instant::now())),
+        }
+    }
+
+    /// Takes a socket into the ledger (or closes it, when nobody can take sockets any more).
+    fn admit(&mut self, mut d: Dispatch, avoid: Option<usize>, baseline: Baseline) {
+        if d.check().is_err() {
+            // Sent to the recipient directly, past `Parent::dispatch`'s check.
+            limited!(
+                self.logs.invalid,
+                log::Level::Error,
+                "handoff: closing a connection from {:?}: routing key or prelude over the limit",
+                d.peer
+            );
+            metrics::counter!("baton_handoff_invalid_total").increment(1);
+            return;
+        }
+        d.peer = describable(d.peer);
+        d.local = describable(d.local);
+        self.stats.dispatched += 1;
+        metrics::counter!("baton_handoff_dispatched_total").increment(1);
+        if let Some(drain) = self.drain.as_mut().filter(|d| d.told_workers) {
+            // Too late for any worker: nobody takes new sockets now.
+            drain.report.unplaced += 1;
+            self.count_ended(End::Drain, 1);
+            return;
+        }
+        self.ledger.admit(Pending { socket: d, baseline }, avoid, Instant::now());
+        self.schedule_flush();
+        metrics::gauge!("baton_handoff_in_flight").set(self.ledger.len() as f64);
+    }
+
+    /// Closes what the ledger let go of: shut down first when another process may hold it.
+    fn close_ended(&mut self, ended: Vec<Ended<Pending>>) {
+        for e in ended {
+            if e.why.after_send() {
+                let _ = rustix::net::shutdown(e.socket.socket.stream.as_fd(), rustix::net::Shutdown::Both);
+            }
+            limited!(
+                self.logs.ended,
+                log::Level::Warn,
+                "handoff: closing a connection from {:?}: {}",
+                e.socket.socket.peer,
+                match e.why {
+                    End::TooManyTries => "placed too many times",
+                    End::Touched => "its worker was lost after it may have read or written it",
+                    End::CutOff => "its worker was cut off and may still serve it",
+                    End::Drain => "the drain deadline came first",
+                    End::Unencodable => "it cannot be described in a record",
+                }
+            );
+            self.count_ended(e.why, 1);
+        }
+        metrics::gauge!("baton_handoff_in_flight").set(self.ledger.len() as f64);
+    }
+
+    fn count_ended(&mut self, why: End, n: u64) {
+        match why {
+            End::TooManyTries => self.stats.closed_after_retries += n,
+            End::Touched => self.stats.ended_touched += n,
+            End::CutOff => self.stats.ended_cut_off += n,
+            End::Drain | End::Unencodable => {}
+        }
+        if why == End::TooManyTries {
+            metrics::counter!("baton_handoff_closed_after_retries_total").increment(n);
+        }
+        metrics::counter!("baton_handoff_ended_total", "reason" => why.label()).increment(n);
+    }
+
+    /// Tells the ledger what the slot's state says about taking sockets.
+    fn sync(&mut self, slot: usize) {
+        let accepting = self.slots[slot].accepting() && self.links[slot].is_some();
+        self.ledger.book(slot).accepting = accepting;
+    }
+
+    pub(crate) fn schedule_flush(&mut self) {
+        if self.flush_scheduled {
+            return;
+        }
+        self.flush_scheduled = true;
+        // The flush runs after the messages already queued, so a burst of accepts leaves in
+        // few records. If our own mailbox is full, flush now instead.
+        let me = self.me.as_ref().expect("set in started");
+        if me.try_send(HandoffMsg::Flush).is_err() {
+            self.flush_scheduled = false;
+            for slot in 0..self.slots.len() {
+                self.flush(slot);
+            }
+        }
+    }
+
+    // ----- channel I/O ---------------------------------------------------------------------
+
+    /// Sends `slot`'s outbox as HANDOFF records until it is empty or the channel is full.
+    fn flush(&mut self, slot: usize) {
+        loop {
+            if self.slots[slot].backed_up {
+                return;
+            }
+            let Some(link) = self.links[slot].as_ref() else { return };
+            let channel = link.channel.clone();
+            let mut items: Vec<Item> = Vec::new();
+            for id in self.ledger.outbox(slot).take(self.config.batch) {
+                if let Some(p) = self.ledger.get(id) {
+                    items.push(p.socket.item(id));
+                }
+            }
+            if items.is_empty() {
+                return;
+            }
+            let n = record::fits(items.iter().map(record::item_len), self.config.batch);
+            items.truncate(n);
+            let fds: Vec<BorrowedFd<'_>> =
+                items.iter().filter_map(|i| self.ledger.get(i.id)).map(|p| p.socket.stream.as_fd()).collect();
+            let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
+            match channel.send(&Record::Handoff(items), &fds, &mut self.send_buf) {
+                Ok(()) => {
+                    drop(fds);
+                    self.ledger.sent(slot, self.slots[slot].gen, n, Instant::now());
+                    metrics::counter!("baton_handoff_records_sent_total").increment(1);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || too_many_in_flight(&e) => {
+                    drop(fds);
+                    self.slots[slot].backed_up = true;
+                    if too_many_in_flight(&e) {
+                        // The channel is writable, so waiting for writability would spin: try
+                        // again on the tick.
+                        limited!(
+                            self.logs.exhaustion,
+                            log::Level::Warn,
+                            "handoff: the kernel refuses more descriptors in flight ({e}); holding"
+                        );
+                        self.slots[slot].limited = true;
+                    } else {
+                        log::debug!("handoff: worker {slot}'s channel is full; holding its outbox");
+                    }
+                    self.sync(slot);
+                    self.arm(slot);
+                    // What it holds goes elsewhere.
+                    self.ledger.unqueue(slot);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    // Not the worker's fault: these sockets cannot be described in a record.
+                    drop(fds);
+                    log::error!("handoff: cannot encode a record for worker {slot}: {e}");
+                    let ended: Vec<_> = ids.iter().filter_map(|&id| self.ledger.unencodable(slot, id)).collect();
+                    self.close_ended(ended);
+                }
+                Err(e) => {
+                    drop(fds);
+                    log::warn!("handoff: sending to worker {slot} failed: {e}");
+                    return self.lose(slot, Down::ChannelError);
+                }
+            }
+        }
+    }
+
+    /// Sends a record without descriptors now, or after what the full channel still holds.
+    fn send_record(&mut self, slot: usize, record: &Record) {
+        let Some(link) = self.links[slot].as_mut() else { return };
+        if link.control.is_empty() {
+            match link.channel.send(record, &[], &mut self.send_buf) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    log::warn!("handoff: sending to worker {slot} failed: {e}");
+                    return self.lose(slot, Down::ChannelError);
+                }
+            }
+        }
+        let mut bytes = Vec::new();
+        record::encode(record, &mut bytes);
+        link.control.push_back(bytes);
+        self.slots[slot].backed_up = true;
+        self.sync(slot);
+        self.arm(slot);
+    }
+
+    /// Sends the held control records; true when none is left.
+    fn send_control(&mut self, slot: usize) -> bool {
+        let Some(link) = self.links[slot].as_mut() else { return false };
+        while let Some(bytes) = link.control.front() {
+            match link.channel.send_bytes(bytes, &[]) {
+                Ok(()) => {
+                    link.control.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    log::warn!("handoff: sending to worker {slot} failed: {e}");
+                    self.lose(slot, Down::ChannelError);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn arm(&self, slot: usize) {
+        let Some(link) = self.links[slot].as_ref() else { return };
+        let s = &self.slots[slot];
+        link.watch.arm(Interest { readable: !link.deferred, writable: s.backed_up && !s.limited });
+    }
+
+    fn on_ready(&mut self, r: Readiness) {
+        let Some(&which) = self.watches.get(&r.watch) else { return };
+        let slot = match which {
+            Watched::Worker(slot) => slot,
+            Watched::WorkerListener => return self.accept_workers(),
+            Watched::TakeoverListener => return self.accept_successor(),
+            Watched::Successor => return self.hear_successor(),
+        };
+        if r.writable && self.slots[slot].backed_up && !self.slots[slot].limited && self.send_control(slot) {
+            self.slots[slot].backed_up = false;
+            self.sync(slot);
+            self.flush(slot);
+        }
+        if r.readable || !r.writable {
+            self.receive(slot);
+        }
+        self.arm(slot);
+        self.ledger.place_waiting();
+        self.schedule_flush();
+    }
+
+    /// Reads what the worker sent (bounded per wake-up).
+    fn receive(&mut self, slot: usize) {
+        for _ in 0..256 {
+            let Some(link) = self.links[slot].as_mut() else { return };
+            let channel = link.channel.clone();
+            if self.ledger.full() && channel.peek_type() == Some(code::RETURN) {
+                // No room for its descriptors: leave it in the channel until there is.
+                if !link.deferred {
+                    link.deferred = true;
+                    self.stats.local_exhaustion += 1;
+                    metrics::counter!("baton_handoff_local_exhaustion_total").increment(1);
+                    limited!(
+                        self.logs.exhaustion,
+                        log::Level::Warn,
+                        "handoff: at the descriptor budget ({}); worker {slot}'s migration waits",
+                        self.ledger.limits().max_in_flight
+                    );
+                }
+                self.slots[slot].heard_at = Instant::now();
+                return;
+            }
+            match channel.recv(&mut self.recv_buf) {
+                Ok((Record::Return(items), fds)) => self.returned(slot, items, fds),
+                Ok((record, _fds)) => self.on_record(slot, record),
+                Err(RecvError::WouldBlock) => return,
+                Err(RecvError::Closed) => return self.lose(slot, Down::EndOfFile),
+                Err(RecvError::Bad { error, .. }) => {
+                    if matches!(error, BadRecord::DescriptorsTruncated { .. }) {
+                        // Our own descriptor table is full: not the worker's fault.
+                        self.stats.local_exhaustion += 1;
+                        metrics::counter!("baton_handoff_local_exhaustion_total").increment(1);
+                    }
+                    metrics::counter!("baton_handoff_bad_records_total").increment(1);
+                    limited!(
+                        self.logs.bad_records,
+                        log::Level::Error,
+                        "handoff: worker {slot} sent a bad record: {error}"
+                    );
+                }
+                Err(RecvError::Io(e)) => {
+                    log::warn!("handoff: receiving from worker {slot} failed: {e}");
+                    return self.lose(slot, Down::ChannelError);
+                }
+            }
+        }
+    }
+
+    /// Live connections a worker hands back (migration): placed on other workers.
+    fn returned(&mut self, slot: usize, items: Vec<Item>, fds: Vec<OwnedFd>) {
+        self.slots[slot].heard_at = Instant::now();
+        for (item, fd) in items.into_iter().zip(fds) {
+            let baseline = Baseline::measure(fd.as_fd());
+            let Some(socket) = Dispatch::from_item(item, fd) else {
+                self.stats.returns_refused += 1;
+                metrics::counter!("baton_handoff_returns_refused_total").increment(1);
+                limited!(
+                    self.logs.returns,
+                    log::Level::Warn,
+                    "handoff: worker {slot} handed back something that is not a connected stream socket; closed it"
+                );
+                continue;
+            };
+            metrics::counter!("baton_handoff_migrated_total").increment(1);
+            self.stats.migrated += 1;
+            self.admit(socket, Some(slot), baseline);
+        }
+    }
+
+    fn on_record(&mut self, slot: usize, record: Record) {
+        let now = Instant::now();
+        self.slots[slot].heard_at = now;
+        match record {
+            Record::Ready { pid } => {
+                let first = self.slots[slot].ready(pid);
+                self.sync(slot);
+                if first {
+                    log::info!("handoff: worker {slot} (pid {pid}) is ready");
+                    for index in 0..self.shared.len() {
+                        self.send_listener(slot, index);
+                    }
+                }
+                self.ledger.place_waiting();
+                self.schedule_flush();
+            }
+            Record::Adopted(ids) => {
+                let mut unknown = 0u64;
+                for id in ids {
+                    if let Some(index) = self.share_sends.remove(&id) {
+                        log::info!("handoff: worker {slot} accepts on shared listener {index}");
+                        continue;
+                    }
+                    // Dropping the socket closes our copy, never shuts it down: the connection
+                    // is the worker's now.
+                    let Some(adopted) = self.ledger.adopted(slot, id, now) else {
+                        unknown += 1;
+                        continue;
+                    };
+                    metrics::histogram!("baton_handoff_latency_seconds").record(adopted.latency);
+                    self.latencies.record(adopted.latency);
+                    drop(adopted.socket);
+                    self.slots[slot].adopted += 1;
+                    self.stats.adopted += 1;
+                    metrics::counter!("baton_handoff_adopted_total").increment(1);
+                }
+                self.adopted_total.store(self.stats.adopted, Relaxed);
+                self.unknown_ids(slot, "ADOPTED", unknown);
+                metrics::gauge!("baton_handoff_in_flight").set(self.ledger.len() as f64);
+            }
+            Record::Rejected(ids) => {
+                let mut unknown = 0u64;
+                let mut ended = Vec::new();
+                for (id, reason) in ids {
+                    if let Some(index) = self.share_sends.remove(&id) {
+                        limited!(
+                            self.logs.returns,
+                            log::Level::Error,
+                            "handoff: worker {slot} cannot accept on shared listener {index}: {reason}"
+                        );
+                        continue;
+                    }
+                    let Some(outcome) = self.ledger.rejected(slot, id) else {
+                        unknown += 1;
+                        continue;
+                    };
+                    self.stats.rejected += 1;
+                    metrics::counter!("baton_handoff_rejected_total").increment(1);
+                    ended.extend(outcome);
+                    if reason == Reason::Draining && self.slots[slot].phase == Phase::Ready {
+                        // Draining by its own word: it must be gone by the exit deadline, or
+                        // it is treated as stuck (killed, or cut off) and its slot restarted.
+                        log::info!("handoff: worker {slot} says it is draining");
+                        self.slots[slot].drain(Some(now + self.config.exit_timeout));
+                        self.sync(slot);
+                        self.ledger.unqueue(slot);
+                    }
+                }
+                self.close_ended(ended);
+                self.unknown_ids(slot, "REJECTED", unknown);
+                self.schedule_flush();
+            }
+            Record::Closed(ids) => self.ledger.closed(slot, ids.len()),
+            Record::Load(load) => {
+                self.ledger.report_load(slot, load);
+                metrics::gauge!("baton_handoff_worker_load", "worker" => slot.to_string())
+                    .set(f64::from(self.ledger.in_flight(slot)) + f64::from(load.open) + f64::from(load.queued));
+            }
+            other => {
+                limited!(
+                    self.logs.bad_records,
+                    log::Level::Error,
+                    "handoff: worker {slot} sent a parent's record: {other:?}"
+                );
+            }
+        }
+    }
+
+    /// One line (rate-limited) for a record naming ids this worker was not sent.
+    fn unknown_ids(&mut self, slot: usize, what: &str, n: u64) {
+        if n > 0 {
+            metrics::counter!("baton_handoff_unknown_ids_total").increment(n);
+            limited!(
+                self.logs.unknown_ids,
+                log::Level::Warn,
+                "handoff: worker {slot} sent {what} for {n} id(s) it was not sent or already answered; ignored"
+            );
+        }
+    }
+
+    // ----- workers -----------------------------------------------------------------------
+
+    fn spawn_worker(&mut self, slot: usize) -> io::Result<()> {
+        let command = self.config.command.as_ref().ok_or_else(|| io::Error::other("no worker command"))?;
+        let (channel, child) = command.spawn(slot)?;
+        let pid = child.id();
+        self.slots[slot].pid = Some(pid);
+        log::info!("handoff: worker {slot} started (pid {pid})");
+        match self.link(slot, channel) {
+            Ok(()) => {
+                self.procs[slot] = Some(Process::Spawned(child));
+                Ok(())
+            }
+            Err(e) => {
+                // A worker we cannot talk to is no worker: stop it and try again later.
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                self.slots[slot].retry_start(Instant::now() + Duration::from_millis(200));
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts a channel into service for `slot` as a new incarnation: watch it and say hello.
+    fn link(&mut self, slot: usize, channel: Channel) -> io::Result<()> {
+        let channel = Arc::new(channel);
+        let watch = self.reactor.watch(channel.clone(), Interest::READ, self.ready_recipient())?;
+        self.watch_as(&watch, Watched::Worker(slot));
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        self.links[slot] = Some(Link { channel, watch, control: VecDeque::new(), deferred: false });
+        self.slots[slot].linked(gen, Instant::now());
+        self.ledger.relink(slot, gen);
+        self.send_record(slot, &Record::Hello { worker: slot as u32 });
+        Ok(())
+    }
+
+    /// Named workers connect: each takes a free named slot, or a new one.
+    fn accept_workers(&mut self) {
+        let Some((listener, watch)) = self.channel_listener.as_ref() else { return };
+        let (listener, watch) = (listener.clone(), watch.clone());
+        for channel in self.accept_waiting(&listener, "a worker channel") {
+            let pidfd = rustix::net::sockopt::socket_peercred(&channel)
+                .ok()
+                .and_then(|cred| rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()).ok());
+            let slot = (0..self.slots.len())
+                .find(|&s| !self.slots[s].spawned && self.links[s].is_none())
+                .unwrap_or_else(|| {
+                    self.slots.push(Slot::new(false, Instant::now()));
+                    self.links.push(None);
+                    self.procs.push(None);
+                    self.slots.len() - 1
+                });
+            match self.link(slot, channel) {
+                Ok(()) => {
+                    self.procs[slot] = Some(Process::Named(pidfd));
+                    log::info!("handoff: worker {slot} connected by name");
+                }
+                Err(e) => log::error!("handoff: cannot serve a connected worker: {e}"),
+            }
+        }
+        watch.arm(Interest::READ);
+    }
+
+    /// Accepts every connection waiting on a named socket; peers that fail the credential
+    /// check are refused (logged, rate-limited: anyone who can reach an abstract name can make
+    /// that happen); other errors end the round.
+    pub(crate) fn accept_waiting(&mut self, listener: &ChannelListener, what: &str) -> Vec<Channel> {
+        let mut accepted = Vec::new();
+        loop {
+            match listener.accept() {
+                Ok(channel) => accepted.push(channel),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    metrics::counter!("baton_handoff_peers_refused_total").increment(1);
+                    limited!(self.logs.refused_peers, log::Level::Warn, "handoff: refused {what}: {e}");
+                }
+                Err(e) => {
+                    log::error!("handoff: accepting {what} failed: {e}");
+                    break;
+                }
+            }
+        }
+        accepted
+    }
+
+    /// The worker's channel is gone (end of file, error, or cut off). Queued sockets go
+    /// elsewhere; sent ones are judged when nobody can touch them any more (see the ledger);
+    /// a spawned worker is restarted within the intensity, and its process given time to exit.
+    fn lose(&mut self, slot: usize, why: Down) {
+        let Some(link) = self.links[slot].take() else { return };
+        self.unwatch(&link.watch);
+        drop(link);
+        let now = Instant::now();
+        let s = &self.slots[slot];
+        let (gen, pid) = (s.gen, s.pid);
+        let quiet = why == Down::EndOfFile && (matches!(s.phase, Phase::Draining { .. }) || self.drain.is_some());
+        if quiet {
+            log::info!("handoff: worker {slot} (pid {pid:?}) finished");
+        } else {
+            log::warn!("handoff: worker {slot} (pid {pid:?}) is down: {why}");
+            metrics::counter!("baton_handoff_worker_down_total").increment(1);
+        }
+        let mut process = self.procs[slot].take();
+        let mut killed = false;
+        let exited =
+            matches!(why, Down::EndOfFile | Down::ChannelError) && process.as_mut().is_some_and(Process::exited);
+        let lost = match (why, process.as_mut()) {
+            (Down::Deadline | Down::Overstayed, Some(Process::Spawned(child))) => {
+                // Dead for sure before its sockets are judged, so it cannot touch them later.
+                let _ = child.kill();
+                killed = true;
+                Lost::MayRun
+            }
+            (Down::Deadline | Down::Overstayed, _) => Lost::CutOff,
+            _ if exited => Lost::ProcessGone,
+            _ => Lost::MayRun,
+        };
+        if killed || lost == Lost::CutOff {
+            self.stats.killed += 1;
+            if let Some(d) = self.drain.as_mut() {
+                d.report.killed += 1;
+            }
+        }
+        let named = !self.slots[slot].spawned;
+        if why == Down::EndOfFile && named {
+            if let Some(d) = self.drain.as_mut() {
+                d.report.exited += 1;
+            }
+        }
+        let ended = self.ledger.lost(slot, lost, now);
+        self.close_ended(ended);
+        self.slots[slot].down(self.drain.is_none(), now);
+        self.sync(slot);
+        match process {
+            Some(p) if lost == Lost::ProcessGone && p.spawned() && !killed => self.exited_by_itself(),
+            Some(_) if lost == Lost::ProcessGone => {}
+            Some(p) => {
+                let kill_at = if killed { now } else { self.exit_deadline(now) };
+                self.exiting.push(Exiting { slot, gen, process: p, kill_at, killed });
+            }
+            None => {}
+        }
+        self.ledger.place_waiting();
+        self.schedule_flush();
+    }
+
+    fn exited_by_itself(&mut self) {
+        if let Some(d) = self.drain.as_mut() {
+            d.report.exited += 1;
+        }
+    }
+
+    /// When a process whose channel closed now is killed if it still runs.
+    fn exit_deadline(&self, now: Instant) -> Instant {
+        let own = now + self.config.exit_timeout;
+        match &self.drain {
+            Some(d) => own.min(d.deadline.max(now) + DRAIN_GRACE),
+            None => own,
+        }
+    }
+
+    /// Processes whose channel is gone: reaped when they exit (their held sockets judged),
+    /// killed when they overstay.
+    fn watch_exits(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.exiting.len() {
+            let e = &mut self.exiting[i];
+            if e.process.exited() {
+                let e = self.exiting.swap_remove(i);
+                log::debug!("handoff: worker {} (incarnation {}) exited", e.slot, e.gen);
+                if e.process.spawned() && !e.killed {
+                    self.exited_by_itself();
+                }
+                let ended = self.ledger.judge(e.slot, e.gen);
+                self.close_ended(ended);
+                continue;
+            }
+            if now >= e.kill_at {
+                match &mut e.process {
+                    Process::Spawned(child) if !e.killed => {
+                        log::warn!("handoff: worker {} (pid {}) did not exit in time; killing it", e.slot, child.id());
+                        let _ = child.kill();
+                        e.killed = true;
+                        self.stats.killed += 1;
+                        if let Some(d) = self.drain.as_mut() {
+                            d.report.killed += 1;
+                        }
+                    }
+                    Process::Spawned(_) => {}
+                    Process::Named(_) => {
+                        // Not ours to kill: stop watching it, and judge what it held.
+                        let e = self.exiting.swap_remove(i);
+                        let ended = self.ledger.judge(e.slot, e.gen);
+                        self.close_ended(ended);
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        // Held past the hold deadline by a process that still runs: what it has not touched
+        // by now it refuses (it has seen its channel end).
+        for (slot, gen) in self.ledger.hold_expired(now) {
+            let ended = self.ledger.judge(slot, gen);
+            self.close_ended(ended);
+        }
+    }
+
+    /// Restarts, within the intensity, the spawned slots that are down.
+    fn supervise(&mut self, now: Instant) {
+        if self.drain.is_some() {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            match self.slots[slot].restart(now, self.config.intensity) {
+                Restart::No => {}
+                Restart::GiveUp => {
+                    metrics::counter!("baton_handoff_worker_gave_up_total").increment(1);
+                    log::error!(
+                        "handoff: worker {slot} died more than {} times in {:?}; not restarting it",
+                        self.config.intensity.max_restarts,
+                        self.config.intensity.period
+                    );
+                }
+                Restart::Now => {
+                    self.stats.restarts += 1;
+                    metrics::counter!("baton_handoff_worker_restarts_total").increment(1);
+                    if let Err(e) = self.spawn_worker(slot) {
+                        log::error!("handoff: restarting worker {slot} failed: {e}; retrying");
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- time ------------------------------------------------------------------------------
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        // A worker that sits on a handoff past the deadline *and* has said nothing for as long
+        // is presumed hung (a busy one still reports its load). Read what it may have sent
+        // before judging.
+        let late = self.ledger.late(now, self.config.adopt_timeout);
+        for &slot in &late {
+            self.receive(slot);
+        }
+        for slot in 0..self.slots.len() {
+            if self.links[slot].as_ref().is_some_and(|l| l.deferred) {
+                self.slots[slot].heard_at = now; // it has a record waiting for us
+            }
+            if self.links[slot].is_none() {
+                continue;
+            }
+            let verdict = self.slots[slot].verdict(
+                now,
+                late.contains(&slot),
+                self.config.adopt_timeout,
+                self.config.startup_timeout,
+            );
+            let why = match verdict {
+                Verdict::Fine => continue,
+                Verdict::NoReady | Verdict::Hung => Down::Deadline,
+                Verdict::Overstayed => Down::Overstayed,
+            };
+            log::warn!("handoff: worker {slot} (pid {:?}): {verdict:?}", self.slots[slot].pid);
+            self.lose(slot, why);
+        }
+        self.watch_exits(now);
+        for (slot, gen, index) in std::mem::take(&mut self.share_retry) {
+            if index < self.shared.len() && self.slots[slot].gen == gen && self.slots[slot].phase == Phase::Ready {
+                self.send_listener(slot, index);
+            }
+        }
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].limited && self.links[slot].as_ref().is_some_and(|l| l.control.is_empty()) {
+                self.slots[slot].limited = false;
+                self.slots[slot].backed_up = false;
+                self.sync(slot);
+                self.flush(slot);
+            }
+        }
+        self.successor_tick(now);
+        self.supervise(now);
+        // Connections from a listener nobody attached within a tick: placed untagged.
+        while self.unattached.front().is_some_and(|(_, at)| now.saturating_duration_since(*at) >= TICK) {
+            let (a, _) = self.unattached.pop_front().expect("checked");
+            limited!(self.logs.unattached, log::Level::Warn, "handoff: a connection from listener {:?}, which was never attached to the parent (Parent::attach); tag {UNATTACHED_TAG}", a.listener);
+            let d = Dispatch {
+                stream: a.stream,
+                peer: a.peer,
+                local: a.local,
+                tag: UNATTACHED_TAG,
+                key: None,
+                prelude: Vec::new(),
+            };
+            self.admit(d, None, Baseline::Fresh);
+        }
+        let allowance = self.budget.allowance(self.ledger.len(), now);
+        self.ledger.set_max_in_flight(allowance);
+        for slot in 0..self.slots.len() {
+            if !self.ledger.full() && self.links[slot].as_ref().is_some_and(|l| l.deferred) {
+                if let Some(l) = self.links[slot].as_mut() {
+                    l.deferred = false;
+                }
+                self.receive(slot);
+                self.arm(slot);
+            }
+        }
+        self.ledger.place_waiting();
+        self.schedule_flush();
+        self.drain_progress(now);
+    }
+
+    fn drain_progress(&mut self, now: Instant) {
+        let Some(d) = self.drain.as_mut() else { return };
+        if !d.told_workers && (self.ledger.is_empty() || now >= d.deadline) {
+            d.told_workers = true;
+            let ms = millis(d.deadline.saturating_duration_since(now));
+            let unplaced = self.ledger.end_all(End::Drain, true);
+            d.report.unplaced += unplaced.len();
+            self.close_ended(unplaced);
+            for slot in 0..self.slots.len() {
+                if self.links[slot].is_some() {
+                    self.slots[slot].drain(None);
+                    self.sync(slot);
+                    self.send_record(slot, &Record::Drain { deadline_ms: ms });
+                }
+            }
+        }
+        let Some(d) = self.drain.as_ref() else { return };
+        if !d.told_workers || d.done {
+            return;
+        }
+        let running = self.links.iter().filter(|l| l.is_some()).count()
+            + self.exiting.iter().filter(|e| e.process.spawned()).count();
+        if running > 0 && now < d.deadline + DRAIN_GRACE {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            if self.links[slot].is_some() {
+                self.lose(slot, Down::Overstayed);
+            }
+        }
+        // Nothing left behind, not even a zombie.
+        for mut e in std::mem::take(&mut self.exiting) {
+            if let Process::Spawned(child) = &mut e.process {
+                if matches!(child.try_wait(), Ok(None)) {
+                    let _ = child.kill();
+                    if !e.killed {
+                        self.stats.killed += 1;
+                        if let Some(d) = self.drain.as_mut() {
+                            d.report.killed += 1;
+                        }
+                    }
+                } else if !e.killed {
+                    self.exited_by_itself();
+                }
+                let _ = child.wait();
+            }
+        }
+        let d = self.drain.as_mut().expect("checked");
+        let report = d.report.clone();
+        for reply in d.replies.drain(..) {
+            let _ = reply.send(report.clone());
+        }
+        // Kept set, so nothing restarts.
+        d.done = true;
+    }
+
+    fn update_listeners(&mut self) {
+        let pause = self.ledger.waiting() > 0 || self.ledger.full() || !self.ledger.can_place();
+        if pause != self.listeners_paused {
+            self.listeners_paused = pause;
+            for (l, _) in &self.listeners {
+                if pause {
+                    l.pause();
+                } else {
+                    l.resume();
+                }
+            }
+            if pause && self.ledger.full() && self.ledger.limits().max_in_flight < self.config.max_in_flight {
+                self.stats.local_exhaustion += 1;
+                metrics::counter!("baton_handoff_local_exhaustion_total").increment(1);
+                limited!(
+                    self.logs.exhaustion,
+                    log::Level::Warn,
+                    "handoff: at the descriptor budget ({} sockets held); listeners paused",
+                    self.ledger.len()
+                );
+            }
+            log::debug!("handoff: listeners {}", if pause { "paused" } else { "resumed" });
+        }
+    }
+
+    pub(crate) fn reactor(&self) -> &Reactor {
+        &self.reactor
+    }
+
+    /// The ledger, for the successor's release.
+    pub(crate) fn ledger_mut(&mut self) -> &mut Ledger<Pending> {
+        &mut self.ledger
+    }
+
+    pub(crate) fn batch(&self) -> usize {
+        self.config.batch
+    }
+}
+
+/// A duration in whole milliseconds for a record's `u32` field (saturating).
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
+}

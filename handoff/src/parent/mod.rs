@@ -1,0 +1,411 @@
+//! The parent side: the Handoff actor, which places every accepted socket on a worker process.
+//!
+//! # The life of a socket in the parent
+//!
+//! 1. A listener (or an application actor that read a handshake first) sends the socket: its
+//!    addresses, a tag, an optional routing key and the prelude bytes already read. The
+//!    [ledger](ledger) gives it an id and holds it until it ends.
+//! 2. The [`Policy`] picks a worker among those that can take it now. The id joins that
+//!    worker's outbox; a `Flush` the actor sends itself (which runs after the messages already
+//!    queued) sends the outbox as HANDOFF records of up to [`ParentBuilder::batch`] sockets.
+//! 3. The parent **keeps its copy** of the socket until the worker answers. ADOPTED closes the
+//!    copy (close, never shutdown: the connection is the worker's now). REJECTED puts it on
+//!    another worker; after [`ParentBuilder::max_tries`] placements it is closed and counted.
+//! 4. A worker lost with sockets it was sent and never answered for: those sockets are judged
+//!    once nobody but the parent can touch them (its process exited, or was killed). The
+//!    kernel's counters say whether anyone read or wrote (see `probe.rs`); an untouched one
+//!    goes to another worker, a touched one is ended so its client sees the connection close
+//!    instead of waiting for an answer that will never come.
+//! 5. When nothing can take a socket (every worker at its in-flight bound, backed up, starting,
+//!    or gone), or the parent holds as many as its [descriptor budget](Stats::budget) allows,
+//!    it waits and the listeners pause, so the kernel's backlog holds new clients.
+//!
+//! # Where each concept lives
+//!
+//! - `ledger.rs`: every socket held and what becomes of it (placement, tries, verdicts); no
+//!   I/O, with property tests of its invariants.
+//! - `slot.rs`: a worker slot's life (starting, ready, draining, down), deadlines, restart
+//!   intensity; no I/O.
+//! - `probe.rs`: asking the kernel whether a socket was touched. `budget.rs`: the descriptor
+//!   budget.
+//! - `handoff.rs`: the actor, which carries channel records, processes and listeners in and
+//!   the ledger's and slots' decisions out. `successor.rs`: the old parent's side of a takeover.
+//! - `dispatch.rs`, `stats.rs`: what goes in and what comes out.
+
+mod budget;
+mod dispatch;
+mod handoff;
+pub(crate) mod ledger;
+mod probe;
+mod slot;
+mod stats;
+mod successor;
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_runtime::{Addr, AskError, Intensity, Mailbox, Recipient, Runtime, SpawnError};
+use baton_transport::{Address, ListenOptions, Listener, Reactor};
+
+pub use self::dispatch::{Dispatch, DispatchError};
+pub use self::handoff::{Control, Handoff, HandoffMsg, SharedListener, UNATTACHED_TAG};
+pub use self::stats::{DrainReport, Stats, WorkerStats, LATENCY_WINDOW};
+
+use self::handoff::Config;
+use self::ledger::{Ledger, Limits};
+use crate::bootstrap::{ChannelListener, Endpoint, PeerCheck};
+use crate::policy::{LeastLoaded, Policy};
+use crate::process::WorkerCommand;
+use crate::record;
+
+/// Limits and choices for the parent.
+pub struct ParentBuilder {
+    workers: usize,
+    command: Option<WorkerCommand>,
+    policy: Box<dyn Policy>,
+    max_in_flight: usize,
+    max_per_worker: u32,
+    adopt_timeout: Duration,
+    startup_timeout: Duration,
+    max_tries: u32,
+    batch: usize,
+    intensity: Intensity,
+    exit_timeout: Duration,
+}
+
+impl std::fmt::Debug for ParentBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParentBuilder")
+            .field("workers", &self.workers)
+            .field("command", &self.command)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_per_worker", &self.max_per_worker)
+            .field("adopt_timeout", &self.adopt_timeout)
+            .field("max_tries", &self.max_tries)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ParentBuilder {
+    fn default() -> Self {
+        ParentBuilder {
+            workers: 0,
+            command: None,
+            policy: Box::new(LeastLoaded::default()),
+            max_in_flight: 1024,
+            max_per_worker: 256,
+            adopt_timeout: Duration::from_secs(2),
+            startup_timeout: Duration::from_secs(10),
+            max_tries: 3,
+            batch: 64,
+            intensity: Intensity { max_restarts: 5, period: Duration::from_secs(10) },
+            exit_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ParentBuilder {
+    /// Spawns `n` workers running `command`, and restarts them when they die.
+    pub fn spawn(mut self, n: usize, command: WorkerCommand) -> Self {
+        self.workers = n;
+        self.command = Some(command);
+        self
+    }
+
+    /// The placement policy. Default: [`LeastLoaded`].
+    pub fn policy(mut self, policy: impl Policy) -> Self {
+        self.policy = Box::new(policy);
+        self
+    }
+
+    /// [`ParentBuilder::policy`] for a boxed policy (as [`crate::policy::by_name`] returns).
+    pub fn boxed_policy(mut self, policy: Box<dyn Policy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sockets accepted and not yet adopted, over all workers; at the bound the listeners pause.
+    /// Each is a descriptor of the parent's, so the bound is also lowered, while the parent
+    /// runs, to what its descriptor limit (`RLIMIT_NOFILE`) leaves: see [`Stats::budget`].
+    /// Default 1024.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Handoffs one worker may have unanswered. Default 256.
+    pub fn max_per_worker(mut self, n: u32) -> Self {
+        self.max_per_worker = n.max(1);
+        self
+    }
+
+    /// How long a worker has to answer a handoff. Default 2 s.
+    pub fn adopt_timeout(mut self, t: Duration) -> Self {
+        self.adopt_timeout = t;
+        self
+    }
+
+    /// How long a new worker has to answer HELLO with READY. Default 10 s.
+    pub fn startup_timeout(mut self, t: Duration) -> Self {
+        self.startup_timeout = t;
+        self
+    }
+
+    /// Placements before a socket is given up and closed. Default 3.
+    pub fn max_tries(mut self, n: u32) -> Self {
+        self.max_tries = n.max(1);
+        self
+    }
+
+    /// Most sockets per HANDOFF record (1..=253). Default 64.
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.clamp(1, record::MAX_FDS);
+        self
+    }
+
+    /// How long a worker whose channel has closed (it is exiting: cleaning up after
+    /// [`Worker::wait`](crate::Worker::wait) returned, say), or that said it is draining, may
+    /// run before it is killed (a named worker: cut off). During [`Parent::drain`] the drain's
+    /// deadline applies instead, when it is sooner. Default 10 s.
+    pub fn exit_timeout(mut self, t: Duration) -> Self {
+        self.exit_timeout = t;
+        self
+    }
+
+    /// Restarts allowed per slot within a period before the slot is given up. Default 5 in 10 s.
+    pub fn intensity(mut self, intensity: Intensity) -> Self {
+        self.intensity = intensity;
+        self
+    }
+
+    /// Starts the Handoff actor and spawns the workers. The actor belongs to `runtime` and runs
+    /// on `reactor`'s event loop ([`Reactor::event_loop`]): accepting, placing and sending a
+    /// socket happen on the reactor thread, with no hop to a pool thread (that hop cost the
+    /// parent about a third of its CPU per connection).
+    ///
+    /// Two things block that thread briefly, and with it every other socket of `reactor`:
+    /// starting a worker process (fork and exec: 0.4–0.75 ms measured for the `prefork`
+    /// example, at start and on each restart) and stopping (up to a second while workers exit). Give the parent a reactor of
+    /// its own if other traffic on it cannot wait that long. Call [`Parent`]'s methods from
+    /// application threads or pool actors: on the reactor thread itself its asks (`stats`,
+    /// `drain`) are refused and [`Parent::wait_ready`] cannot succeed.
+    ///
+    /// # Errors
+    ///
+    /// When the actor cannot be spawned, or the first worker cannot be started (a bad command,
+    /// no descriptors).
+    pub fn start(self, runtime: &Runtime, reactor: &Reactor) -> io::Result<Parent> {
+        let adopted = Arc::new(AtomicU64::new(0));
+        let (taken_tx, taken_rx) = crossbeam_channel::bounded(1);
+        let limits = Limits {
+            max_in_flight: self.max_in_flight,
+            max_per_worker: self.max_per_worker,
+            max_tries: self.max_tries,
+            hold: self.adopt_timeout,
+        };
+        let config = Config {
+            workers: self.workers,
+            command: self.command,
+            adopt_timeout: self.adopt_timeout,
+            startup_timeout: self.startup_timeout,
+            exit_timeout: self.exit_timeout,
+            batch: self.batch,
+            intensity: self.intensity,
+            max_in_flight: self.max_in_flight,
+        };
+        let actor = Handoff::new(config, Ledger::new(self.policy, limits), reactor.clone(), adopted.clone(), taken_tx);
+        let addr = runtime
+            .spawn_on(reactor.event_loop(), actor, Mailbox::Bounded(1024))
+            .map_err(|e: SpawnError| io::Error::other(e.to_string()))?;
+        let parent = Parent { addr, reactor: reactor.clone(), adopted, taken_over: taken_rx };
+        parent
+            .addr
+            .ask(|r| HandoffMsg::Control(Control::Start(r)), Duration::from_secs(10))
+            .map_err(|e| io::Error::other(e.to_string()))??;
+        Ok(parent)
+    }
+}
+
+/// The parent's handle on its Handoff actor. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Parent {
+    addr: Addr<Handoff>,
+    reactor: Reactor,
+    adopted: Arc<AtomicU64>,
+    taken_over: crossbeam_channel::Receiver<()>,
+}
+
+impl Parent {
+    /// Limits and choices; then [`ParentBuilder::start`].
+    pub fn builder() -> ParentBuilder {
+        ParentBuilder::default()
+    }
+
+    /// Where to send sockets: give it to a listener as its owner, or send [`Dispatch`]es.
+    pub fn recipient(&self) -> Recipient<HandoffMsg> {
+        self.addr.recipient()
+    }
+
+    /// Binds a TCP listener whose connections go straight to this parent, and lets the parent
+    /// pause it while no worker can take more.
+    ///
+    /// # Errors
+    ///
+    /// Socket, bind and listen errors.
+    ///
+    /// The listener is named `main` (the name a successor asks for in a takeover); use
+    /// [`Parent::attach`] for others.
+    pub fn listen_tcp(&self, addr: std::net::SocketAddr, options: ListenOptions) -> io::Result<Listener> {
+        let listener = self.reactor.listen_tcp(addr, options, self.recipient())?;
+        self.attach(listener.clone(), "main");
+        Ok(listener)
+    }
+
+    /// Hands a socket to the parent for placement (an application that read a handshake uses
+    /// this; listeners send [`Accepted`](baton_transport::Accepted) straight to [`Parent::recipient`]). Waits while the
+    /// parent's mailbox is full.
+    ///
+    /// # Errors
+    ///
+    /// [`DispatchError`], with the socket back, when a routing key or prelude exceeds
+    /// [`record::MAX_KEY`] / [`record::MAX_PRELUDE`] or the parent has stopped.
+    pub fn dispatch(&self, socket: Dispatch) -> Result<(), DispatchError> {
+        if let Err(refuse) = socket.check() {
+            return Err(refuse(Box::new(socket)));
+        }
+        self.addr.send(HandoffMsg::Dispatch(socket)).map_err(|e| match e.0 {
+            HandoffMsg::Dispatch(d) => DispatchError::Stopped(Box::new(d)),
+            _ => unreachable!("sent a Dispatch"),
+        })
+    }
+
+    /// The nginx shape: instead of accepting, the parent sends the listening socket `fd` to
+    /// every worker (now, and once to each new worker process when it answers READY), and the workers accept from it
+    /// themselves; their application receives those connections as
+    /// [`WorkerEvent::Incoming`](crate::WorkerEvent::Incoming) too. Workers still report their
+    /// load. `tag` reaches the application with each connection.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` when `fd` is not a listening stream socket; `NotConnected` when the
+    /// parent has stopped.
+    pub fn share_listener(&self, fd: std::os::fd::OwnedFd, tag: u32) -> io::Result<Address> {
+        use rustix::net::{sockopt, AddressFamily, SocketType};
+        let listening = sockopt::socket_type(&fd).ok() == Some(SocketType::STREAM)
+            && sockopt::socket_acceptconn(&fd).unwrap_or(false);
+        if !listening {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a listening stream socket"));
+        }
+        let local = match rustix::net::getsockname(&fd)? {
+            a if a.address_family() == AddressFamily::UNIX => Address::Unix(None),
+            a => Address::Inet(std::net::SocketAddr::try_from(a).map_err(io::Error::other)?),
+        };
+        self.addr
+            .send(HandoffMsg::Control(Control::Share(SharedListener { fd, local: local.clone(), tag })))
+            .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "the parent has stopped"))?;
+        Ok(local)
+    }
+
+    /// Lets the parent pause `listener` (whose owner should be [`Parent::recipient`]) while no
+    /// worker can take more, close it on drain, and hand it to a successor as `name`.
+    pub fn attach(&self, listener: Listener, name: &str) {
+        if self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string()))).is_err() {
+            log::warn!("handoff: attach after the parent stopped");
+        }
+    }
+
+    /// Accepts workers that connect to `endpoint` (a socket path or an abstract name) and pass
+    /// `check`. They are served like spawned ones but not restarted (they were not started here).
+    ///
+    /// # Errors
+    ///
+    /// From [`ChannelListener::bind`].
+    pub fn accept_workers(&self, endpoint: &Endpoint, check: PeerCheck) -> io::Result<()> {
+        let listener = ChannelListener::bind(endpoint, check)?;
+        self.addr
+            .send(HandoffMsg::Control(Control::AcceptWorkers(listener)))
+            .map_err(|_| io::Error::other("the parent has stopped"))
+    }
+
+    /// Sockets adopted by workers so far: a shared counter, read without asking the actor
+    /// (cheap enough to poll).
+    pub fn adopted(&self) -> u64 {
+        self.adopted.load(Relaxed)
+    }
+
+    /// Lets a successor take over through the control socket at `endpoint` (peers must pass
+    /// `check`): it receives this parent's listening sockets by name, and once it confirms it
+    /// is serving, this parent stops accepting, hands over what it accepted and never placed,
+    /// and [`Parent::taken_over`] fires (then drain and exit). See [`crate::takeover`].
+    ///
+    /// # Errors
+    ///
+    /// From [`ChannelListener::bind`].
+    pub fn offer_takeover(&self, endpoint: &Endpoint, check: PeerCheck) -> io::Result<()> {
+        let listener = ChannelListener::bind(endpoint, check)?;
+        self.addr
+            .send(HandoffMsg::Control(Control::OfferTakeover(listener)))
+            .map_err(|_| io::Error::other("the parent has stopped"))
+    }
+
+    /// Waits until there is at least one worker and every worker slot that has not been given
+    /// up has a worker that answered READY (polling [`Stats`]); false when `timeout` passed
+    /// first. A parent that only accepts named workers is ready once one has connected and
+    /// answered. Until then sockets wait in the parent, and a sticky key placed meanwhile goes
+    /// to a worker that is ready rather than to its own.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ready = |s: &Stats| s.workers.iter().any(|w| w.ready) && s.workers.iter().all(|w| w.ready || w.gave_up);
+            if self.stats().is_ok_and(|s| ready(&s)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Receives `()` once a successor has taken over (see [`Parent::offer_takeover`]).
+    pub fn taken_over(&self) -> &crossbeam_channel::Receiver<()> {
+        &self.taken_over
+    }
+
+    /// Drains worker `slot` alone: it takes no new sockets, finishes (or, if its application
+    /// uses a [`Migrator`](crate::Migrator), hands back) its connections within `deadline`, and
+    /// exits; a spawned worker is then restarted. A rolling restart is this, slot by slot.
+    pub fn retire_worker(&self, slot: usize, deadline: Duration) {
+        if self.addr.send(HandoffMsg::Control(Control::Retire(slot, deadline))).is_err() {
+            log::warn!("handoff: retire after the parent stopped");
+        }
+    }
+
+    /// A snapshot of the counters.
+    ///
+    /// # Errors
+    ///
+    /// When the actor does not answer within a second, or has stopped.
+    pub fn stats(&self) -> Result<Stats, AskError> {
+        self.addr.ask(|r| HandoffMsg::Control(Control::Stats(r)), Duration::from_secs(1))
+    }
+
+    /// Graceful stop: close the listeners, place every socket already accepted, tell the workers
+    /// to finish their connections, wait for them to exit, and kill what still runs at the
+    /// deadline. Returns when all that is done.
+    ///
+    /// # Errors
+    ///
+    /// When the actor has stopped.
+    pub fn drain(&self, deadline: Duration) -> Result<DrainReport, AskError> {
+        self.addr.ask(|r| HandoffMsg::Control(Control::Drain(deadline, r)), deadline + Duration::from_secs(5))
+    }
+
+    /// Stops the actor; its `stopped` hook stops and reaps every worker it spawned.
+    pub fn stop(&self) {
+        self.addr.stop();
+    }
+}
