@@ -401,7 +401,8 @@ impl<S: Held> Ledger<S> {
         Some(Adopted { socket: e.socket, latency: now.saturating_duration_since(e.admitted) })
     }
 
-    /// Worker `slot` refused `id`: it goes elsewhere, or ends after too many tries. `None` when
+    /// Worker `slot` refused `id`: it goes elsewhere, or ends after too many tries or when the
+    /// worker touched it before refusing. `None` when
     /// the id is unknown (as for [`Ledger::adopted`]); `Some(None)` when placed again.
     pub(crate) fn rejected(&mut self, slot: usize, id: u64) -> Option<Option<Ended<S>>> {
         let e = self.entries.get(&id)?;
@@ -409,7 +410,9 @@ impl<S: Held> Ledger<S> {
             return None;
         }
         self.books[slot].in_flight = self.books[slot].in_flight.saturating_sub(1);
-        Some(self.again(id, slot))
+        self.entries.get_mut(&id).expect("checked").place = Place::Waiting;
+        // A worker that read or wrote before refusing (it may, §9.4) made it unusable elsewhere.
+        Some(self.verdict(id, slot))
     }
 
     /// Another placement for `id`, which `slot` refused or lost; ended after the last try.
@@ -504,8 +507,11 @@ impl<S: Held> Ledger<S> {
     }
 
     /// A socket nobody but the parent can touch any more: placed again if untouched.
+    /// Its slot's books no longer count it (the caller saw to that).
     fn verdict(&mut self, id: u64, slot: usize) -> Option<Ended<S>> {
-        let touch = self.entries.get(&id)?.socket.touched();
+        let e = self.entries.get_mut(&id)?;
+        e.place = Place::Waiting; // not in the line: placed or ended right below
+        let touch = e.socket.touched();
         if touch == Touch::Untouched {
             self.again(id, slot)
         } else {
@@ -606,3 +612,7 @@ impl std::hash::Hasher for IdHasher {
 }
 
 pub(crate) type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
+
+#[cfg(test)]
+#[path = "ledger_tests.rs"]
+mod tests;
