@@ -314,10 +314,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A held socket's touch flag, and the (slot, incarnation) it was last sent to.
+type Known = (Rc<Cell<Touch>>, Option<(usize, u64)>);
+
 /// What the test knows independently of the ledger.
 struct Model {
-    /// Ids the ledger holds, with their touch flag and where they were last sent.
-    live: HashMap<u64, (Rc<Cell<Touch>>, Option<(usize, u64)>)>,
+    /// Ids the ledger holds.
+    live: HashMap<u64, Known>,
     /// Every id that ended, and how (adopted, ended, or handed to a successor).
     done: HashSet<u64>,
     /// Incarnations whose channel is gone and whose process may still run: (slot, gen).
