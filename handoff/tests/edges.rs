@@ -1,0 +1,540 @@
+//! Regression tests for the holes found at the parent's edges, each named after what it
+//! guards, through the public API with real processes on loopback. The workers that misbehave
+//! are written by hand from PROTOCOL.md (`TEST_ROLE`), so each misbehaviour is exact and not a
+//! race; the others are the shared echo worker.
+//!
+//! A custom runner (`harness = false`): `main` first checks whether this process is a worker,
+//! installs a logger that counts lines, then runs the tests one after another.
+//!
+//! `cargo test -p baton-handoff --test edges [NAME-FILTER]`
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use baton_handoff::record::{Item, Kind, Load, Reason, Record};
+use baton_handoff::{
+    channel_from_env, Candidate, Channel, Endpoint, Parent, ParentBuilder, PeerCheck, Policy, RecvBuf, RecvError,
+    WorkerCommand,
+};
+use baton_runtime::Runtime;
+use baton_transport::{Address, ListenOptions, Reactor};
+use common::{wait_until, WAIT};
+
+fn main() {
+    if let Some(channel) = channel_from_env(PeerCheck::SameUid) {
+        let channel = channel.expect("worker channel");
+        let slot = std::env::var(baton_handoff::ENV_SLOT).unwrap_or_default();
+        match std::env::var(format!("TEST_ROLE_{slot}")).or_else(|_| std::env::var("TEST_ROLE")) {
+            Ok(role) => Raw::new(channel).play(&role),
+            Err(_) => {
+                let why = common::worker_main(channel);
+                if let Some(path) = std::env::var_os("TEST_CLEANUP_FILE") {
+                    // Work after `wait()` returned, as the README's shutdown pattern does.
+                    std::thread::sleep(Duration::from_millis(300));
+                    std::fs::write(path, format!("{why:?}")).expect("cleanup file");
+                }
+            }
+        }
+        std::process::exit(0);
+    }
+    log::set_logger(&LINES).expect("logger");
+    log::set_max_level(log::LevelFilter::Info);
+    common::raise_nofile();
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let tests: &[(&str, fn())] = &[
+        ("a_worker_that_reads_a_request_and_dies_before_adopted_leaves_no_client_hanging", read_and_die),
+        ("a_socket_a_dead_worker_never_read_is_served_by_another_worker", die_unread),
+        ("drain_lets_a_worker_finish_its_own_clean_up_after_wait_returns", clean_up_after_wait),
+        ("a_cut_off_named_worker_does_not_leave_its_clients_hanging", cut_off_named_worker),
+        ("a_worker_that_says_it_is_draining_and_stays_is_restarted", draining_and_staying),
+        ("tags_are_listener_indexes_whatever_the_number_of_workers", tags_are_listener_indexes),
+        ("unknown_ids_are_logged_a_few_times_not_once_each", unknown_ids_rate_limited),
+        ("a_clean_drain_logs_no_warning_and_counts_named_workers_that_exit", clean_drain),
+        ("wait_ready_waits_for_a_first_worker", wait_ready_needs_a_worker),
+        ("a_return_of_anything_but_a_connected_stream_socket_is_refused", returns_validated),
+        ("listeners_are_shared_once_per_worker_incarnation_however_often_it_says_ready", ready_flood),
+    ];
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, test) in tests {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        ran += 1;
+        let start = Instant::now();
+        let result = std::panic::catch_unwind(test);
+        let status = if result.is_ok() { "ok" } else { "FAILED" };
+        println!("test {name} ... {status} ({:.2} s)", start.elapsed().as_secs_f64());
+        if result.is_err() {
+            failed.push(*name);
+        }
+    }
+    println!("{} passed, {} failed", ran - failed.len(), failed.len());
+    if !failed.is_empty() {
+        println!("failed: {failed:?}");
+        std::process::exit(1);
+    }
+}
+
+// ----- a logger that counts ------------------------------------------------------------------
+
+struct Lines(Mutex<Vec<(log::Level, String)>>);
+
+static LINES: Lines = Lines(Mutex::new(Vec::new()));
+
+impl log::Log for Lines {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if record.target().starts_with("baton") {
+            self.0.lock().unwrap().push((record.level(), record.args().to_string()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Lines logged from here on: call `.since()` on the mark later.
+struct Mark(usize);
+
+fn mark() -> Mark {
+    Mark(LINES.0.lock().unwrap().len())
+}
+
+impl Mark {
+    fn since(&self, level: log::Level, containing: &str) -> Vec<String> {
+        LINES.0.lock().unwrap()[self.0..]
+            .iter()
+            .filter(|(l, m)| *l == level && m.contains(containing))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+}
+
+// ----- set-up ------------------------------------------------------------------------------
+
+struct Setup {
+    runtime: Runtime,
+    reactor: Reactor,
+    parent: Parent,
+    addr: SocketAddr,
+}
+
+/// A parent with `workers` spawned workers of this binary (roles by environment), listening.
+fn start(workers: usize, env: &[(&str, &str)], configure: impl FnOnce(ParentBuilder) -> ParentBuilder) -> Setup {
+    let mut command = WorkerCommand::current_exe().expect("exe");
+    for (k, v) in env {
+        command = command.env(k, v);
+    }
+    let runtime = Runtime::builder().threads(2).build();
+    let reactor = Reactor::start().expect("reactor");
+    let parent = configure(Parent::builder().spawn(workers, command)).start(&runtime, &reactor).expect("parent");
+    let listener = parent.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).expect("listen");
+    let addr = inet(listener.local_addr());
+    assert!(parent.wait_ready(WAIT), "workers ready");
+    Setup { runtime, reactor, parent, addr }
+}
+
+impl Setup {
+    fn pid(&self, slot: usize) -> Option<u32> {
+        self.parent.stats().unwrap().workers[slot].pid
+    }
+
+    fn stop(self) {
+        let _ = self.parent.drain(Duration::from_secs(5));
+        self.runtime.shutdown(Duration::from_secs(5)).expect("shutdown");
+        self.reactor.stop();
+    }
+}
+
+fn inet(a: &Address) -> SocketAddr {
+    match a {
+        Address::Inet(a) => *a,
+        other => panic!("unexpected address {other:?}"),
+    }
+}
+
+/// Places on slot 0 whenever it can take the socket, so a test knows who gets it first.
+struct SlotZeroFirst;
+
+impl Policy for SlotZeroFirst {
+    fn choose(&mut self, candidates: &[Candidate], _key: Option<&[u8]>) -> usize {
+        candidates.iter().position(|c| c.slot == 0).unwrap_or(0)
+    }
+}
+
+/// Reads until end of file or an error; panics if neither comes within `within`.
+fn expect_end(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let started = Instant::now();
+    loop {
+        let mut buf = [0u8; 256];
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                panic!("no answer and no end after {:?}: the client hangs (got {got:?})", started.elapsed())
+            }
+            Err(_) => return got, // reset: an end all the same
+        }
+    }
+}
+
+// ----- a worker written by hand from PROTOCOL.md ---------------------------------------------
+
+struct Raw {
+    channel: Channel,
+    buf: RecvBuf,
+    last_load: Instant,
+}
+
+impl Raw {
+    fn new(channel: Channel) -> Raw {
+        Raw { channel, buf: RecvBuf::default(), last_load: Instant::now() }
+    }
+
+    fn send(&self, record: &Record) {
+        let _ = self.channel.send(record, &[], &mut Vec::new());
+    }
+
+    /// The next record, sending LOAD every 50 ms meanwhile (the heartbeat); exits the process
+    /// at end of channel.
+    fn recv(&mut self, heartbeat: bool) -> (Record, Vec<OwnedFd>) {
+        loop {
+            if heartbeat && self.last_load.elapsed() >= Duration::from_millis(50) {
+                self.send(&Record::Load(Load::default()));
+                self.last_load = Instant::now();
+            }
+            match self.channel.recv(&mut self.buf) {
+                // Told to drain or stop: these workers hold nothing worth finishing.
+                Ok((Record::Drain { .. } | Record::Stop, _)) => std::process::exit(0),
+                Ok(got) => return got,
+                Err(RecvError::WouldBlock) => std::thread::sleep(Duration::from_millis(2)),
+                Err(RecvError::Bad { .. }) => continue,
+                Err(_) => std::process::exit(0),
+            }
+        }
+    }
+
+    fn handshake(&mut self) {
+        loop {
+            if let (Record::Hello { .. }, _) = self.recv(true) {
+                self.send(&Record::Ready { pid: std::process::id() });
+                return;
+            }
+        }
+    }
+
+    fn play(mut self, role: &str) {
+        self.handshake();
+        match role {
+            // Reads the request, then dies before saying ADOPTED (PROTOCOL.md §9.4 allows the read).
+            "read_and_die" => {
+                let (_, fds) = self.next_handoff();
+                let mut stream = TcpStream::from(fds.into_iter().next().expect("one socket"));
+                stream.set_nonblocking(false).unwrap();
+                let mut byte = [0u8; 1];
+                stream.read_exact(&mut byte).expect("the request");
+                std::process::exit(3);
+            }
+            "die_unread" => {
+                let _ = self.next_handoff();
+                std::process::exit(3);
+            }
+            // Refuses everything as draining and never leaves.
+            "reject_draining" => loop {
+                let (items, _fds) = self.next_handoff();
+                self.send(&Record::Rejected(items.iter().map(|i| (i.id, Reason::Draining)).collect()));
+            },
+            "tags" => self.serve_tags(),
+            "unknown_ids" => {
+                for r in 0..10u64 {
+                    self.send(&Record::Adopted((0..4096).map(|i| 1_000_000 + r * 4096 + i).collect()));
+                    self.send(&Record::Rejected(
+                        (0..4096).map(|i| (2_000_000 + r * 4096 + i, Reason::Refused)).collect(),
+                    ));
+                }
+                self.serve_tags();
+            }
+            // Hands back a datagram socket, its own channel end's twin, and a listening socket.
+            "returns" => {
+                let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let (seq, _other) = Channel::pair().unwrap();
+                let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let any = Address::Inet("127.0.0.1:1".parse().unwrap());
+                let item = |_| Item {
+                    id: 0,
+                    kind: Kind::Connection,
+                    tag: 0,
+                    peer: any.clone(),
+                    local: any.clone(),
+                    key: None,
+                    prelude: Vec::new(),
+                };
+                let record = Record::Return((0..3).map(item).collect());
+                let fds = [udp.as_fd(), seq.as_fd(), listening.as_fd()];
+                self.channel.send(&record, &fds, &mut Vec::new()).expect("RETURN");
+                self.serve_tags();
+            }
+            // Once it has its listener share, says READY again and again; counts the shares.
+            "ready_flood" => {
+                let (items, _fds) = self.next_handoff();
+                assert!(items.iter().all(|i| i.kind == Kind::Listener));
+                self.send(&Record::Adopted(items.iter().map(|i| i.id).collect()));
+                let mut shares = items.len();
+                for _ in 0..1000 {
+                    self.send(&Record::Ready { pid: std::process::id() });
+                }
+                let out = std::env::var("TEST_OUT").expect("TEST_OUT");
+                let until = Instant::now() + Duration::from_millis(800);
+                while Instant::now() < until {
+                    match self.channel.recv(&mut self.buf) {
+                        Ok((Record::Handoff(items), _)) => {
+                            shares += items.iter().filter(|i| i.kind == Kind::Listener).count();
+                            self.send(&Record::Adopted(items.iter().map(|i| i.id).collect()));
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::WouldBlock) => std::thread::sleep(Duration::from_millis(2)),
+                        Err(_) => break,
+                    }
+                    if self.last_load.elapsed() >= Duration::from_millis(50) {
+                        self.send(&Record::Load(Load::default()));
+                        self.last_load = Instant::now();
+                    }
+                }
+                std::fs::write(out, shares.to_string()).unwrap();
+                loop {
+                    let _ = self.recv(true);
+                }
+            }
+            other => panic!("unknown role {other}"),
+        }
+    }
+
+    fn next_handoff(&mut self) -> (Vec<Item>, Vec<OwnedFd>) {
+        loop {
+            if let (Record::Handoff(items), fds) = self.recv(true) {
+                return (items, fds);
+            }
+        }
+    }
+
+    /// Answers each connection with `tag N` and closes it, reporting as the protocol says.
+    fn serve_tags(mut self) -> ! {
+        loop {
+            let (items, fds) = self.next_handoff();
+            let mut adopted = Vec::new();
+            for (item, fd) in items.into_iter().zip(fds) {
+                if item.kind == Kind::Listener {
+                    adopted.push(item.id);
+                    continue;
+                }
+                let mut stream = TcpStream::from(fd);
+                let _ = stream.write_all(format!("tag {}\n", item.tag).as_bytes());
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                adopted.push(item.id);
+            }
+            self.send(&Record::Adopted(adopted.clone()));
+            self.send(&Record::Closed(adopted));
+        }
+    }
+}
+
+// ----- the tests ---------------------------------------------------------------------------
+
+fn read_and_die() {
+    let s = start(2, &[("TEST_ROLE_0", "read_and_die")], |b| b.policy(SlotZeroFirst));
+    let mut client = TcpStream::connect(s.addr).unwrap();
+    client.write_all(b"hello\n").unwrap();
+    // Before: placed again on worker 1, which waited for the line worker 0 had eaten, and the
+    // client hung. Now: ended, so it sees the end at once.
+    let got = expect_end(&mut client, Duration::from_secs(3));
+    assert!(got.is_empty(), "nobody may answer a request that is gone: {got:?}");
+    let stats = s.parent.stats().unwrap();
+    assert_eq!(stats.ended_touched, 1, "{stats:?}");
+    assert_eq!(stats.replaced, 0, "{stats:?}");
+    s.stop();
+}
+
+fn die_unread() {
+    let s = start(2, &[("TEST_ROLE_0", "die_unread")], |b| b.policy(SlotZeroFirst));
+    let other = s.pid(1).unwrap();
+    let mut client = common::Client::connect(s.addr);
+    assert_eq!(client.pid, other, "served by the worker that is left");
+    assert_eq!(client.echo(b"hello\n"), b"hello\n");
+    let stats = s.parent.stats().unwrap();
+    assert_eq!((stats.ended_touched, stats.replaced), (0, 1), "{stats:?}");
+    drop(client);
+    s.stop();
+}
+
+fn clean_up_after_wait() {
+    let file = std::env::temp_dir().join(format!("baton-cleanup-{}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let s = start(1, &[("TEST_CLEANUP_FILE", file.to_str().unwrap())], |b| b);
+    let pid = s.pid(0).unwrap();
+    let mut client = common::Client::connect(s.addr);
+    assert_eq!(client.echo(b"x\n"), b"x\n");
+    drop(client);
+    let report = s.parent.drain(Duration::from_secs(5)).expect("drain");
+    // Before: killed as soon as its channel closed, and the report said killed 0.
+    assert_eq!((report.killed, report.exited), (0, 1), "{report:?}");
+    assert!(std::fs::read_to_string(&file).is_ok_and(|s| s.contains("Drained")), "the worker's clean-up ran");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "reaped");
+    let _ = std::fs::remove_file(&file);
+    s.stop();
+}
+
+/// Starts this binary as a worker that connects by abstract name.
+fn named_worker(name: &str, env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.env("BATON_CHANNEL_ABSTRACT", name).stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("named worker")
+}
+
+fn named_parent(name: &str, configure: impl FnOnce(ParentBuilder) -> ParentBuilder) -> Setup {
+    let runtime = Runtime::builder().threads(2).build();
+    let reactor = Reactor::start().expect("reactor");
+    let parent = configure(Parent::builder()).start(&runtime, &reactor).expect("parent");
+    parent.accept_workers(&Endpoint::Abstract(name.as_bytes().to_vec()), PeerCheck::SameUid).expect("bind");
+    let listener = parent.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).expect("listen");
+    let addr = inet(listener.local_addr());
+    Setup { runtime, reactor, parent, addr }
+}
+
+fn cut_off_named_worker() {
+    let name = format!("baton-edges-cut-{}", std::process::id());
+    let s = named_parent(&name, |b| b.adopt_timeout(Duration::from_millis(300)));
+    let mut worker = named_worker(&name, &[]);
+    assert!(s.parent.wait_ready(WAIT));
+    let pid = rustix::process::Pid::from_raw(worker.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // The signal is delivered to each thread in turn: wait until the whole process is stopped.
+    wait_until("the worker stopped", || {
+        std::fs::read_dir(format!("/proc/{}/task", worker.id()))
+            .unwrap()
+            .flatten()
+            .all(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| s.contains(") T ")))
+    });
+    let mut client = TcpStream::connect(s.addr).unwrap();
+    client.write_all(b"hello\n").unwrap();
+    // Before: the parent closed its copy, the stopped worker held the socket, and the client
+    // got neither an answer nor an end.
+    let got = expect_end(&mut client, Duration::from_secs(3));
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(s.parent.stats().unwrap().ended_cut_off, 1);
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let _ = worker.wait();
+    s.stop();
+}
+
+fn draining_and_staying() {
+    let s = start(2, &[("TEST_ROLE_0", "reject_draining")], |b| {
+        b.policy(SlotZeroFirst).exit_timeout(Duration::from_millis(300))
+    });
+    let first = s.pid(0).unwrap();
+    let other = s.pid(1).unwrap();
+    let mut client = common::Client::connect(s.addr);
+    assert_eq!(client.pid, other, "the refused socket went to the other worker");
+    assert_eq!(client.echo(b"x\n"), b"x\n");
+    // Before: slot 0 stayed unusable forever. Now: killed after the exit timeout, restarted.
+    wait_until("slot 0 restarted", || s.pid(0).is_some_and(|p| p != first));
+    let stats = s.parent.stats().unwrap();
+    assert!(stats.killed >= 1 && stats.restarts >= 1, "{stats:?}");
+    drop(client);
+    s.stop();
+}
+
+fn tags_are_listener_indexes() {
+    for workers in [1, 3] {
+        let s = start(workers, &[("TEST_ROLE", "tags")], |b| b);
+        let second = s
+            .reactor
+            .listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), s.parent.recipient())
+            .expect("second listener");
+        s.parent.attach(second.clone(), "second");
+        for (addr, tag) in [(s.addr, 0), (inet(second.local_addr()), 1)] {
+            let mut c = TcpStream::connect(addr).unwrap();
+            let got = expect_end(&mut c, WAIT);
+            assert_eq!(String::from_utf8_lossy(&got), format!("tag {tag}\n"), "{workers} worker(s)");
+        }
+        s.stop();
+    }
+}
+
+fn unknown_ids_rate_limited() {
+    let m = mark();
+    let s = start(1, &[("TEST_ROLE", "unknown_ids")], |b| b);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    assert_eq!(expect_end(&mut c, WAIT), b"tag 0\n", "the worker is still served");
+    // 81 920 unknown ids in 20 records: before, one line each.
+    let lines = m.since(log::Level::Warn, "it was not sent");
+    assert!(!lines.is_empty() && lines.len() <= 5, "{} lines: {lines:?}", lines.len());
+    s.stop();
+}
+
+fn clean_drain() {
+    let m = mark();
+    let s = start(2, &[], |b| b);
+    let mut c = common::Client::connect(s.addr);
+    assert_eq!(c.echo(b"x\n"), b"x\n");
+    drop(c);
+    let report = s.parent.drain(Duration::from_secs(5)).unwrap();
+    assert_eq!((report.exited, report.killed), (2, 0), "{report:?}");
+    let warnings = m.since(log::Level::Warn, "");
+    assert!(warnings.is_empty(), "a clean drain warns of nothing: {warnings:?}");
+    s.stop();
+
+    let name = format!("baton-edges-drain-{}", std::process::id());
+    let s = named_parent(&name, |b| b);
+    let mut worker = named_worker(&name, &[]);
+    assert!(s.parent.wait_ready(WAIT));
+    let report = s.parent.drain(Duration::from_secs(5)).unwrap();
+    // Before: a named worker that exited by itself was not counted.
+    assert_eq!((report.exited, report.killed), (1, 0), "{report:?}");
+    assert!(worker.wait().unwrap().success());
+    s.stop();
+}
+
+fn wait_ready_needs_a_worker() {
+    let name = format!("baton-edges-ready-{}", std::process::id());
+    let s = named_parent(&name, |b| b);
+    // Before: true at once, with no worker at all.
+    assert!(!s.parent.wait_ready(Duration::from_millis(300)));
+    let mut worker = named_worker(&name, &[]);
+    assert!(s.parent.wait_ready(WAIT));
+    s.stop();
+    let _ = worker.wait();
+}
+
+fn returns_validated() {
+    let s = start(1, &[("TEST_ROLE", "returns")], |b| b);
+    wait_until("the returns are judged", || s.parent.stats().is_ok_and(|st| st.returns_refused == 3));
+    let stats = s.parent.stats().unwrap();
+    assert_eq!((stats.migrated, stats.dispatched), (0, 0), "nothing was placed: {stats:?}");
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    assert_eq!(expect_end(&mut c, WAIT), b"tag 0\n", "the worker is still served");
+    s.stop();
+}
+
+fn ready_flood() {
+    let out = std::env::temp_dir().join(format!("baton-shares-{}", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let s = start(1, &[("TEST_ROLE", "ready_flood"), ("TEST_OUT", out.to_str().unwrap())], |b| b);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    s.parent.share_listener(l.into(), 5).expect("share");
+    wait_until("the worker counted its shares", || out.exists());
+    // Before: one share per READY (1 001 here).
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "1");
+    let _ = std::fs::remove_file(&out);
+    s.stop();
+}
