@@ -15,6 +15,7 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -83,8 +84,13 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
 /// Reads a whole answer (the worker closes after it) and checks its framing: `200`, a
 /// `Content-Length` that matches, `Connection: close`, and the body `python worker <pid>\n`.
 /// Returns the pid.
-fn read_answer(mut stream: TcpStream) -> u32 {
+fn read_answer(stream: TcpStream) -> u32 {
     stream.set_read_timeout(Some(WAIT)).unwrap();
+    read_answer_from(stream)
+}
+
+/// [`read_answer`] from any stream (whose reads time out).
+fn read_answer_from(mut stream: impl Read) -> u32 {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("the answer, then end of file");
     let text = String::from_utf8(raw).expect("a text answer");
@@ -557,9 +563,30 @@ fn hand_played_ready_heartbeat_handoff_closed_and_stop() {
     let conn = Handed::new();
     w.hand_connection(7, &conn, REQUEST);
     let Handed { client, server } = conn;
+    let asked = Instant::now();
     assert_eq!(read_answer(client), w.pid());
+    assert!(asked.elapsed() < Duration::from_secs(1), "the answer's end came late: {:?}", asked.elapsed());
     assert_eq!(w.answer(), Record::Closed(vec![7]));
     drop(server);
+
+    // A Unix stream socket (address family 0) is served the same way.
+    let (client, server) = UnixStream::pair().unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let item = Item {
+        id: 9,
+        kind: Kind::Connection,
+        tag: 0,
+        peer: Address::Unix(None),
+        local: Address::Unix(None),
+        key: None,
+        prelude: REQUEST.to_vec(),
+    };
+    w.send(&Record::Handoff(vec![item]), &[server.as_fd()]);
+    assert_eq!(w.answers_for(&[9]), [(9, None)]);
+    drop(server);
+    assert_eq!(read_answer_from(&client), w.pid());
+    drop(client);
+    assert_eq!(w.answer(), Record::Closed(vec![9]));
     w.loads.clear();
     w.only_loads_for(Duration::from_millis(120));
     assert!(w.loads.iter().all(|(_, l)| l.open == 0), "{:?}", w.loads);
@@ -689,8 +716,12 @@ fn hand_played_drain_deadline_is_kept() {
     w.hand_connection(1, &conn, b"GET / HT");
     let started = Instant::now();
     w.send(&Record::Drain { deadline_ms: 300 }, &[]);
-    // The request never completes: the worker closes it at the deadline and exits.
+    // The request never completes: the worker closes it at the deadline and exits. It shuts the
+    // connection down first, so the client sees the end though the test still holds a copy.
     assert_eq!(w.answer(), Record::Closed(vec![1]));
+    let mut client = &conn.client;
+    client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(client.read(&mut [0u8; 16]).expect("end of file"), 0);
     assert!(w.wait_exit().success());
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "exited after {took:?}");

@@ -359,8 +359,11 @@ def channel_from_env():
         if not (fd_text.isascii() and fd_text.isdigit()):
             raise SystemExit(f"{ENV_FD}={fd_text!r} is not a descriptor number")
         fd = int(fd_text)
-        os.get_inheritable(fd)  # F_GETFD: raises EBADF when the descriptor is not open
-        sock = socket.socket(fileno=fd)  # takes family and type from the descriptor
+        try:
+            os.get_inheritable(fd)  # F_GETFD: fails (EBADF) when the descriptor is not open
+            sock = socket.socket(fileno=fd)  # takes family and type from the descriptor
+        except OSError as e:
+            raise SystemExit(f"{ENV_FD}={fd}: {e}") from e  # (the descriptor is left alone)
         if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
             sock.detach()  # not ours to close
             raise SystemExit(f"descriptor {fd} is not an AF_UNIX SOCK_SEQPACKET socket")
@@ -372,7 +375,10 @@ def channel_from_env():
             address = os.fsencode(path)
         else:
             address = b"\0" + os.fsencode(abstract)  # Python passes the exact length, no padding
-        sock.connect(address)
+        try:
+            sock.connect(address)  # (EINTR is retried by Python itself)
+        except OSError as e:
+            raise SystemExit(f"cannot reach the parent at {path or abstract!r}: {e}") from e
         if not peer_is_same_user(sock):
             sock.close()
             raise SystemExit("the channel's peer runs as another user")
