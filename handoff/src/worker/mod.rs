@@ -1,22 +1,55 @@
 //! The worker side: receive sockets from the parent, give them to the application, report back.
 //!
-//! A worker process runs its own [`Runtime`] and [`Reactor`]. [`Worker::serve`] starts a link
-//! actor that watches the channel on that reactor. For every socket in a HANDOFF record the
-//! application's actor receives an [`Incoming`]: the socket's addresses, tag and routing key,
-//! and [`Incoming::adopt`], which registers it with the worker's reactor as a transport
-//! [`Connection`](baton_transport::Connection) whose first `Data` event carries the prelude
-//! bytes the parent read. Adopting (or refusing, or dropping the `Incoming`) is reported to the
-//! parent, as is every adopted connection's close, and the worker's load.
+//! A worker process runs its own [`Runtime`] and [`Reactor`]. [`Worker::serve`] starts the
+//! **link**, an actor on that reactor's event loop that owns the worker's end of the channel.
+//! Everything the worker says to the parent goes through it; everything the application does
+//! with a socket reaches it as a report.
 //!
-//! Adoption happens in the owner's own turn (a handler, or the `started` of the actor spawned
-//! for the connection), so the connection's events queue behind the turn that stores the
-//! [`Connection`](baton_transport::Connection) handle, and an application may adopt into
-//! whichever actor it likes (one per connection, or one for all).
+//! # The life of a socket in the worker
+//!
+//! 1. **Arrival** (`link.rs`). The link reads a HANDOFF record and takes its items one by one,
+//!    each with its descriptor. A draining or orphaned worker refuses the item at once
+//!    (REJECTED, Draining). A listener item is registered with the reactor and accepted from
+//!    (ADOPTED, or REJECTED Malformed if it cannot be); what it accepts follows the same path
+//!    from step 2 on, but is never reported by id. A connection's family is taken from its
+//!    `local` address, or asked of the descriptor when that names none; one that is not a
+//!    socket of a family the worker serves is closed (REJECTED, Malformed).
+//! 2. **Offer** (`incoming.rs`). Every other item becomes an [`Incoming`]: addresses, tag,
+//!    routing key, the prelude the parent read, and the socket. The link sends it to the
+//!    application as [`WorkerEvent::Incoming`]. While the application's mailbox is full the
+//!    link *holds* it (and everything after it, in order) and stops reading the channel, so the
+//!    backlog stays with the parent, which places new sockets elsewhere.
+//! 3. **Answer.** The application decides in its own turn. [`Incoming::adopt`] makes the socket
+//!    a [`Connection`](baton_transport::Connection) on the worker's reactor whose first `Data`
+//!    event is the prelude; [`Incoming::take`] hands over the raw socket as a [`Taken`]; both
+//!    are reported ADOPTED. [`Incoming::refuse`], or dropping it, is reported REJECTED
+//!    (Refused), and the parent places the socket elsewhere. Adoption happens in the owner's
+//!    own turn (a handler, or the `started` of the actor spawned for the connection), so the
+//!    connection's events queue behind the turn that stores the handle, and an application may
+//!    adopt into whichever actor it likes (one per connection, or one for all).
+//! 4. **Reports** (`reports.rs`). Answers, closes and migrations are filed in one [`Reports`]
+//!    list shared by the link, the `Incoming`s and the close hooks of adopted connections, and
+//!    the link is woken once per batch to send them: ADOPTED, REJECTED, CLOSED records of up to
+//!    4096 ids. The load (LOAD) follows them on every 50 ms tick, so it never counts a connection
+//!    the parent has not heard of; it is also the worker's heartbeat. [`Status::busy`]
+//!    (`status.rs`) makes it go out at once. What a full channel refuses waits in the link's
+//!    outbox and is sent, in order, when the channel is writable.
+//! 5. **Close.** When an adopted connection closes (or a [`Taken`] is dropped), its close hook
+//!    reports CLOSED with its id, never before its ADOPTED. Or the application hands it back
+//!    alive with a [`Migrator`] (`migration.rs`): it is detached with its unread bytes and sent
+//!    to the parent in a RETURN record, to be placed on another worker; here it counts as
+//!    closed.
+//!
+//! # The end
 //!
 //! A worker stops taking sockets when the parent says DRAIN, or when the parent is gone (its
 //! channel reads end-of-file): it finishes its open connections up to a deadline and then
 //! [`Worker::wait`] returns, for the program to shut down and exit. No worker outlives its
-//! parent by more than that deadline.
+//! parent by more than that deadline. An orphaned worker sends nothing more, and the
+//! application can no longer adopt or take sockets it was given before (`NotConnected`; they
+//! are closed: the parent may have placed them elsewhere). STOP ends it at once.
+//!
+//! [`Reports`]: self::reports::Reports
 
 mod incoming;
 mod link;
