@@ -1,6 +1,8 @@
 //! The link actor: the worker's end of the channel. It reads the parent's records, gives
 //! sockets to the application (holding them while its mailbox is full), sends the reports and
-//! the load, drains, and is orphaned when the parent is gone.
+//! the load (through the bounded [`Outbox`] when the channel is full), drains, and is orphaned
+//! when the parent is gone or reads nothing. Lines about what the parent sent wrong go through
+//! a [`LogLimit`]: a few per window, the exact count in `baton_worker_bad_records_total`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -13,9 +15,11 @@ use baton_runtime::{Actor, Addr, Context, Recipient, TrySendError};
 use baton_transport::{Accepted, Address, Interest, ListenOptions, Listener, Readiness, Stream, Watch};
 
 use super::incoming::{stream_from, Incoming};
+use super::outbox::Outbox;
 use super::reports::{Reports, Shared};
 use super::{WorkerEvent, WorkerExit, WorkerOptions};
 use crate::channel::{BadRecord, Channel, RecvBuf, RecvError};
+use crate::log_limit::{limited, LogLimit};
 use crate::record::{self, Item, Kind, Load, Reason, Record, MAX_IDS};
 
 /// How often the link checks its drain deadline and refreshes the load report.
@@ -52,8 +56,9 @@ pub(super) struct Link {
     /// Swapped with the shared reports at each flush and kept, emptied, with its capacity:
     /// gathering reports allocates nothing at steady state.
     spare_reports: Reports,
-    /// Encoded records the parent's full queue refused, sent when writable, in order.
-    outbox: VecDeque<Vec<u8>>,
+    /// Records the parent's full queue refused, sent when writable, in order; bounded (past
+    /// the bound the parent is cut off, see `send`).
+    outbox: Outbox,
     /// Set when draining (told, or orphaned): exit when nothing is open, or at this instant.
     deadline: Option<Instant>,
     parent_gone: bool,
@@ -73,6 +78,10 @@ pub(super) struct Link {
     /// Ids for connections accepted here (never reported to the parent; counted in LOAD).
     next_local_id: u64,
     me: Option<Addr<Link>>,
+    /// A HELLO has come (the first is logged; a HANDOFF before it is served all the same).
+    hello: bool,
+    /// Lines about what the parent sent wrong: a few per window, whatever it sends.
+    limit: LogLimit,
 }
 
 fn app_gone(event: WorkerEvent) {
@@ -154,7 +163,7 @@ impl Link {
             recv_buf: RecvBuf::default(),
             send_buf: Vec::new(),
             spare_reports: Reports::default(),
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             deadline: None,
             parent_gone: false,
             exit: Some(exit),
@@ -166,6 +175,8 @@ impl Link {
             listeners_paused: false,
             next_local_id: 0,
             me: None,
+            hello: false,
+            limit: LogLimit::default(),
         }
     }
 
@@ -186,14 +197,13 @@ impl Link {
             match self.channel.recv(&mut self.recv_buf) {
                 Ok((record, fds)) => self.on_record(ctx, record, fds),
                 Err(RecvError::WouldBlock) => return,
-                Err(RecvError::Closed) => return self.orphaned(),
+                Err(RecvError::Closed) => return self.orphaned(log::Level::Warn, format_args!("the parent is gone")),
                 Err(RecvError::Io(e)) => {
-                    log::error!("handoff worker: channel failed: {e}");
-                    return self.orphaned();
+                    return self.orphaned(log::Level::Error, format_args!("the channel failed: {e}"));
                 }
                 Err(RecvError::Bad { error, ids }) => {
-                    log::error!("handoff worker: refused a record from the parent: {error}");
                     metrics::counter!("baton_worker_bad_records_total").increment(1);
+                    limited!(self.limit, log::Level::Warn, "handoff worker: refused a record from the parent: {error}");
                     let reason = match error {
                         BadRecord::DescriptorsTruncated { .. } => Reason::Truncated,
                         _ => Reason::Malformed,
@@ -205,12 +215,15 @@ impl Link {
         }
     }
 
-    fn orphaned(&mut self) {
+    /// The parent is gone, or cut off (`why`, logged once at `level`): stop reading and
+    /// sending, shut the channel down, finish the open connections.
+    fn orphaned(&mut self, level: log::Level, why: std::fmt::Arguments<'_>) {
         if self.parent_gone {
             return;
         }
-        log::warn!(
-            "handoff worker: the parent is gone; finishing open connections (up to {:?})",
+        log::log!(
+            level,
+            "handoff worker: {why}; finishing open connections (up to {:?})",
             self.options.orphan_deadline
         );
         self.parent_gone = true;
@@ -232,10 +245,24 @@ impl Link {
     fn on_record(&mut self, ctx: &mut Context<Self>, record: Record, fds: Vec<OwnedFd>) {
         match record {
             Record::Hello { worker } => {
-                log::debug!("handoff worker: hello, I am worker {worker}");
+                if self.hello {
+                    limited!(
+                        self.limit,
+                        log::Level::Warn,
+                        "handoff worker: the parent sent HELLO again (worker {worker}); answering READY again"
+                    );
+                } else {
+                    log::debug!("handoff worker: hello, I am worker {worker}");
+                }
+                self.hello = true;
+                // Queued behind a full channel, it is one READY however many HELLOs ask.
                 self.send(&Record::Ready { pid: std::process::id() });
             }
             Record::Handoff(items) => {
+                if !self.hello {
+                    // The parent sends none before READY; served all the same.
+                    limited!(self.limit, log::Level::Warn, "handoff worker: a HANDOFF before HELLO; serving it");
+                }
                 for (item, fd) in items.into_iter().zip(fds) {
                     self.offer(item, fd);
                 }
@@ -245,7 +272,16 @@ impl Link {
                 self.start_drain(Instant::now() + Duration::from_millis(u64::from(deadline_ms)));
             }
             Record::Stop => self.finish(ctx, WorkerExit::Stopped),
-            other => log::error!("handoff worker: the parent sent a worker's record: {other:?}"),
+            other => {
+                // Its descriptors (a RETURN's) close with `fds`.
+                metrics::counter!("baton_worker_bad_records_total").increment(1);
+                limited!(
+                    self.limit,
+                    log::Level::Warn,
+                    "handoff worker: refused a record meant for a parent: {}",
+                    name(&other)
+                );
+            }
         }
     }
 
@@ -267,7 +303,12 @@ impl Link {
             Address::Unix(None) => stream_from(fd),
         };
         let Some(stream) = stream else {
-            log::warn!("handoff worker: handoff {} is not a connected stream socket", item.id);
+            limited!(
+                self.limit,
+                log::Level::Warn,
+                "handoff worker: handoff {} is not a connected stream socket",
+                item.id
+            );
             return refuse(&self.shared, Reason::Malformed);
         };
         self.shared.unanswered.fetch_add(1, SeqCst);
@@ -301,7 +342,11 @@ impl Link {
                 self.shared.reports.lock().adopted.push(item.id);
             }
             Err(e) => {
-                log::error!("handoff worker: cannot accept on the listener the parent shared: {e}");
+                limited!(
+                    self.limit,
+                    log::Level::Warn,
+                    "handoff worker: cannot accept on the listener the parent shared: {e}"
+                );
                 self.shared.reports.lock().rejected.push((item.id, Reason::Malformed));
             }
         }
@@ -398,7 +443,9 @@ impl Link {
         self.deadline = Some(deadline);
     }
 
-    /// Sends a record now, or queues it behind others the parent has not taken yet.
+    /// Sends a record now, or queues it behind others the parent has not taken yet. A parent
+    /// that leaves more queued than the outbox's bound is not reading: it is cut off, as if its
+    /// channel had ended.
     fn send(&mut self, record: &Record) {
         if self.parent_gone {
             return;
@@ -410,12 +457,16 @@ impl Link {
                 Ok(()) => return,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
-                    log::error!("handoff worker: sending to the parent failed: {e}");
-                    return self.orphaned();
+                    return self.orphaned(log::Level::Error, format_args!("sending to the parent failed: {e}"));
                 }
             }
         }
-        self.outbox.push_back(self.send_buf.clone());
+        if let Err(overflow) = self.outbox.push(&self.send_buf) {
+            self.orphaned(
+                log::Level::Error,
+                format_args!("the parent reads nothing: {overflow}; cutting it off as if it were gone"),
+            );
+        }
     }
 
     fn send_outbox(&mut self) {
@@ -426,13 +477,10 @@ impl Link {
     fn send_outbox_bytes(&mut self) {
         while let Some(bytes) = self.outbox.front() {
             match self.channel.send_bytes(bytes, &[]) {
-                Ok(()) => {
-                    self.outbox.pop_front();
-                }
+                Ok(()) => self.outbox.pop_front(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    log::error!("handoff worker: sending to the parent failed: {e}");
-                    return self.orphaned();
+                    return self.orphaned(log::Level::Error, format_args!("sending to the parent failed: {e}"));
                 }
             }
         }
@@ -536,5 +584,24 @@ impl Link {
         }
         self.close_listeners();
         ctx.stop();
+    }
+}
+
+/// A record's name, for a log line (its body may be long).
+fn name(record: &Record) -> &'static str {
+    match record {
+        Record::Hello { .. } => "HELLO",
+        Record::Handoff(_) => "HANDOFF",
+        Record::Drain { .. } => "DRAIN",
+        Record::Stop => "STOP",
+        Record::Ready { .. } => "READY",
+        Record::Adopted(_) => "ADOPTED",
+        Record::Rejected(_) => "REJECTED",
+        Record::Closed(_) => "CLOSED",
+        Record::Load(_) => "LOAD",
+        Record::Return(_) => "RETURN",
+        Record::Take => "TAKE",
+        Record::Serving => "SERVING",
+        Record::Released => "RELEASED",
     }
 }

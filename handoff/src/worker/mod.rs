@@ -33,7 +33,10 @@
 //!    4096 ids. The load (LOAD) follows them on every 50 ms tick, so it never counts a connection
 //!    the parent has not heard of; it is also the worker's heartbeat. [`Status::busy`]
 //!    (`status.rs`) makes it go out at once. What a full channel refuses waits in the link's
-//!    outbox and is sent, in order, when the channel is writable.
+//!    outbox (`outbox.rs`) and is sent, in order, when the channel is writable. The outbox
+//!    holds one READY however many HELLOs ask, only the newest LOAD, and ids merged into
+//!    records of up to 4096, and it is bounded: a parent that leaves more unread than that is
+//!    not reading, and is cut off as if it were gone (below).
 //! 5. **Close.** When an adopted connection closes (or a [`Taken`] is dropped), its close hook
 //!    reports CLOSED with its id, never before its ADOPTED. Or the application hands it back
 //!    alive with a [`Migrator`] (`migration.rs`): it is detached with its unread bytes and sent
@@ -42,18 +45,22 @@
 //!
 //! # The end
 //!
-//! A worker stops taking sockets when the parent says DRAIN, or when the parent is gone (its
-//! channel reads end-of-file): it finishes its open connections up to a deadline and then
-//! [`Worker::wait`] returns, for the program to shut down and exit. No worker outlives its
-//! parent by more than that deadline. An orphaned worker sends nothing more, and the
-//! application can no longer adopt or take sockets it was given before (`NotConnected`; they
-//! are closed: the parent may have placed them elsewhere). STOP ends it at once.
+//! A worker stops taking sockets when the parent says DRAIN: it finishes its open connections
+//! up to the deadline DRAIN gives, and then [`Worker::wait`] returns, for the program to shut
+//! down and exit. It is **orphaned** when the parent is gone: its channel reads end of file or
+//! fails, or the parent has left the outbox full (a parent that reads nothing is cut off, one
+//! log line says so). An orphaned worker stops reading and sending, shuts the channel down (a
+//! parent still there sees end of file), and finishes its open connections up to the orphan
+//! deadline: no worker outlives its parent by more than that. The application can no longer
+//! adopt or take sockets it was given before (`NotConnected`; they are closed: the parent may
+//! have placed them elsewhere). STOP ends the worker at once.
 //!
 //! [`Reports`]: self::reports::Reports
 
 mod incoming;
 mod link;
 mod migration;
+mod outbox;
 mod reports;
 mod status;
 
