@@ -303,17 +303,12 @@ pub(crate) fn too_many_in_flight(e: &io::Error) -> bool {
     raw == Some(Errno::TOOMANYREFS.raw_os_error()) || raw == Some(Errno::NOBUFS.raw_os_error())
 }
 
-/// A descriptor received from a peer, as a connected stream socket of a family the transport
-/// serves, or `None` (it is then closed): a listening socket, a datagram or SEQPACKET socket
-/// (a channel end, say), an unconnected one, or not a socket at all. Three system calls; for
-/// sockets that come back from a worker or a predecessor, never on the per-connection path.
-pub(crate) fn connected_stream(fd: OwnedFd) -> Option<baton_transport::Stream> {
-    use rustix::net::sockopt;
-    if sockopt::socket_type(&fd).ok()? != SocketType::STREAM || sockopt::socket_acceptconn(&fd).ok()? {
-        return None;
-    }
-    let family = sockopt::socket_domain(&fd).ok()?;
-    rustix::net::getpeername(&fd).ok()?;
+/// A received descriptor as a stream of the family the socket has, or `None` for a family the
+/// transport does not serve. One system call (the family): a socket of another type is not
+/// caught here; its first read fails and the transport closes it. The worker's path for each
+/// handed-over socket whose record names no family; [`connected_stream`] checks everything.
+pub(crate) fn stream_from(fd: OwnedFd) -> Option<baton_transport::Stream> {
+    let family = rustix::net::sockopt::socket_domain(&fd).ok()?;
     if family == AddressFamily::INET || family == AddressFamily::INET6 {
         Some(baton_transport::Stream::Tcp(std::net::TcpStream::from(fd)))
     } else if family == AddressFamily::UNIX {
@@ -321,4 +316,17 @@ pub(crate) fn connected_stream(fd: OwnedFd) -> Option<baton_transport::Stream> {
     } else {
         None
     }
+}
+
+/// A descriptor received from a peer, as a connected stream socket of a family the transport
+/// serves, or `None` (it is then closed): a listening socket, a datagram or SEQPACKET socket
+/// (a channel end, say), an unconnected one, or not a socket at all. Four system calls; for
+/// sockets that come back from a worker or a predecessor, never on the per-connection path.
+pub(crate) fn connected_stream(fd: OwnedFd) -> Option<baton_transport::Stream> {
+    use rustix::net::sockopt;
+    if sockopt::socket_type(&fd).ok()? != SocketType::STREAM || sockopt::socket_acceptconn(&fd).ok()? {
+        return None;
+    }
+    rustix::net::getpeername(&fd).ok()?;
+    stream_from(fd)
 }

@@ -6,14 +6,14 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use baton_handoff::record::{self, DecodeError, Item, Kind, Load, Reason, Record};
-use baton_handoff::{bootstrap, Channel, ChannelListener, Endpoint, PeerCheck, RecvBuf, RecvError};
+use baton_handoff::{bootstrap, ChannelListener, Endpoint, PeerCheck, RecvBuf};
 use baton_transport::Address;
-use common::{fd_count, wait_until, Client, InProcessWorker};
+use common::{fd_count, handoff, spare_socket, wait_until, HandParent};
 
 /// xorshift64*: reproducible pseudo-random input without a dependency.
 struct Rng(u64);
@@ -170,80 +170,6 @@ fn the_decoder_names_what_is_wrong() {
     bad.push(0);
     assert_eq!(record::decode(&bad), Err(DecodeError::TrailingBytes));
     assert_eq!(record::decode(&vec![0; record::MAX_RECORD + 1]), Err(DecodeError::Oversized));
-}
-
-/// A worker in this process, served through a channel whose other end the test writes to by
-/// hand, as a hostile or broken parent would.
-struct HandParent {
-    ours: Channel,
-    worker: InProcessWorker,
-    buf: RecvBuf,
-}
-
-impl HandParent {
-    fn start() -> HandParent {
-        let (ours, theirs) = Channel::pair().unwrap();
-        let worker = InProcessWorker::start(theirs);
-        let mut p = HandParent { ours, worker, buf: RecvBuf::default() };
-        p.send(&Record::Hello { worker: 0 }, &[]);
-        assert!(matches!(p.recv_until(|r| matches!(r, Record::Ready { .. })), Record::Ready { .. }));
-        p
-    }
-
-    fn send(&self, rec: &Record, fds: &[BorrowedFd<'_>]) {
-        self.ours.send(rec, fds, &mut Vec::new()).unwrap();
-    }
-
-    /// The next record matching `want` (skipping LOAD reports and others).
-    fn recv_until(&mut self, mut want: impl FnMut(&Record) -> bool) -> Record {
-        let deadline = std::time::Instant::now() + common::WAIT;
-        loop {
-            match self.ours.recv(&mut self.buf) {
-                Ok((rec, _)) if want(&rec) => return rec,
-                Ok(_) => {}
-                Err(RecvError::WouldBlock) => {
-                    assert!(std::time::Instant::now() < deadline, "no answer from the worker");
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => panic!("channel: {e}"),
-            }
-        }
-    }
-
-    /// Hands one connection over properly and checks it is served.
-    fn check_still_serving(&mut self, id: u64) {
-        let front = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = front.local_addr().unwrap();
-        let t = std::thread::spawn(move || {
-            let mut c = Client::connect(addr);
-            c.echo(b"alive\n")
-        });
-        let (sock, peer) = front.accept().unwrap();
-        self.send(&handoff(id, peer, addr), &[sock.as_fd()]);
-        drop(sock);
-        assert_eq!(self.recv_until(|r| matches!(r, Record::Adopted(_))), Record::Adopted(vec![id]));
-        assert_eq!(t.join().unwrap(), b"alive\n");
-    }
-}
-
-fn handoff(id: u64, peer: SocketAddr, local: SocketAddr) -> Record {
-    Record::Handoff(vec![Item {
-        id,
-        kind: Kind::Connection,
-        tag: 0,
-        peer: Address::Inet(peer),
-        local: Address::Inet(local),
-        key: None,
-        prelude: Vec::new(),
-    }])
-}
-
-/// A throwaway socket to attach to hostile records.
-fn spare_socket() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (b, _) = l.accept().unwrap();
-    (a, b)
 }
 
 #[test]

@@ -1,14 +1,17 @@
-//! Shared by the handoff tests: an echo application for workers, and descriptor counting.
+//! Shared by the handoff tests: an echo application for workers, a parent played by hand, and
+//! descriptor counting.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use baton_handoff::{Channel, Worker, WorkerEvent, WorkerExit, WorkerOptions};
+use baton_handoff::record::{Item, Kind, Record};
+use baton_handoff::{Channel, RecvBuf, RecvError, Worker, WorkerEvent, WorkerExit, WorkerOptions};
 use baton_runtime::{Actor, Context, Runtime};
-use baton_transport::{ConnEvent, ConnId, ConnOptions, Connection, Reactor};
+use baton_transport::{Address, ConnEvent, ConnId, ConnOptions, Connection, Reactor};
 
 /// Bound on every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -144,6 +147,86 @@ pub fn worker_main(channel: Channel) -> WorkerExit {
     let why = w.worker.wait();
     w.stop();
     why
+}
+
+/// A worker in this process, served through a channel whose other end the test writes to by
+/// hand, as a hostile or broken parent would.
+pub struct HandParent {
+    pub ours: Channel,
+    pub worker: InProcessWorker,
+    pub buf: RecvBuf,
+}
+
+impl HandParent {
+    /// A worker serving a fresh channel, told nothing yet.
+    pub fn connect() -> HandParent {
+        let (ours, theirs) = Channel::pair().unwrap();
+        let worker = InProcessWorker::start(theirs);
+        HandParent { ours, worker, buf: RecvBuf::default() }
+    }
+
+    /// A worker that has said READY to our HELLO.
+    pub fn start() -> HandParent {
+        let mut p = HandParent::connect();
+        p.send(&Record::Hello { worker: 0 }, &[]);
+        assert!(matches!(p.recv_until(|r| matches!(r, Record::Ready { .. })), Record::Ready { .. }));
+        p
+    }
+
+    pub fn send(&self, rec: &Record, fds: &[BorrowedFd<'_>]) {
+        self.ours.send(rec, fds, &mut Vec::new()).unwrap();
+    }
+
+    /// The next record matching `want` (skipping LOAD reports and others).
+    pub fn recv_until(&mut self, mut want: impl FnMut(&Record) -> bool) -> Record {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match self.ours.recv(&mut self.buf) {
+                Ok((rec, _)) if want(&rec) => return rec,
+                Ok(_) => {}
+                Err(RecvError::WouldBlock) => {
+                    assert!(std::time::Instant::now() < deadline, "no answer from the worker");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("channel: {e}"),
+            }
+        }
+    }
+
+    /// Hands one connection over properly and checks it is served.
+    pub fn check_still_serving(&mut self, id: u64) {
+        let front = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = front.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut c = Client::connect(addr);
+            c.echo(b"alive\n")
+        });
+        let (sock, peer) = front.accept().unwrap();
+        self.send(&handoff(id, peer, addr), &[sock.as_fd()]);
+        drop(sock);
+        assert_eq!(self.recv_until(|r| matches!(r, Record::Adopted(_))), Record::Adopted(vec![id]));
+        assert_eq!(t.join().unwrap(), b"alive\n");
+    }
+}
+
+pub fn handoff(id: u64, peer: SocketAddr, local: SocketAddr) -> Record {
+    Record::Handoff(vec![Item {
+        id,
+        kind: Kind::Connection,
+        tag: 0,
+        peer: Address::Inet(peer),
+        local: Address::Inet(local),
+        key: None,
+        prelude: Vec::new(),
+    }])
+}
+
+/// A throwaway socket to attach to hostile records.
+pub fn spare_socket() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (b, _) = l.accept().unwrap();
+    (a, b)
 }
 
 /// Descriptors open in process `pid` (`None`: this one).

@@ -1,0 +1,98 @@
+//! What the worker owes the parent: [`Reports`] gathered between flushes, and the [`Shared`]
+//! state the link shares with [`Incoming`](super::Incoming)s and close hooks.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::OnceLock;
+
+use baton_runtime::Addr;
+use baton_transport::{Reactor, Stream};
+use parking_lot::Mutex;
+
+use super::link::{Link, LinkMsg};
+use crate::record::{Item, Reason};
+
+#[derive(Default)]
+pub(super) struct Reports {
+    pub(super) adopted: Vec<u64>,
+    pub(super) rejected: Vec<(u64, Reason)>,
+    pub(super) closed: Vec<u64>,
+    /// Connections the application hands back, with their description.
+    pub(super) migrations: Vec<(Item, Stream)>,
+}
+
+impl Reports {
+    pub(super) fn is_empty(&self) -> bool {
+        self.adopted.is_empty() && self.rejected.is_empty() && self.closed.is_empty() && self.migrations.is_empty()
+    }
+
+    /// Empties every list (dropping migrations not taken out), keeping room for an ordinary
+    /// round but not a burst's.
+    pub(super) fn clear(&mut self) {
+        self.adopted.clear();
+        self.adopted.shrink_to(1024);
+        self.rejected.clear();
+        self.rejected.shrink_to(1024);
+        self.closed.clear();
+        self.closed.shrink_to(1024);
+        self.migrations.clear();
+        self.migrations.shrink_to(64);
+    }
+}
+
+/// What the link actor shares with [`Incoming`](super::Incoming)s and the close hooks of adopted
+/// connections.
+pub(super) struct Shared {
+    pub(super) reactor: Reactor,
+    pub(super) reports: Mutex<Reports>,
+    pub(super) open: AtomicU32,
+    /// `Incoming`s given to the application and not yet adopted or refused.
+    pub(super) unanswered: AtomicU32,
+    /// The channel is gone: the parent may have placed unreported sockets elsewhere, so
+    /// nothing more is adopted.
+    pub(super) parent_gone: AtomicBool,
+    /// Handlers that said they are busy ([`Status::busy`](super::Status::busy)).
+    pub(super) busy: AtomicU32,
+    /// Send LOAD at the next flush, not the next tick (busy changed).
+    pub(super) load_now: AtomicBool,
+    pub(super) flush_requested: AtomicBool,
+    pub(super) link: OnceLock<Addr<Link>>,
+}
+
+impl Shared {
+    pub(super) fn new(reactor: Reactor) -> Shared {
+        Shared {
+            reactor,
+            reports: Mutex::new(Reports::default()),
+            open: AtomicU32::new(0),
+            unanswered: AtomicU32::new(0),
+            parent_gone: AtomicBool::new(false),
+            busy: AtomicU32::new(0),
+            load_now: AtomicBool::new(false),
+            flush_requested: AtomicBool::new(false),
+            link: OnceLock::new(),
+        }
+    }
+
+    /// Asks the link to send LOAD now.
+    pub(super) fn load_changed(&self) {
+        self.load_now.store(true, SeqCst);
+        self.report(|_| {});
+    }
+
+    /// Queues a report for the parent and wakes the link to send it (once per batch).
+    pub(super) fn report(&self, f: impl FnOnce(&mut Reports)) {
+        f(&mut self.reports.lock());
+        if !self.flush_requested.swap(true, SeqCst) {
+            if let Some(link) = self.link.get() {
+                // The link's mailbox is unbounded: a report is never refused for room.
+                let _ = link.try_send(LinkMsg::Flush);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
