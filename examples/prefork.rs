@@ -12,8 +12,10 @@
 //!
 //! Zero-downtime upgrade: with `--takeover PATH`, SIGUSR2 starts this binary again with the
 //! same arguments; the new parent takes the listening socket over from this one through the
-//! control socket at `PATH`, starts its workers, and once it serves, this one stops accepting,
-//! drains and exits 0.
+//! control socket at `PATH`, starts its workers, and once it serves, this one stops accepting.
+//! It keeps its listening socket and workers for a probation (`--probation MS`, default 5000):
+//! if the new parent dies meanwhile, this one accepts again and nothing queued is lost; else it
+//! drains and exits 0. A successor that failed is reaped, never left a zombie.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -37,7 +39,7 @@ macro_rules! note {
 }
 
 const USAGE: &str =
-    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--takeover PATH] [--metrics ADDR]";
+    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--takeover PATH [--probation MS]] [--metrics ADDR]";
 /// How long a graceful stop waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -52,6 +54,8 @@ struct Options {
     /// The control socket for zero-downtime upgrades: a running parent listens there, and a
     /// new one started with the same path takes over from it (SIGUSR2 starts one).
     takeover: Option<std::path::PathBuf>,
+    /// How long a successor must live before this parent lets go (`--probation MS`).
+    probation: Duration,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -62,6 +66,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
         listeners_mode: false,
         metrics: None,
         takeover: None,
+        probation: Duration::from_secs(5),
     };
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
@@ -89,6 +94,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
                 }
             }
             "--takeover" => opts.takeover = Some(value()?.into()),
+            "--probation" => {
+                opts.probation = Duration::from_millis(value()?.parse().map_err(|e| format!("--probation: {e}"))?)
+            }
             "--metrics" => opts.metrics = Some(value()?.parse().map_err(|e| format!("--metrics: {e}"))?),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -174,7 +182,15 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     let parent = Parent::builder()
         .spawn(opts.workers, WorkerCommand::new(&exe).args(std::env::args_os().skip(1)))
         .boxed_policy(policy)
+        .takeover_probation(opts.probation)
         .start(&rt, &reactor)?;
+    if takeover.is_some() {
+        // A successor accepts only once its workers can take what it accepts: if it dies
+        // before, every connection queued meanwhile is still in the socket for its predecessor.
+        if !parent.wait_ready(Duration::from_secs(10)) {
+            note!("prefork: workers slow to start; taking over anyway");
+        }
+    }
     // A predecessor's socket, else socket activation (systemd), else --listen.
     let given = inherited.or_else(|| activated.into_iter().next().map(|a| a.fd));
     let bound = match (given, opts.listeners_mode) {
@@ -221,8 +237,20 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     let _ = writeln!(out, "listening on http://{}", show(&bound));
     let _ = out.flush();
 
+    // Successors started by SIGUSR2: one that fails is reaped here (and this parent, whose
+    // probation it did not survive, serves on).
+    let mut successors: Vec<std::process::Child> = Vec::new();
+    let reap = crossbeam_channel::tick(Duration::from_millis(100));
     loop {
         crossbeam_channel::select! {
+            recv(reap) -> _ => successors.retain_mut(|c| match c.try_wait() {
+                Ok(Some(status)) => {
+                    note!("prefork: successor {} exited: {status}", c.id());
+                    false
+                }
+                Ok(None) => true,
+                Err(_) => false,
+            }),
             recv(signal_rx) -> sig => match sig {
                 Ok(SIGUSR2) => {
                     if opts.takeover.is_none() {
@@ -232,7 +260,10 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
                     // The successor is this binary with the same arguments: it finds us at the
                     // takeover socket.
                     match std::process::Command::new(&exe).args(std::env::args_os().skip(1)).spawn() {
-                        Ok(child) => note!("prefork: SIGUSR2: started successor {}", child.id()),
+                        Ok(child) => {
+                            note!("prefork: SIGUSR2: started successor {}", child.id());
+                            successors.push(child);
+                        }
                         Err(e) => note!("prefork: SIGUSR2: cannot start a successor: {e}"),
                     }
                 }

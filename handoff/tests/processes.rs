@@ -529,8 +529,12 @@ impl Generation {
     fn start() -> Generation {
         let runtime = Runtime::builder().threads(2).build();
         let reactor = Reactor::start().unwrap();
-        let parent =
-            Parent::builder().spawn(1, WorkerCommand::current_exe().unwrap()).start(&runtime, &reactor).unwrap();
+        // Successors here live in this process (never die): no probation to wait out.
+        let parent = Parent::builder()
+            .spawn(1, WorkerCommand::current_exe().unwrap())
+            .takeover_probation(Duration::ZERO)
+            .start(&runtime, &reactor)
+            .unwrap();
         wait_until("worker ready", || parent.stats().is_ok_and(|s| s.workers.iter().all(|w| w.ready)));
         Generation { runtime, reactor, parent }
     }

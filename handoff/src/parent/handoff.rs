@@ -25,7 +25,7 @@ use super::probe::Baseline;
 use super::slot::{Phase, Restart, Slot, Verdict};
 use super::stats::{DrainReport, Latencies, Stats, WorkerStats};
 use super::successor::Successor;
-use crate::bootstrap::ChannelListener;
+use crate::bootstrap::{ChannelListener, Endpoint, PeerCheck};
 use crate::channel::{too_many_in_flight, BadRecord, Channel, RecvBuf, RecvError};
 use crate::log_limit::{limited, LogLimit};
 use crate::process::WorkerCommand;
@@ -84,8 +84,9 @@ pub enum Control {
     Attach(Listener, String),
     /// Accept workers that connect to this named channel.
     AcceptWorkers(ChannelListener),
-    /// Let a successor take over through this control socket.
-    OfferTakeover(ChannelListener),
+    /// Let a successor take over through this control socket (bound at this endpoint, with
+    /// this check: bound again if a successor dies on probation).
+    OfferTakeover(ChannelListener, Endpoint, PeerCheck),
     /// A snapshot of the counters.
     Stats(ReplyTo<Stats>),
     /// Stop accepting, place what was accepted, let workers finish, stop them.
@@ -241,6 +242,7 @@ pub(crate) struct Config {
     pub(crate) batch: usize,
     pub(crate) intensity: Intensity,
     pub(crate) max_in_flight: usize,
+    pub(crate) probation: Duration,
 }
 
 /// The Handoff actor (build it with [`Parent::builder`](crate::Parent::builder)).
@@ -296,6 +298,7 @@ impl Handoff {
             adopted_total,
             reactor,
             budget: Budget::new(config.max_in_flight),
+            successor: Successor::new(taken_over, config.probation),
             config,
             ledger,
             slots: (0..n).map(|_| Slot::new(true, now)).collect(),
@@ -309,7 +312,6 @@ impl Handoff {
             tags: Vec::new(),
             listeners_paused: false,
             unattached: VecDeque::new(),
-            successor: Successor::new(taken_over),
             shared: Vec::new(),
             share_sends: HashMap::new(),
             share_retry: Vec::new(),
@@ -422,16 +424,7 @@ impl Handoff {
                     self.accepted(a);
                 }
             }
-            Control::OfferTakeover(listener) => {
-                let listener = Arc::new(listener);
-                match self.reactor.watch(listener.clone(), Interest::READ, self.ready_recipient()) {
-                    Ok(watch) => {
-                        self.watches.insert(watch.id(), Watched::TakeoverListener);
-                        self.successor.listener = Some((listener, watch));
-                    }
-                    Err(e) => log::error!("handoff: cannot watch the takeover socket: {e}"),
-                }
-            }
+            Control::OfferTakeover(listener, endpoint, check) => self.offer_takeover(listener, endpoint, check),
             Control::AcceptWorkers(listener) => {
                 let listener = Arc::new(listener);
                 match self.reactor.watch(listener.clone(), Interest::READ, self.ready_recipient()) {
@@ -1351,7 +1344,10 @@ impl Handoff {
     }
 
     fn update_listeners(&mut self) {
-        let pause = self.ledger.waiting() > 0 || self.ledger.full() || !self.ledger.can_place();
+        let pause = self.successor.on_probation()
+            || self.ledger.waiting() > 0
+            || self.ledger.full()
+            || !self.ledger.can_place();
         if pause != self.listeners_paused {
             self.listeners_paused = pause;
             for (l, _) in &self.listeners {

@@ -73,6 +73,7 @@ pub struct ParentBuilder {
     batch: usize,
     intensity: Intensity,
     exit_timeout: Duration,
+    probation: Duration,
 }
 
 impl std::fmt::Debug for ParentBuilder {
@@ -103,6 +104,7 @@ impl Default for ParentBuilder {
             batch: 64,
             intensity: Intensity { max_restarts: 5, period: Duration::from_secs(10) },
             exit_timeout: Duration::from_secs(10),
+            probation: Duration::from_secs(5),
         }
     }
 }
@@ -175,6 +177,15 @@ impl ParentBuilder {
         self
     }
 
+    /// How long a successor that took over must live before this parent lets go of its
+    /// listening sockets and its workers (see [`Parent::offer_takeover`]): an upgrade's new
+    /// binary most often fails right after it starts. Zero lets go at once (no rollback after
+    /// SERVING). Default 5 s.
+    pub fn takeover_probation(mut self, t: Duration) -> Self {
+        self.probation = t;
+        self
+    }
+
     /// Restarts allowed per slot within a period before the slot is given up. Default 5 in 10 s.
     pub fn intensity(mut self, intensity: Intensity) -> Self {
         self.intensity = intensity;
@@ -215,6 +226,7 @@ impl ParentBuilder {
             batch: self.batch,
             intensity: self.intensity,
             max_in_flight: self.max_in_flight,
+            probation: self.probation,
         };
         let actor = Handoff::new(config, Ledger::new(self.policy, limits), reactor.clone(), adopted.clone(), taken_tx);
         let addr = runtime
@@ -338,8 +350,12 @@ impl Parent {
 
     /// Lets a successor take over through the control socket at `endpoint` (peers must pass
     /// `check`): it receives this parent's listening sockets by name, and once it confirms it
-    /// is serving, this parent stops accepting, hands over what it accepted and never placed,
-    /// and [`Parent::taken_over`] fires (then drain and exit). See [`crate::takeover`].
+    /// is serving, this parent stops accepting and hands over what it accepted and never
+    /// placed. It keeps its listening sockets and its workers for the
+    /// [probation](ParentBuilder::takeover_probation): if the successor's process dies
+    /// meanwhile, this parent accepts again from the same sockets (nothing queued in them is
+    /// lost) and offers the takeover again. Once the successor has lasted the probation,
+    /// [`Parent::taken_over`] fires (then drain and exit). See [`crate::takeover`].
     ///
     /// # Errors
     ///
@@ -347,7 +363,7 @@ impl Parent {
     pub fn offer_takeover(&self, endpoint: &Endpoint, check: PeerCheck) -> io::Result<()> {
         let listener = ChannelListener::bind(endpoint, check)?;
         self.addr
-            .send(HandoffMsg::Control(Control::OfferTakeover(listener)))
+            .send(HandoffMsg::Control(Control::OfferTakeover(listener, endpoint.clone(), check)))
             .map_err(|_| io::Error::other("the parent has stopped"))
     }
 

@@ -1,58 +1,113 @@
 //! The old parent's side of a takeover (PROTOCOL.md §12): a successor connects, takes the
 //! listening sockets, confirms it serves, and receives what this parent accepted and never
 //! placed. The new parent's side is [`crate::takeover`].
+//!
+//! After SERVING the successor is **on probation**: this parent stops accepting (its listeners
+//! pause; the kernel queues new connections in the sockets both processes share, and the
+//! successor accepts them), but keeps its listening sockets, its workers, and a pidfd of the
+//! successor's process. If that process dies before the probation ends — the failure an
+//! upgrade most often meets is a new binary that crashes right after it starts — this parent
+//! accepts again from the same sockets, so what waits in their queues is served, and offers
+//! the takeover again. Once the probation passes it lets go: closes its listening sockets and
+//! tells its application, which drains. Shared listeners (the nginx shape) stay with this
+//! parent's workers until then, so during the probation both generations' workers accept.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_transport::{Interest, Watch};
 
 use super::handoff::{Handoff, Watched};
-use crate::bootstrap::ChannelListener;
+use crate::bootstrap::{ChannelListener, Endpoint, PeerCheck};
 use crate::channel::{Channel, RecvError};
 use crate::record::{self, Item, Kind, Record};
 
 /// How long a successor may take between connecting and confirming SERVING.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The takeover socket and the successor connected to it, if any.
+/// The takeover socket, the successor connected to it, and a successor on probation.
 pub(crate) struct Successor {
     pub(crate) listener: Option<(Arc<ChannelListener>, Watch)>,
-    peer: Option<(Arc<Channel>, Watch)>,
-    /// When the successor connected: one that never confirms is dropped after [`PATIENCE`],
-    /// so it cannot hold the only takeover slot.
-    since: Instant,
-    /// The connected successor received every listening socket (only then may it confirm).
-    has_listeners: bool,
+    /// Where the takeover socket was bound, to bind it again after a rollback.
+    offer: Option<(Endpoint, PeerCheck)>,
+    peer: Option<Peer>,
+    /// After SERVING, until the probation passes or the successor dies.
+    trial: Option<Trial>,
+    probation: Duration,
     /// Told once a successor has taken over.
     taken_over: crossbeam_channel::Sender<()>,
 }
 
+/// A connected successor.
+struct Peer {
+    channel: Arc<Channel>,
+    watch: Watch,
+    /// Its process, when a pidfd could be opened.
+    pidfd: Option<OwnedFd>,
+    /// When it connected: one that never confirms is dropped after [`PATIENCE`], so it cannot
+    /// hold the only takeover slot.
+    since: Instant,
+    /// It received every listening socket (only then may it confirm).
+    has_listeners: bool,
+}
+
+struct Trial {
+    until: Instant,
+    pidfd: Option<OwnedFd>,
+}
+
 impl Successor {
-    pub(crate) fn new(taken_over: crossbeam_channel::Sender<()>) -> Successor {
-        Successor { listener: None, peer: None, since: Instant::now(), has_listeners: false, taken_over }
+    pub(crate) fn new(taken_over: crossbeam_channel::Sender<()>, probation: Duration) -> Successor {
+        Successor { listener: None, offer: None, peer: None, trial: None, probation, taken_over }
+    }
+
+    /// A successor serves and this parent waits to see it last: its listeners stay paused.
+    pub(crate) fn on_probation(&self) -> bool {
+        self.trial.is_some()
     }
 }
 
+/// The process behind a pidfd has exited.
+fn dead(pidfd: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags};
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).is_ok_and(|n| n > 0)
+}
+
 impl Handoff {
+    /// Offers the takeover at `endpoint` (again, after a rollback).
+    pub(crate) fn offer_takeover(&mut self, listener: ChannelListener, endpoint: Endpoint, check: PeerCheck) {
+        let listener = Arc::new(listener);
+        match self.reactor_watch(listener.clone()) {
+            Ok(watch) => {
+                self.watch_as(&watch, Watched::TakeoverListener);
+                self.successor.listener = Some((listener, watch));
+                self.successor.offer = Some((endpoint, check));
+            }
+            Err(e) => log::error!("handoff: cannot watch the takeover socket: {e}"),
+        }
+    }
+
     /// A successor connects to the takeover socket: one at a time.
     pub(crate) fn accept_successor(&mut self) {
         let Some((listener, watch)) = self.successor.listener.as_ref() else { return };
         let (listener, watch) = (listener.clone(), watch.clone());
         for channel in self.accept_waiting(&listener, "a successor") {
-            if self.successor.peer.is_some() {
+            if self.successor.peer.is_some() || self.successor.trial.is_some() {
                 log::warn!("handoff: a takeover is already in progress; refusing another");
                 continue;
             }
+            let pidfd = rustix::net::sockopt::socket_peercred(&channel)
+                .ok()
+                .and_then(|cred| rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()).ok());
             let channel = Arc::new(channel);
             match self.reactor_watch(channel.clone()) {
                 Ok(w) => {
                     log::info!("handoff: a successor connected for takeover");
                     self.watch_as(&w, Watched::Successor);
-                    self.successor.peer = Some((channel, w));
-                    self.successor.since = Instant::now();
-                    self.successor.has_listeners = false;
+                    self.successor.peer =
+                        Some(Peer { channel, watch: w, pidfd, since: Instant::now(), has_listeners: false });
                 }
                 Err(e) => log::error!("handoff: cannot watch the successor: {e}"),
             }
@@ -60,42 +115,59 @@ impl Handoff {
         watch.arm(Interest::READ);
     }
 
-    fn reactor_watch(&self, channel: Arc<Channel>) -> std::io::Result<Watch> {
-        self.reactor().watch(channel, Interest::READ, self.ready_recipient())
+    fn reactor_watch<T: AsFd + Send + Sync + 'static>(&self, source: Arc<T>) -> std::io::Result<Watch> {
+        self.reactor().watch(source, Interest::READ, self.ready_recipient())
     }
 
-    /// Forgets the successor's control connection (closing our end).
-    fn drop_successor(&mut self) {
-        if let Some((_, w)) = self.successor.peer.take() {
-            self.unwatch(&w);
-        }
+    /// Forgets the successor's control connection (closing our end); returns its pidfd.
+    fn drop_successor(&mut self) -> Option<OwnedFd> {
+        let peer = self.successor.peer.take()?;
+        self.unwatch(&peer.watch);
+        peer.pidfd
     }
 
-    /// Drops a successor that has not confirmed in time while this parent still serves.
+    /// Drops a successor that has not confirmed in time while this parent still serves; ends a
+    /// probation, one way or the other.
     pub(crate) fn successor_tick(&mut self, now: Instant) {
-        let still_serving = !self.listeners.is_empty() || !self.shared.is_empty();
-        if self.successor.peer.is_some() && still_serving && now.duration_since(self.successor.since) > PATIENCE {
+        let waited_too_long = self.successor.peer.as_ref().is_some_and(|p| now.duration_since(p.since) > PATIENCE);
+        if waited_too_long && self.successor.trial.is_none() {
             log::warn!("handoff: the successor did not confirm within {PATIENCE:?}; dropping it");
             self.drop_successor();
+        }
+        let Some(trial) = self.successor.trial.as_ref() else { return };
+        if trial.pidfd.as_ref().is_some_and(dead) {
+            self.roll_back();
+        } else if now >= trial.until {
+            self.let_go();
         }
     }
 
     /// Records from the successor: TAKE, then SERVING (or nothing, and end of file: rollback).
     pub(crate) fn hear_successor(&mut self) {
         loop {
-            let Some((channel, _)) = self.successor.peer.as_ref() else { return };
-            let channel = channel.clone();
+            let Some(peer) = self.successor.peer.as_ref() else { return };
+            let channel = peer.channel.clone();
             match channel.recv(&mut self.recv_buf) {
                 Ok((Record::Take, _)) => self.give_listeners(&channel),
-                Ok((Record::Serving, _)) if self.successor.has_listeners => self.release(&channel),
+                Ok((Record::Serving, _)) if self.successor.peer.as_ref().is_some_and(|p| p.has_listeners) => {
+                    self.release(&channel)
+                }
                 Ok((Record::Serving, _)) => {
                     log::warn!("handoff: SERVING from a successor that has not taken the listeners; ignored");
                 }
                 Ok((other, _)) => log::warn!("handoff: unexpected {other:?} from the successor"),
                 Err(RecvError::WouldBlock) => break,
                 Err(e) => {
-                    if self.listeners.is_empty() && self.shared.is_empty() {
-                        log::info!("handoff: the successor disconnected after the takeover");
+                    if self.successor.trial.is_some() {
+                        // Its end closed: the tick tells a successor that died (roll back)
+                        // from one that only let go of the connection (older builds do).
+                        log::debug!("handoff: the successor closed its control connection on probation");
+                        if let Some(trial) = self.successor.trial.as_mut() {
+                            if trial.pidfd.is_none() {
+                                // Without a pidfd there is no telling: take it as serving.
+                                trial.until = Instant::now();
+                            }
+                        }
                     } else {
                         log::warn!("handoff: the successor went away before serving ({e}); still serving");
                     }
@@ -104,8 +176,8 @@ impl Handoff {
                 }
             }
         }
-        if let Some((_, w)) = self.successor.peer.as_ref() {
-            w.arm(Interest::READ);
+        if let Some(peer) = self.successor.peer.as_ref() {
+            peer.watch.arm(Interest::READ);
         }
     }
 
@@ -152,7 +224,7 @@ impl Handoff {
             return;
         }
         if items.is_empty() {
-            self.successor.has_listeners = true;
+            self.mark_has_listeners();
             // Nothing to hand over (an empty HANDOFF is no record): say so with RELEASED.
             log::warn!("handoff: a successor asked for listeners, but this parent has none");
             let _ = channel.send(&Record::Released, &[], &mut self.send_buf);
@@ -161,27 +233,31 @@ impl Handoff {
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         match channel.send(&Record::Handoff(items), &borrowed, &mut self.send_buf) {
             Ok(()) => {
-                self.successor.has_listeners = true;
+                self.mark_has_listeners();
                 log::info!("handoff: gave {} listening socket(s) to the successor", fds.len());
             }
             Err(e) => log::error!("handoff: sending listeners to the successor failed: {e}"),
         }
     }
 
-    /// The successor serves: stop accepting, hand over what was accepted and never sent to a
-    /// worker, say RELEASED.
-    fn release(&mut self, channel: &Channel) {
-        for (l, _) in std::mem::take(&mut self.listeners) {
-            // The successor listens on the same socket (and path) now. Waiting for the close
-            // puts every connection this listener accepted in our mailbox ahead of the drain
-            // our application asks for once it hears it was taken over.
-            l.keep_path_on_close();
-            l.close_and_wait();
+    fn mark_has_listeners(&mut self) {
+        if let Some(peer) = self.successor.peer.as_mut() {
+            peer.has_listeners = true;
         }
-        self.shared.clear();
+    }
+
+    /// The successor serves: stop accepting (listeners paused, kept), hand over what was
+    /// accepted and never sent to a worker, say RELEASED, and watch the successor live through
+    /// its probation.
+    fn release(&mut self, channel: &Channel) {
         // A successor of the successor will bind the control socket again.
         if let Some((_, w)) = self.successor.listener.take() {
             self.unwatch(&w);
+        }
+        let pidfd = self.successor.peer.as_mut().and_then(|p| p.pidfd.take());
+        self.successor.trial = Some(Trial { until: Instant::now() + self.successor.probation, pidfd });
+        for (l, _) in &self.listeners {
+            l.pause();
         }
         let batch = self.batch();
         let mut unsent = self.ledger_mut().take_unsent();
@@ -206,7 +282,40 @@ impl Handoff {
         if let Err(e) = channel.send(&Record::Released, &[], &mut self.send_buf) {
             log::warn!("handoff: telling the successor we released failed: {e}");
         }
+        log::info!("handoff: a successor serves; on probation for {:?}", self.successor.probation);
+        if self.successor.probation.is_zero() {
+            self.let_go();
+        }
+    }
+
+    /// The successor lasted its probation: close the listening sockets (their path stays: the
+    /// successor listens there) and tell the application.
+    fn let_go(&mut self) {
+        self.successor.trial = None;
+        self.drop_successor();
+        for (l, _) in std::mem::take(&mut self.listeners) {
+            // Waiting for the close puts every connection this listener accepted in our
+            // mailbox ahead of the drain our application asks for once it hears.
+            l.keep_path_on_close();
+            l.close_and_wait();
+        }
+        self.shared.clear();
         log::info!("handoff: taken over; no longer accepting");
         let _ = self.successor.taken_over.try_send(());
+    }
+
+    /// The successor died on probation: accept again from the same sockets, and offer the
+    /// takeover again.
+    fn roll_back(&mut self) {
+        self.successor.trial = None;
+        self.drop_successor();
+        metrics::counter!("baton_takeover_rolled_back_total").increment(1);
+        log::warn!("handoff: the successor died on probation; serving again");
+        if let Some((endpoint, check)) = self.successor.offer.clone() {
+            match ChannelListener::bind(&endpoint, check) {
+                Ok(listener) => self.offer_takeover(listener, endpoint, check),
+                Err(e) => log::error!("handoff: cannot offer the takeover again: {e}"),
+            }
+        }
     }
 }

@@ -67,9 +67,11 @@ impl Incoming {
     /// # Errors
     ///
     /// When the socket cannot be registered (the parent is told and places it elsewhere), or
-    /// the parent is gone (`NotConnected`: it may have placed the socket elsewhere already).
+    /// the parent cut this worker off (`NotConnected`: it may have placed the socket elsewhere
+    /// already). A parent whose process died placed nothing elsewhere: its sockets are still
+    /// adopted, and served while the worker finishes.
     pub fn adopt(mut self, owner: Recipient<ConnEvent>, options: ConnOptions) -> io::Result<Connection> {
-        if self.shared.parent_gone.load(SeqCst) {
+        if !self.shared.may_adopt() {
             // Dropping `self` closes our copy; the parent's placed it elsewhere or closed it.
             return Err(io::Error::new(io::ErrorKind::NotConnected, "the parent is gone; not adopting"));
         }
@@ -130,9 +132,10 @@ impl Incoming {
     ///
     /// # Errors
     ///
-    /// `NotConnected` when the parent is gone (it may have placed the socket elsewhere).
+    /// `NotConnected` when the parent cut this worker off (it may have placed the socket
+    /// elsewhere); not when its process died.
     pub fn take(mut self) -> io::Result<Taken> {
-        if self.shared.parent_gone.load(SeqCst) {
+        if !self.shared.may_adopt() {
             return Err(io::Error::new(io::ErrorKind::NotConnected, "the parent is gone; not taking"));
         }
         let stream = self.stream.take().expect("present until adopted or dropped");

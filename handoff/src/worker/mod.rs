@@ -148,7 +148,11 @@ impl Worker {
     ) -> io::Result<Worker> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let channel = Arc::new(channel);
-        let shared = Arc::new(Shared::new(reactor.clone()));
+        // The process at the other end (for a socket pair: the one that created it, our parent).
+        let parent = rustix::net::sockopt::socket_peercred(&*channel)
+            .ok()
+            .and_then(|cred| rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()).ok());
+        let shared = Arc::new(Shared::new(reactor.clone(), parent));
         let link = Link::new(channel.clone(), app, shared.clone(), options, tx);
         let addr = runtime
             .spawn_on(reactor.event_loop(), link, Mailbox::Unbounded)

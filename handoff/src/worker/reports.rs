@@ -56,11 +56,15 @@ pub(super) struct Shared {
     pub(super) load_now: AtomicBool,
     pub(super) flush_requested: AtomicBool,
     pub(super) link: OnceLock<Addr<Link>>,
+    /// The parent's process (a pidfd), when one could be opened: a parent that *died* cannot
+    /// have placed anything elsewhere, so what it sent may still be adopted.
+    parent: Option<std::os::fd::OwnedFd>,
 }
 
 impl Shared {
-    pub(super) fn new(reactor: Reactor) -> Shared {
+    pub(super) fn new(reactor: Reactor, parent: Option<std::os::fd::OwnedFd>) -> Shared {
         Shared {
+            parent,
             reactor,
             reports: Mutex::new(Reports::default()),
             open: AtomicU32::new(0),
@@ -71,6 +75,22 @@ impl Shared {
             flush_requested: AtomicBool::new(false),
             link: OnceLock::new(),
         }
+    }
+
+    /// Whether the application may still adopt a socket the parent sent: yes while the channel
+    /// lives; after it ended, only if the parent's process is dead (then nobody can have placed
+    /// the socket elsewhere, and refusing it would drop the client). A parent that just died
+    /// is seen as such up to 20 ms after its channel closed (the kernel closes a process's
+    /// descriptors before it marks it exited).
+    pub(super) fn may_adopt(&self) -> bool {
+        if !self.parent_gone.load(SeqCst) {
+            return true;
+        }
+        let Some(pidfd) = self.parent.as_ref() else { return false };
+        use rustix::event::{PollFd, PollFlags};
+        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+        let wait = rustix::event::Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
+        rustix::event::poll(&mut fds, Some(&wait)).is_ok_and(|n| n > 0)
     }
 
     /// Asks the link to send LOAD now.
