@@ -26,6 +26,17 @@ use baton_transport::{Address, ListenOptions, Reactor};
 use common::{wait_until, WAIT};
 
 fn main() {
+    if let Ok(addr) = std::env::var("TEST_CLIENTS") {
+        // A burst of clients in a process of their own (their descriptors are not the parent's).
+        common::raise_nofile();
+        let addr: SocketAddr = addr.parse().unwrap();
+        let n: usize = std::env::var("TEST_CLIENT_COUNT").unwrap().parse().unwrap();
+        let clients: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+        let served =
+            clients.into_iter().filter(|c| expect_end(&mut c.try_clone().unwrap(), WAIT) == b"tag 0\n").count();
+        println!("{served}");
+        std::process::exit(0);
+    }
     if let Some(channel) = channel_from_env(PeerCheck::SameUid) {
         let channel = channel.expect("worker channel");
         let slot = std::env::var(baton_handoff::ENV_SLOT).unwrap_or_default();
@@ -58,6 +69,7 @@ fn main() {
         ("wait_ready_waits_for_a_first_worker", wait_ready_needs_a_worker),
         ("a_return_of_anything_but_a_connected_stream_socket_is_refused", returns_validated),
         ("listeners_are_shared_once_per_worker_incarnation_however_often_it_says_ready", ready_flood),
+        ("a_parent_at_its_descriptor_limit_pauses_and_serves_a_burst_then_an_upgrade", descriptor_budget),
     ];
     let mut failed = Vec::new();
     let mut ran = 0;
@@ -329,6 +341,10 @@ impl Raw {
     fn serve_tags(mut self) -> ! {
         loop {
             let (items, fds) = self.next_handoff();
+            if let Ok(ms) = std::env::var("TEST_ADOPT_DELAY_MS") {
+                // Slow to answer: the parent holds its copies meanwhile.
+                std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+            }
             let mut adopted = Vec::new();
             for (item, fd) in items.into_iter().zip(fds) {
                 if item.kind == Kind::Listener {
@@ -536,5 +552,52 @@ fn ready_flood() {
     // Before: one share per READY (1 001 here).
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "1");
     let _ = std::fs::remove_file(&out);
+    s.stop();
+}
+
+fn descriptor_budget() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    const CLIENTS: usize = 400;
+    let s = start(1, &[("TEST_ROLE", "tags"), ("TEST_ADOPT_DELAY_MS", "20")], |b| b);
+    let endpoint = Endpoint::Abstract(format!("baton-edges-budget-{}", std::process::id()).into_bytes());
+    s.parent.offer_takeover(&endpoint, PeerCheck::SameUid).unwrap();
+    let before = getrlimit(Resource::Nofile);
+    let mut low = before.clone();
+    low.current = Some(common::fd_count(None) as u64 + 100);
+    setrlimit(Resource::Nofile, low).unwrap();
+    let restore = || setrlimit(Resource::Nofile, before.clone()).unwrap();
+    // The budget follows the limit within a second.
+    wait_until("the budget follows the limit", || s.parent.stats().is_ok_and(|st| st.budget < 100));
+    let burst = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("TEST_CLIENTS", s.addr.to_string())
+        .env("TEST_CLIENT_COUNT", CLIENTS.to_string())
+        .output()
+        .expect("the clients");
+    let served: usize = String::from_utf8_lossy(&burst.stdout).trim().parse().unwrap_or(0);
+    let stats = s.parent.stats().unwrap();
+    // Before: a fixed in-flight bound of 1 024 took the parent to EMFILE, refusing clients.
+    assert_eq!(served, CLIENTS, "every client of the burst is served: {stats:?}");
+    assert!(stats.local_exhaustion >= 1, "the shortage is reported: {stats:?}");
+    assert_eq!((stats.restarts, stats.killed, stats.ended_touched), (0, 0, 0), "no worker blamed: {stats:?}");
+    assert_eq!(stats.adopted, CLIENTS as u64);
+    // An upgrade under the same limit: a successor in this process takes the listener over.
+    let runtime = Runtime::builder().threads(2).build();
+    let reactor = Reactor::start().expect("reactor");
+    let mut command = WorkerCommand::current_exe().unwrap();
+    command = command.env("TEST_ROLE", "tags");
+    let next = Parent::builder().spawn(1, command).start(&runtime, &reactor).expect("successor");
+    assert!(next.wait_ready(WAIT));
+    let mut takeover = baton_handoff::takeover::take_over(&endpoint, PeerCheck::SameUid, WAIT).expect("take over");
+    let fd = takeover.listener("main").expect("main");
+    let l = reactor.adopt_listener(fd, ListenOptions::default(), next.recipient()).unwrap();
+    next.attach(l, "main");
+    takeover.serving(&next, WAIT).expect("released");
+    s.parent.taken_over().recv_timeout(WAIT).expect("taken over after the probation");
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    assert_eq!(expect_end(&mut c, WAIT), b"tag 0\n", "the successor serves");
+    restore();
+    let _ = next.drain(Duration::from_secs(5));
+    runtime.shutdown(Duration::from_secs(5)).unwrap();
+    reactor.stop();
     s.stop();
 }
