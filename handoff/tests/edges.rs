@@ -562,10 +562,10 @@ fn descriptor_budget() {
     let endpoint = Endpoint::Abstract(format!("baton-edges-budget-{}", std::process::id()).into_bytes());
     s.parent.offer_takeover(&endpoint, PeerCheck::SameUid).unwrap();
     let before = getrlimit(Resource::Nofile);
-    let mut low = before.clone();
+    let mut low = before;
     low.current = Some(common::fd_count(None) as u64 + 100);
     setrlimit(Resource::Nofile, low).unwrap();
-    let restore = || setrlimit(Resource::Nofile, before.clone()).unwrap();
+    let restore = || setrlimit(Resource::Nofile, before).unwrap();
     // The budget follows the limit within a second.
     wait_until("the budget follows the limit", || s.parent.stats().is_ok_and(|st| st.budget < 100));
     let burst = std::process::Command::new(std::env::current_exe().unwrap())
