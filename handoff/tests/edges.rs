@@ -565,7 +565,14 @@ fn descriptor_budget() {
     let mut low = before;
     low.current = Some(common::fd_count(None) as u64 + 100);
     setrlimit(Resource::Nofile, low).unwrap();
-    let restore = || setrlimit(Resource::Nofile, before).unwrap();
+    // Restored however the test ends: the tests after it share this process.
+    struct Restore(rustix::process::Rlimit);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = setrlimit(Resource::Nofile, self.0);
+        }
+    }
+    let restore = Restore(before);
     // The budget follows the limit within a second.
     wait_until("the budget follows the limit", || s.parent.stats().is_ok_and(|st| st.budget < 100));
     let burst = std::process::Command::new(std::env::current_exe().unwrap())
@@ -595,7 +602,7 @@ fn descriptor_budget() {
     s.parent.taken_over().recv_timeout(WAIT).expect("taken over after the probation");
     let mut c = TcpStream::connect(s.addr).unwrap();
     assert_eq!(expect_end(&mut c, WAIT), b"tag 0\n", "the successor serves");
-    restore();
+    drop(restore);
     let _ = next.drain(Duration::from_secs(5));
     runtime.shutdown(Duration::from_secs(5)).unwrap();
     reactor.stop();
