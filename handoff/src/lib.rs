@@ -16,9 +16,12 @@
 //! - [`Channel`]: one SEQPACKET socket per worker; records with their descriptors.
 //! - [`bootstrap`]: how a worker reaches its channel (inherited, socket path, abstract name)
 //!   and the peer-credential check.
-//! - [`Parent`] and the [`Handoff`] actor: placement, the parent's copy kept until adoption,
-//!   re-placement on refusal, death or timeout, bounded work in flight, worker processes
-//!   supervised with an intensity limit, graceful drain.
+//! - [`Parent`] and the [`Handoff`] actor, around a ledger with no I/O: placement, the
+//!   parent's copy kept until adoption, a socket placed again after a refusal or a worker's
+//!   death only if the kernel says nobody else touched it (ended otherwise, so no client
+//!   waits for an answer that will not come), a descriptor budget, worker processes supervised
+//!   with an intensity limit and given time to exit, graceful drain, takeover with a
+//!   probation. `parent/mod.rs` says where each rule lives.
 //! - [`policy`]: least-loaded (default), round-robin, power-of-two-choices, sticky by key, or
 //!   your own [`Policy`].
 //! - [`Worker`]: the worker side; the application receives [`Incoming`] sockets.
