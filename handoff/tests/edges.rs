@@ -56,7 +56,6 @@ fn main() {
     log::set_logger(&LINES).expect("logger");
     log::set_max_level(log::LevelFilter::Info);
     common::raise_nofile();
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let tests: &[(&str, fn())] = &[
         ("a_worker_that_reads_a_request_and_dies_before_adopted_leaves_no_client_hanging", read_and_die),
         ("a_socket_a_dead_worker_never_read_is_served_by_another_worker", die_unread),
@@ -71,26 +70,7 @@ fn main() {
         ("listeners_are_shared_once_per_worker_incarnation_however_often_it_says_ready", ready_flood),
         ("a_parent_at_its_descriptor_limit_pauses_and_serves_a_burst_then_an_upgrade", descriptor_budget),
     ];
-    let mut failed = Vec::new();
-    let mut ran = 0;
-    for (name, test) in tests {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        ran += 1;
-        let start = Instant::now();
-        let result = std::panic::catch_unwind(test);
-        let status = if result.is_ok() { "ok" } else { "FAILED" };
-        println!("test {name} ... {status} ({:.2} s)", start.elapsed().as_secs_f64());
-        if result.is_err() {
-            failed.push(*name);
-        }
-    }
-    println!("{} passed, {} failed", ran - failed.len(), failed.len());
-    if !failed.is_empty() {
-        println!("failed: {failed:?}");
-        std::process::exit(1);
-    }
+    common::run(tests);
 }
 
 // ----- a logger that counts ------------------------------------------------------------------

@@ -52,7 +52,6 @@ fn main() {
         std::process::exit(0);
     }
     common::raise_nofile();
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let tests: &[(&str, fn())] = &[
         ("handed_off_socket_is_served_and_sees_eof_only_when_the_worker_closes", served_and_eof_from_worker_only),
         ("prelude_bytes_arrive_before_bytes_read_later", prelude_first),
@@ -72,23 +71,7 @@ fn main() {
         ("worker_connects_by_socket_path", bootstrap_by_path),
         ("worker_connects_by_abstract_name", bootstrap_by_abstract_name),
     ];
-    let mut failed = Vec::new();
-    for (name, test) in tests {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        let start = Instant::now();
-        let result = std::panic::catch_unwind(test);
-        let status = if result.is_ok() { "ok" } else { "FAILED" };
-        println!("test {name} ... {status} ({:.2} s)", start.elapsed().as_secs_f64());
-        if result.is_err() {
-            failed.push(*name);
-        }
-    }
-    if !failed.is_empty() {
-        println!("failed: {failed:?}");
-        std::process::exit(1);
-    }
+    common::run(tests);
 }
 
 /// Opens descriptors until the table is full, after lowering the limit to just above what is

@@ -518,18 +518,10 @@ impl Link {
     /// Hands migrated connections to the parent (RETURN records with their descriptors); our
     /// copies close once sent. What the full channel does not take waits for writability.
     fn send_returns(&mut self) {
+        /// Items per RETURN (PROTOCOL.md §10.9).
+        const RETURN_BATCH: usize = 64;
         while !self.returning.is_empty() && self.outbox.is_empty() && !self.parent_gone {
-            let n = self.returning.len().min(64);
-            let mut size = record::HEADER_LEN;
-            let mut take = 0;
-            for (item, _) in self.returning.iter().take(n) {
-                let len = record::item_len(item);
-                if take > 0 && size + len > record::MAX_RECORD {
-                    break;
-                }
-                size += len;
-                take += 1;
-            }
+            let take = record::fits(self.returning.iter().map(|(item, _)| record::item_len(item)), RETURN_BATCH);
             let items: Vec<Item> = self.returning.iter().take(take).map(|(i, _)| i.clone()).collect();
             let fds: Vec<std::os::fd::BorrowedFd<'_>> =
                 self.returning.iter().take(take).map(|(_, s)| s.as_fd()).collect();

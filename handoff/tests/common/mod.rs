@@ -280,3 +280,31 @@ impl Client {
         back
     }
 }
+
+/// The runner of the test binaries that start processes (`harness = false`): runs `tests` one
+/// after another (each starts processes; in parallel they would skew each other's deadlines),
+/// those whose name contains the first argument that is not a flag, and exits non-zero if any
+/// failed, after a `N passed, N failed` line.
+pub fn run(tests: &[(&str, fn())]) {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, test) in tests {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        ran += 1;
+        let start = Instant::now();
+        let result = std::panic::catch_unwind(test);
+        let status = if result.is_ok() { "ok" } else { "FAILED" };
+        println!("test {name} ... {status} ({:.2} s)", start.elapsed().as_secs_f64());
+        if result.is_err() {
+            failed.push(*name);
+        }
+    }
+    println!("{} passed, {} failed", ran - failed.len(), failed.len());
+    if !failed.is_empty() {
+        println!("failed: {failed:?}");
+        std::process::exit(1);
+    }
+}
