@@ -281,15 +281,18 @@ impl Channel {
 }
 
 impl Channel {
-    /// The type code of the next record waiting, without taking it or its descriptors; `None`
-    /// when nothing is waiting (or the channel failed: [`Channel::recv`] will say how). Lets a
-    /// receiver at its descriptor budget leave a record that carries descriptors in the queue.
-    pub(crate) fn peek_type(&self) -> Option<u8> {
+    /// The type code and the declared descriptor count of the next record waiting, without
+    /// taking it or its descriptors; `None` when nothing is waiting (or the channel failed:
+    /// [`Channel::recv`] will say how). Lets a receiver at its descriptor budget leave a record
+    /// that carries descriptors in the queue.
+    pub(crate) fn peek_header(&self) -> Option<(u8, usize)> {
         let mut head = [0u8; record::HEADER_LEN];
         // No control buffer: a peek installs no descriptor (the kernel sets MSG_CTRUNC and
         // leaves them with the packet).
         match rustix::net::recv(&self.fd, &mut head, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-            Ok((n, _)) if n >= 4 => Some(head[3]),
+            Ok((n, _)) if n >= record::HEADER_LEN => {
+                Some((head[3], usize::from(u16::from_le_bytes([head[6], head[7]]))))
+            }
             _ => None,
         }
     }

@@ -69,6 +69,7 @@ fn main() {
         ("a_return_of_anything_but_a_connected_stream_socket_is_refused", returns_validated),
         ("listeners_are_shared_once_per_worker_incarnation_however_often_it_says_ready", ready_flood),
         ("a_parent_at_its_descriptor_limit_pauses_and_serves_a_burst_then_an_upgrade", descriptor_budget),
+        ("a_migration_at_the_descriptor_budget_does_not_stop_the_parent", migration_at_the_budget),
     ];
     common::run(tests);
 }
@@ -245,6 +246,35 @@ impl Raw {
                 self.send(&Record::Rejected(items.iter().map(|i| (i.id, Reason::Draining)).collect()));
             },
             "tags" => self.serve_tags(),
+            // Hands back one live connection before it answers for what it was sent.
+            "return_first" => {
+                let (items, fds) = self.next_handoff();
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+                let (mine, _) = l.accept().unwrap();
+                let addr = Address::Inet(mine.peer_addr().unwrap());
+                let item = Item {
+                    id: 0,
+                    kind: Kind::Connection,
+                    tag: 0,
+                    peer: addr.clone(),
+                    local: addr,
+                    key: None,
+                    prelude: Vec::new(),
+                };
+                self.channel.send(&Record::Return(vec![item]), &[mine.as_fd()], &mut Vec::new()).expect("RETURN");
+                let mut adopted = Vec::new();
+                for (item, fd) in items.into_iter().zip(fds) {
+                    let mut stream = TcpStream::from(fd);
+                    let _ = stream.write_all(format!("tag {}\n", item.tag).as_bytes());
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    adopted.push(item.id);
+                }
+                self.send(&Record::Adopted(adopted.clone()));
+                self.send(&Record::Closed(adopted));
+                std::mem::forget(client); // the migrated connection's client stays open
+                self.serve_tags();
+            }
             "unknown_ids" => {
                 for r in 0..10u64 {
                     self.send(&Record::Adopted((0..4096).map(|i| 1_000_000 + r * 4096 + i).collect()));
@@ -543,7 +573,7 @@ fn descriptor_budget() {
     s.parent.offer_takeover(&endpoint, PeerCheck::SameUid).unwrap();
     let before = getrlimit(Resource::Nofile);
     let mut low = before;
-    low.current = Some(common::fd_count(None) as u64 + 100);
+    low.current = Some(common::fd_count(None) as u64 + 200);
     setrlimit(Resource::Nofile, low).unwrap();
     // Restored however the test ends: the tests after it share this process.
     struct Restore(rustix::process::Rlimit);
@@ -554,7 +584,7 @@ fn descriptor_budget() {
     }
     let restore = Restore(before);
     // The budget follows the limit within a second.
-    wait_until("the budget follows the limit", || s.parent.stats().is_ok_and(|st| st.budget < 100));
+    wait_until("the budget follows the limit", || s.parent.stats().is_ok_and(|st| st.budget < 200));
     let burst = std::process::Command::new(std::env::current_exe().unwrap())
         .env("TEST_CLIENTS", s.addr.to_string())
         .env("TEST_CLIENT_COUNT", CLIENTS.to_string())
@@ -563,7 +593,12 @@ fn descriptor_budget() {
     let served: usize = String::from_utf8_lossy(&burst.stdout).trim().parse().unwrap_or(0);
     let stats = s.parent.stats().unwrap();
     // Before: a fixed in-flight bound of 1 024 took the parent to EMFILE, refusing clients.
-    assert_eq!(served, CLIENTS, "every client of the burst is served: {stats:?}");
+    assert_eq!(
+        served,
+        CLIENTS,
+        "every client of the burst is served: {stats:?}; the clients said {}",
+        String::from_utf8_lossy(&burst.stderr)
+    );
     assert!(stats.local_exhaustion >= 1, "the shortage is reported: {stats:?}");
     assert_eq!((stats.restarts, stats.killed, stats.ended_touched), (0, 0, 0), "no worker blamed: {stats:?}");
     assert_eq!(stats.adopted, CLIENTS as u64);
@@ -586,5 +621,17 @@ fn descriptor_budget() {
     let _ = next.drain(Duration::from_secs(5));
     runtime.shutdown(Duration::from_secs(5)).unwrap();
     reactor.stop();
+    s.stop();
+}
+
+fn migration_at_the_budget() {
+    // Regression (review): at the budget the parent left a RETURN in the channel, and with it
+    // the ADOPTED behind it that would have made room: it never served anyone again.
+    let s = start(1, &[("TEST_ROLE", "return_first")], |b| b.max_in_flight(1));
+    let mut first = TcpStream::connect(s.addr).unwrap();
+    assert_eq!(expect_end(&mut first, WAIT), b"tag 0\n");
+    let mut second = TcpStream::connect(s.addr).unwrap();
+    assert_eq!(expect_end(&mut second, Duration::from_secs(5)), b"tag 0\n", "{:?}", s.parent.stats());
+    wait_until("everything adopted", || s.parent.stats().is_ok_and(|st| st.migrated == 1 && st.in_flight == 0));
     s.stop();
 }

@@ -13,9 +13,11 @@
 
 use std::time::{Duration, Instant};
 
-/// Descriptors kept free for what the parent must still be able to do at the budget: start a
-/// worker (a socket pair and the spawn's pipes), accept a named worker, receive a record.
-pub(crate) const RESERVE: usize = 32;
+/// Descriptors kept free beyond the budget: a listener's accept batch (64 by default: the
+/// reactor accepts a batch before the parent, on the same thread, sees them and pauses it), and
+/// 32 for what the parent must still be able to do at the budget (start a worker: a socket pair
+/// and the spawn's pipes; accept a named worker; receive a record).
+pub(crate) const RESERVE: usize = 64 + 32;
 
 /// How often the budget is measured again (`/proc/self/fd` is read, once).
 const EVERY: Duration = Duration::from_secs(1);

@@ -20,6 +20,7 @@ use baton_transport::{Accepted, Address, Interest, Listener, ListenerId, Reactor
 
 use super::budget::Budget;
 use super::dispatch::{describable, Dispatch};
+pub(crate) use super::ledger::later;
 use super::ledger::{End, Ended, Held, Ledger, Lost, Touch};
 use super::probe::Baseline;
 use super::slot::{Phase, Restart, Slot, Verdict};
@@ -439,7 +440,7 @@ impl Handoff {
                 if self.links.get(slot).is_some_and(Option::is_some) {
                     log::info!("handoff: retiring worker {slot}");
                     let now = Instant::now();
-                    self.slots[slot].drain(Some(now + deadline + DRAIN_GRACE));
+                    self.slots[slot].drain(Some(later(now, deadline.saturating_add(DRAIN_GRACE))));
                     self.sync(slot);
                     // What was placed there and not yet sent goes elsewhere (it would be refused).
                     self.ledger.unqueue(slot);
@@ -478,9 +479,9 @@ impl Handoff {
                     // No new workers during a drain.
                     watch.close();
                 }
-                let deadline = Instant::now() + deadline;
+                let deadline = later(Instant::now(), deadline);
                 for e in &mut self.exiting {
-                    e.kill_at = e.kill_at.min(deadline + DRAIN_GRACE);
+                    e.kill_at = e.kill_at.min(later(deadline, DRAIN_GRACE));
                 }
                 self.drain = Some(DrainState {
                     deadline,
@@ -640,12 +641,18 @@ impl Handoff {
             End::TooManyTries => self.stats.closed_after_retries += n,
             End::Touched => self.stats.ended_touched += n,
             End::CutOff => self.stats.ended_cut_off += n,
-            End::Drain | End::Unencodable => {}
+            End::Drain => self.stats.ended_drain += n,
+            End::Unencodable => self.stats.ended_unencodable += n,
         }
         if why == End::TooManyTries {
             metrics::counter!("baton_handoff_closed_after_retries_total").increment(n);
         }
         metrics::counter!("baton_handoff_ended_total", "reason" => why.label()).increment(n);
+    }
+
+    pub(crate) fn count_handed_over(&mut self, n: u64) {
+        self.stats.handed_over += n;
+        metrics::counter!("baton_handoff_handed_over_total").increment(n);
     }
 
     /// Tells the ledger what the slot's state says about taking sockets.
@@ -809,21 +816,27 @@ impl Handoff {
         for _ in 0..256 {
             let Some(link) = self.links[slot].as_mut() else { return };
             let channel = link.channel.clone();
-            if self.ledger.full() && channel.peek_type() == Some(code::RETURN) {
-                // No room for its descriptors: leave it in the channel until there is.
-                if !link.deferred {
-                    link.deferred = true;
-                    self.stats.local_exhaustion += 1;
-                    metrics::counter!("baton_handoff_local_exhaustion_total").increment(1);
-                    limited!(
-                        self.logs.exhaustion,
-                        log::Level::Warn,
-                        "handoff: at the descriptor budget ({}); worker {slot}'s migration waits",
-                        self.ledger.limits().max_in_flight
-                    );
+            let max = self.ledger.limits().max_in_flight;
+            // Near the budget, a RETURN whose descriptors would not fit waits in the channel
+            // until they do. Not if this worker holds sockets of ours unanswered: its answers
+            // queue behind the RETURN, and they are what frees room (waiting would wait for
+            // ever); the reserve beyond the budget takes that one record.
+            if self.ledger.len() + record::MAX_FDS > max && self.ledger.in_flight(slot) == 0 {
+                if let Some((code::RETURN, fds)) = channel.peek_header() {
+                    if self.ledger.len() + fds > max {
+                        if !link.deferred {
+                            link.deferred = true;
+                            self.stats.local_exhaustion += 1;
+                            metrics::counter!("baton_handoff_local_exhaustion_total").increment(1);
+                            limited!(
+                                self.logs.exhaustion,
+                                log::Level::Warn,
+                                "handoff: at the descriptor budget ({max}); worker {slot}'s migration of {fds} connection(s) waits"
+                            );
+                        }
+                        return;
+                    }
                 }
-                self.slots[slot].heard_at = Instant::now();
-                return;
             }
             match channel.recv(&mut self.recv_buf) {
                 Ok((Record::Return(items), fds)) => self.returned(slot, items, fds),
@@ -924,7 +937,10 @@ impl Handoff {
                         );
                         continue;
                     }
-                    let Some(outcome) = self.ledger.rejected(slot, id) else {
+                    // Reasons 1–4 come from the worker's own checks, before any application saw
+                    // the socket (PROTOCOL.md §9.4).
+                    let offered = matches!(reason, Reason::Refused | Reason::Failed);
+                    let Some(outcome) = self.ledger.rejected(slot, id, offered) else {
                         unknown += 1;
                         continue;
                     };
@@ -935,7 +951,7 @@ impl Handoff {
                         // Draining by its own word: it must be gone by the exit deadline, or
                         // it is treated as stuck (killed, or cut off) and its slot restarted.
                         log::info!("handoff: worker {slot} says it is draining");
-                        self.slots[slot].drain(Some(now + self.config.exit_timeout));
+                        self.slots[slot].drain(Some(later(now, self.config.exit_timeout)));
                         self.sync(slot);
                         self.ledger.unqueue(slot);
                     }
@@ -1128,9 +1144,9 @@ impl Handoff {
 
     /// When a process whose channel closed now is killed if it still runs.
     fn exit_deadline(&self, now: Instant) -> Instant {
-        let own = now + self.config.exit_timeout;
+        let own = later(now, self.config.exit_timeout);
         match &self.drain {
-            Some(d) => own.min(d.deadline.max(now) + DRAIN_GRACE),
+            Some(d) => own.min(later(d.deadline.max(now), DRAIN_GRACE)),
             None => own,
         }
     }
@@ -1177,8 +1193,7 @@ impl Handoff {
         // Held past the hold deadline by a process that still runs: what it has not touched
         // by now it refuses (it has seen its channel end).
         for (slot, gen) in self.ledger.hold_expired(now) {
-            let ended = self.ledger.judge(slot, gen);
-            self.close_ended(ended);
+            self.ledger.release_untouched(slot, gen);
         }
     }
 
@@ -1198,13 +1213,13 @@ impl Handoff {
                         self.config.intensity.period
                     );
                 }
-                Restart::Now => {
-                    self.stats.restarts += 1;
-                    metrics::counter!("baton_handoff_worker_restarts_total").increment(1);
-                    if let Err(e) = self.spawn_worker(slot) {
-                        log::error!("handoff: restarting worker {slot} failed: {e}; retrying");
+                Restart::Now => match self.spawn_worker(slot) {
+                    Ok(()) => {
+                        self.stats.restarts += 1;
+                        metrics::counter!("baton_handoff_worker_restarts_total").increment(1);
                     }
-                }
+                    Err(e) => log::error!("handoff: restarting worker {slot} failed: {e}; retrying"),
+                },
             }
         }
     }
@@ -1221,9 +1236,6 @@ impl Handoff {
             self.receive(slot);
         }
         for slot in 0..self.slots.len() {
-            if self.links[slot].as_ref().is_some_and(|l| l.deferred) {
-                self.slots[slot].heard_at = now; // it has a record waiting for us
-            }
             if self.links[slot].is_none() {
                 continue;
             }
@@ -1248,11 +1260,17 @@ impl Handoff {
             }
         }
         for slot in 0..self.slots.len() {
-            if self.slots[slot].limited && self.links[slot].as_ref().is_some_and(|l| l.control.is_empty()) {
+            // The kernel refused descriptors in flight: try again now. Control records that
+            // queued meanwhile go first (waiting for writability would wait for ever: the
+            // channel is writable).
+            if self.slots[slot].limited && self.links[slot].is_some() {
                 self.slots[slot].limited = false;
-                self.slots[slot].backed_up = false;
-                self.sync(slot);
-                self.flush(slot);
+                if self.send_control(slot) {
+                    self.slots[slot].backed_up = false;
+                    self.sync(slot);
+                    self.flush(slot);
+                }
+                self.arm(slot);
             }
         }
         self.successor_tick(now);
@@ -1274,10 +1292,9 @@ impl Handoff {
         let allowance = self.budget.allowance(self.ledger.len(), now);
         self.ledger.set_max_in_flight(allowance);
         for slot in 0..self.slots.len() {
-            if !self.ledger.full() && self.links[slot].as_ref().is_some_and(|l| l.deferred) {
-                if let Some(l) = self.links[slot].as_mut() {
-                    l.deferred = false;
-                }
+            // A deferred RETURN: read again if it fits now (`receive` defers it again if not).
+            if let Some(l) = self.links[slot].as_mut().filter(|l| l.deferred) {
+                l.deferred = false;
                 self.receive(slot);
                 self.arm(slot);
             }
@@ -1309,7 +1326,7 @@ impl Handoff {
         }
         let running = self.links.iter().filter(|l| l.is_some()).count()
             + self.exiting.iter().filter(|e| e.process.spawned()).count();
-        if running > 0 && now < d.deadline + DRAIN_GRACE {
+        if running > 0 && now < later(d.deadline, DRAIN_GRACE) {
             return;
         }
         for slot in 0..self.slots.len() {

@@ -121,8 +121,8 @@ enum Place {
     /// Sent to `slot` (incarnation `gen`) at this instant, unanswered.
     Sent { slot: usize, gen: u64, at: Instant },
     /// Sent to incarnation `gen` of `slot`, whose channel is gone while its process may still
-    /// run: judged when it exits or at `until`.
-    Held { slot: usize, gen: u64, until: Instant },
+    /// run: judged when it exits. At `until` (if any) the untouched ones are released.
+    Held { slot: usize, gen: u64, until: Option<Instant> },
 }
 
 struct Entry<S> {
@@ -397,14 +397,17 @@ impl<S: Held> Ledger<S> {
         let e = self.entries.remove(&id).expect("checked");
         let b = &mut self.books[slot];
         b.in_flight = b.in_flight.saturating_sub(1);
-        b.open += 1;
+        b.open = b.open.saturating_add(1);
         Some(Adopted { socket: e.socket, latency: now.saturating_duration_since(e.admitted) })
     }
 
     /// Worker `slot` refused `id`: it goes elsewhere, or ends after too many tries or when the
-    /// worker touched it before refusing. `None` when
-    /// the id is unknown (as for [`Ledger::adopted`]); `Some(None)` when placed again.
-    pub(crate) fn rejected(&mut self, slot: usize, id: u64) -> Option<Option<Ended<S>>> {
+    /// worker touched it before refusing. `offered`: the refusal came from the application
+    /// (which may have read before it refused), not from the worker's checks before any
+    /// application saw the socket (PROTOCOL.md §9.4); only then does "cannot tell" (a Unix
+    /// socket) count as touched. `None` when the id is unknown (as for [`Ledger::adopted`]);
+    /// `Some(None)` when placed again.
+    pub(crate) fn rejected(&mut self, slot: usize, id: u64, offered: bool) -> Option<Option<Ended<S>>> {
         let e = self.entries.get(&id)?;
         if !matches!(e.place, Place::Sent { slot: s, .. } if s == slot) {
             return None;
@@ -412,7 +415,7 @@ impl<S: Held> Ledger<S> {
         self.books[slot].in_flight = self.books[slot].in_flight.saturating_sub(1);
         self.entries.get_mut(&id).expect("checked").place = Place::Waiting;
         // A worker that read or wrote before refusing (it may, §9.4) made it unusable elsewhere.
-        Some(self.verdict(id, slot))
+        Some(self.verdict(id, slot, offered))
     }
 
     /// Another placement for `id`, which `slot` refused or lost; ended after the last try.
@@ -466,10 +469,10 @@ impl<S: Held> Ledger<S> {
                     }
                     self.place(id);
                 }
-                (Place::Sent { .. }, Lost::ProcessGone) => ended.extend(self.verdict(id, slot)),
+                (Place::Sent { .. }, Lost::ProcessGone) => ended.extend(self.verdict(id, slot, true)),
                 (Place::Sent { .. }, Lost::MayRun) => {
                     let e = self.entries.get_mut(&id).expect("listed");
-                    e.place = Place::Held { slot, gen, until: now + self.limits.hold };
+                    e.place = Place::Held { slot, gen, until: Some(later(now, self.limits.hold)) };
                 }
                 (Place::Sent { .. }, Lost::CutOff) => ended.extend(self.end(id, End::CutOff)),
                 _ => {}
@@ -478,17 +481,34 @@ impl<S: Held> Ledger<S> {
         ended
     }
 
-    /// Incarnation `gen` of `slot` has exited, or outlived its hold: what it held is judged.
-    /// A process that outlived the hold refuses what it has not touched by now (PROTOCOL.md
-    /// §10.6: after its channel ends a worker adopts nothing more).
+    /// Incarnation `gen` of `slot` has exited (or will not be waited for any longer): what it
+    /// held is judged.
     pub(crate) fn judge(&mut self, slot: usize, gen: u64) -> Vec<Ended<S>> {
-        let held: Vec<u64> = self
-            .entries
+        self.held_by(gen).into_iter().filter_map(|id| self.verdict(id, slot, true)).collect()
+    }
+
+    /// Incarnation `gen` of `slot` outlived the hold: what it has not touched by now it will
+    /// not adopt (PROTOCOL.md §10.6: after its channel ends a worker adopts nothing more), so
+    /// those go elsewhere; what it touched it may be serving still (a worker that lost its
+    /// channel finishes its connections, and its unsent ADOPTED went with the channel), so those
+    /// stay held until the process exits, and are never shut down under it.
+    pub(crate) fn release_untouched(&mut self, slot: usize, gen: u64) {
+        for id in self.held_by(gen) {
+            let e = self.entries.get_mut(&id).expect("listed");
+            if e.socket.touched() == Touch::Untouched {
+                self.verdict(id, slot, true);
+            } else {
+                e.place = Place::Held { slot, gen, until: None };
+            }
+        }
+    }
+
+    fn held_by(&self, gen: u64) -> Vec<u64> {
+        self.entries
             .iter()
             .filter(|(_, e)| matches!(e.place, Place::Held { gen: g, .. } if g == gen))
             .map(|(&id, _)| id)
-            .collect();
-        held.into_iter().filter_map(|id| self.verdict(id, slot)).collect()
+            .collect()
     }
 
     /// The incarnations (slot, gen) whose hold deadline has passed with sockets still held.
@@ -497,7 +517,7 @@ impl<S: Held> Ledger<S> {
             .entries
             .values()
             .filter_map(|e| match e.place {
-                Place::Held { slot, gen, until } if until <= now => Some((slot, gen)),
+                Place::Held { slot, gen, until: Some(until) } if until <= now => Some((slot, gen)),
                 _ => None,
             })
             .collect();
@@ -506,13 +526,14 @@ impl<S: Held> Ledger<S> {
         due
     }
 
-    /// A socket nobody but the parent can touch any more: placed again if untouched.
-    /// Its slot's books no longer count it (the caller saw to that).
-    fn verdict(&mut self, id: u64, slot: usize) -> Option<Ended<S>> {
+    /// A socket nobody but the parent can touch any more: placed again if untouched (and if
+    /// `unknown_touched` is false, also when the kernel cannot tell). Its slot's books no
+    /// longer count it (the caller saw to that).
+    fn verdict(&mut self, id: u64, slot: usize, unknown_touched: bool) -> Option<Ended<S>> {
         let e = self.entries.get_mut(&id)?;
         e.place = Place::Waiting; // not in the line: placed or ended right below
         let touch = e.socket.touched();
-        if touch == Touch::Untouched {
+        if touch == Touch::Untouched || (touch == Touch::Unknown && !unknown_touched) {
             self.again(id, slot)
         } else {
             self.end(id, End::Touched)
@@ -578,6 +599,12 @@ impl<S: Held> Ledger<S> {
         self.entries.insert(id, Entry { socket, place: Place::Waiting, tries: 0, tried: 0, admitted: now });
         self.place(id);
     }
+}
+
+/// `at + d`, or a century on when that overflows (`Duration::MAX` passed as "no deadline").
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    at.checked_add(d.min(CENTURY)).unwrap_or(at)
 }
 
 /// How a worker was lost (see [`Ledger::lost`]).

@@ -134,8 +134,45 @@ fn held_sockets_are_judged_when_the_hold_runs_out() {
     l.lost(slot, Lost::MayRun, now);
     assert!(l.hold_expired(now + HOLD / 2).is_empty());
     assert_eq!(l.hold_expired(now + HOLD), [(slot, gen)]);
-    assert!(l.judge(slot, gen).is_empty());
+    l.release_untouched(slot, gen);
     assert!(queued_on(&l, id).is_some_and(|s| s != slot), "untouched: placed on the other worker");
+}
+
+#[test]
+fn a_touched_socket_outliving_the_hold_stays_held_until_its_process_exits() {
+    // Regression (review): judging at the hold shut down connections a worker that lost its
+    // channel was still serving (its ADOPTED went with the channel).
+    let now = Instant::now();
+    let mut l = ledger(2, 3);
+    let (s, touched) = sock(Touch::Untouched);
+    let id = l.admit(s, None, now);
+    let slot = queued_on(&l, id).unwrap();
+    send_all(&mut l, slot, now);
+    let gen = l.books()[slot].gen;
+    l.lost(slot, Lost::MayRun, now);
+    touched.set(Touch::Touched);
+    l.release_untouched(slot, gen);
+    assert_eq!(l.len(), 1, "still held");
+    assert!(l.hold_expired(now + 10 * HOLD).is_empty(), "no second deadline: it waits for the exit");
+    let ended = l.judge(slot, gen);
+    assert_eq!(ended.iter().map(|e| e.why).collect::<Vec<_>>(), [End::Touched]);
+}
+
+#[test]
+fn a_unix_socket_refused_before_any_application_saw_it_goes_elsewhere() {
+    // Regression (review): a Unix socket cannot be probed, and was ended on every refusal,
+    // even "draining", which the worker answers before offering it.
+    let now = Instant::now();
+    let mut l = ledger(2, 3);
+    let (s, _) = sock(Touch::Unknown);
+    let id = l.admit(s, None, now);
+    let a = queued_on(&l, id).unwrap();
+    send_all(&mut l, a, now);
+    assert!(matches!(l.rejected(a, id, false), Some(None)), "placed again");
+    let b = queued_on(&l, id).unwrap();
+    send_all(&mut l, b, now);
+    let ended = l.rejected(b, id, true).expect("known").expect("the application may have read it");
+    assert_eq!(ended.why, End::Touched);
 }
 
 #[test]
@@ -183,11 +220,11 @@ fn refusals_end_a_socket_after_the_last_try() {
     let id = l.admit(s, None, now);
     let a = queued_on(&l, id).unwrap();
     send_all(&mut l, a, now);
-    assert!(matches!(l.rejected(a, id), Some(None)));
+    assert!(matches!(l.rejected(a, id, true), Some(None)));
     let b = queued_on(&l, id).unwrap();
     assert_ne!(a, b, "another worker first");
     send_all(&mut l, b, now);
-    let ended = l.rejected(b, id).expect("known").expect("ended");
+    let ended = l.rejected(b, id, true).expect("known").expect("ended");
     assert_eq!(ended.why, End::TooManyTries);
 }
 
@@ -201,7 +238,7 @@ fn answers_for_ids_a_worker_was_not_sent_are_ignored() {
     assert!(l.adopted(slot, id, now).is_none(), "queued, not sent");
     send_all(&mut l, slot, now);
     assert!(l.adopted(1 - slot, id, now).is_none(), "sent to the other worker");
-    assert!(l.rejected(1 - slot, id).is_none());
+    assert!(l.rejected(1 - slot, id, true).is_none());
     assert!(l.adopted(slot, 9999, now).is_none());
     assert!(l.adopted(slot, id, now).is_some());
     assert!(l.adopted(slot, id, now).is_none(), "answered once");
@@ -263,6 +300,7 @@ enum Op {
     Reject {
         slot: usize,
         pick: usize,
+        offered: bool,
     },
     /// The worker holding entry `pick` (sent to it) reads or writes it.
     Touch {
@@ -301,7 +339,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (slot.clone(), any::<bool>()).prop_map(|(slot, on)| Op::Accepting { slot, on }),
         4 => (slot.clone(), 0..6usize).prop_map(|(slot, n)| Op::Send { slot, n }),
         3 => (slot.clone(), any::<usize>()).prop_map(|(slot, pick)| Op::Adopt { slot, pick }),
-        2 => (slot.clone(), any::<usize>()).prop_map(|(slot, pick)| Op::Reject { slot, pick }),
+        2 => (slot.clone(), any::<usize>(), any::<bool>()).prop_map(|(slot, pick, offered)| Op::Reject { slot, pick, offered }),
         2 => any::<usize>().prop_map(|pick| Op::Touch { pick }),
         1 => slot.clone().prop_map(|slot| Op::Full { slot }),
         1 => (slot.clone(), 0..3u8).prop_map(|(slot, how)| Op::Lose { slot, how }),
@@ -435,9 +473,9 @@ fn run(ops: Vec<Op>, max_per_worker: u32) {
                     None => assert!(!still_sent, "{id} refused an adoption by the worker it was sent to"),
                 }
             }
-            Op::Reject { slot, pick } => {
+            Op::Reject { slot, pick, offered } => {
                 let Some(id) = m.pick(pick) else { continue };
-                if let Some(ended) = l.rejected(slot, id) {
+                if let Some(ended) = l.rejected(slot, id, offered) {
                     m.ended(ended.into_iter().collect());
                 }
             }
@@ -488,8 +526,7 @@ fn run(ops: Vec<Op>, max_per_worker: u32) {
             Op::Advance { ms } => {
                 now += Duration::from_millis(ms);
                 for (slot, gen) in l.hold_expired(now) {
-                    let ended = l.judge(slot, gen);
-                    m.ended(ended);
+                    l.release_untouched(slot, gen);
                 }
             }
             Op::Load { slot, open } => l.report_load(slot, crate::record::Load { open, queued: 0, busy: 0 }),

@@ -373,7 +373,7 @@ impl Parent {
     /// answered. Until then sockets wait in the parent, and a sticky key placed meanwhile goes
     /// to a worker that is ready rather than to its own.
     pub fn wait_ready(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = handoff::later(Instant::now(), timeout);
         loop {
             let ready = |s: &Stats| s.workers.iter().any(|w| w.ready) && s.workers.iter().all(|w| w.ready || w.gave_up);
             if self.stats().is_ok_and(|s| ready(&s)) {
@@ -417,7 +417,8 @@ impl Parent {
     ///
     /// When the actor has stopped.
     pub fn drain(&self, deadline: Duration) -> Result<DrainReport, AskError> {
-        self.addr.ask(|r| HandoffMsg::Control(Control::Drain(deadline, r)), deadline + Duration::from_secs(5))
+        self.addr
+            .ask(|r| HandoffMsg::Control(Control::Drain(deadline, r)), deadline.saturating_add(Duration::from_secs(5)))
     }
 
     /// Stops the actor; its `stopped` hook stops and reaps every worker it spawned.

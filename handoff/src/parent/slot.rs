@@ -175,9 +175,11 @@ impl Slot {
         Restart::Now
     }
 
-    /// A start that failed: try again a little later (not counted as another restart).
+    /// A start that failed (the parent's own trouble, such as no descriptors: not the
+    /// worker's fault): try again at `at`, and take back the restart [`Slot::restart`] counted.
     pub(crate) fn retry_start(&mut self, at: Instant) {
         self.restart_at = Some(at);
+        self.restarts.pop_back();
     }
 }
 
@@ -265,6 +267,22 @@ mod tests {
         // A later, shorter deadline wins; a longer one does not extend it.
         s.drain(Some(now + 10 * T));
         assert_eq!(s.verdict(now + 2 * T, false, T, T), Verdict::Overstayed);
+    }
+
+    #[test]
+    fn starts_that_fail_do_not_use_up_the_restart_intensity() {
+        // Regression: each failed spawn (EMFILE in the parent) counted as a restart, so the
+        // parent's own shortage gave the slot up for good.
+        let now = Instant::now();
+        let intensity = Intensity { max_restarts: 2, period: Duration::from_secs(10) };
+        let mut s = Slot::new(true, now);
+        s.down(true, now);
+        for i in 0..10u32 {
+            let at = now + Duration::from_millis(200 * u64::from(i));
+            assert_eq!(s.restart(at, intensity), Restart::Now, "try {i}");
+            s.retry_start(at + Duration::from_millis(200));
+        }
+        assert!(!s.gave_up);
     }
 
     #[test]

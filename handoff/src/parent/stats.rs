@@ -27,6 +27,13 @@ pub struct Stats {
     /// Sockets sent to a worker that was cut off alive (a named worker presumed hung): shut
     /// down, since it could still serve them.
     pub ended_cut_off: u64,
+    /// Sockets closed by the parent's drain (never adopted by its deadline, or arriving after
+    /// the workers were told to drain).
+    pub ended_drain: u64,
+    /// Sockets no record could describe (a key or prelude over the limits), closed.
+    pub ended_unencodable: u64,
+    /// Sockets handed to a successor in a takeover.
+    pub handed_over: u64,
     /// Live connections workers handed back to be placed elsewhere.
     pub migrated: u64,
     /// Descriptors a worker handed back that were not connected stream sockets: closed.

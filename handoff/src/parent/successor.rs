@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use baton_transport::{Interest, Watch};
 
-use super::handoff::{Handoff, Watched};
+use super::handoff::{later, Handoff, Watched};
 use crate::bootstrap::{ChannelListener, Endpoint, PeerCheck};
 use crate::channel::{Channel, RecvError};
 use crate::record::{self, Item, Kind, Record};
@@ -255,7 +255,7 @@ impl Handoff {
             self.unwatch(&w);
         }
         let pidfd = self.successor.peer.as_mut().and_then(|p| p.pidfd.take());
-        self.successor.trial = Some(Trial { until: Instant::now() + self.successor.probation, pidfd });
+        self.successor.trial = Some(Trial { until: later(Instant::now(), self.successor.probation), pidfd });
         for (l, _) in &self.listeners {
             l.pause();
         }
@@ -270,7 +270,9 @@ impl Handoff {
             let fds: Vec<BorrowedFd<'_>> = chunk.iter().map(|(_, p)| p.socket.stream.as_fd()).collect();
             let sent = channel.send(&Record::Handoff(items), &fds, &mut self.send_buf).is_ok();
             drop(fds);
-            if !sent {
+            if sent {
+                self.count_handed_over(chunk.len() as u64);
+            } else {
                 // Keep serving them ourselves.
                 for (id, p) in chunk {
                     self.ledger_mut().readmit(id, p, now);

@@ -228,6 +228,7 @@ impl Link {
             self.options.orphan_deadline
         );
         self.parent_gone = true;
+        self.shared.decide_parent_fate();
         self.shared.parent_gone.store(true, SeqCst);
         self.start_drain(Instant::now() + self.options.orphan_deadline);
         if let Some(w) = self.watch.take() {

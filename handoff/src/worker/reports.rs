@@ -59,12 +59,15 @@ pub(super) struct Shared {
     /// The parent's process (a pidfd), when one could be opened: a parent that *died* cannot
     /// have placed anything elsewhere, so what it sent may still be adopted.
     parent: Option<std::os::fd::OwnedFd>,
+    /// Decided once, when the channel ended: the parent's process had exited.
+    parent_dead: AtomicBool,
 }
 
 impl Shared {
     pub(super) fn new(reactor: Reactor, parent: Option<std::os::fd::OwnedFd>) -> Shared {
         Shared {
             parent,
+            parent_dead: AtomicBool::new(false),
             reactor,
             reports: Mutex::new(Reports::default()),
             open: AtomicU32::new(0),
@@ -81,16 +84,21 @@ impl Shared {
     /// lives; after it ended, only if the parent's process is dead (then nobody can have placed
     /// the socket elsewhere, and refusing it would drop the client). A parent that just died
     /// is seen as such up to 20 ms after its channel closed (the kernel closes a process's
-    /// descriptors before it marks it exited).
+    /// descriptors before it marks it exited): decided once, by [`Shared::decide_parent_fate`].
     pub(super) fn may_adopt(&self) -> bool {
-        if !self.parent_gone.load(SeqCst) {
-            return true;
-        }
-        let Some(pidfd) = self.parent.as_ref() else { return false };
+        !self.parent_gone.load(SeqCst) || self.parent_dead.load(SeqCst)
+    }
+
+    /// The channel ended: decides, once, whether because the parent's process died (waiting
+    /// up to 20 ms for it to be marked exited). Called before `parent_gone` is set, so
+    /// [`Shared::may_adopt`] never sees a half-made decision.
+    pub(super) fn decide_parent_fate(&self) {
+        let Some(pidfd) = self.parent.as_ref() else { return };
         use rustix::event::{PollFd, PollFlags};
         let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
         let wait = rustix::event::Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
-        rustix::event::poll(&mut fds, Some(&wait)).is_ok_and(|n| n > 0)
+        let dead = rustix::event::poll(&mut fds, Some(&wait)).is_ok_and(|n| n > 0);
+        self.parent_dead.store(dead, SeqCst);
     }
 
     /// Asks the link to send LOAD now.
