@@ -21,11 +21,12 @@ use baton_transport::{Accepted, Address, Interest, Listener, ListenerId, Reactor
 use super::budget::Budget;
 use super::dispatch::{describable, Dispatch};
 pub(crate) use super::ledger::later;
-use super::ledger::{End, Ended, Held, Ledger, Lost, Touch};
+use super::ledger::{End, Ended, Held, Ledger, Touch};
 use super::probe::Baseline;
-use super::slot::{Phase, Restart, Slot, Verdict};
+use super::slot::{Phase, Slot, Verdict};
 use super::stats::{DrainReport, Latencies, Stats, WorkerStats};
 use super::successor::Successor;
+use super::workers::{Down, Exiting, Process};
 use crate::bootstrap::{ChannelListener, Endpoint, PeerCheck};
 use crate::channel::{too_many_in_flight, BadRecord, Channel, RecvBuf, RecvError};
 use crate::log_limit::{limited, LogLimit};
@@ -36,7 +37,7 @@ use crate::record::{self, code, Item, Kind, Reason, Record, MAX_RECORD};
 pub(crate) const TICK: Duration = Duration::from_millis(20);
 
 /// How long after its deadline a draining worker may still run before it is killed.
-const DRAIN_GRACE: Duration = Duration::from_millis(500);
+pub(super) const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 /// The tag of a connection from a listener that was never attached to the parent.
 pub const UNATTACHED_TAG: u32 = u32::MAX;
@@ -125,77 +126,14 @@ impl Held for Pending {
 }
 
 /// A worker's channel in service.
-struct Link {
-    channel: Arc<Channel>,
-    watch: Watch,
+pub(super) struct Link {
+    pub(super) channel: Arc<Channel>,
+    pub(super) watch: Watch,
     /// Records without descriptors (HELLO, DRAIN, STOP) a full channel did not take, sent
     /// first when it is writable again.
-    control: VecDeque<Vec<u8>>,
+    pub(super) control: VecDeque<Vec<u8>>,
     /// A RETURN waits in the channel until the descriptor budget has room for it.
-    deferred: bool,
-}
-
-/// A worker's process.
-#[derive(Debug)]
-enum Process {
-    /// Started by the parent: it can be killed and reaped.
-    Spawned(Child),
-    /// Connected by name; watched through a pidfd when one could be opened.
-    Named(Option<OwnedFd>),
-}
-
-impl Process {
-    /// Known to have exited (and, for a child, reaped).
-    fn exited(&mut self) -> bool {
-        match self {
-            Process::Spawned(child) => !matches!(child.try_wait(), Ok(None)),
-            Process::Named(Some(pidfd)) => {
-                use rustix::event::{PollFd, PollFlags};
-                let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-                rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 }))
-                    .is_ok_and(|n| n > 0)
-            }
-            Process::Named(None) => false,
-        }
-    }
-
-    fn spawned(&self) -> bool {
-        matches!(self, Process::Spawned(_))
-    }
-}
-
-/// A process whose channel is gone and that has not been seen to exit.
-struct Exiting {
-    slot: usize,
-    gen: u64,
-    process: Process,
-    /// Killed (spawned) or let go (named) at this instant.
-    kill_at: Instant,
-    killed: bool,
-}
-
-/// Why a worker's link went down.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Down {
-    /// Its end of the channel closed (it exited, or dropped the channel).
-    EndOfFile,
-    /// Sending or receiving failed otherwise.
-    ChannelError,
-    /// It did not answer in time (no READY, or sockets unanswered and silence).
-    Deadline,
-    /// It was draining and did not exit in time.
-    Overstayed,
-}
-
-impl std::fmt::Display for Down {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Down::EndOfFile => "its channel closed",
-            Down::ChannelError => "its channel failed",
-            Down::Deadline => "it stopped answering",
-            Down::Overstayed => "it did not finish draining in time",
-        })
-    }
+    pub(super) deferred: bool,
 }
 
 /// What a watch of the actor's belongs to.
@@ -213,24 +151,24 @@ pub(crate) enum Watched {
 
 pub(crate) struct DrainState {
     pub(crate) deadline: Instant,
-    replies: Vec<ReplyTo<DrainReport>>,
+    pub(super) replies: Vec<ReplyTo<DrainReport>>,
     /// Finished: the report is final.
-    done: bool,
-    told_workers: bool,
+    pub(super) done: bool,
+    pub(super) told_workers: bool,
     pub(crate) report: DrainReport,
 }
 
 /// Log lines about peers, each rate-limited.
 #[derive(Default)]
-struct Logs {
-    unknown_ids: LogLimit,
-    bad_records: LogLimit,
-    refused_peers: LogLimit,
-    returns: LogLimit,
-    ended: LogLimit,
-    unattached: LogLimit,
-    exhaustion: LogLimit,
-    invalid: LogLimit,
+pub(super) struct Logs {
+    pub(super) unknown_ids: LogLimit,
+    pub(super) bad_records: LogLimit,
+    pub(super) refused_peers: LogLimit,
+    pub(super) returns: LogLimit,
+    pub(super) ended: LogLimit,
+    pub(super) unattached: LogLimit,
+    pub(super) exhaustion: LogLimit,
+    pub(super) invalid: LogLimit,
 }
 
 /// What [`ParentBuilder::start`](crate::ParentBuilder::start) configures.
@@ -249,40 +187,40 @@ pub(crate) struct Config {
 /// The Handoff actor (build it with [`Parent::builder`](crate::Parent::builder)).
 pub struct Handoff {
     /// Sockets adopted so far, readable without a message ([`Parent::adopted`](crate::Parent::adopted)).
-    adopted_total: Arc<AtomicU64>,
-    reactor: Reactor,
-    config: Config,
-    ledger: Ledger<Pending>,
-    budget: Budget,
-    slots: Vec<Slot>,
-    links: Vec<Option<Link>>,
-    procs: Vec<Option<Process>>,
-    exiting: Vec<Exiting>,
-    next_gen: u64,
-    watches: HashMap<WatchId, Watched>,
-    channel_listener: Option<(Arc<ChannelListener>, Watch)>,
+    pub(super) adopted_total: Arc<AtomicU64>,
+    pub(super) reactor: Reactor,
+    pub(super) config: Config,
+    pub(super) ledger: Ledger<Pending>,
+    pub(super) budget: Budget,
+    pub(super) slots: Vec<Slot>,
+    pub(super) links: Vec<Option<Link>>,
+    pub(super) procs: Vec<Option<Process>>,
+    pub(super) exiting: Vec<Exiting>,
+    pub(super) next_gen: u64,
+    pub(super) watches: HashMap<WatchId, Watched>,
+    pub(super) channel_listener: Option<(Arc<ChannelListener>, Watch)>,
     /// The listeners this parent accepts on, each with its name (what a successor asks for).
     pub(crate) listeners: Vec<(Listener, String)>,
     /// Every listener ever attached, in order: a connection's tag is its listener's index here.
-    tags: Vec<ListenerId>,
-    listeners_paused: bool,
+    pub(super) tags: Vec<ListenerId>,
+    pub(super) listeners_paused: bool,
     /// Connections from a listener not attached (yet): its `attach` may still be on its way.
-    unattached: VecDeque<(Accepted, Instant)>,
+    pub(super) unattached: VecDeque<(Accepted, Instant)>,
     pub(crate) successor: Successor,
     /// Listening sockets every worker accepts on (the nginx shape), kept for later workers.
     pub(crate) shared: Vec<SharedListener>,
     /// Listener shares sent and not yet answered: record id → index in `shared`.
-    share_sends: HashMap<u64, usize>,
+    pub(super) share_sends: HashMap<u64, usize>,
     /// Listener shares a full channel did not take: (slot, incarnation, index), on the tick.
-    share_retry: Vec<(usize, u64, usize)>,
-    flush_scheduled: bool,
+    pub(super) share_retry: Vec<(usize, u64, usize)>,
+    pub(super) flush_scheduled: bool,
     pub(crate) recv_buf: RecvBuf,
     pub(crate) send_buf: Vec<u8>,
-    stats: Stats,
-    latencies: Latencies,
+    pub(super) stats: Stats,
+    pub(super) latencies: Latencies,
     pub(crate) drain: Option<DrainState>,
-    logs: Logs,
-    me: Option<Addr<Handoff>>,
+    pub(super) logs: Logs,
+    pub(super) me: Option<Addr<Handoff>>,
 }
 
 impl Handoff {
@@ -357,6 +295,12 @@ impl Actor for Handoff {
             HandoffMsg::Control(c) => self.control(c),
         }
         self.update_listeners();
+        let replaced = self.ledger.replaced - self.stats.replaced;
+        if replaced > 0 {
+            // Counted by the ledger, wherever it placed a socket again.
+            self.stats.replaced = self.ledger.replaced;
+            metrics::counter!("baton_handoff_replaced_total").increment(replaced);
+        }
     }
 
     fn stopped(&mut self, _reason: &baton_runtime::ExitReason) {
@@ -394,7 +338,7 @@ impl Actor for Handoff {
 }
 
 impl Handoff {
-    fn control(&mut self, c: Control) {
+    pub(super) fn control(&mut self, c: Control) {
         match c {
             Control::Start(reply) => {
                 let mut result = Ok(());
@@ -497,7 +441,7 @@ impl Handoff {
     }
 
     /// Sends shared listener `index` to `slot` (the parent keeps its copy).
-    fn send_listener(&mut self, slot: usize, index: usize) {
+    pub(super) fn send_listener(&mut self, slot: usize, index: usize) {
         let Some(link) = self.links[slot].as_ref() else { return };
         let l = &self.shared[index];
         let id = self.ledger.fresh_id();
@@ -538,11 +482,10 @@ impl Handoff {
         self.watches.remove(&watch.id());
     }
 
-    fn snapshot(&self) -> Stats {
+    pub(super) fn snapshot(&self) -> Stats {
         let mut stats = self.stats.clone();
         stats.in_flight = self.ledger.len();
         stats.waiting = self.ledger.waiting();
-        stats.replaced = self.ledger.replaced;
         stats.budget = self.ledger.limits().max_in_flight;
         (stats.latency_p50, stats.latency_p99) = self.latencies.percentiles();
         let books = self.ledger.books();
@@ -566,7 +509,7 @@ impl Handoff {
     // ----- sockets -----------------------------------------------------------------------
 
     /// A connection a listener accepted: its tag is the listener's index among those attached.
-    fn accepted(&mut self, a: Accepted) {
+    pub(super) fn accepted(&mut self, a: Accepted) {
         match self.tags.iter().position(|&id| id == a.listener) {
             Some(index) => {
                 let d = Dispatch {
@@ -585,7 +528,7 @@ impl Handoff {
     }
 
     /// Takes a socket into the ledger (or closes it, when nobody can take sockets any more).
-    fn admit(&mut self, mut d: Dispatch, avoid: Option<usize>, baseline: Baseline) {
+    pub(super) fn admit(&mut self, mut d: Dispatch, avoid: Option<usize>, baseline: Baseline) {
         if d.check().is_err() {
             // Sent to the recipient directly, past `Parent::dispatch`'s check.
             limited!(
@@ -613,7 +556,7 @@ impl Handoff {
     }
 
     /// Closes what the ledger let go of: shut down first when another process may hold it.
-    fn close_ended(&mut self, ended: Vec<Ended<Pending>>) {
+    pub(super) fn close_ended(&mut self, ended: Vec<Ended<Pending>>) {
         for e in ended {
             if e.why.after_send() {
                 let _ = rustix::net::shutdown(e.socket.socket.stream.as_fd(), rustix::net::Shutdown::Both);
@@ -636,7 +579,7 @@ impl Handoff {
         metrics::gauge!("baton_handoff_in_flight").set(self.ledger.len() as f64);
     }
 
-    fn count_ended(&mut self, why: End, n: u64) {
+    pub(super) fn count_ended(&mut self, why: End, n: u64) {
         match why {
             End::TooManyTries => self.stats.closed_after_retries += n,
             End::Touched => self.stats.ended_touched += n,
@@ -656,7 +599,7 @@ impl Handoff {
     }
 
     /// Tells the ledger what the slot's state says about taking sockets.
-    fn sync(&mut self, slot: usize) {
+    pub(super) fn sync(&mut self, slot: usize) {
         let accepting = self.slots[slot].accepting() && self.links[slot].is_some();
         self.ledger.book(slot).accepting = accepting;
     }
@@ -680,7 +623,7 @@ impl Handoff {
     // ----- channel I/O ---------------------------------------------------------------------
 
     /// Sends `slot`'s outbox as HANDOFF records until it is empty or the channel is full.
-    fn flush(&mut self, slot: usize) {
+    pub(super) fn flush(&mut self, slot: usize) {
         loop {
             if self.slots[slot].backed_up {
                 return;
@@ -745,7 +688,7 @@ impl Handoff {
     }
 
     /// Sends a record without descriptors now, or after what the full channel still holds.
-    fn send_record(&mut self, slot: usize, record: &Record) {
+    pub(super) fn send_record(&mut self, slot: usize, record: &Record) {
         let Some(link) = self.links[slot].as_mut() else { return };
         if link.control.is_empty() {
             match link.channel.send(record, &[], &mut self.send_buf) {
@@ -766,7 +709,7 @@ impl Handoff {
     }
 
     /// Sends the held control records; true when none is left.
-    fn send_control(&mut self, slot: usize) -> bool {
+    pub(super) fn send_control(&mut self, slot: usize) -> bool {
         let Some(link) = self.links[slot].as_mut() else { return false };
         while let Some(bytes) = link.control.front() {
             match link.channel.send_bytes(bytes, &[]) {
@@ -784,13 +727,13 @@ impl Handoff {
         true
     }
 
-    fn arm(&self, slot: usize) {
+    pub(super) fn arm(&self, slot: usize) {
         let Some(link) = self.links[slot].as_ref() else { return };
         let s = &self.slots[slot];
         link.watch.arm(Interest { readable: !link.deferred, writable: s.backed_up && !s.limited });
     }
 
-    fn on_ready(&mut self, r: Readiness) {
+    pub(super) fn on_ready(&mut self, r: Readiness) {
         let Some(&which) = self.watches.get(&r.watch) else { return };
         let slot = match which {
             Watched::Worker(slot) => slot,
@@ -812,7 +755,7 @@ impl Handoff {
     }
 
     /// Reads what the worker sent (bounded per wake-up).
-    fn receive(&mut self, slot: usize) {
+    pub(super) fn receive(&mut self, slot: usize) {
         for _ in 0..256 {
             let Some(link) = self.links[slot].as_mut() else { return };
             let channel = link.channel.clone();
@@ -865,7 +808,7 @@ impl Handoff {
     }
 
     /// Live connections a worker hands back (migration): placed on other workers.
-    fn returned(&mut self, slot: usize, items: Vec<Item>, fds: Vec<OwnedFd>) {
+    pub(super) fn returned(&mut self, slot: usize, items: Vec<Item>, fds: Vec<OwnedFd>) {
         self.slots[slot].heard_at = Instant::now();
         for (item, fd) in items.into_iter().zip(fds) {
             let baseline = Baseline::measure(fd.as_fd());
@@ -885,7 +828,7 @@ impl Handoff {
         }
     }
 
-    fn on_record(&mut self, slot: usize, record: Record) {
+    pub(super) fn on_record(&mut self, slot: usize, record: Record) {
         let now = Instant::now();
         self.slots[slot].heard_at = now;
         match record {
@@ -977,7 +920,7 @@ impl Handoff {
     }
 
     /// One line (rate-limited) for a record naming ids this worker was not sent.
-    fn unknown_ids(&mut self, slot: usize, what: &str, n: u64) {
+    pub(super) fn unknown_ids(&mut self, slot: usize, what: &str, n: u64) {
         if n > 0 {
             metrics::counter!("baton_handoff_unknown_ids_total").increment(n);
             limited!(
@@ -988,245 +931,9 @@ impl Handoff {
         }
     }
 
-    // ----- workers -----------------------------------------------------------------------
-
-    fn spawn_worker(&mut self, slot: usize) -> io::Result<()> {
-        let command = self.config.command.as_ref().ok_or_else(|| io::Error::other("no worker command"))?;
-        let (channel, child) = command.spawn(slot)?;
-        let pid = child.id();
-        self.slots[slot].pid = Some(pid);
-        log::info!("handoff: worker {slot} started (pid {pid})");
-        match self.link(slot, channel) {
-            Ok(()) => {
-                self.procs[slot] = Some(Process::Spawned(child));
-                Ok(())
-            }
-            Err(e) => {
-                // A worker we cannot talk to is no worker: stop it and try again later.
-                let mut child = child;
-                let _ = child.kill();
-                let _ = child.wait();
-                self.slots[slot].retry_start(Instant::now() + Duration::from_millis(200));
-                Err(e)
-            }
-        }
-    }
-
-    /// Puts a channel into service for `slot` as a new incarnation: watch it and say hello.
-    fn link(&mut self, slot: usize, channel: Channel) -> io::Result<()> {
-        let channel = Arc::new(channel);
-        let watch = self.reactor.watch(channel.clone(), Interest::READ, self.ready_recipient())?;
-        self.watch_as(&watch, Watched::Worker(slot));
-        let gen = self.next_gen;
-        self.next_gen += 1;
-        self.links[slot] = Some(Link { channel, watch, control: VecDeque::new(), deferred: false });
-        self.slots[slot].linked(gen, Instant::now());
-        self.ledger.relink(slot, gen);
-        self.send_record(slot, &Record::Hello { worker: slot as u32 });
-        Ok(())
-    }
-
-    /// Named workers connect: each takes a free named slot, or a new one.
-    fn accept_workers(&mut self) {
-        let Some((listener, watch)) = self.channel_listener.as_ref() else { return };
-        let (listener, watch) = (listener.clone(), watch.clone());
-        for channel in self.accept_waiting(&listener, "a worker channel") {
-            let pidfd = rustix::net::sockopt::socket_peercred(&channel)
-                .ok()
-                .and_then(|cred| rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()).ok());
-            let slot = (0..self.slots.len())
-                .find(|&s| !self.slots[s].spawned && self.links[s].is_none())
-                .unwrap_or_else(|| {
-                    self.slots.push(Slot::new(false, Instant::now()));
-                    self.links.push(None);
-                    self.procs.push(None);
-                    self.slots.len() - 1
-                });
-            match self.link(slot, channel) {
-                Ok(()) => {
-                    self.procs[slot] = Some(Process::Named(pidfd));
-                    log::info!("handoff: worker {slot} connected by name");
-                }
-                Err(e) => log::error!("handoff: cannot serve a connected worker: {e}"),
-            }
-        }
-        watch.arm(Interest::READ);
-    }
-
-    /// Accepts every connection waiting on a named socket; peers that fail the credential
-    /// check are refused (logged, rate-limited: anyone who can reach an abstract name can make
-    /// that happen); other errors end the round.
-    pub(crate) fn accept_waiting(&mut self, listener: &ChannelListener, what: &str) -> Vec<Channel> {
-        let mut accepted = Vec::new();
-        loop {
-            match listener.accept() {
-                Ok(channel) => accepted.push(channel),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                    metrics::counter!("baton_handoff_peers_refused_total").increment(1);
-                    limited!(self.logs.refused_peers, log::Level::Warn, "handoff: refused {what}: {e}");
-                }
-                Err(e) => {
-                    log::error!("handoff: accepting {what} failed: {e}");
-                    break;
-                }
-            }
-        }
-        accepted
-    }
-
-    /// The worker's channel is gone (end of file, error, or cut off). Queued sockets go
-    /// elsewhere; sent ones are judged when nobody can touch them any more (see the ledger);
-    /// a spawned worker is restarted within the intensity, and its process given time to exit.
-    fn lose(&mut self, slot: usize, why: Down) {
-        let Some(link) = self.links[slot].take() else { return };
-        self.unwatch(&link.watch);
-        drop(link);
-        let now = Instant::now();
-        let s = &self.slots[slot];
-        let (gen, pid) = (s.gen, s.pid);
-        let quiet = why == Down::EndOfFile && (matches!(s.phase, Phase::Draining { .. }) || self.drain.is_some());
-        if quiet {
-            log::info!("handoff: worker {slot} (pid {pid:?}) finished");
-        } else {
-            log::warn!("handoff: worker {slot} (pid {pid:?}) is down: {why}");
-            metrics::counter!("baton_handoff_worker_down_total").increment(1);
-        }
-        let mut process = self.procs[slot].take();
-        let mut killed = false;
-        let exited =
-            matches!(why, Down::EndOfFile | Down::ChannelError) && process.as_mut().is_some_and(Process::exited);
-        let lost = match (why, process.as_mut()) {
-            (Down::Deadline | Down::Overstayed, Some(Process::Spawned(child))) => {
-                // Dead for sure before its sockets are judged, so it cannot touch them later.
-                let _ = child.kill();
-                killed = true;
-                Lost::MayRun
-            }
-            (Down::Deadline | Down::Overstayed, _) => Lost::CutOff,
-            _ if exited => Lost::ProcessGone,
-            _ => Lost::MayRun,
-        };
-        if killed || lost == Lost::CutOff {
-            self.stats.killed += 1;
-            if let Some(d) = self.drain.as_mut() {
-                d.report.killed += 1;
-            }
-        }
-        let named = !self.slots[slot].spawned;
-        if why == Down::EndOfFile && named {
-            if let Some(d) = self.drain.as_mut() {
-                d.report.exited += 1;
-            }
-        }
-        let ended = self.ledger.lost(slot, lost, now);
-        self.close_ended(ended);
-        self.slots[slot].down(self.drain.is_none(), now);
-        self.sync(slot);
-        match process {
-            Some(p) if lost == Lost::ProcessGone && p.spawned() && !killed => self.exited_by_itself(),
-            Some(_) if lost == Lost::ProcessGone => {}
-            Some(p) => {
-                let kill_at = if killed { now } else { self.exit_deadline(now) };
-                self.exiting.push(Exiting { slot, gen, process: p, kill_at, killed });
-            }
-            None => {}
-        }
-        self.ledger.place_waiting();
-        self.schedule_flush();
-    }
-
-    fn exited_by_itself(&mut self) {
-        if let Some(d) = self.drain.as_mut() {
-            d.report.exited += 1;
-        }
-    }
-
-    /// When a process whose channel closed now is killed if it still runs.
-    fn exit_deadline(&self, now: Instant) -> Instant {
-        let own = later(now, self.config.exit_timeout);
-        match &self.drain {
-            Some(d) => own.min(later(d.deadline.max(now), DRAIN_GRACE)),
-            None => own,
-        }
-    }
-
-    /// Processes whose channel is gone: reaped when they exit (their held sockets judged),
-    /// killed when they overstay.
-    fn watch_exits(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.exiting.len() {
-            let e = &mut self.exiting[i];
-            if e.process.exited() {
-                let e = self.exiting.swap_remove(i);
-                log::debug!("handoff: worker {} (incarnation {}) exited", e.slot, e.gen);
-                if e.process.spawned() && !e.killed {
-                    self.exited_by_itself();
-                }
-                let ended = self.ledger.judge(e.slot, e.gen);
-                self.close_ended(ended);
-                continue;
-            }
-            if now >= e.kill_at {
-                match &mut e.process {
-                    Process::Spawned(child) if !e.killed => {
-                        log::warn!("handoff: worker {} (pid {}) did not exit in time; killing it", e.slot, child.id());
-                        let _ = child.kill();
-                        e.killed = true;
-                        self.stats.killed += 1;
-                        if let Some(d) = self.drain.as_mut() {
-                            d.report.killed += 1;
-                        }
-                    }
-                    Process::Spawned(_) => {}
-                    Process::Named(_) => {
-                        // Not ours to kill: stop watching it, and judge what it held.
-                        let e = self.exiting.swap_remove(i);
-                        let ended = self.ledger.judge(e.slot, e.gen);
-                        self.close_ended(ended);
-                        continue;
-                    }
-                }
-            }
-            i += 1;
-        }
-        // Held past the hold deadline by a process that still runs: what it has not touched
-        // by now it refuses (it has seen its channel end).
-        for (slot, gen) in self.ledger.hold_expired(now) {
-            self.ledger.release_untouched(slot, gen);
-        }
-    }
-
-    /// Restarts, within the intensity, the spawned slots that are down.
-    fn supervise(&mut self, now: Instant) {
-        if self.drain.is_some() {
-            return;
-        }
-        for slot in 0..self.slots.len() {
-            match self.slots[slot].restart(now, self.config.intensity) {
-                Restart::No => {}
-                Restart::GiveUp => {
-                    metrics::counter!("baton_handoff_worker_gave_up_total").increment(1);
-                    log::error!(
-                        "handoff: worker {slot} died more than {} times in {:?}; not restarting it",
-                        self.config.intensity.max_restarts,
-                        self.config.intensity.period
-                    );
-                }
-                Restart::Now => match self.spawn_worker(slot) {
-                    Ok(()) => {
-                        self.stats.restarts += 1;
-                        metrics::counter!("baton_handoff_worker_restarts_total").increment(1);
-                    }
-                    Err(e) => log::error!("handoff: restarting worker {slot} failed: {e}; retrying"),
-                },
-            }
-        }
-    }
-
     // ----- time ------------------------------------------------------------------------------
 
-    fn tick(&mut self) {
+    pub(super) fn tick(&mut self) {
         let now = Instant::now();
         // A worker that sits on a handoff past the deadline *and* has said nothing for as long
         // is presumed hung (a busy one still reports its load). Read what it may have sent
@@ -1304,7 +1011,7 @@ impl Handoff {
         self.drain_progress(now);
     }
 
-    fn drain_progress(&mut self, now: Instant) {
+    pub(super) fn drain_progress(&mut self, now: Instant) {
         let Some(d) = self.drain.as_mut() else { return };
         if !d.told_workers && (self.ledger.is_empty() || now >= d.deadline) {
             d.told_workers = true;
@@ -1360,7 +1067,7 @@ impl Handoff {
         d.done = true;
     }
 
-    fn update_listeners(&mut self) {
+    pub(super) fn update_listeners(&mut self) {
         let pause = self.successor.on_probation()
             || self.ledger.waiting() > 0
             || self.ledger.full()

@@ -28,8 +28,9 @@
 //!   intensity; no I/O.
 //! - `probe.rs`: asking the kernel whether a socket was touched. `budget.rs`: the descriptor
 //!   budget.
-//! - `handoff.rs`: the actor, which carries channel records, processes and listeners in and
-//!   the ledger's and slots' decisions out. `successor.rs`: the old parent's side of a takeover.
+//! - `handoff.rs`: the actor, which carries channel records and listeners in and the ledger's
+//!   and slots' decisions out. `workers.rs`: worker processes (starting, losing, waiting for
+//!   one to exit, restarting). `successor.rs`: the old parent's side of a takeover.
 //! - `dispatch.rs`, `stats.rs`: what goes in and what comes out.
 
 mod budget;
@@ -40,6 +41,7 @@ mod probe;
 mod slot;
 mod stats;
 mod successor;
+mod workers;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
