@@ -4,11 +4,12 @@
 #
 #   benches/killsoak.sh [--bin PATH] [--duration SECS] [--every SECS] [--threads N] [--conns N]
 #                       [--timeout DUR] [--workers N] [--warmup SECS] [--settle SECS]
-#                       [--no-stop] [--label NAME] [--keep DIR]
+#                       [--path PATH] [--no-stop] [--label NAME] [--keep DIR]
 #
 # Defaults: builds and uses target/release/examples/prefork, 2 workers, `wrk -t2 -c64 -d30s
 # --timeout 1s --latency -H 'Connection: close'`, a kill every 2 s (the oldest worker, so the
-# slots alternate), a 3 s warm-up and a 3 s settle. `--bin` runs another build's binary (for a
+# slots alternate), a 3 s warm-up and a 3 s settle. `--path '/slow?ms=1'` makes the workers hold
+# their connections for a while, so that kills find some read and unanswered. `--bin` runs another build's binary (for a
 # before/after comparison) and skips the build. Loopback only; every process it starts is
 # stopped on exit, Ctrl-C included.
 #
@@ -50,6 +51,7 @@ settle=3
 label=""
 keep=""
 stop=yes
+path=/
 usage() { sed -n '4,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -65,6 +67,7 @@ while [ $# -gt 0 ]; do
         --label) label=$2; shift 2 ;;
         --keep) keep=$2; shift 2 ;;
         --no-stop) stop=""; shift ;;
+        --path) path=$2; shift 2 ;;
         -h | --help) usage ;;
         *) echo "killsoak.sh: unknown argument '$1'" >&2; usage ;;
     esac
@@ -137,7 +140,7 @@ for _ in $(seq 300); do
 done
 [ -n "$addr" ] && [ -n "$maddr" ] || fail "prefork did not print its addresses: $(tail -3 "$dir/err")"
 port=${addr##*:}
-url="http://$addr/"
+url="http://$addr$path"
 
 metrics() { curl -s --max-time 3 "http://$maddr/metrics"; }
 # value FILE SERIES: the sample of SERIES (name and labels, as printed) in FILE, or 0.
