@@ -70,6 +70,7 @@ fn main() {
         ("listeners_are_shared_once_per_worker_incarnation_however_often_it_says_ready", ready_flood),
         ("a_parent_at_its_descriptor_limit_pauses_and_serves_a_burst_then_an_upgrade", descriptor_budget),
         ("a_migration_at_the_descriptor_budget_does_not_stop_the_parent", migration_at_the_budget),
+        ("refused_peers_on_an_abstract_name_are_logged_a_few_times", refused_peers_rate_limited),
     ];
     common::run(tests);
 }
@@ -634,4 +635,26 @@ fn migration_at_the_budget() {
     assert_eq!(expect_end(&mut second, Duration::from_secs(5)), b"tag 0\n", "{:?}", s.parent.stats());
     wait_until("everything adopted", || s.parent.stats().is_ok_and(|st| st.migrated == 1 && st.in_flight == 0));
     s.stop();
+}
+
+fn refused_peers_rate_limited() {
+    // Anyone on the machine can reach an abstract name; before, each refused peer was a line.
+    let m = mark();
+    let runtime = Runtime::builder().threads(2).build();
+    let reactor = Reactor::start().expect("reactor");
+    let parent = Parent::builder().start(&runtime, &reactor).expect("parent");
+    let name = format!("baton-edges-refused-{}", std::process::id()).into_bytes();
+    let someone_else = PeerCheck::Uid(rustix::process::geteuid().as_raw().wrapping_add(1));
+    parent.accept_workers(&Endpoint::Abstract(name.clone()), someone_else).expect("bind");
+    for _ in 0..500 {
+        // Refused: the connection is accepted, checked and closed.
+        let _ = baton_handoff::bootstrap::connect(&Endpoint::Abstract(name.clone()), PeerCheck::Any);
+    }
+    wait_until("the refusals are seen", || !m.since(log::Level::Warn, "refused").is_empty());
+    std::thread::sleep(Duration::from_millis(200));
+    let lines = m.since(log::Level::Warn, "refused");
+    assert!(lines.len() <= 5, "{} lines for 500 refused peers: {:?}", lines.len(), &lines[..3]);
+    parent.stop();
+    runtime.shutdown(Duration::from_secs(5)).unwrap();
+    reactor.stop();
 }
