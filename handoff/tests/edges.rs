@@ -71,6 +71,10 @@ fn main() {
         ("a_parent_at_its_descriptor_limit_pauses_and_serves_a_burst_then_an_upgrade", descriptor_budget),
         ("a_migration_at_the_descriptor_budget_does_not_stop_the_parent", migration_at_the_budget),
         ("refused_peers_on_an_abstract_name_are_logged_a_few_times", refused_peers_rate_limited),
+        ("a_handshake_routes_on_a_first_line_split_in_pieces_and_the_worker_reads_the_rest", handshake_routes),
+        ("silent_clients_time_out_in_the_handshake_without_a_thread_each", handshake_timeouts),
+        ("a_refused_handshake_answers_then_closes_and_an_overlong_one_is_refused", handshake_refusals),
+        ("a_handshake_listener_pauses_at_the_budget_and_is_taken_over", handshake_pause_and_takeover),
     ];
     common::run(tests);
 }
@@ -276,6 +280,31 @@ impl Raw {
                 std::mem::forget(client); // the migrated connection's client stays open
                 self.serve_tags();
             }
+            // Says what it was handed (key, tag, peer), then echoes the prelude and whatever the
+            // client sends until it closes its side.
+            "show" => loop {
+                let (items, fds) = self.next_handoff();
+                let mut adopted = Vec::new();
+                for (item, fd) in items.into_iter().zip(fds) {
+                    let mut stream = TcpStream::from(fd);
+                    let key = String::from_utf8_lossy(item.key.as_deref().unwrap_or(b"-")).into_owned();
+                    let peer = match &item.peer {
+                        Address::Inet(a) => a.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    let _ = stream.write_all(format!("key {key} tag {} peer {peer}\n", item.tag).as_bytes());
+                    let _ = stream.write_all(&item.prelude);
+                    stream.set_nonblocking(false).unwrap();
+                    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut rest = Vec::new();
+                    let _ = stream.read_to_end(&mut rest);
+                    let _ = stream.write_all(&rest);
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    adopted.push(item.id);
+                }
+                self.send(&Record::Adopted(adopted.clone()));
+                self.send(&Record::Closed(adopted));
+            },
             "unknown_ids" => {
                 for r in 0..10u64 {
                     self.send(&Record::Adopted((0..4096).map(|i| 1_000_000 + r * 4096 + i).collect()));
@@ -657,4 +686,140 @@ fn refused_peers_rate_limited() {
     parent.stop();
     runtime.shutdown(Duration::from_secs(5)).unwrap();
     reactor.stop();
+}
+
+// ----- handshake listeners -----------------------------------------------------------------
+
+use baton_handoff::handshake::{HandshakeOptions, Peer, Reject, Route, Step};
+
+/// The first line is the routing key; the worker never sees it.
+fn key_line() -> impl FnMut(&[u8], Peer<'_>) -> Step + Send + 'static {
+    |read: &[u8], _peer: Peer<'_>| match read.iter().position(|&b| b == b'\n') {
+        Some(0) => Step::Reject(Reject { reason: "empty key", answer: b"no key\n".to_vec() }),
+        Some(end) => Step::Route(Route { consume: end + 1, key: Some(read[..end].to_vec()), ..Route::default() }),
+        None => Step::More,
+    }
+}
+
+/// A parent with one `show` worker behind a key-line handshake listener.
+fn handshake_setup(limits: HandshakeOptions, configure: impl FnOnce(ParentBuilder) -> ParentBuilder) -> Setup {
+    let mut command = WorkerCommand::current_exe().expect("exe");
+    command = command.env("TEST_ROLE", "show");
+    let runtime = Runtime::builder().threads(2).build();
+    let reactor = Reactor::start().expect("reactor");
+    let parent = configure(Parent::builder().spawn(1, command)).start(&runtime, &reactor).expect("parent");
+    let listener = parent
+        .listen_tcp_with("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), key_line, limits)
+        .expect("listen");
+    let addr = inet(listener.local_addr());
+    assert!(parent.wait_ready(WAIT));
+    Setup { runtime, reactor, parent, addr }
+}
+
+fn handshake_routes() {
+    let s = handshake_setup(HandshakeOptions::default(), |b| b);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    let me = c.local_addr().unwrap();
+    for piece in [&b"al"[..], b"pha\nre", b"st"] {
+        c.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = String::from_utf8(expect_end(&mut c, WAIT)).unwrap();
+    // The key line was consumed; the rest arrives in order, whether the parent or the worker
+    // read it.
+    assert_eq!(got, format!("key alpha tag 0 peer {me}\nrest"));
+    wait_until("adopted", || s.parent.stats().is_ok_and(|st| st.adopted == 1));
+    let stats = s.parent.stats().unwrap();
+    assert_eq!((stats.handshakes, stats.handshake_rejected), (0, 0), "{stats:?}");
+    s.stop();
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+fn handshake_timeouts() {
+    let limits = HandshakeOptions { timeout: Duration::from_millis(300), ..HandshakeOptions::default() };
+    let s = handshake_setup(limits, |b| b);
+    let before = threads();
+    let mut silent: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(s.addr).unwrap()).collect();
+    wait_until("all in their handshake", || s.parent.stats().is_ok_and(|st| st.handshakes == 100));
+    assert_eq!(threads(), before, "a silent client costs no thread");
+    // Meanwhile a client that speaks is served.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"k\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(expect_end(&mut c, WAIT).starts_with(b"key k "));
+    for c in &mut silent {
+        assert_eq!(expect_end(c, Duration::from_secs(3)), b"", "closed at the timeout");
+    }
+    let stats = s.parent.stats().unwrap();
+    assert_eq!((stats.handshake_timeouts, stats.handshakes), (100, 0), "{stats:?}");
+    s.stop();
+}
+
+fn handshake_refusals() {
+    let limits = HandshakeOptions { max_bytes: 64, ..HandshakeOptions::default() };
+    let s = handshake_setup(limits, |b| b);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"\n").unwrap();
+    assert_eq!(expect_end(&mut c, WAIT), b"no key\n", "the answer, then the end");
+    let mut long = TcpStream::connect(s.addr).unwrap();
+    let _ = long.write_all(&[b'x'; 100]);
+    assert_eq!(expect_end(&mut long, WAIT), b"", "refused past max_bytes");
+    let stats = s.parent.stats().unwrap();
+    assert_eq!((stats.handshake_rejected, stats.dispatched), (2, 0), "{stats:?}");
+    s.stop();
+}
+
+fn handshake_pause_and_takeover() {
+    // One socket in flight at a time: the listener pauses and resumes, and everyone is served.
+    let s = handshake_setup(HandshakeOptions::default(), |b| b.max_in_flight(1).takeover_probation(Duration::ZERO));
+    let clients: Vec<std::thread::JoinHandle<String>> = (0..20)
+        .map(|i| {
+            let addr = s.addr;
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.write_all(format!("k{i}\n").as_bytes()).unwrap();
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+                String::from_utf8(expect_end(&mut c, WAIT)).unwrap()
+            })
+        })
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        assert!(c.join().unwrap().starts_with(&format!("key k{i} ")));
+    }
+    // A successor takes the listener over by name and attaches its own handshake.
+    let endpoint = Endpoint::Abstract(format!("baton-edges-shake-{}", std::process::id()).into_bytes());
+    s.parent.offer_takeover(&endpoint, PeerCheck::SameUid).unwrap();
+    let runtime = Runtime::builder().threads(2).build();
+    let reactor = Reactor::start().expect("reactor");
+    let next = Parent::builder()
+        .spawn(1, WorkerCommand::current_exe().unwrap().env("TEST_ROLE", "show"))
+        .start(&runtime, &reactor)
+        .expect("successor");
+    assert!(next.wait_ready(WAIT));
+    let mut takeover = baton_handoff::takeover::take_over(&endpoint, PeerCheck::SameUid, WAIT).expect("take over");
+    let l =
+        reactor.adopt_listener(takeover.listener("main").unwrap(), ListenOptions::default(), next.recipient()).unwrap();
+    let upper = || {
+        |read: &[u8], _peer: Peer<'_>| match read.iter().position(|&b| b == b'\n') {
+            Some(end) => {
+                Step::Route(Route { consume: end + 1, key: Some(read[..end].to_ascii_uppercase()), ..Route::default() })
+            }
+            None => Step::More,
+        }
+    };
+    next.attach_with(l, "main", upper, HandshakeOptions::default());
+    takeover.serving(&next, WAIT).expect("released");
+    s.parent.taken_over().recv_timeout(WAIT).expect("taken over");
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"abc\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(expect_end(&mut c, WAIT).starts_with(b"key ABC "), "the successor's handshake");
+    let _ = next.drain(Duration::from_secs(5));
+    runtime.shutdown(Duration::from_secs(5)).unwrap();
+    reactor.stop();
+    s.stop();
 }

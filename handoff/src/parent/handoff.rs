@@ -20,6 +20,7 @@ use baton_transport::{Accepted, Address, Interest, Listener, ListenerId, Reactor
 
 use super::budget::Budget;
 use super::dispatch::{describable, Dispatch};
+use super::handshake::{HandshakeSpec, Shakes};
 pub(crate) use super::ledger::later;
 use super::ledger::{End, Ended, Held, Ledger, Touch};
 use super::probe::Baseline;
@@ -82,8 +83,9 @@ impl From<Readiness> for HandoffMsg {
 pub enum Control {
     /// Spawn the configured workers.
     Start(ReplyTo<io::Result<()>>),
-    /// Pause this listener while nothing can take sockets; give it to a successor by this name.
-    Attach(Listener, String),
+    /// Pause this listener while nothing can take sockets; give it to a successor by this name;
+    /// run this handshake on each connection it accepts, if any.
+    Attach(Listener, String, Option<HandshakeSpec>),
     /// Accept workers that connect to this named channel.
     AcceptWorkers(ChannelListener),
     /// Let a successor take over through this control socket (bound at this endpoint, with
@@ -147,6 +149,8 @@ pub(crate) enum Watched {
     TakeoverListener,
     /// A successor's control connection.
     Successor,
+    /// A connection in its handshake.
+    Handshake,
 }
 
 pub(crate) struct DrainState {
@@ -169,6 +173,7 @@ pub(super) struct Logs {
     pub(super) unattached: LogLimit,
     pub(super) exhaustion: LogLimit,
     pub(super) invalid: LogLimit,
+    pub(super) handshakes: LogLimit,
 }
 
 /// What [`ParentBuilder::start`](crate::ParentBuilder::start) configures.
@@ -203,6 +208,10 @@ pub struct Handoff {
     pub(crate) listeners: Vec<(Listener, String)>,
     /// Every listener ever attached, in order: a connection's tag is its listener's index here.
     pub(super) tags: Vec<ListenerId>,
+    /// The handshake of each listener in `tags` (same index), if it has one.
+    pub(super) handshakes: Vec<Option<HandshakeSpec>>,
+    /// Connections in their handshake.
+    pub(super) shakes: Shakes,
     pub(super) listeners_paused: bool,
     /// Connections from a listener not attached (yet): its `attach` may still be on its way.
     pub(super) unattached: VecDeque<(Accepted, Instant)>,
@@ -249,6 +258,8 @@ impl Handoff {
             channel_listener: None,
             listeners: Vec::new(),
             tags: Vec::new(),
+            handshakes: Vec::new(),
+            shakes: Shakes::default(),
             listeners_paused: false,
             unattached: VecDeque::new(),
             shared: Vec::new(),
@@ -352,13 +363,17 @@ impl Handoff {
                 }
                 let _ = reply.send(result);
             }
-            Control::Attach(l, name) => {
+            Control::Attach(l, name, handshake) => {
                 if self.listeners_paused {
                     l.pause();
                 }
                 let id = l.id();
-                if !self.tags.contains(&id) {
-                    self.tags.push(id);
+                match self.tags.iter().position(|&t| t == id) {
+                    Some(index) => self.handshakes[index] = handshake,
+                    None => {
+                        self.tags.push(id);
+                        self.handshakes.push(handshake);
+                    }
                 }
                 self.listeners.push((l, name));
                 // Connections that arrived before their listener was attached.
@@ -486,6 +501,7 @@ impl Handoff {
         let mut stats = self.stats.clone();
         stats.in_flight = self.ledger.len();
         stats.waiting = self.ledger.waiting();
+        stats.handshakes = self.shakes.len();
         stats.budget = self.ledger.limits().max_in_flight;
         (stats.latency_p50, stats.latency_p99) = self.latencies.percentiles();
         let books = self.ledger.books();
@@ -511,6 +527,10 @@ impl Handoff {
     /// A connection a listener accepted: its tag is the listener's index among those attached.
     pub(super) fn accepted(&mut self, a: Accepted) {
         match self.tags.iter().position(|&id| id == a.listener) {
+            Some(index) if self.handshakes[index].is_some() => {
+                let spec = self.handshakes[index].clone().expect("checked");
+                self.shake(&spec, a.stream, a.peer, a.local, index as u32);
+            }
             Some(index) => {
                 let d = Dispatch {
                     stream: a.stream,
@@ -740,6 +760,7 @@ impl Handoff {
             Watched::WorkerListener => return self.accept_workers(),
             Watched::TakeoverListener => return self.accept_successor(),
             Watched::Successor => return self.hear_successor(),
+            Watched::Handshake => return self.on_shake_ready(r.watch),
         };
         if r.writable && self.slots[slot].backed_up && !self.slots[slot].limited && self.send_control(slot) {
             self.slots[slot].backed_up = false;
@@ -961,6 +982,7 @@ impl Handoff {
             self.lose(slot, why);
         }
         self.watch_exits(now);
+        self.shake_tick(now);
         for (slot, gen, index) in std::mem::take(&mut self.share_retry) {
             if index < self.shared.len() && self.slots[slot].gen == gen && self.slots[slot].phase == Phase::Ready {
                 self.send_listener(slot, index);
@@ -1013,12 +1035,16 @@ impl Handoff {
 
     pub(super) fn drain_progress(&mut self, now: Instant) {
         let Some(d) = self.drain.as_mut() else { return };
-        if !d.told_workers && (self.ledger.is_empty() || now >= d.deadline) {
+        if !d.told_workers && ((self.ledger.is_empty() && self.shakes.len() == 0) || now >= d.deadline) {
             d.told_workers = true;
             let ms = millis(d.deadline.saturating_duration_since(now));
             let unplaced = self.ledger.end_all(End::Drain, true);
             d.report.unplaced += unplaced.len();
             self.close_ended(unplaced);
+            let shaking = self.end_handshakes();
+            if let Some(d) = self.drain.as_mut() {
+                d.report.unplaced += shaking;
+            }
             for slot in 0..self.slots.len() {
                 if self.links[slot].is_some() {
                     self.slots[slot].drain(None);
@@ -1069,6 +1095,7 @@ impl Handoff {
 
     pub(super) fn update_listeners(&mut self) {
         let pause = self.successor.on_probation()
+            || self.ledger.len() + self.shakes.len() >= self.ledger.limits().max_in_flight
             || self.ledger.waiting() > 0
             || self.ledger.full()
             || !self.ledger.can_place();

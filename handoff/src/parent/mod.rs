@@ -36,6 +36,7 @@
 mod budget;
 mod dispatch;
 mod handoff;
+pub mod handshake;
 pub(crate) mod ledger;
 mod probe;
 mod slot;
@@ -278,6 +279,43 @@ impl Parent {
         Ok(listener)
     }
 
+    /// [`Parent::listen_tcp`], with a handshake: each connection gets a fresh one from
+    /// `handshake`, which reads the client's first bytes and decides where it goes (see
+    /// [`handshake`](crate::handshake)).
+    ///
+    /// # Errors
+    ///
+    /// Socket, bind and listen errors.
+    ///
+    /// # Examples
+    ///
+    /// A first line names the routing key; the worker sees the rest of the stream.
+    ///
+    /// ```no_run
+    /// # fn example(parent: &baton_handoff::Parent) -> std::io::Result<()> {
+    /// use baton_handoff::handshake::{HandshakeOptions, Reject, Route, Step};
+    /// let handshake = || {
+    ///     |read: &[u8], _peer: baton_handoff::handshake::Peer<'_>| match read.iter().position(|&b| b == b'\n') {
+    ///         Some(0) => Step::Reject(Reject { reason: "empty key", answer: b"no key\n".to_vec() }),
+    ///         Some(end) => Step::Route(Route { consume: end + 1, key: Some(read[..end].to_vec()), ..Route::default() }),
+    ///         None => Step::More,
+    ///     }
+    /// };
+    /// parent.listen_tcp_with("127.0.0.1:7000".parse().unwrap(), Default::default(), handshake, HandshakeOptions::default())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn listen_tcp_with<H: handshake::Handshake>(
+        &self,
+        addr: std::net::SocketAddr,
+        options: ListenOptions,
+        handshake: impl Fn() -> H + Send + Sync + 'static,
+        limits: handshake::HandshakeOptions,
+    ) -> io::Result<Listener> {
+        let listener = self.reactor.listen_tcp(addr, options, self.recipient())?;
+        self.attach_with(listener.clone(), "main", handshake, limits);
+        Ok(listener)
+    }
+
     /// Hands a socket to the parent for placement (an application that read a handshake uses
     /// this; listeners send [`Accepted`](baton_transport::Accepted) straight to [`Parent::recipient`]). Waits while the
     /// parent's mailbox is full.
@@ -326,7 +364,24 @@ impl Parent {
     /// Lets the parent pause `listener` (whose owner should be [`Parent::recipient`]) while no
     /// worker can take more, close it on drain, and hand it to a successor as `name`.
     pub fn attach(&self, listener: Listener, name: &str) {
-        if self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string()))).is_err() {
+        if self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), None))).is_err() {
+            log::warn!("handoff: attach after the parent stopped");
+        }
+    }
+
+    /// [`Parent::attach`], with a handshake for each connection `listener` accepts (see
+    /// [`Parent::listen_tcp_with`]). A successor taking the listener over attaches it with its
+    /// own handshake.
+    pub fn attach_with<H: handshake::Handshake>(
+        &self,
+        listener: Listener,
+        name: &str,
+        handshake: impl Fn() -> H + Send + Sync + 'static,
+        limits: handshake::HandshakeOptions,
+    ) {
+        let make: handshake::HandshakeFactory = Arc::new(move || Box::new(handshake()));
+        let spec = handshake::HandshakeSpec { make, options: limits };
+        if self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), Some(spec)))).is_err() {
             log::warn!("handoff: attach after the parent stopped");
         }
     }

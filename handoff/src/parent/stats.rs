@@ -42,6 +42,13 @@ pub struct Stats {
     pub in_flight: usize,
     /// Sockets waiting for any worker to be able to take them.
     pub waiting: usize,
+    /// Connections in their handshake (see [`crate::handshake`]).
+    pub handshakes: usize,
+    /// Handshakes that ran out of time (closed).
+    pub handshake_timeouts: u64,
+    /// Handshakes that refused their connection (closed), by the handshake's decision, or for
+    /// reading more than allowed, or a client that closed first.
+    pub handshake_rejected: u64,
     /// How many sockets the parent may hold at once: the configured bound, lowered to fit the
     /// descriptors the process has left (`RLIMIT_NOFILE`). The listeners pause at it.
     pub budget: usize,
