@@ -39,6 +39,7 @@ mod handoff;
 pub mod handshake;
 pub(crate) mod ledger;
 mod probe;
+pub mod proxy;
 mod slot;
 mod stats;
 mod successor;
