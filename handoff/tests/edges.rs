@@ -75,6 +75,7 @@ fn main() {
         ("silent_clients_time_out_in_the_handshake_without_a_thread_each", handshake_timeouts),
         ("a_refused_handshake_answers_then_closes_and_an_overlong_one_is_refused", handshake_refusals),
         ("a_handshake_listener_pauses_at_the_budget_and_is_taken_over", handshake_pause_and_takeover),
+        ("behind_a_real_haproxy_the_worker_sees_the_clients_address_v1_and_v2", behind_haproxy),
     ];
     common::run(tests);
 }
@@ -822,4 +823,77 @@ fn handshake_pause_and_takeover() {
     runtime.shutdown(Duration::from_secs(5)).unwrap();
     reactor.stop();
     s.stop();
+}
+
+/// A client whose address is `from` (any 127.0.0.0/8 address), so that it differs from the
+/// balancer's.
+fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketAddrV4, SocketType};
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&fd, &SocketAddrV4::new(from, 0)).unwrap();
+    rustix::net::connect(&fd, &to).unwrap();
+    TcpStream::from(fd)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn behind_haproxy() {
+    use baton_handoff::proxy::{ProxyProtocol, Versions};
+    for (send, versions) in [("send-proxy-v2", Versions::V2), ("send-proxy", Versions::V1)] {
+        let mut command = WorkerCommand::current_exe().expect("exe");
+        command = command.env("TEST_ROLE", "show");
+        let runtime = Runtime::builder().threads(2).build();
+        let reactor = Reactor::start().expect("reactor");
+        let parent = Parent::builder().spawn(1, command).start(&runtime, &reactor).expect("parent");
+        let proxy = move || ProxyProtocol::new(versions, &["127.0.0.1/32"]).unwrap();
+        let listener = parent
+            .listen_tcp_with(
+                "127.0.0.1:0".parse().unwrap(),
+                ListenOptions::default(),
+                proxy,
+                HandshakeOptions::default(),
+            )
+            .expect("listen");
+        let backend = inet(listener.local_addr());
+        assert!(parent.wait_ready(WAIT));
+        let s = Setup { runtime, reactor, parent, addr: backend };
+        let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dir = std::env::temp_dir().join(format!("baton-haproxy-{}-{send}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n  maxconn 256\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+                 frontend f\n  bind {front}\n  default_backend b\nbackend b\n  server s1 {backend} {send}\n"
+            ),
+        )
+        .unwrap();
+        let mut haproxy = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy (installed by .ci/run; apt-get install haproxy)");
+        wait_until("haproxy listening", || TcpStream::connect(front).is_ok());
+        for client_ip in [[127, 0, 0, 5], [127, 0, 0, 6]] {
+            let mut c = connect_from(client_ip.into(), front);
+            let me = c.local_addr().unwrap();
+            c.write_all(b"hello").unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            let got = String::from_utf8(expect_end(&mut c, WAIT)).unwrap();
+            assert_eq!(got, format!("key - tag 0 peer {me}\nhello"), "{send}: the worker sees the client, not HAProxy");
+        }
+        // A client that goes around the balancer with a header of its own is refused.
+        let mut liar = connect_from([127, 0, 0, 7].into(), backend);
+        let _ = liar.write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\nhello");
+        assert_eq!(expect_end(&mut liar, WAIT), b"", "{send}");
+        let _ = haproxy.kill();
+        let _ = haproxy.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        s.stop();
+    }
 }
