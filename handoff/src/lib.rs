@@ -98,7 +98,7 @@ mod worker;
 
 pub use crate::bootstrap::{channel_from_env, ChannelListener, Endpoint, PeerCheck};
 pub use crate::channel::{BadRecord, Channel, RecvBuf, RecvError};
-pub use crate::parent::{handshake, proxy};
+pub use crate::parent::{handshake, proxy, sni};
 pub use crate::parent::{
     Control, Dispatch, DispatchError, DrainReport, Handoff, HandoffMsg, Parent, ParentBuilder, SharedListener, Stats,
     WorkerStats, LATENCY_WINDOW, UNATTACHED_TAG,

@@ -115,6 +115,7 @@ pub struct SharedListener {
 pub(crate) struct Pending {
     pub(crate) socket: Dispatch,
     baseline: Baseline,
+    group: Option<usize>,
 }
 
 impl Held for Pending {
@@ -124,6 +125,10 @@ impl Held for Pending {
 
     fn touched(&self) -> Touch {
         self.baseline.touched(self.socket.stream.as_fd())
+    }
+
+    fn group(&self) -> Option<usize> {
+        self.group
     }
 }
 
@@ -178,8 +183,8 @@ pub(super) struct Logs {
 
 /// What [`ParentBuilder::start`](crate::ParentBuilder::start) configures.
 pub(crate) struct Config {
-    pub(crate) workers: usize,
-    pub(crate) command: Option<WorkerCommand>,
+    /// Worker groups: name, count, command; slots are laid out group after group.
+    pub(crate) groups: Vec<(String, usize, WorkerCommand)>,
     pub(crate) adopt_timeout: Duration,
     pub(crate) startup_timeout: Duration,
     pub(crate) exit_timeout: Duration,
@@ -241,7 +246,9 @@ impl Handoff {
         taken_over: crossbeam_channel::Sender<()>,
     ) -> Handoff {
         let now = Instant::now();
-        let n = config.workers;
+        let slot_groups: Vec<usize> =
+            config.groups.iter().enumerate().flat_map(|(g, (_, n, _))| std::iter::repeat(g).take(*n)).collect();
+        let n = slot_groups.len();
         Handoff {
             adopted_total,
             reactor,
@@ -249,7 +256,7 @@ impl Handoff {
             successor: Successor::new(taken_over, config.probation),
             config,
             ledger,
-            slots: (0..n).map(|_| Slot::new(true, now)).collect(),
+            slots: slot_groups.iter().map(|&g| Slot::new(true, g, now)).collect(),
             links: (0..n).map(|_| None).collect(),
             procs: (0..n).map(|_| None).collect(),
             exiting: Vec::new(),
@@ -511,6 +518,11 @@ impl Handoff {
             .enumerate()
             .map(|(slot, s)| WorkerStats {
                 slot,
+                group: if s.spawned {
+                    self.config.groups.get(s.group).map(|g| g.0.clone()).unwrap_or_default()
+                } else {
+                    String::new()
+                },
                 pid: if s.phase == Phase::Down { None } else { s.pid },
                 ready: s.phase == Phase::Ready,
                 open: books.get(slot).map_or(0, |b| b.open),
@@ -548,7 +560,12 @@ impl Handoff {
     }
 
     /// Takes a socket into the ledger (or closes it, when nobody can take sockets any more).
-    pub(super) fn admit(&mut self, mut d: Dispatch, avoid: Option<usize>, baseline: Baseline) {
+    pub(super) fn admit(&mut self, d: Dispatch, avoid: Option<usize>, baseline: Baseline) {
+        self.admit_to(d, avoid, baseline, None);
+    }
+
+    /// [`Handoff::admit`], for the workers of `group` only (`None`: any).
+    pub(super) fn admit_to(&mut self, mut d: Dispatch, avoid: Option<usize>, baseline: Baseline, group: Option<usize>) {
         if d.check().is_err() {
             // Sent to the recipient directly, past `Parent::dispatch`'s check.
             limited!(
@@ -570,7 +587,7 @@ impl Handoff {
             self.count_ended(End::Drain, 1);
             return;
         }
-        self.ledger.admit(Pending { socket: d, baseline }, avoid, Instant::now());
+        self.ledger.admit(Pending { socket: d, baseline, group }, avoid, Instant::now());
         self.schedule_flush();
         metrics::gauge!("baton_handoff_in_flight").set(self.ledger.len() as f64);
     }
@@ -616,6 +633,11 @@ impl Handoff {
     pub(crate) fn count_handed_over(&mut self, n: u64) {
         self.stats.handed_over += n;
         metrics::counter!("baton_handoff_handed_over_total").increment(n);
+    }
+
+    /// The index of worker group `name`.
+    pub(super) fn group_index(&self, name: &str) -> Option<usize> {
+        self.config.groups.iter().position(|(g, _, _)| g == name)
     }
 
     /// Tells the ledger what the slot's state says about taking sockets.

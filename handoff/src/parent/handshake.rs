@@ -68,6 +68,9 @@ pub struct Route {
     /// The client's address as the worker should see it (from a PROXY header); `None`: the
     /// address the connection came from.
     pub peer: Option<Address>,
+    /// The worker group that serves it ([`ParentBuilder::spawn_group`](crate::ParentBuilder::spawn_group));
+    /// `None`: any worker. A group the parent does not have refuses the connection.
+    pub group: Option<String>,
 }
 
 /// Why a handshake refused a connection, and what to tell the client.
@@ -272,6 +275,19 @@ impl Handoff {
             self.count_handshake_rejected("prelude too long");
             return;
         }
+        let group = match route.group.as_deref().map(|g| self.group_index(g)) {
+            None => None,
+            Some(Some(g)) => Some(g),
+            Some(None) => {
+                limited!(
+                    self.logs.handshakes,
+                    log::Level::Warn,
+                    "handoff: a handshake routed to group {:?}, which this parent does not have",
+                    route.group
+                );
+                return self.count_handshake_rejected("unknown group");
+            }
+        };
         let d = Dispatch {
             stream,
             peer: route.peer.unwrap_or(s.peer),
@@ -283,7 +299,7 @@ impl Handoff {
         // Read by the parent, written by nobody: what it read is the prelude, so the verdict
         // on a lost worker compares with what the kernel says now.
         let baseline = Baseline::measure(d.stream.as_fd());
-        self.admit(d, None, baseline);
+        self.admit_to(d, None, baseline, group);
     }
 
     fn refuse(&mut self, s: Shaking, r: Reject) -> Outcome {

@@ -48,6 +48,10 @@ pub(crate) trait Held {
     fn key(&self) -> Option<&[u8]>;
     /// Whether anyone but the parent read from or wrote to the socket since it was admitted.
     fn touched(&self) -> Touch;
+    /// The worker group it must go to (`None`: any).
+    fn group(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// What the kernel says about a socket a lost worker had been sent.
@@ -144,6 +148,8 @@ pub(crate) struct Book {
     pub(crate) accepting: bool,
     /// The current incarnation (a process and its channel); 0 while none.
     pub(crate) gen: u64,
+    /// The worker group of the slot.
+    pub(crate) group: usize,
     /// Load the worker reported.
     pub(crate) open: u32,
     pub(crate) queued: u32,
@@ -243,7 +249,7 @@ impl<S: Held> Ledger<S> {
         self.entries.len() >= self.limits.max_in_flight
     }
 
-    /// Some worker can take a socket now.
+    /// Some worker can take a socket now (of any group).
     pub(crate) fn can_place(&self) -> bool {
         self.books.iter().any(|b| self.eligible(b))
     }
@@ -258,9 +264,10 @@ impl<S: Held> Ledger<S> {
 
     /// A new incarnation `gen` of `slot` is linked: its book starts empty (it takes nothing
     /// until it is accepting).
-    pub(crate) fn relink(&mut self, slot: usize, gen: u64) {
+    pub(crate) fn relink(&mut self, slot: usize, gen: u64, group: usize) {
         let b = self.book(slot);
         b.gen = gen;
+        b.group = group;
         b.accepting = false;
         b.open = 0;
         b.queued = 0;
@@ -302,11 +309,13 @@ impl<S: Held> Ledger<S> {
             busy: b.busy,
         };
         let fresh = |slot: usize| slot >= 64 || e.tried & (1 << slot) == 0;
+        let group = e.socket.group();
+        let eligible = |b: &Book| self.eligible(b) && group.is_none_or_eq(b.group);
         let mut candidates: Vec<Candidate> =
-            self.books.iter().enumerate().filter(|&(slot, b)| self.eligible(b) && fresh(slot)).map(candidate).collect();
+            self.books.iter().enumerate().filter(|&(slot, b)| eligible(b) && fresh(slot)).map(candidate).collect();
         if candidates.is_empty() && e.tried != 0 {
             // Every able worker already had a go: try them again rather than wait forever.
-            candidates = self.books.iter().enumerate().filter(|(_, b)| self.eligible(b)).map(candidate).collect();
+            candidates = self.books.iter().enumerate().filter(|(_, b)| eligible(b)).map(candidate).collect();
         }
         if candidates.is_empty() {
             self.waiting.push_back(id);
@@ -323,21 +332,21 @@ impl<S: Held> Ledger<S> {
         true
     }
 
-    /// Places waiting entries, in order, while some worker can take them.
+    /// Places waiting entries, in order, while some worker can take them; an entry whose group
+    /// has no worker able to take it keeps its place in the line without holding up the others.
     pub(crate) fn place_waiting(&mut self) {
-        while let Some(&id) = self.waiting.front() {
-            if !self.can_place() {
-                return;
-            }
-            self.waiting.pop_front();
+        if self.waiting.is_empty() || !self.can_place() {
+            return;
+        }
+        let line: Vec<u64> = self.waiting.drain(..).collect();
+        for id in line {
             if !self.entries.get(&id).is_some_and(|e| e.place == Place::Waiting) {
                 continue;
             }
-            if !self.place(id) {
-                // `place` queued it again at the back; it belongs at the front.
-                self.waiting.pop_back();
-                self.waiting.push_front(id);
-                return;
+            if self.can_place() {
+                self.place(id); // back in the line if nobody of its group can take it
+            } else {
+                self.waiting.push_back(id);
             }
         }
     }
@@ -605,6 +614,17 @@ impl<S: Held> Ledger<S> {
 pub(crate) fn later(at: Instant, d: Duration) -> Instant {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     at.checked_add(d.min(CENTURY)).unwrap_or(at)
+}
+
+/// `None` matches every group.
+trait GroupMatch {
+    fn is_none_or_eq(&self, group: usize) -> bool;
+}
+
+impl GroupMatch for Option<usize> {
+    fn is_none_or_eq(&self, group: usize) -> bool {
+        self.map_or(true, |g| g == group)
+    }
 }
 
 /// How a worker was lost (see [`Ledger::lost`]).

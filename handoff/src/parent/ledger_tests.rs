@@ -17,6 +17,7 @@ use crate::policy::{LeastLoaded, RoundRobin};
 struct Sock {
     id: u64,
     touched: Rc<Cell<Touch>>,
+    group: Option<usize>,
 }
 
 impl Held for Sock {
@@ -25,6 +26,9 @@ impl Held for Sock {
     }
     fn touched(&self) -> Touch {
         self.touched.get()
+    }
+    fn group(&self) -> Option<usize> {
+        self.group
     }
 }
 
@@ -38,7 +42,7 @@ fn limits(max_per_worker: u32, max_tries: u32) -> Limits {
 fn ledger(n: usize, max_tries: u32) -> Ledger<Sock> {
     let mut l = Ledger::new(Box::new(RoundRobin::default()), limits(256, max_tries));
     for slot in 0..n {
-        l.relink(slot, slot as u64 + 1);
+        l.relink(slot, slot as u64 + 1, 0);
         l.book(slot).accepting = true;
     }
     l
@@ -46,7 +50,7 @@ fn ledger(n: usize, max_tries: u32) -> Ledger<Sock> {
 
 fn sock(touch: Touch) -> (Sock, Rc<Cell<Touch>>) {
     let cell = Rc::new(Cell::new(touch));
-    (Sock { id: 0, touched: cell.clone() }, cell)
+    (Sock { id: 0, touched: cell.clone(), group: None }, cell)
 }
 
 /// The slot `id` is queued on (or `None`).
@@ -173,6 +177,26 @@ fn a_unix_socket_refused_before_any_application_saw_it_goes_elsewhere() {
     send_all(&mut l, b, now);
     let ended = l.rejected(b, id, true).expect("known").expect("the application may have read it");
     assert_eq!(ended.why, End::Touched);
+}
+
+#[test]
+fn a_socket_for_a_group_goes_only_to_its_workers_and_waits_without_holding_up_others() {
+    let now = Instant::now();
+    let mut l: Ledger<Sock> = Ledger::new(Box::new(RoundRobin::default()), limits(256, 3));
+    for slot in 0..3 {
+        l.relink(slot, slot as u64 + 1, slot.min(1)); // slot 0: group 0; slots 1, 2: group 1
+        l.book(slot).accepting = slot != 0;
+    }
+    let sock = |group| Sock { id: 0, touched: Rc::new(Cell::new(Touch::Untouched)), group };
+    let for_0 = l.admit(sock(Some(0)), None, now);
+    assert_eq!(queued_on(&l, for_0), None, "group 0 has nobody able: it waits");
+    let for_1: Vec<u64> = (0..4).map(|_| l.admit(sock(Some(1)), None, now)).collect();
+    assert!(for_1.iter().all(|&id| matches!(queued_on(&l, id), Some(1 | 2))), "group 1's workers only");
+    let any = l.admit(sock(None), None, now);
+    assert!(queued_on(&l, any).is_some());
+    l.book(0).accepting = true;
+    l.place_waiting();
+    assert_eq!(queued_on(&l, for_0), Some(0));
 }
 
 #[test]
@@ -424,7 +448,7 @@ fn run(ops: Vec<Op>, max_per_worker: u32) {
     let mut m =
         Model { live: HashMap::new(), done: HashSet::new(), running: Vec::new(), gens: [0; SLOTS], next_gen: 1 };
     for slot in 0..SLOTS {
-        l.relink(slot, m.next_gen);
+        l.relink(slot, m.next_gen, 0);
         m.gens[slot] = m.next_gen;
         m.next_gen += 1;
         l.book(slot).accepting = true;
@@ -438,7 +462,7 @@ fn run(ops: Vec<Op>, max_per_worker: u32) {
                 }
                 let touched = Rc::new(Cell::new(Touch::Untouched));
                 let id = l.next_id;
-                l.admit(Sock { id, touched: touched.clone() }, avoid, now);
+                l.admit(Sock { id, touched: touched.clone(), group: None }, avoid, now);
                 m.live.insert(id, (touched, None));
             }
             Op::Accepting { slot, on } => {
@@ -518,7 +542,7 @@ fn run(ops: Vec<Op>, max_per_worker: u32) {
             }
             Op::Relink { slot } => {
                 if m.gens[slot] == 0 {
-                    l.relink(slot, m.next_gen);
+                    l.relink(slot, m.next_gen, 0);
                     m.gens[slot] = m.next_gen;
                     m.next_gen += 1;
                 }

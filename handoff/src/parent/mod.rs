@@ -41,6 +41,7 @@ pub(crate) mod ledger;
 mod probe;
 pub mod proxy;
 mod slot;
+pub mod sni;
 mod stats;
 mod successor;
 mod workers;
@@ -66,8 +67,9 @@ use crate::record;
 
 /// Limits and choices for the parent.
 pub struct ParentBuilder {
-    workers: usize,
-    command: Option<WorkerCommand>,
+    /// Worker groups: a name, how many workers, what they run. The unnamed group (`""`) is
+    /// [`ParentBuilder::spawn`]'s.
+    groups: Vec<(String, usize, WorkerCommand)>,
     policy: Box<dyn Policy>,
     max_in_flight: usize,
     max_per_worker: u32,
@@ -83,8 +85,7 @@ pub struct ParentBuilder {
 impl std::fmt::Debug for ParentBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ParentBuilder")
-            .field("workers", &self.workers)
-            .field("command", &self.command)
+            .field("groups", &self.groups)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_per_worker", &self.max_per_worker)
             .field("adopt_timeout", &self.adopt_timeout)
@@ -97,8 +98,7 @@ impl std::fmt::Debug for ParentBuilder {
 impl Default for ParentBuilder {
     fn default() -> Self {
         ParentBuilder {
-            workers: 0,
-            command: None,
+            groups: Vec::new(),
             policy: Box::new(LeastLoaded::default()),
             max_in_flight: 1024,
             max_per_worker: 256,
@@ -115,9 +115,19 @@ impl Default for ParentBuilder {
 
 impl ParentBuilder {
     /// Spawns `n` workers running `command`, and restarts them when they die.
-    pub fn spawn(mut self, n: usize, command: WorkerCommand) -> Self {
-        self.workers = n;
-        self.command = Some(command);
+    pub fn spawn(self, n: usize, command: WorkerCommand) -> Self {
+        self.spawn_group("", n, command)
+    }
+
+    /// Spawns `n` workers running `command` as the group `name`, restarted when they die. A
+    /// socket routed to a group ([`handshake::Route::group`]) goes only to that group's
+    /// workers (and waits while none can take it); other sockets go to any worker. Groups let
+    /// one parent serve tenants, names or services from separate processes: a TLS name's
+    /// workers hold its certificate, say. Calling it again with the same name replaces that
+    /// group.
+    pub fn spawn_group(mut self, name: &str, n: usize, command: WorkerCommand) -> Self {
+        self.groups.retain(|(g, _, _)| g != name);
+        self.groups.push((name.to_string(), n, command));
         self
     }
 
@@ -222,8 +232,7 @@ impl ParentBuilder {
             hold: self.adopt_timeout,
         };
         let config = Config {
-            workers: self.workers,
-            command: self.command,
+            groups: self.groups,
             adopt_timeout: self.adopt_timeout,
             startup_timeout: self.startup_timeout,
             exit_timeout: self.exit_timeout,

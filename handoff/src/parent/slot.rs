@@ -62,6 +62,8 @@ pub(crate) struct Slot {
     pub(crate) phase: Phase,
     /// Spawned by the parent (so restarted by it); false for workers that connected by name.
     pub(crate) spawned: bool,
+    /// The worker group (an index into the parent's groups; named workers: 0).
+    pub(crate) group: usize,
     /// The current incarnation's number (unique in the parent), 0 before the first.
     pub(crate) gen: u64,
     pub(crate) pid: Option<u32>,
@@ -82,10 +84,11 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    pub(crate) fn new(spawned: bool, now: Instant) -> Slot {
+    pub(crate) fn new(spawned: bool, group: usize, now: Instant) -> Slot {
         Slot {
             phase: Phase::Down,
             spawned,
+            group,
             gen: 0,
             pid: None,
             backed_up: false,
@@ -193,7 +196,7 @@ mod tests {
     fn a_slot_that_restarts_too_often_gives_up_and_says_so() {
         let now = Instant::now();
         let intensity = Intensity { max_restarts: 2, period: Duration::from_secs(10) };
-        let mut s = Slot::new(true, now);
+        let mut s = Slot::new(true, 0, now);
         for i in 0..2 {
             s.down(true, now);
             assert_eq!(s.restart(now, intensity), Restart::Now, "restart {i}");
@@ -210,7 +213,7 @@ mod tests {
     fn restarts_older_than_the_period_do_not_count() {
         let now = Instant::now();
         let intensity = Intensity { max_restarts: 1, period: Duration::from_secs(1) };
-        let mut s = Slot::new(true, now);
+        let mut s = Slot::new(true, 0, now);
         s.down(true, now);
         assert_eq!(s.restart(now, intensity), Restart::Now);
         s.linked(1, now);
@@ -223,10 +226,10 @@ mod tests {
     fn named_slots_and_slots_told_not_to_restart_stay_down() {
         let now = Instant::now();
         let intensity = Intensity { max_restarts: 5, period: Duration::from_secs(1) };
-        let mut named = Slot::new(false, now);
+        let mut named = Slot::new(false, 0, now);
         named.down(true, now);
         assert_eq!(named.restart(now, intensity), Restart::No);
-        let mut draining = Slot::new(true, now);
+        let mut draining = Slot::new(true, 0, now);
         draining.down(false, now);
         assert_eq!(draining.restart(now, intensity), Restart::No);
     }
@@ -234,7 +237,7 @@ mod tests {
     #[test]
     fn a_busy_worker_that_still_reports_is_not_hung() {
         let now = Instant::now();
-        let mut s = Slot::new(true, now);
+        let mut s = Slot::new(true, 0, now);
         s.linked(1, now);
         s.ready(42);
         let later = now + 2 * T;
@@ -248,7 +251,7 @@ mod tests {
     #[test]
     fn a_worker_that_never_answers_hello_misses_the_startup_deadline() {
         let now = Instant::now();
-        let mut s = Slot::new(true, now);
+        let mut s = Slot::new(true, 0, now);
         s.linked(1, now);
         assert_eq!(s.verdict(now + T, false, T, 2 * T), Verdict::Fine);
         assert_eq!(s.verdict(now + 3 * T, false, T, 2 * T), Verdict::NoReady);
@@ -257,7 +260,7 @@ mod tests {
     #[test]
     fn a_worker_draining_by_its_own_word_overstays_its_deadline() {
         let now = Instant::now();
-        let mut s = Slot::new(true, now);
+        let mut s = Slot::new(true, 0, now);
         s.linked(1, now);
         s.ready(1);
         s.drain(Some(now + T));
@@ -275,7 +278,7 @@ mod tests {
         // parent's own shortage gave the slot up for good.
         let now = Instant::now();
         let intensity = Intensity { max_restarts: 2, period: Duration::from_secs(10) };
-        let mut s = Slot::new(true, now);
+        let mut s = Slot::new(true, 0, now);
         s.down(true, now);
         for i in 0..10u32 {
             let at = now + Duration::from_millis(200 * u64::from(i));
@@ -288,7 +291,7 @@ mod tests {
     #[test]
     fn ready_counts_once_per_incarnation() {
         let now = Instant::now();
-        let mut s = Slot::new(true, now);
+        let mut s = Slot::new(true, 0, now);
         s.linked(1, now);
         assert!(s.ready(7));
         assert!(!s.ready(7), "a second READY does not re-send the shared listeners");

@@ -73,6 +73,9 @@ pub struct Stats {
 pub struct WorkerStats {
     /// Slot number.
     pub slot: usize,
+    /// Its worker group's name ([`ParentBuilder::spawn_group`](crate::ParentBuilder::spawn_group); `""`
+    /// for [`ParentBuilder::spawn`](crate::ParentBuilder::spawn)'s and for named workers).
+    pub group: String,
     /// Process id of the current worker; `None` while the slot has none (down, or given up).
     pub pid: Option<u32>,
     /// Ready for handoffs.

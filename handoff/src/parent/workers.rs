@@ -86,7 +86,9 @@ impl std::fmt::Display for Down {
 
 impl Handoff {
     pub(super) fn spawn_worker(&mut self, slot: usize) -> io::Result<()> {
-        let command = self.config.command.as_ref().ok_or_else(|| io::Error::other("no worker command"))?;
+        let group = self.slots[slot].group;
+        let command =
+            self.config.groups.get(group).map(|(_, _, c)| c).ok_or_else(|| io::Error::other("no worker command"))?;
         let (channel, child) = command.spawn(slot)?;
         let pid = child.id();
         self.slots[slot].pid = Some(pid);
@@ -116,7 +118,7 @@ impl Handoff {
         self.next_gen += 1;
         self.links[slot] = Some(Link { channel, watch, control: VecDeque::new(), deferred: false });
         self.slots[slot].linked(gen, Instant::now());
-        self.ledger.relink(slot, gen);
+        self.ledger.relink(slot, gen, self.slots[slot].group);
         self.send_record(slot, &Record::Hello { worker: slot as u32 });
         Ok(())
     }
@@ -132,7 +134,7 @@ impl Handoff {
             let slot = (0..self.slots.len())
                 .find(|&s| !self.slots[s].spawned && self.links[s].is_none())
                 .unwrap_or_else(|| {
-                    self.slots.push(Slot::new(false, Instant::now()));
+                    self.slots.push(Slot::new(false, 0, Instant::now()));
                     self.links.push(None);
                     self.procs.push(None);
                     self.slots.len() - 1
