@@ -103,7 +103,7 @@ pub fn client_hello(read: &[u8]) -> Hello {
             }
             Err(tls_parser::nom::Err::Incomplete(_)) => {
                 // A partial record: as long as what there is looks like TLS, wait for more.
-                let looks_like_tls = rest.first().is_none_or_eq(0x16) && rest.get(1).is_none_or_eq(0x03);
+                let looks_like_tls = byte_is(rest.first(), 0x16) && byte_is(rest.get(1), 0x03);
                 return if looks_like_tls { Hello::Incomplete } else { Hello::NotTls };
             }
             Err(_) => return Hello::NotTls,
@@ -138,14 +138,9 @@ fn name_in(message: &[u8]) -> Hello {
     Hello::Name(name)
 }
 
-trait ByteIs {
-    fn is_none_or_eq(self, b: u8) -> bool;
-}
-
-impl ByteIs for Option<&u8> {
-    fn is_none_or_eq(self, b: u8) -> bool {
-        self.map_or(true, |&x| x == b)
-    }
+/// `byte` is `b`, or not there yet.
+fn byte_is(byte: Option<&u8>, b: u8) -> bool {
+    byte.map_or(true, |&x| x == b)
 }
 
 impl Handshake for ServerName {
