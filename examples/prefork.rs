@@ -16,6 +16,14 @@
 //! It keeps its listening socket and workers for a probation (`--probation MS`, default 5000):
 //! if the new parent dies meanwhile, this one accepts again and nothing queued is lost; else it
 //! drains and exits 0. A successor that failed is reaped, never left a zombie.
+//!
+//! Under systemd (`Type=notify`, `NotifyAccess=all`; see the README) it reports through
+//! `NOTIFY_SOCKET`: `READY=1` and a `STATUS=` line once it serves (the line refreshed every 5 s
+//! when it changed), `RELOADING=1` with `MONOTONIC_USEC=` on SIGUSR2 before starting the
+//! successor, which sends `MAINPID=<its pid>` and `READY=1` once it serves; `MAINPID=` and
+//! `READY=1` again from this parent if the successor fails and this one serves on; `STOPPING=1`
+//! when SIGTERM or SIGINT starts the drain. A parent that was taken over says nothing more (the
+//! service is not stopping: its successor serves). Workers never see `NOTIFY_SOCKET`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -23,6 +31,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use baton_examples::http::{self, HttpServer, Parsed};
+use baton_handoff::systemd::{Notifier, State};
 use baton_handoff::{channel_from_env, policy, Parent, PeerCheck, Worker, WorkerCommand, WorkerOptions};
 use baton_runtime::{Actor, Context, Runtime};
 use baton_transport::{Accepted, Address, ConnEvent, ConnId, ConnOptions, Connection, Reactor};
@@ -42,6 +51,8 @@ const USAGE: &str =
     "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--takeover PATH [--probation MS]] [--metrics ADDR]";
 /// How long a graceful stop waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How often the `STATUS=` line for systemd is refreshed (sent only when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 struct Options {
     listen: SocketAddr,
@@ -218,6 +229,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     if !parent.wait_ready(Duration::from_secs(10)) {
         note!("prefork: workers slow to start; serving anyway");
     }
+    let successor = takeover.is_some();
     if let Some(t) = takeover {
         // Our workers are up: the predecessor may stop accepting now.
         match t.serving(&parent, Duration::from_secs(10)) {
@@ -231,7 +243,30 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             note!("prefork: no takeover socket ({err}); SIGUSR2 will not work");
         }
     }
-    note!("prefork: parent {} serving", std::process::id());
+    // systemd: serving. A successor becomes the service's main process (with NotifyAccess=all
+    // any process of the unit may say so), which ends the reload its predecessor announced.
+    let notifier = Notifier::from_env();
+    let me = std::process::id();
+    let mut last_status = status_line(&parent);
+    let tell = |states: &[State<'_>]| {
+        if let Err(e) = notifier.notify(states) {
+            note!("prefork: systemd notification failed: {e}");
+        }
+    };
+    let serving_again = |last_status: &mut Option<String>| {
+        *last_status = status_line(&parent);
+        let status = last_status.as_deref().unwrap_or("serving");
+        tell(&[State::MainPid(me), State::Ready, State::Status(status)]);
+    };
+    if notifier.is_enabled() {
+        let status = last_status.as_deref().unwrap_or("serving");
+        if successor {
+            tell(&[State::MainPid(me), State::Ready, State::Status(status)]);
+        } else {
+            tell(&[State::Ready, State::Status(status)]);
+        }
+    }
+    note!("prefork: parent {me} serving");
     let mut out = std::io::stdout();
     // (A successor's stdout may have no reader any more: not a reason to stop serving.)
     let _ = writeln!(out, "listening on http://{}", show(&bound));
@@ -241,38 +276,82 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     // probation it did not survive, serves on).
     let mut successors: Vec<std::process::Child> = Vec::new();
     let reap = crossbeam_channel::tick(Duration::from_millis(100));
+    let status_tick =
+        if notifier.is_enabled() { crossbeam_channel::tick(STATUS_EVERY) } else { crossbeam_channel::never() };
+    // Between SIGUSR2 and the successor's failure (or our being taken over), the successor
+    // speaks for the service: no STATUS= or STOPPING=1 from this parent meanwhile.
+    let mut upgrading = false;
     loop {
         crossbeam_channel::select! {
-            recv(reap) -> _ => successors.retain_mut(|c| match c.try_wait() {
-                Ok(Some(status)) => {
-                    note!("prefork: successor {} exited: {status}", c.id());
-                    false
+            recv(reap) -> _ => {
+                let before = successors.len();
+                successors.retain_mut(|c| match c.try_wait() {
+                    Ok(Some(status)) => {
+                        note!("prefork: successor {} exited: {status}", c.id());
+                        false
+                    }
+                    Ok(None) => true,
+                    Err(_) => false,
+                });
+                // A successor that failed before it served (or on probation, ahead of the
+                // rollback): we are the service still, and the reload is over.
+                if successors.len() < before && upgrading && parent.taken_over().is_empty() {
+                    upgrading = false;
+                    serving_again(&mut last_status);
                 }
-                Ok(None) => true,
-                Err(_) => false,
-            }),
+            }
+            recv(status_tick) -> _ => {
+                if !upgrading {
+                    let line = status_line(&parent);
+                    if line.is_some() && line != last_status {
+                        tell(&[State::Status(line.as_deref().unwrap_or_default())]);
+                        last_status = line;
+                    }
+                }
+            }
+            recv(parent.rolled_back()) -> _ => {
+                note!("prefork: the successor died on probation; serving again");
+                upgrading = false;
+                serving_again(&mut last_status);
+            }
             recv(signal_rx) -> sig => match sig {
                 Ok(SIGUSR2) => {
                     if opts.takeover.is_none() {
                         note!("prefork: SIGUSR2 needs --takeover PATH; ignored");
                         continue;
                     }
+                    // Before the successor exists, so the manager hears of the reload first.
+                    if notifier.is_enabled() {
+                        tell(&[State::Reloading, State::monotonic_now(), State::Status("upgrading: starting a successor")]);
+                    }
                     // The successor is this binary with the same arguments: it finds us at the
-                    // takeover socket.
+                    // takeover socket, and inherits NOTIFY_SOCKET.
                     match std::process::Command::new(&exe).args(std::env::args_os().skip(1)).spawn() {
                         Ok(child) => {
                             note!("prefork: SIGUSR2: started successor {}", child.id());
                             successors.push(child);
+                            upgrading = true;
                         }
-                        Err(e) => note!("prefork: SIGUSR2: cannot start a successor: {e}"),
+                        Err(e) => {
+                            note!("prefork: SIGUSR2: cannot start a successor: {e}");
+                            if notifier.is_enabled() {
+                                serving_again(&mut last_status);
+                            }
+                        }
                     }
                 }
                 other => {
                     note!("prefork: signal {}: draining (up to {DRAIN:?})", other.map_or(-1, |s| s));
+                    // (During an upgrade the successor may be the main process already, and
+                    // STOPPING=1 from us would stop the unit under it.)
+                    if !upgrading {
+                        tell(&[State::Stopping, State::Status("draining")]);
+                    }
                     break;
                 }
             },
             recv(parent.taken_over()) -> _ => {
+                // No STOPPING=1: the manager applies it to the unit, which our successor serves.
                 note!("prefork: taken over by a successor: draining (up to {DRAIN:?})");
                 break;
             }
@@ -294,6 +373,19 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
 fn deferred(fd: std::os::fd::OwnedFd) -> std::os::fd::OwnedFd {
     let _ = HttpServer::defer_accept(&fd);
     fd
+}
+
+/// The `STATUS=` line: workers ready, connections open in them, sockets accepted and not yet
+/// adopted. `None` when the parent does not answer.
+fn status_line(parent: &Parent) -> Option<String> {
+    let s = parent.stats().ok()?;
+    let ready = s.workers.iter().filter(|w| w.ready).count();
+    let open: u64 = s.workers.iter().map(|w| u64::from(w.open)).sum();
+    Some(format!(
+        "serving: {ready}/{} workers ready, {open} connections open, {} in flight",
+        s.workers.len(),
+        s.in_flight
+    ))
 }
 
 fn show(addr: &Address) -> String {

@@ -14,8 +14,10 @@ use crate::channel::Channel;
 pub const ENV_SLOT: &str = "BATON_WORKER_SLOT";
 
 /// Variables a worker must not inherit from its parent: systemd's socket-activation variables
-/// describe the parent's descriptors, not the worker's.
-const NOT_INHERITED: [&str; 4] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", ENV_PATH];
+/// describe the parent's descriptors, not the worker's, and `NOTIFY_SOCKET` is for the service's
+/// own processes to report on the service (see [`crate::systemd`]), which a worker is not.
+const NOT_INHERITED: [&str; 5] =
+    ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", crate::systemd::NOTIFY_SOCKET, ENV_PATH];
 
 /// The program the parent runs as a worker.
 ///

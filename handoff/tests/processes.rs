@@ -616,6 +616,8 @@ fn takeover_rollback() {
     let mut c = Client::connect(addr);
     assert_eq!(c.echo(b"still the old parent\n"), b"still the old parent\n");
     assert!(current.parent.taken_over().try_recv().is_err());
+    // Nothing to roll back: it never served.
+    assert!(current.parent.rolled_back().try_recv().is_err());
     // And a later successor can still take over.
     let mut again = baton_handoff::takeover::take_over(&endpoint, PeerCheck::SameUid, WAIT).expect("second try");
     assert!(again.listener("main").is_some());

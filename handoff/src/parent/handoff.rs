@@ -244,6 +244,7 @@ impl Handoff {
         reactor: Reactor,
         adopted_total: Arc<AtomicU64>,
         taken_over: crossbeam_channel::Sender<()>,
+        rolled_back: crossbeam_channel::Sender<()>,
     ) -> Handoff {
         let now = Instant::now();
         let slot_groups: Vec<usize> =
@@ -253,7 +254,7 @@ impl Handoff {
             adopted_total,
             reactor,
             budget: Budget::new(config.max_in_flight),
-            successor: Successor::new(taken_over, config.probation),
+            successor: Successor::new(taken_over, rolled_back, config.probation),
             config,
             ledger,
             slots: slot_groups.iter().map(|&g| Slot::new(true, g, now)).collect(),

@@ -225,6 +225,7 @@ impl ParentBuilder {
     pub fn start(self, runtime: &Runtime, reactor: &Reactor) -> io::Result<Parent> {
         let adopted = Arc::new(AtomicU64::new(0));
         let (taken_tx, taken_rx) = crossbeam_channel::bounded(1);
+        let (rolled_tx, rolled_rx) = crossbeam_channel::bounded(1);
         let limits = Limits {
             max_in_flight: self.max_in_flight,
             max_per_worker: self.max_per_worker,
@@ -241,11 +242,18 @@ impl ParentBuilder {
             max_in_flight: self.max_in_flight,
             probation: self.probation,
         };
-        let actor = Handoff::new(config, Ledger::new(self.policy, limits), reactor.clone(), adopted.clone(), taken_tx);
+        let actor = Handoff::new(
+            config,
+            Ledger::new(self.policy, limits),
+            reactor.clone(),
+            adopted.clone(),
+            taken_tx,
+            rolled_tx,
+        );
         let addr = runtime
             .spawn_on(reactor.event_loop(), actor, Mailbox::Bounded(1024))
             .map_err(|e: SpawnError| io::Error::other(e.to_string()))?;
-        let parent = Parent { addr, reactor: reactor.clone(), adopted, taken_over: taken_rx };
+        let parent = Parent { addr, reactor: reactor.clone(), adopted, taken_over: taken_rx, rolled_back: rolled_rx };
         parent
             .addr
             .ask(|r| HandoffMsg::Control(Control::Start(r)), Duration::from_secs(10))
@@ -261,6 +269,7 @@ pub struct Parent {
     reactor: Reactor,
     adopted: Arc<AtomicU64>,
     taken_over: crossbeam_channel::Receiver<()>,
+    rolled_back: crossbeam_channel::Receiver<()>,
 }
 
 impl Parent {
@@ -421,7 +430,7 @@ impl Parent {
     /// placed. It keeps its listening sockets and its workers for the
     /// [probation](ParentBuilder::takeover_probation): if the successor's process dies
     /// meanwhile, this parent accepts again from the same sockets (nothing queued in them is
-    /// lost) and offers the takeover again. Once the successor has lasted the probation,
+    /// lost), offers the takeover again, and [`Parent::rolled_back`] fires. Once the successor has lasted the probation,
     /// [`Parent::taken_over`] fires (then drain and exit). See [`crate::takeover`].
     ///
     /// # Errors
@@ -456,6 +465,14 @@ impl Parent {
     /// Receives `()` once a successor has taken over (see [`Parent::offer_takeover`]).
     pub fn taken_over(&self) -> &crossbeam_channel::Receiver<()> {
         &self.taken_over
+    }
+
+    /// Receives `()` when a successor died on probation and this parent accepts again (see
+    /// [`Parent::offer_takeover`]): it is the service again, and says so to whoever it told of
+    /// the upgrade (under systemd: `MAINPID=` its own pid and `READY=1`, see
+    /// [`crate::systemd`]). Rollbacks not yet received count as one.
+    pub fn rolled_back(&self) -> &crossbeam_channel::Receiver<()> {
+        &self.rolled_back
     }
 
     /// Drains worker `slot` alone: it takes no new sockets, finishes (or, if its application

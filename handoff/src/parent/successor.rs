@@ -37,6 +37,8 @@ pub(crate) struct Successor {
     probation: Duration,
     /// Told once a successor has taken over.
     taken_over: crossbeam_channel::Sender<()>,
+    /// Told each time a successor died on probation and this parent serves again.
+    rolled_back: crossbeam_channel::Sender<()>,
 }
 
 /// A connected successor.
@@ -58,8 +60,12 @@ struct Trial {
 }
 
 impl Successor {
-    pub(crate) fn new(taken_over: crossbeam_channel::Sender<()>, probation: Duration) -> Successor {
-        Successor { listener: None, offer: None, peer: None, trial: None, probation, taken_over }
+    pub(crate) fn new(
+        taken_over: crossbeam_channel::Sender<()>,
+        rolled_back: crossbeam_channel::Sender<()>,
+        probation: Duration,
+    ) -> Successor {
+        Successor { listener: None, offer: None, peer: None, trial: None, probation, taken_over, rolled_back }
     }
 
     /// A successor serves and this parent waits to see it last: its listeners stay paused.
@@ -319,5 +325,7 @@ impl Handoff {
                 Err(e) => log::error!("handoff: cannot offer the takeover again: {e}"),
             }
         }
+        // (Full: the application has not heard of the previous one yet; one signal says it.)
+        let _ = self.successor.rolled_back.try_send(());
     }
 }
