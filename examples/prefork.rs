@@ -429,17 +429,21 @@ fn worker(channel: std::io::Result<baton_handoff::Channel>) -> ExitCode {
     }
 }
 
-/// Serves the Prometheus text at `/metrics` (one request per connection).
+/// Serves the Prometheus text at `/metrics` (one request per connection, parsed by the same
+/// rules as the workers' requests, with the same head deadline).
 struct MetricsServer {
     handle: PrometheusHandle,
     reactor: Reactor,
-    conns: std::collections::HashMap<ConnId, (Connection, Vec<u8>)>,
+    /// Each connection, the bytes it sent, and whether it was answered.
+    conns: std::collections::HashMap<ConnId, (Connection, Vec<u8>, bool)>,
     me: Option<baton_runtime::Addr<MetricsServer>>,
 }
 
 enum MetricsMsg {
     Accepted(Accepted),
     Conn(ConnEvent),
+    /// A connection's request head is due (since its first byte came, [`http::HEAD_TIMEOUT`]).
+    HeadTimeout(ConnId),
 }
 
 impl From<Accepted> for MetricsMsg {
@@ -453,7 +457,7 @@ impl Actor for MetricsServer {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.me = Some(ctx.address());
     }
-    fn handle(&mut self, _ctx: &mut Context<Self>, msg: MetricsMsg) {
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: MetricsMsg) {
         match msg {
             MetricsMsg::Accepted(a) => {
                 let owner = self.me.as_ref().expect("started").recipient_map(MetricsMsg::Conn, |m| match m {
@@ -462,13 +466,21 @@ impl Actor for MetricsServer {
                 });
                 let options = ConnOptions { idle_timeout: Some(Duration::from_secs(10)), ..ConnOptions::default() };
                 if let Ok(conn) = self.reactor.adopt(a.stream, options, owner) {
-                    self.conns.insert(conn.id(), (conn, Vec::new()));
+                    self.conns.insert(conn.id(), (conn, Vec::new(), false));
                 }
             }
             MetricsMsg::Conn(ConnEvent::Data(id, bytes)) => {
-                let Some((conn, buf)) = self.conns.get_mut(&id) else { return };
+                let Some((conn, buf, answered)) = self.conns.get_mut(&id) else { return };
+                if *answered {
+                    return;
+                }
+                if buf.is_empty() {
+                    // The head's first bytes: it has this long to be whole, however it trickles in.
+                    ctx.send_after(http::HEAD_TIMEOUT, MetricsMsg::HeadTimeout(id));
+                }
                 buf.extend_from_slice(&bytes);
-                let reply = match http::parse(buf) {
+                let parsed = http::parse(buf);
+                let reply = match parsed {
                     Parsed::Incomplete => return,
                     Parsed::Request(req) if req.method == "GET" && req.path == "/metrics" => {
                         self.handle.run_upkeep();
@@ -480,14 +492,21 @@ impl Actor for MetricsServer {
                         .into_bytes()
                     }
                     Parsed::Request(_) => http::response("404 Not Found", "not found\n", true),
-                    Parsed::Bad(why) => http::response("400 Bad Request", why, true),
-                    Parsed::TooLarge => http::response("431 Request Header Fields Too Large", "", true),
+                    refused => refused.rejection().expect("a refusal"),
                 };
+                *answered = true;
                 let _ = conn.write(&reply);
                 conn.close();
             }
+            MetricsMsg::HeadTimeout(id) => {
+                if let Some((conn, _, answered @ false)) = self.conns.get_mut(&id) {
+                    *answered = true;
+                    let _ = conn.write(&http::head_timeout_response());
+                    conn.close();
+                }
+            }
             MetricsMsg::Conn(ConnEvent::ReadClosed(id)) => {
-                if let Some((conn, _)) = self.conns.get(&id) {
+                if let Some((conn, ..)) = self.conns.get(&id) {
                     conn.close();
                 }
             }

@@ -231,7 +231,18 @@ fn reuseport_child(addr: SocketAddr, fin_with_answer: bool) {
                 Ok(n) => {
                     c.buf.extend_from_slice(&scratch[..n]);
                     let mut close = false;
-                    while let Parsed::Request(req) = http::parse(&c.buf) {
+                    loop {
+                        let req = match http::parse(&c.buf) {
+                            Parsed::Request(req) => req,
+                            Parsed::Incomplete => break,
+                            refused => {
+                                // Answered, and the connection closed.
+                                let _ =
+                                    write_all(&c.fd, &refused.rejection().unwrap(), rustix::net::SendFlags::NOSIGNAL);
+                                close = true;
+                                break;
+                            }
+                        };
                         let reply = http::answer(&req, req.close);
                         // (b+): MSG_MORE holds the answer back until the close, whose FIN
                         // goes out with it.

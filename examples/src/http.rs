@@ -1,7 +1,7 @@
 //! A small HTTP/1.1 server on baton's transport: keep-alive, `Connection: close`, pipelining
-//! (requests answered in order, reading paused while answers pile up), a bounded request head,
-//! and a graceful drain. It serves the `prefork` example's workers and the single-process
-//! variant of the end-to-end benchmark.
+//! (requests answered in order, reading paused while answers pile up), a bounded request head
+//! that must arrive within a deadline, and a graceful drain. It serves the `prefork` example's
+//! workers and the single-process variant of the end-to-end benchmark.
 //!
 //! The shape is the one we recommend for protocol code: the server and one actor per
 //! connection live on the reactor's [`baton_runtime::EventLoop`], so a request is read, parsed
@@ -13,7 +13,53 @@
 //! Routes: `GET /` answers `200` with `hello from worker <pid>`; `GET /slow?ms=N` does the same
 //! after a pool thread has been blocked for `N` milliseconds (at most 10 s: a heavy request);
 //! anything else is `404`.
+//!
+//! # What a request head must be
+//!
+//! This server is meant to sit behind proxies, and a server that reads the length of a request
+//! differently from the proxy in front of it invites **request smuggling**: the proxy forwards
+//! what it takes for one request, the server reads part of it as a second one (a request the
+//! proxy never saw, answered on another client's behalf). So [`parse`] reads heads with
+//! [`httparse`] and refuses, with `400 Bad Request` and a closed connection, every head whose
+//! framing is ambiguous or that RFC 9112 tells a server to reject:
+//!
+//! - the request line must be `method SP request-target SP HTTP-version` exactly (§3): a token
+//!   for the method, single spaces, `HTTP/1.0` or `HTTP/1.1` (case-sensitive, §2.3); the
+//!   request-target must be origin-form (`/path?query`), absolute-form (`http://host/path`,
+//!   §3.2.2), `*` for `OPTIONS` (§3.2.4), or authority-form for `CONNECT` (§3.2.3), in the
+//!   characters RFC 3986 allows (§3.2: an invalid request-line is answered 400);
+//! - lines end in CRLF: a bare CR is invalid (§2.2), and we choose not to take a bare LF as a line
+//!   end either (§2.2 allows but does not require it, and proxies disagree about it);
+//! - no whitespace between a field name and its colon (§5.1: a server MUST reject it, since
+//!   `Content-Length : 5` is a length to some parsers and an unknown field to others); no
+//!   obs-fold, a line that continues the previous field (§5.2); field names are tokens and
+//!   values hold no control characters but tab (RFC 9110 §5.5);
+//! - `Content-Length` is `1*DIGIT` (RFC 9110 §8.6; not `+5`, `-1`, `5 5`, empty, or a number
+//!   that overflows), and a request with differing values, in one field or several, is
+//!   rejected (§6.3 item 5). Identical repeats (`5, 5`, or two fields of `5`) are taken as one
+//!   value, as RFC 9110 §8.6 permits: every reader agrees on that length;
+//! - `Transfer-Encoding`: this server does not implement chunked request bodies. A request that
+//!   carries both `Transfer-Encoding` and `Content-Length` is rejected (§6.1 lets a server
+//!   reject it, and the two lengths are the classic smuggling pair), as is one whose final
+//!   coding is not `chunked` (§6.3 item 4: a server MUST answer 400) and an HTTP/1.0 request
+//!   with `Transfer-Encoding` (§6.1: its framing is faulty). A well-formed chunked HTTP/1.1
+//!   request is answered `501 Not Implemented` (RFC 9110 §15.6.2: the server does not support
+//!   what the request needs) and its connection closed, since we cannot find where its body
+//!   ends;
+//! - an HTTP/1.1 request has exactly one `Host` field (§3.2: 400 when it is missing), no request
+//!   has two, and its value is a host and an optional port.
+//!
+//! After any of these answers, and after `431` (a head over [`MAX_HEAD`] or with more than
+//! [`MAX_HEADERS`] fields) or `413` (a body over [`MAX_BODY`]), the connection is closed: what
+//! follows on it cannot be trusted to start a request.
+//!
+//! A head must also arrive in time: [`HttpOptions::head_timeout`] (default [`HEAD_TIMEOUT`],
+//! 10 s) runs from its first byte to its blank line and is not extended by further bytes, so a
+//! client that trickles a head a byte at a time cannot hold a connection; when it expires the
+//! server answers `408 Request Timeout` and closes. A connection between requests, with no
+//! partial head, is bounded by [`HttpOptions::idle_timeout`] as before.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,22 +67,31 @@ use parking_lot::Mutex;
 use slab::Slab;
 
 use baton_handoff::WorkerEvent;
-use baton_runtime::{Actor, Addr, Context, Mailbox, Recipient, Runtime, SpawnError};
+use baton_runtime::{Actor, Addr, Context, Mailbox, Recipient, Runtime, SpawnError, TimerHandle};
 use baton_transport::{Accepted, ConnEvent, ConnOptions, Connection, ListenOptions, Reactor};
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
+/// Most header fields in a request head (more is answered `431`, like a head over
+/// [`MAX_HEAD`]).
+pub const MAX_HEADERS: usize = 100;
 /// Largest request body accepted (a body is buffered whole before the request is answered).
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Longest `/slow` sleep honoured.
 pub const MAX_SLOW: Duration = Duration::from_secs(10);
+/// How long a request head may take to arrive, from its first byte to its end, by default
+/// (see [`HttpOptions::head_timeout`]).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may stay silent, by default (see [`HttpOptions::idle_timeout`]).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One parsed request head.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Request<'a> {
     /// `GET`, `POST`, ...
     pub method: &'a str,
-    /// The path, without the query.
+    /// The path, without the query (for an absolute-form target, without the scheme and
+    /// authority too; `*` for `OPTIONS *`, the authority for `CONNECT`).
     pub path: &'a str,
     /// The query string (after `?`), if any.
     pub query: Option<&'a str>,
@@ -56,60 +111,226 @@ pub enum Parsed<'a> {
     Request(Request<'a>),
     /// Not a whole head yet.
     Incomplete,
-    /// Not HTTP we serve; answer 400 and close.
+    /// Not HTTP we serve, or framing RFC 9112 says to reject (see the module docs); answer
+    /// 400 and close.
     Bad(&'static str),
-    /// The head is longer than [`MAX_HEAD`]; answer 431 and close.
+    /// The head is longer than [`MAX_HEAD`], or has more than [`MAX_HEADERS`] fields; answer
+    /// 431 and close.
     TooLarge,
+    /// `Content-Length` is over [`MAX_BODY`]; answer 413 and close.
+    BodyTooLarge,
+    /// A chunked request body, which this server does not read; answer 501 and close.
+    NotImplemented(&'static str),
 }
 
-/// Parses the request head at the start of `buf`.
-pub fn parse(buf: &[u8]) -> Parsed<'_> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() > MAX_HEAD { Parsed::TooLarge } else { Parsed::Incomplete };
-    };
-    if end + 4 > MAX_HEAD {
-        return Parsed::TooLarge;
+impl Parsed<'_> {
+    /// The answer to a head refused (`400`, `413`, `431` or `501`, always with
+    /// `Connection: close`: the connection must be closed after it); `None` for a request and
+    /// for an incomplete head.
+    pub fn rejection(&self) -> Option<Vec<u8>> {
+        let (status, why) = match self {
+            Parsed::Request(_) | Parsed::Incomplete => return None,
+            Parsed::Bad(why) => ("400 Bad Request", *why),
+            Parsed::TooLarge => ("431 Request Header Fields Too Large", "request head too large"),
+            Parsed::BodyTooLarge => ("413 Content Too Large", "request body over 1 MiB"),
+            Parsed::NotImplemented(why) => ("501 Not Implemented", *why),
+        };
+        Some(response(status, &format!("{why}\n"), true))
     }
-    let Ok(head) = std::str::from_utf8(&buf[..end]) else { return Parsed::Bad("head is not UTF-8") };
-    let mut lines = head.split("\r\n");
-    let mut parts = lines.next().unwrap_or("").split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+}
+
+/// The answer to a head that did not arrive within its deadline: `408`, `Connection: close`.
+pub fn head_timeout_response() -> Vec<u8> {
+    response("408 Request Timeout", "request head not received in time\n", true)
+}
+
+/// Parses the request head at the start of `buf`, enforcing RFC 9112's rules (see the module
+/// docs). Looks at no more than [`MAX_HEAD`] bytes.
+pub fn parse(buf: &[u8]) -> Parsed<'_> {
+    let window = &buf[..buf.len().min(MAX_HEAD)];
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(window, &mut fields) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > MAX_HEAD { Parsed::TooLarge } else { Parsed::Incomplete }
+        }
+        Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
+        Err(httparse::Error::Token) if req.method.is_none() => return Parsed::Bad("invalid method"),
+        Err(httparse::Error::Token) => return Parsed::Bad("invalid request-target"),
+        Err(httparse::Error::Version) => return Parsed::Bad("unsupported HTTP version"),
+        Err(httparse::Error::HeaderName) => return Parsed::Bad("invalid header field name"),
+        Err(httparse::Error::HeaderValue) => return Parsed::Bad("invalid header field value"),
+        Err(_) => return Parsed::Bad("invalid line ending"),
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Bad("malformed request line");
     };
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        _ => return Parsed::Bad("unsupported HTTP version"),
-    };
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-    let mut close = http10;
-    let mut body_len = 0;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else { return Parsed::Bad("malformed header") };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    close = false;
+    // httparse takes a bare LF for a line end (RFC 9112 §2.2 allows it); we do not.
+    let head = &buf[..head_len];
+    if head.first() == Some(&b'\n') || head.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r') {
+        return Parsed::Bad("line ending without CR");
+    }
+    let http10 = version == 0;
+    let Some((path, query)) = request_target(method, target) else { return Parsed::Bad("invalid request-target") };
+
+    let (mut close_token, mut keep_alive_token) = (false, false);
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut final_coding: Option<&[u8]> = None;
+    let mut hosts = 0;
+    for field in req.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            // `5, 5` (or two fields of 5) is one length; `5, 6` is two, and so is an empty one.
+            for element in field.value.split(|&b| b == b',') {
+                let n = match decimal(trim_ows(element)) {
+                    Ok(n) => n,
+                    Err(why) => return Parsed::Bad(why),
+                };
+                match content_length {
+                    Some(m) if m != n => return Parsed::Bad("conflicting Content-Length values"),
+                    _ => content_length = Some(n),
                 }
             }
-        } else if name.eq_ignore_ascii_case("content-length") {
-            match value.parse::<usize>() {
-                Ok(n) if n > MAX_BODY => return Parsed::Bad("request body over 1 MiB"),
-                Ok(n) => body_len = n,
-                Err(_) => return Parsed::Bad("bad Content-Length"),
-            }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Parsed::Bad("chunked request bodies are not supported");
+            transfer_encoding = true;
+            for element in field.value.split(|&b| b == b',').map(trim_ows).filter(|e| !e.is_empty()) {
+                final_coding = Some(element);
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in field.value.split(|&b| b == b',').map(trim_ows) {
+                close_token |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            if !valid_host(field.value) {
+                return Parsed::Bad("invalid Host");
+            }
         }
     }
-    Parsed::Request(Request { method, path, query, close, head_len: end + 4, body_len })
+    if hosts > 1 {
+        return Parsed::Bad("more than one Host");
+    }
+    if hosts == 0 && !http10 {
+        return Parsed::Bad("HTTP/1.1 request without Host");
+    }
+    if transfer_encoding {
+        if content_length.is_some() {
+            return Parsed::Bad("both Transfer-Encoding and Content-Length");
+        }
+        if http10 {
+            return Parsed::Bad("Transfer-Encoding in an HTTP/1.0 request");
+        }
+        let last = final_coding.map(|c| trim_ows(c.split(|&b| b == b';').next().unwrap_or(c)));
+        if !last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
+            return Parsed::Bad("Transfer-Encoding whose final coding is not chunked");
+        }
+        return Parsed::NotImplemented("chunked request bodies are not supported");
+    }
+    let body_len = match content_length {
+        None => 0,
+        Some(n) if n > MAX_BODY as u64 => return Parsed::BodyTooLarge,
+        Some(n) => n as usize,
+    };
+    // `close` wins over `keep-alive`; an HTTP/1.0 connection persists only if asked to.
+    let close = close_token || (http10 && !keep_alive_token);
+    Parsed::Request(Request { method, path, query, close, head_len, body_len })
+}
+
+/// `s` without the optional whitespace (spaces, tabs) around it.
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
+    &s[start..end]
+}
+
+/// A `Content-Length` value: `1*DIGIT` and nothing else (no sign, no inner space).
+fn decimal(s: &[u8]) -> Result<u64, &'static str> {
+    if s.is_empty() {
+        return Err("empty Content-Length");
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return Err("Content-Length is not a decimal number");
+        }
+        n.checked_mul(10).and_then(|n| n.checked_add(u64::from(b - b'0'))).ok_or("Content-Length overflows")
+    })
+}
+
+/// Whether `s` is made of the bytes in `allowed` and well-formed percent-encodings (`%HH`).
+fn uri_chars(s: &[u8], allowed: &[u8]) -> bool {
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        if b == b'%' {
+            if !(i + 2 < s.len() && s[i + 1].is_ascii_hexdigit() && s[i + 2].is_ascii_hexdigit()) {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        if !(b.is_ascii_alphanumeric() || allowed.contains(&b)) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// Besides letters, digits and `%HH`, RFC 3986 allows its unreserved and sub-delims
+// punctuation (`-._~` and `!$&'()*+,;=`) everywhere we look, and:
+/// in a path and query, `:@` (pchar), `/` and `?`;
+const PATH_PUNCT: &[u8] = b"-._~!$&'()*+,;=:@/?";
+/// in an authority, `:@` (userinfo, port) and `[]` (IP literals);
+const AUTHORITY_PUNCT: &[u8] = b"-._~!$&'()*+,;=:@[]";
+/// in a `Host` field, an authority without userinfo.
+const HOST_PUNCT: &[u8] = b"-._~!$&'()*+,;=:[]";
+
+/// The path and query of a request-target, if it is valid in one of RFC 9112 §3.2's forms for
+/// this method.
+fn request_target<'a>(method: &str, target: &'a str) -> Option<(&'a str, Option<&'a str>)> {
+    let split = |t: &'a str| match t.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (t, None),
+    };
+    if method == "CONNECT" {
+        // authority-form, and only for CONNECT (§3.2.3)
+        let ok = !target.is_empty() && uri_chars(target.as_bytes(), AUTHORITY_PUNCT);
+        return ok.then_some((target, None));
+    }
+    if target.starts_with('/') {
+        // origin-form (§3.2.1)
+        return uri_chars(target.as_bytes(), PATH_PUNCT).then(|| split(target));
+    }
+    if target == "*" {
+        // asterisk-form, only for OPTIONS (§3.2.4)
+        return (method == "OPTIONS").then_some(("*", None));
+    }
+    // absolute-form (§3.2.2): scheme "://" authority path-abempty [ "?" query ]
+    let (scheme, rest) = target.split_once("://")?;
+    let mut s = scheme.bytes();
+    if !s.next().is_some_and(|b| b.is_ascii_alphabetic())
+        || !s.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return None;
+    }
+    let (authority, path_query) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    if authority.is_empty() || !uri_chars(authority.as_bytes(), AUTHORITY_PUNCT) {
+        return None;
+    }
+    if !uri_chars(path_query.as_bytes(), PATH_PUNCT) {
+        return None;
+    }
+    let (path, query) = split(path_query);
+    Some((if path.is_empty() { "/" } else { path }, query))
+}
+
+/// A `Host` value: `uri-host [ ":" port ]`, or empty (§3.2). Checked for its characters only
+/// (no `/`, `@`, spaces, ...), not for a well-formed IP literal or port.
+fn valid_host(value: &[u8]) -> bool {
+    uri_chars(value, HOST_PUNCT)
 }
 
 /// A complete response.
@@ -203,6 +424,14 @@ struct HttpConn {
     /// The socket, until the actor adopts it in its first turn (`started`): its events then
     /// queue behind that turn, and no message carries the socket in.
     socket: Option<Socket>,
+    options: HttpOptions,
+    /// The deadline of the partial request head in `buf`, if there is one: set when a head's
+    /// first bytes are found incomplete, not moved by the bytes that follow, dropped when the
+    /// head is whole. Its message carries `head_deadlines`, so a timer that fires after it was
+    /// dropped (a cancel does not stop a send under way) is recognised as stale.
+    head_timer: Option<TimerHandle>,
+    /// Head deadlines set so far on this connection.
+    head_deadlines: u64,
 }
 
 /// A connection's socket, before its actor adopts it.
@@ -222,6 +451,8 @@ enum ConnMsg {
     Drain,
     /// A heavy request's work, done on a pool thread, is over: answer it.
     HeavyDone,
+    /// The deadline of a request head (the `n`th set on this connection) has come.
+    HeadTimeout(u64),
 }
 
 /// Does a heavy request's blocking work on a pool thread, tells its connection's actor, and
@@ -251,9 +482,18 @@ impl Actor for HeavyRequest {
 
 impl HttpConn {
     fn serve(&mut self, ctx: &mut Context<Self>) {
+        // A head was found whole (its deadline no longer applies), and the buffer ends in part
+        // of one (which needs a deadline of its own).
+        let (mut head_done, mut partial_head) = (false, false);
         while !self.closing && self.heavy.is_none() {
-            let (reply, used, close) = match parse(&self.buf) {
-                Parsed::Incomplete => break,
+            let parsed = parse(&self.buf);
+            if parsed == Parsed::Incomplete {
+                partial_head = !self.buf.is_empty();
+                break;
+            }
+            head_done = true;
+            let (reply, used, close) = match parsed {
+                Parsed::Incomplete => unreachable!("handled above"),
                 Parsed::Request(req) => {
                     if self.buf.len() < req.head_len + req.body_len {
                         break; // the body is still arriving
@@ -277,14 +517,43 @@ impl HttpConn {
                         (reply(&req, close), req.head_len + req.body_len, close)
                     }
                 }
-                Parsed::Bad(why) => (response("400 Bad Request", &format!("{why}\n"), true), self.buf.len(), true),
-                Parsed::TooLarge => (response("431 Request Header Fields Too Large", "", true), self.buf.len(), true),
+                // Refused: answered, and the connection closed (what follows cannot be trusted
+                // to start a request).
+                refused => (refused.rejection().expect("a refusal"), self.buf.len(), true),
             };
             self.buf.drain(..used);
             if !self.send(&reply, close) {
                 break;
             }
         }
+        if head_done {
+            if let Some(timer) = self.head_timer.take() {
+                timer.cancel();
+            }
+        }
+        if partial_head && self.head_timer.is_none() {
+            self.head_deadlines += 1;
+            self.head_timer =
+                Some(ctx.send_after(self.options.head_timeout, ConnMsg::HeadTimeout(self.head_deadlines)));
+        }
+    }
+
+    /// A request head's deadline has come: if that head is still partial, answer 408 and close.
+    fn head_timeout(&mut self, ctx: &mut Context<Self>, n: u64) {
+        if n != self.head_deadlines || self.head_timer.take().is_none() || self.closing {
+            return; // stale: that head was whole in time
+        }
+        if self.write_backlog {
+            // We stopped reading (the client does not read its answers): the rest of the
+            // head may be waiting in the socket. Give it another period; meanwhile nothing is
+            // read or written, so the idle timeout bounds such a client.
+            self.head_deadlines += 1;
+            self.head_timer =
+                Some(ctx.send_after(self.options.head_timeout, ConnMsg::HeadTimeout(self.head_deadlines)));
+            return;
+        }
+        self.buf.clear();
+        self.send(&head_timeout_response(), true);
     }
 
     /// Writes one response; false once the connection is closing.
@@ -355,10 +624,10 @@ impl Actor for HttpConn {
             _ => None,
         });
         let adopted = match self.socket.take() {
-            Some(Socket::Incoming(inc)) => inc.adopt(events, HttpServer::options()),
-            Some(Socket::Accepted(acc, reactor)) => {
-                reactor.adopt(acc.stream, HttpServer::options(), events).inspect(|conn| drop(conn.set_nodelay(true)))
-            }
+            Some(Socket::Incoming(inc)) => inc.adopt(events, self.options.conn_options()),
+            Some(Socket::Accepted(acc, reactor)) => reactor
+                .adopt(acc.stream, self.options.conn_options(), events)
+                .inspect(|conn| drop(conn.set_nodelay(true))),
             None => return,
         };
         match adopted {
@@ -395,6 +664,7 @@ impl Actor for HttpConn {
                 }
                 self.close_after_input();
             }
+            ConnMsg::HeadTimeout(n) => self.head_timeout(ctx, n),
             ConnMsg::Event(ConnEvent::ReadClosed(_)) => {
                 self.read_eof = true;
                 self.close_after_input();
@@ -420,6 +690,32 @@ impl Actor for HttpConn {
 /// its slot is reserved until the actor's address is known.
 type Registry = Arc<Mutex<Slab<Option<Addr<HttpConn>>>>>;
 
+/// How an [`HttpServer`] bounds its connections' time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// How long a request head may take to arrive, from its first byte to its blank line
+    /// (bytes arriving meanwhile do not extend it); then the server answers
+    /// `408 Request Timeout` and closes. Default [`HEAD_TIMEOUT`].
+    pub head_timeout: Duration,
+    /// How long a connection may go without a byte read or written (one that opened and sent
+    /// nothing, or a keep-alive one between requests) before it is closed without an answer.
+    /// Default [`IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions { head_timeout: HEAD_TIMEOUT, idle_timeout: IDLE_TIMEOUT }
+    }
+}
+
+impl HttpOptions {
+    fn conn_options(&self) -> ConnOptions {
+        // A client that opens a connection and sends nothing does not hold it forever.
+        ConnOptions { idle_timeout: Some(self.idle_timeout), ..ConnOptions::default() }
+    }
+}
+
 /// Serves HTTP: gives every connection (handed over by the worker, or accepted here) an actor
 /// of its own, and passes a drain on to them.
 pub struct HttpServer {
@@ -428,6 +724,7 @@ pub struct HttpServer {
     /// Tells the parent when a heavy request is running (handoff workers only).
     status: Option<baton_handoff::Status>,
     draining: bool,
+    options: HttpOptions,
 }
 
 impl HttpServer {
@@ -438,7 +735,17 @@ impl HttpServer {
     ///
     /// [`SpawnError`] when the runtime is shutting down.
     pub fn spawn(rt: &Runtime, reactor: &Reactor) -> Result<Addr<HttpServer>, SpawnError> {
-        let server = HttpServer { reactor: reactor.clone(), conns: Registry::default(), status: None, draining: false };
+        HttpServer::spawn_with(rt, reactor, HttpOptions::default())
+    }
+
+    /// [`HttpServer::spawn`] with other timeouts than the defaults.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError`] when the runtime is shutting down.
+    pub fn spawn_with(rt: &Runtime, reactor: &Reactor, options: HttpOptions) -> Result<Addr<HttpServer>, SpawnError> {
+        let server =
+            HttpServer { reactor: reactor.clone(), conns: Registry::default(), status: None, draining: false, options };
         rt.spawn_on(reactor.event_loop(), server, Mailbox::DEFAULT)
     }
 
@@ -467,11 +774,6 @@ impl HttpServer {
         baton_transport::set_defer_accept(listener, DEFER_ACCEPT)
     }
 
-    fn options() -> ConnOptions {
-        // A client that opens a connection and sends nothing does not hold it forever.
-        ConnOptions { idle_timeout: Some(Duration::from_secs(60)), ..ConnOptions::default() }
-    }
-
     fn start(&mut self, ctx: &mut Context<Self>, socket: Socket) {
         // Reserved first, filled after the spawn: the lock is not held while the actor is
         // created, since a failed spawn drops it, and its `Drop` takes the lock.
@@ -489,6 +791,9 @@ impl HttpServer {
             draining: self.draining,
             status: self.status.clone(),
             socket: Some(socket),
+            options: self.options,
+            head_timer: None,
+            head_deadlines: 0,
         };
         // A refused spawn drops the actor, and the socket with it (closed).
         let Ok(addr) = ctx.spawn_on(self.reactor.event_loop(), actor, Mailbox::Bounded(64)) else { return };
@@ -533,7 +838,7 @@ mod tests {
 
     #[test]
     fn parses_keep_alive_close_and_pipelined_heads() {
-        let buf = b"GET /slow?ms=5 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let buf = b"GET /slow?ms=5 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         let Parsed::Request(first) = parse(buf) else { panic!() };
         assert_eq!((first.method, first.path, first.query, first.close), ("GET", "/slow", Some("ms=5"), false));
         let Parsed::Request(second) = parse(&buf[first.head_len..]) else { panic!() };
@@ -544,9 +849,9 @@ mod tests {
         assert_eq!(parse(&vec![b'a'; MAX_HEAD + 1]), Parsed::TooLarge);
         // A body that would be buffered whole must fit the limit (and its length cannot
         // overflow the head's when they are added).
-        let huge = b"POST / HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n";
-        assert!(matches!(parse(huge), Parsed::Bad(_)));
-        let over = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
-        assert!(matches!(parse(over.as_bytes()), Parsed::Bad(_)));
+        let huge = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n\r\n";
+        assert_eq!(parse(huge), Parsed::BodyTooLarge);
+        let over = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        assert_eq!(parse(over.as_bytes()), Parsed::BodyTooLarge);
     }
 }
