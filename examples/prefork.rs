@@ -31,6 +31,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use baton_examples::http::{self, HttpServer, Parsed};
+use baton_handoff::handshake::HandshakeOptions;
+use baton_handoff::proxy::{ProxyProtocol, Versions};
 use baton_handoff::systemd::{Notifier, State};
 use baton_handoff::{channel_from_env, policy, Parent, PeerCheck, Worker, WorkerCommand, WorkerOptions};
 use baton_runtime::{Actor, Context, Runtime};
@@ -48,7 +50,7 @@ macro_rules! note {
 }
 
 const USAGE: &str =
-    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--takeover PATH [--probation MS]] [--metrics ADDR]";
+    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--takeover PATH [--probation MS]] [--proxy-protocol v1|v2|any --trusted CIDR[,CIDR...]] [--metrics ADDR]";
 /// How long a graceful stop waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How often the `STATUS=` line for systemd is refreshed (sent only when it changed).
@@ -67,6 +69,9 @@ struct Options {
     takeover: Option<std::path::PathBuf>,
     /// How long a successor must live before this parent lets go (`--probation MS`).
     probation: Duration,
+    /// Behind a load balancer: the PROXY protocol versions it sends, and the networks it sends
+    /// from (`--proxy-protocol`, `--trusted`).
+    proxy: Option<(Versions, Vec<String>)>,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -78,7 +83,10 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
         metrics: None,
         takeover: None,
         probation: Duration::from_secs(5),
+        proxy: None,
     };
+    let mut versions = None;
+    let mut trusted: Vec<String> = Vec::new();
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -105,6 +113,15 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
                 }
             }
             "--takeover" => opts.takeover = Some(value()?.into()),
+            "--proxy-protocol" => {
+                versions = Some(match value()?.as_str() {
+                    "v1" => Versions::V1,
+                    "v2" => Versions::V2,
+                    "any" => Versions::Both,
+                    other => return Err(format!("--proxy-protocol: {other:?} is not v1, v2 or any")),
+                })
+            }
+            "--trusted" => trusted.extend(value()?.split(',').map(|s| s.trim().to_string())),
             "--probation" => {
                 opts.probation = Duration::from_millis(value()?.parse().map_err(|e| format!("--probation: {e}"))?)
             }
@@ -114,6 +131,20 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    match (versions, trusted.is_empty()) {
+        (None, true) => {}
+        (None, false) => return Err("--trusted goes with --proxy-protocol".into()),
+        (Some(_), true) => {
+            return Err("--proxy-protocol needs --trusted: the networks the balancer connects from".into())
+        }
+        (Some(v), false) => {
+            ProxyProtocol::new(v, &trusted).map_err(|e| format!("--trusted: {e}"))?;
+            if opts.listeners_mode {
+                return Err("--proxy-protocol needs --mode handoff: the parent reads the header".into());
+            }
+            opts.proxy = Some((v, trusted));
         }
     }
     Ok(opts)
@@ -210,11 +241,15 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             let l = reactor
                 .adopt_listener(fd, HttpServer::listen_options(), parent.recipient())
                 .map_err(|e| std::io::Error::other(format!("the activated socket: {e}")))?;
-            parent.attach(l.clone(), "main");
+            attach(&parent, &l, &opts.proxy);
             l.local_addr().clone()
         }
         (None, true) => parent.share_listener(deferred(std::net::TcpListener::bind(opts.listen)?.into()), 0)?,
-        (None, false) => parent.listen_tcp(opts.listen, HttpServer::listen_options())?.local_addr().clone(),
+        (None, false) => {
+            let l = reactor.listen_tcp(opts.listen, HttpServer::listen_options(), parent.recipient())?;
+            attach(&parent, &l, &opts.proxy);
+            l.local_addr().clone()
+        }
     };
     if let (Some(addr), Some(handle)) = (opts.metrics, metrics) {
         let server = rt.spawn(MetricsServer { handle, reactor: reactor.clone(), conns: Default::default(), me: None });
@@ -365,6 +400,19 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     let _ = rt.shutdown(Duration::from_secs(5));
     reactor.stop();
     Ok(())
+}
+
+/// Lets the parent accept on `l` (named `main` for a successor), reading a PROXY protocol
+/// header first when the server is behind a balancer.
+fn attach(parent: &Parent, l: &baton_transport::Listener, proxy: &Option<(Versions, Vec<String>)>) {
+    match proxy {
+        None => parent.attach(l.clone(), "main"),
+        Some((versions, trusted)) => {
+            let (versions, trusted) = (*versions, trusted.clone());
+            let handshake = move || ProxyProtocol::new(versions, &trusted).expect("checked when parsed");
+            parent.attach_with(l.clone(), "main", handshake, HandshakeOptions::default());
+        }
+    }
 }
 
 /// A listening socket the workers will accept from (listeners mode), set up as

@@ -10,7 +10,9 @@
 //! behind it, in order) while the others keep being served. A handoff worker tells the parent
 //! it is busy meanwhile, so new connections go elsewhere.
 //!
-//! Routes: `GET /` answers `200` with `hello from worker <pid>`; `GET /slow?ms=N` does the same
+//! Routes: `GET /` answers `200` with `hello from worker <pid>`; `GET /whoami` answers the
+//! client's address as this server sees it (behind a load balancer that sends the PROXY
+//! protocol, the client's own, not the balancer's); `GET /slow?ms=N` does the same as `/`
 //! after a pool thread has been blocked for `N` milliseconds (at most 10 s: a heavy request);
 //! anything else is `404`.
 //!
@@ -362,6 +364,15 @@ pub fn reply(req: &Request<'_>, close: bool) -> Vec<u8> {
     }
 }
 
+/// `200 OK` with the client's address (`GET /whoami`): `ip:port`, or `unknown`.
+pub fn whoami(peer: Option<&baton_transport::Address>, close: bool) -> Vec<u8> {
+    let who = match peer {
+        Some(baton_transport::Address::Inet(a)) => a.to_string(),
+        _ => "unknown".to_string(),
+    };
+    response("200 OK", &format!("{who}\n"), close)
+}
+
 /// `200 OK` with `hello from worker <pid>`.
 pub fn hello(close: bool) -> Vec<u8> {
     // The pid, read once per process (a system call per request otherwise).
@@ -432,6 +443,8 @@ struct HttpConn {
     head_timer: Option<TimerHandle>,
     /// Head deadlines set so far on this connection.
     head_deadlines: u64,
+    /// The client's address, as given with the socket (for `/whoami`).
+    peer: Option<baton_transport::Address>,
 }
 
 /// A connection's socket, before its actor adopts it.
@@ -513,6 +526,8 @@ impl HttpConn {
                             }
                             _ => (response("503 Service Unavailable", "shutting down\n", true), used, true),
                         }
+                    } else if (req.method, req.path) == ("GET", "/whoami") {
+                        (whoami(self.peer.as_ref(), close), req.head_len + req.body_len, close)
                     } else {
                         (reply(&req, close), req.head_len + req.body_len, close)
                     }
@@ -778,6 +793,10 @@ impl HttpServer {
         // Reserved first, filled after the spawn: the lock is not held while the actor is
         // created, since a failed spawn drops it, and its `Drop` takes the lock.
         let slot = self.conns.lock().insert(None);
+        let peer = Some(match &socket {
+            Socket::Incoming(inc) => inc.peer.clone(),
+            Socket::Accepted(acc, _) => acc.peer.clone(),
+        });
         let actor = HttpConn {
             registry: self.conns.clone(),
             slot,
@@ -794,6 +813,7 @@ impl HttpServer {
             options: self.options,
             head_timer: None,
             head_deadlines: 0,
+            peer,
         };
         // A refused spawn drops the actor, and the socket with it (closed).
         let Ok(addr) = ctx.spawn_on(self.reactor.event_loop(), actor, Mailbox::Bounded(64)) else { return };

@@ -29,9 +29,13 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
+        Server::start_on("127.0.0.1:0", extra)
+    }
+
+    fn start_on(listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(prefork_binary())
             .process_group(0)
-            .args(["--listen", "127.0.0.1:0", "--workers", "2"])
+            .args(["--listen", listen, "--workers", "2"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -466,4 +470,108 @@ fn a_successor_killed_20_ms_200_ms_or_2_s_after_it_starts_leaves_a_server_and_no
         log.lock().unwrap().join("\n")
     );
     assert!(ok > 100, "the client kept going ({ok} requests)");
+}
+
+/// Sends `GET path` from the local address `from` to `to` and reads the answer.
+fn get_from(from: std::net::Ipv4Addr, to: SocketAddr, path: &str) -> (String, String, SocketAddr) {
+    use rustix::net::{AddressFamily, SocketAddrV4, SocketType};
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&fd, &SocketAddrV4::new(from, 0)).unwrap();
+    rustix::net::connect(&fd, &to).unwrap();
+    let s = TcpStream::from(fd);
+    let me = s.local_addr().unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut r = BufReader::new(s);
+    write!(r.get_mut(), "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let (status, body) = read_response(&mut r);
+    (status, body, me)
+}
+
+/// Behind a real HAProxy sending the PROXY protocol (v2) to two prefork instances on 127.0.0.2
+/// and 127.0.0.3: `/whoami` answers the client's own address, and a SIGUSR2 upgrade of one
+/// instance under a client loop through HAProxy fails no request.
+#[test]
+fn behind_haproxy_whoami_is_the_client_and_an_upgrade_fails_no_request() {
+    let path = std::env::temp_dir().join(format!("baton-prefork-haproxy-{}.sock", std::process::id()));
+    let _socket = RemoveOnDrop(path.clone());
+    let proxied = ["--proxy-protocol", "v2", "--trusted", "127.0.0.1/32"];
+    let mut takeover = proxied.to_vec();
+    takeover.extend(["--takeover", path.to_str().unwrap(), "--probation", "200"]);
+    let a = Server::start_on("127.0.0.2:0", &takeover);
+    let b = Server::start_on("127.0.0.3:0", &proxied);
+    let _guards = (GroupGuard(a.child.id()), GroupGuard(b.child.id()));
+    let front = SocketAddr::from((
+        [127, 0, 0, 1],
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(),
+    ));
+    let dir = std::env::temp_dir().join(format!("baton-prefork-haproxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 512\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend f\n  bind {front}\n  default_backend b\nbackend b\n  balance roundrobin\n  retries 3\n  option redispatch\n\
+             server a {} send-proxy-v2 source 127.0.0.1\n  server b {} send-proxy-v2 source 127.0.0.1\n",
+            a.addr, b.addr
+        ),
+    )
+    .unwrap();
+    let mut haproxy = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("haproxy (installed by .ci/run; apt-get install haproxy)");
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(front).is_err() {
+        assert!(Instant::now() < deadline, "haproxy did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..4 {
+        let (status, body, me) = get_from([127, 0, 0, 9].into(), front, "/whoami");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body.trim(), me.to_string(), "the worker sees the client, not HAProxy");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match std::panic::catch_unwind(|| get_from([127, 0, 0, 9].into(), front, "/")) {
+                    Ok((status, _, _)) if status == "HTTP/1.1 200 OK" => ok += 1,
+                    Ok((status, _, _)) => failed.push(status),
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_raw(a.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::USR2).unwrap();
+    // The old parent exits once the successor has lasted its probation and it has drained.
+    let deadline = Instant::now() + WAIT;
+    while alive(a.child.id()) {
+        assert!(Instant::now() < deadline, "the old instance did not hand over");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests through HAProxy failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 50, "the client kept going ({ok} requests)");
+    drop(b);
 }
