@@ -50,7 +50,7 @@ macro_rules! note {
 }
 
 const USAGE: &str =
-    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--takeover PATH [--probation MS]] [--proxy-protocol v1|v2|any --trusted CIDR[,CIDR...]] [--metrics ADDR]";
+    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--takeover PATH [--probation MS]] [--proxy-protocol v1|v2|any --trusted CIDR[,CIDR...]] [--agent ADDR [--drain-grace MS]] [--metrics ADDR]";
 /// How long a graceful stop waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How often the `STATUS=` line for systemd is refreshed (sent only when it changed).
@@ -72,6 +72,10 @@ struct Options {
     /// Behind a load balancer: the PROXY protocol versions it sends, and the networks it sends
     /// from (`--proxy-protocol`, `--trusted`).
     proxy: Option<(Versions, Vec<String>)>,
+    /// HAProxy's agent check (`--agent ADDR`), and how long a graceful stop says `drain` to it
+    /// before it stops accepting (`--drain-grace MS`).
+    agent: Option<SocketAddr>,
+    drain_grace: Duration,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -84,6 +88,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
         takeover: None,
         probation: Duration::from_secs(5),
         proxy: None,
+        agent: None,
+        drain_grace: Duration::from_millis(1000),
     };
     let mut versions = None;
     let mut trusted: Vec<String> = Vec::new();
@@ -120,6 +126,10 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
                     "any" => Versions::Both,
                     other => return Err(format!("--proxy-protocol: {other:?} is not v1, v2 or any")),
                 })
+            }
+            "--agent" => opts.agent = Some(value()?.parse().map_err(|e| format!("--agent: {e}"))?),
+            "--drain-grace" => {
+                opts.drain_grace = Duration::from_millis(value()?.parse().map_err(|e| format!("--drain-grace: {e}"))?)
             }
             "--trusted" => trusted.extend(value()?.split(',').map(|s| s.trim().to_string())),
             "--probation" => {
@@ -251,6 +261,21 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             l.local_addr().clone()
         }
     };
+    // HAProxy's agent check: our weight from the workers' load, `drain` before a stop. (Bound
+    // with SO_REUSEPORT: during an upgrade both generations answer on it.)
+    let agent = match opts.agent {
+        Some(addr) => match baton_handoff::agent::AgentCheck::serve(&rt, &reactor, parent.clone(), addr, 64) {
+            Ok(a) => {
+                note!("prefork: agent check on {}", show(a.local_addr()));
+                Some(a)
+            }
+            Err(e) => {
+                note!("prefork: no agent check: {e}");
+                None
+            }
+        },
+        None => None,
+    };
     if let (Some(addr), Some(handle)) = (opts.metrics, metrics) {
         let server = rt.spawn(MetricsServer { handle, reactor: reactor.clone(), conns: Default::default(), me: None });
         // (During a takeover the predecessor may still hold the port for a moment.)
@@ -381,6 +406,13 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
                     // STOPPING=1 from us would stop the unit under it.)
                     if !upgrading {
                         tell(&[State::Stopping, State::Status("draining")]);
+                    }
+                    if let Some(agent) = &agent {
+                        // The balancer hears `drain` and sends us nothing new; then we stop
+                        // accepting, with no client sent to a closed door.
+                        agent.drain();
+                        note!("prefork: telling the balancer we drain ({:?})", opts.drain_grace);
+                        std::thread::sleep(opts.drain_grace);
                     }
                     break;
                 }

@@ -517,14 +517,7 @@ fn behind_haproxy_whoami_is_the_client_and_an_upgrade_fails_no_request() {
         ),
     )
     .unwrap();
-    let mut haproxy = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("haproxy (installed by .ci/run; apt-get install haproxy)");
+    let haproxy = Haproxy::start(&config);
     let deadline = Instant::now() + WAIT;
     while TcpStream::connect(front).is_err() {
         assert!(Instant::now() < deadline, "haproxy did not start");
@@ -562,8 +555,7 @@ fn behind_haproxy_whoami_is_the_client_and_an_upgrade_fails_no_request() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.join().unwrap();
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
+    drop(haproxy);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         failed.is_empty(),
@@ -574,4 +566,155 @@ fn behind_haproxy_whoami_is_the_client_and_an_upgrade_fails_no_request() {
     );
     assert!(ok > 50, "the client kept going ({ok} requests)");
     drop(b);
+}
+
+/// HAProxy's view of backend `b`'s servers: (name, user weight, admin state) from its runtime
+/// API's `show servers state`.
+fn haproxy_servers(admin: &std::path::Path) -> Vec<(String, u32, u32)> {
+    let mut s = std::os::unix::net::UnixStream::connect(admin).expect("haproxy's admin socket");
+    s.write_all(b"show servers state b\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 8)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[3].to_string(), f[7].parse().unwrap_or(0), f[6].parse().unwrap_or(0))
+        })
+        .collect()
+}
+
+fn free_port(ip: [u8; 4]) -> u16 {
+    std::net::TcpListener::bind(SocketAddr::from((ip, 0))).unwrap().local_addr().unwrap().port()
+}
+
+/// HAProxy's agent check: each instance's weight follows its workers' load (one loaded with
+/// heavy requests drops), and a SIGTERM says `drain` first, so HAProxy stops sending it clients
+/// before it stops accepting: a client loop through HAProxy fails no request.
+#[test]
+fn haproxy_agent_check_weights_follow_load_and_a_drain_is_announced_first() {
+    let (pa, pb) = (free_port([127, 0, 0, 2]), free_port([127, 0, 0, 3]));
+    let agent_a = format!("127.0.0.2:{pa}");
+    let agent_b = format!("127.0.0.3:{pb}");
+    let a = Server::start_on("127.0.0.2:0", &["--agent", &agent_a]);
+    let b = Server::start_on("127.0.0.3:0", &["--agent", &agent_b, "--drain-grace", "1500"]);
+    let _guards = (GroupGuard(a.child.id()), GroupGuard(b.child.id()));
+    let front = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
+    let dir = std::env::temp_dir().join(format!("baton-prefork-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let admin = dir.join("admin.sock");
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 512\n  stats socket {} level admin\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend f\n  bind {front}\n  default_backend b\nbackend b\n  balance roundrobin\n\
+             server a {} weight 100 check inter 100ms agent-check agent-addr 127.0.0.2 agent-port {pa} agent-inter 100ms\n\
+             server b {} weight 100 check inter 100ms agent-check agent-addr 127.0.0.3 agent-port {pb} agent-inter 100ms\n",
+            admin.display(),
+            a.addr,
+            b.addr
+        ),
+    )
+    .unwrap();
+    let haproxy = Haproxy::start(&config);
+    let weight = |name: &str| haproxy_servers(&admin).into_iter().find(|s| s.0 == name).map(|s| s.1);
+    let deadline = Instant::now() + WAIT;
+    while !admin.exists() || weight("a") != Some(100) || weight("b") != Some(100) {
+        assert!(
+            Instant::now() < deadline,
+            "both instances at full weight: {:?}",
+            admin.exists().then(|| haproxy_servers(&admin))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Load `a` with heavy requests (one per worker): its weight drops, `b`'s does not.
+    let heavy: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = a.addr;
+            std::thread::spawn(move || get(addr, "/slow?ms=2500"))
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while weight("a").is_none_or(|w| w > 20) {
+        assert!(Instant::now() < deadline, "a's weight did not drop: {:?}", haproxy_servers(&admin));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(weight("b"), Some(100));
+    for h in heavy {
+        assert_eq!(h.join().unwrap().0, "HTTP/1.1 200 OK");
+    }
+    // A client loop through HAProxy while `b` stops.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match std::panic::catch_unwind(|| get(front, "/")) {
+                    Ok((status, _)) if status == "HTTP/1.1 200 OK" => ok += 1,
+                    Ok((status, _)) => failed.push(status),
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let b_pid = b.child.id();
+    rustix::process::kill_process(rustix::process::Pid::from_raw(b_pid as i32).unwrap(), rustix::process::Signal::TERM)
+        .unwrap();
+    // HAProxy hears `drain` while `b` still accepts: its admin state says drain (0x08, forced
+    // drain, which is what an agent's `drain` sets), or its weight is 0.
+    let drained = || haproxy_servers(&admin).into_iter().any(|(n, w, admin)| n == "b" && (w == 0 || admin & 0x18 != 0));
+    let deadline = Instant::now() + Duration::from_millis(1200);
+    while !drained() {
+        assert!(Instant::now() < deadline, "b was not drained in HAProxy in time: {:?}", haproxy_servers(&admin));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(alive(b_pid), "b still accepts while HAProxy drains it");
+    let deadline = Instant::now() + WAIT;
+    while alive(b_pid) {
+        assert!(Instant::now() < deadline, "b did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    drop(haproxy);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 50, "the client kept going ({ok} requests)");
+    drop(a);
+    drop(b);
+}
+
+/// A HAProxy in the foreground, killed when dropped (also when a test fails half-way).
+struct Haproxy(Child);
+
+impl Haproxy {
+    fn start(config: &std::path::Path) -> Haproxy {
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("haproxy (installed by .ci/run; apt-get install haproxy)");
+        Haproxy(child)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

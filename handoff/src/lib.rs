@@ -85,6 +85,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod bootstrap;
 mod channel;
 mod log_limit;

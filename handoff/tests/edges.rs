@@ -871,13 +871,24 @@ fn behind_haproxy() {
             ),
         )
         .unwrap();
-        let mut haproxy = std::process::Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("haproxy (installed by .ci/run; apt-get install haproxy)");
+        // Killed when dropped, also when an assertion fails half-way.
+        struct Haproxy(std::process::Child);
+        impl Drop for Haproxy {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let haproxy = Haproxy(
+            std::process::Command::new("haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(&config)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("haproxy (installed by .ci/run; apt-get install haproxy)"),
+        );
         wait_until("haproxy listening", || TcpStream::connect(front).is_ok());
         for client_ip in [[127, 0, 0, 5], [127, 0, 0, 6]] {
             let mut c = connect_from(client_ip.into(), front);
@@ -891,8 +902,7 @@ fn behind_haproxy() {
         let mut liar = connect_from([127, 0, 0, 7].into(), backend);
         let _ = liar.write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\nhello");
         assert_eq!(expect_end(&mut liar, WAIT), b"", "{send}");
-        let _ = haproxy.kill();
-        let _ = haproxy.wait();
+        drop(haproxy);
         let _ = std::fs::remove_dir_all(&dir);
         s.stop();
     }

@@ -527,6 +527,8 @@ impl Handoff {
                 pid: if s.phase == Phase::Down { None } else { s.pid },
                 ready: s.phase == Phase::Ready,
                 open: books.get(slot).map_or(0, |b| b.open),
+                queued: books.get(slot).map_or(0, |b| b.queued),
+                busy: books.get(slot).map_or(0, |b| b.busy),
                 in_flight: self.ledger.in_flight(slot),
                 adopted: s.adopted,
                 gave_up: s.gave_up,

@@ -82,6 +82,10 @@ pub struct WorkerStats {
     pub ready: bool,
     /// Connections open in the worker.
     pub open: u32,
+    /// Work waiting in the worker, as it last reported.
+    pub queued: u32,
+    /// Handlers busy with heavy work in the worker, as it last reported.
+    pub busy: u32,
     /// Handoffs not yet answered.
     pub in_flight: u32,
     /// Sockets this slot adopted, over all its incarnations.
