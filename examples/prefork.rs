@@ -31,7 +31,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use baton_examples::http::{self, HttpServer, Parsed};
-use baton_handoff::handshake::HandshakeOptions;
+use baton_handoff::handshake::{HandshakeOptions, Peer, Reject, Route, Step};
 use baton_handoff::proxy::{ProxyProtocol, Versions};
 use baton_handoff::systemd::{Notifier, State};
 use baton_handoff::{channel_from_env, policy, Parent, PeerCheck, Worker, WorkerCommand, WorkerOptions};
@@ -50,7 +50,7 @@ macro_rules! note {
 }
 
 const USAGE: &str =
-    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--takeover PATH [--probation MS]] [--proxy-protocol v1|v2|any --trusted CIDR[,CIDR...]] [--agent ADDR [--drain-grace MS]] [--metrics ADDR]";
+    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--takeover PATH [--probation MS]] [--proxy-protocol v1|v2|any --trusted CIDR[,CIDR...]] [--agent ADDR [--drain-grace MS]] [--route-by-host] [--metrics ADDR]";
 /// How long a graceful stop waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How often the `STATUS=` line for systemd is refreshed (sent only when it changed).
@@ -76,6 +76,9 @@ struct Options {
     /// before it stops accepting (`--drain-grace MS`).
     agent: Option<SocketAddr>,
     drain_grace: Duration,
+    /// The parent reads each connection's first request head and places it by its `Host`
+    /// (sticky: one host's connections go to the same worker while it lives).
+    route_by_host: bool,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -90,6 +93,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
         proxy: None,
         agent: None,
         drain_grace: Duration::from_millis(1000),
+        route_by_host: false,
     };
     let mut versions = None;
     let mut trusted: Vec<String> = Vec::new();
@@ -127,6 +131,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
                     other => return Err(format!("--proxy-protocol: {other:?} is not v1, v2 or any")),
                 })
             }
+            "--route-by-host" => opts.route_by_host = true,
             "--agent" => opts.agent = Some(value()?.parse().map_err(|e| format!("--agent: {e}"))?),
             "--drain-grace" => {
                 opts.drain_grace = Duration::from_millis(value()?.parse().map_err(|e| format!("--drain-grace: {e}"))?)
@@ -230,7 +235,9 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     };
     let rt = Runtime::new();
     let reactor = Reactor::start()?;
-    let policy = policy::by_name(&opts.policy).map_err(|p| std::io::Error::other(format!("unknown policy {p}")))?;
+    // Routing by host places by key: sticky.
+    let policy_name = if opts.route_by_host { "sticky" } else { opts.policy.as_str() };
+    let policy = policy::by_name(policy_name).map_err(|p| std::io::Error::other(format!("unknown policy {p}")))?;
     let parent = Parent::builder()
         .spawn(opts.workers, WorkerCommand::new(&exe).args(std::env::args_os().skip(1)))
         .boxed_policy(policy)
@@ -251,13 +258,13 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             let l = reactor
                 .adopt_listener(fd, HttpServer::listen_options(), parent.recipient())
                 .map_err(|e| std::io::Error::other(format!("the activated socket: {e}")))?;
-            attach(&parent, &l, &opts.proxy);
+            attach(&parent, &l, &opts);
             l.local_addr().clone()
         }
         (None, true) => parent.share_listener(deferred(std::net::TcpListener::bind(opts.listen)?.into()), 0)?,
         (None, false) => {
             let l = reactor.listen_tcp(opts.listen, HttpServer::listen_options(), parent.recipient())?;
-            attach(&parent, &l, &opts.proxy);
+            attach(&parent, &l, &opts);
             l.local_addr().clone()
         }
     };
@@ -435,15 +442,38 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
 }
 
 /// Lets the parent accept on `l` (named `main` for a successor), reading a PROXY protocol
-/// header first when the server is behind a balancer.
-fn attach(parent: &Parent, l: &baton_transport::Listener, proxy: &Option<(Versions, Vec<String>)>) {
-    match proxy {
-        None => parent.attach(l.clone(), "main"),
-        Some((versions, trusted)) => {
+/// header first when the server is behind a balancer, and the first request head when it
+/// routes by host.
+fn attach(parent: &Parent, l: &baton_transport::Listener, opts: &Options) {
+    let limits = HandshakeOptions { max_bytes: http::MAX_HEAD, timeout: http::HEAD_TIMEOUT };
+    match (&opts.proxy, opts.route_by_host) {
+        (None, false) => parent.attach(l.clone(), "main"),
+        (None, true) => parent.attach_with(l.clone(), "main", by_host, limits),
+        (Some((versions, trusted)), by) => {
             let (versions, trusted) = (*versions, trusted.clone());
-            let handshake = move || ProxyProtocol::new(versions, &trusted).expect("checked when parsed");
-            parent.attach_with(l.clone(), "main", handshake, HandshakeOptions::default());
+            let handshake = move || {
+                let proxy = ProxyProtocol::new(versions, &trusted).expect("checked when parsed");
+                if by {
+                    proxy.then(by_host())
+                } else {
+                    proxy
+                }
+            };
+            parent.attach_with(l.clone(), "main", handshake, limits);
         }
+    }
+}
+
+/// Reads a connection's first request head (with the workers' own parser, so the parent
+/// refuses exactly what they would: a 400 and the close) and routes it by its host.
+fn by_host() -> impl FnMut(&[u8], Peer<'_>) -> Step + Send + 'static {
+    |read: &[u8], _peer: Peer<'_>| match http::parse(read) {
+        Parsed::Incomplete => Step::More,
+        Parsed::Request(req) => {
+            let host = req.host_name().unwrap_or_default().to_ascii_lowercase();
+            Step::Route(Route { key: Some(host.into_bytes()), ..Route::default() })
+        }
+        refused => Step::Reject(Reject { reason: "bad request head", answer: refused.rejection().unwrap_or_default() }),
     }
 }
 

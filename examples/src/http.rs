@@ -104,6 +104,20 @@ pub struct Request<'a> {
     pub head_len: usize,
     /// Bytes of body that follow (`Content-Length`).
     pub body_len: usize,
+    /// The `Host` field's value, as sent (an HTTP/1.0 request may have none); see
+    /// [`Request::host_name`].
+    pub host: Option<&'a str>,
+}
+
+impl Request<'_> {
+    /// The host the request names, without its port (`[v6]` keeps its brackets), as sent.
+    pub fn host_name(&self) -> Option<&str> {
+        let value = self.host?;
+        Some(match value.rfind(':') {
+            Some(i) if !value[i..].contains(']') => &value[..i],
+            _ => value,
+        })
+    }
 }
 
 /// What [`parse`] found at the start of a buffer.
@@ -181,6 +195,7 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
     let mut transfer_encoding = false;
     let mut final_coding: Option<&[u8]> = None;
     let mut hosts = 0;
+    let mut host = None;
     for field in req.headers.iter() {
         let name = field.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -210,6 +225,8 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
             if !valid_host(field.value) {
                 return Parsed::Bad("invalid Host");
             }
+            // Valid: ASCII only.
+            host = std::str::from_utf8(field.value).ok().map(|v| v.trim_matches([' ', '\t']));
         }
     }
     if hosts > 1 {
@@ -238,7 +255,7 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
     };
     // `close` wins over `keep-alive`; an HTTP/1.0 connection persists only if asked to.
     let close = close_token || (http10 && !keep_alive_token);
-    Parsed::Request(Request { method, path, query, close, head_len, body_len })
+    Parsed::Request(Request { method, path, query, close, head_len, body_len, host })
 }
 
 /// `s` without the optional whitespace (spaces, tabs) around it.

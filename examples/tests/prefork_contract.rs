@@ -718,3 +718,37 @@ impl Drop for Haproxy {
         let _ = self.0.wait();
     }
 }
+
+/// `--route-by-host`: the parent reads each connection's first request head and places it by
+/// its host, so one host's connections reach the same worker; a head the workers would refuse
+/// the parent refuses the same way.
+#[test]
+fn route_by_host_sends_each_host_to_its_own_worker_and_refuses_bad_heads() {
+    let server = Server::start(&["--route-by-host"]);
+    let ask = |host: &str| {
+        let s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut r = BufReader::new(s);
+        write!(r.get_mut(), "GET / HTTP/1.1\r\nHost: {host}:8080\r\nConnection: close\r\n\r\n").unwrap();
+        let (status, body) = read_response(&mut r);
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        worker_pid(&body)
+    };
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..8 {
+        let host = format!("h{i}.example");
+        let first = ask(&host);
+        for _ in 0..3 {
+            assert_eq!(ask(&host.to_uppercase()), first, "{host} stays on its worker");
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "hosts spread over both workers");
+    let s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut r = BufReader::new(s);
+    r.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n").unwrap();
+    let (status, _) = read_response(&mut r);
+    assert_eq!(status, "HTTP/1.1 400 Bad Request", "refused by the parent as a worker would");
+    assert!(server.terminate().success());
+}
