@@ -114,6 +114,61 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Requests in a loop on a thread of their own until stopped: the answers that were not
+/// `200 OK` (a status, or "no answer"), and how long each took.
+struct ClientLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<(String, Duration)>)>,
+}
+
+impl ClientLoop {
+    fn start(request: impl Fn() -> String + Send + std::panic::RefUnwindSafe + 'static) -> ClientLoop {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let began = Instant::now();
+                match std::panic::catch_unwind(&request) {
+                    Ok(status) if status == "HTTP/1.1 200 OK" => ok += 1,
+                    Ok(status) => failed.push((status, began.elapsed())),
+                    Err(_) => failed.push(("no answer".to_string(), began.elapsed())),
+                }
+            }
+            (ok, failed)
+        });
+        ClientLoop { stop, thread }
+    }
+
+    /// Stops it: how many were answered, and the failures.
+    fn stop(self) -> (usize, Vec<(String, Duration)>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+
+    /// Stops it and checks that every request was answered (and that there were some).
+    fn stop_with_none_failed(self, what: &str) {
+        let (ok, failed) = self.stop();
+        assert!(
+            failed.is_empty(),
+            "{what}: {} of {} requests failed: {:?}",
+            failed.len(),
+            ok + failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+        assert!(ok > 50, "{what}: the client kept going ({ok} requests)");
+    }
+}
+
+/// Waits until process `pid` is gone (or a zombie), or panics with `what`.
+fn wait_gone(pid: u32, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads one HTTP response (status line, headers, Content-Length body).
 fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
     let mut status = String::new();
@@ -324,21 +379,7 @@ fn sigusr2_upgrades_ten_times_without_a_failed_request() {
             .unwrap_or_else(|_| panic!("{what}; the servers said:\n{}", log.lock().unwrap().join("\n")))
     };
     let mut parent = next_serving("first parent serving");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match std::panic::catch_unwind(|| get(addr, "/")) {
-                    Ok((status, _)) if status == "HTTP/1.1 200 OK" => ok += 1,
-                    Ok((status, _)) => failed.push(status),
-                    Err(e) => failed.push(format!("{e:?}")),
-                }
-            }
-            (ok, failed)
-        })
-    };
+    let load = ClientLoop::start(move || get(addr, "/").0);
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(100));
         let pid = rustix::process::Pid::from_raw(parent as i32).unwrap();
@@ -353,15 +394,10 @@ fn sigusr2_upgrades_ten_times_without_a_failed_request() {
         parent = next;
     }
     std::thread::sleep(Duration::from_millis(100));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.join().unwrap();
+    let (ok, failed) = load.stop();
     let last = rustix::process::Pid::from_raw(parent as i32).unwrap();
     rustix::process::kill_process(last, rustix::process::Signal::TERM).unwrap();
-    let deadline = Instant::now() + WAIT;
-    while alive(parent) {
-        assert!(Instant::now() < deadline, "the last parent did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_gone(parent, "the last parent did not exit");
     let _ = first.wait();
     assert!(
         failed.is_empty(),
@@ -414,22 +450,7 @@ fn a_successor_killed_20_ms_200_ms_or_2_s_after_it_starts_leaves_a_server_and_no
             log_w.lock().unwrap().push(l);
         }
     });
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let began = Instant::now();
-                match std::panic::catch_unwind(|| get(addr, "/")) {
-                    Ok((status, _)) if status == "HTTP/1.1 200 OK" => ok += 1,
-                    Ok((status, _)) => failed.push((status, began.elapsed())),
-                    Err(_) => failed.push(("no answer".to_string(), began.elapsed())),
-                }
-            }
-            (ok, failed)
-        })
-    };
+    let load = ClientLoop::start(move || get(addr, "/").0);
     for after in [Duration::from_millis(20), Duration::from_millis(200), Duration::from_secs(2)] {
         std::thread::sleep(Duration::from_millis(200));
         let pid = rustix::process::Pid::from_raw(parent as i32).unwrap();
@@ -452,8 +473,7 @@ fn a_successor_killed_20_ms_200_ms_or_2_s_after_it_starts_leaves_a_server_and_no
     }
     // The old parent offers the takeover again after each rollback: the next upgrade works.
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.join().unwrap();
+    let (ok, failed) = load.stop();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(parent as i32).unwrap(),
         rustix::process::Signal::TERM,
@@ -528,43 +548,16 @@ fn behind_haproxy_whoami_is_the_client_and_an_upgrade_fails_no_request() {
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert_eq!(body.trim(), me.to_string(), "the worker sees the client, not HAProxy");
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match std::panic::catch_unwind(|| get_from([127, 0, 0, 9].into(), front, "/")) {
-                    Ok((status, _, _)) if status == "HTTP/1.1 200 OK" => ok += 1,
-                    Ok((status, _, _)) => failed.push(status),
-                    Err(e) => failed.push(format!("{e:?}")),
-                }
-            }
-            (ok, failed)
-        })
-    };
+    let load = ClientLoop::start(move || get_from([127, 0, 0, 9].into(), front, "/").0);
     std::thread::sleep(Duration::from_millis(300));
     let pid = rustix::process::Pid::from_raw(a.child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::USR2).unwrap();
     // The old parent exits once the successor has lasted its probation and it has drained.
-    let deadline = Instant::now() + WAIT;
-    while alive(a.child.id()) {
-        assert!(Instant::now() < deadline, "the old instance did not hand over");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_gone(a.child.id(), "the old instance did not hand over");
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.join().unwrap();
+    load.stop_with_none_failed("through HAProxy, across an upgrade");
     drop(haproxy);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests through HAProxy failed: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(ok > 50, "the client kept going ({ok} requests)");
     drop(b);
 }
 
@@ -645,21 +638,7 @@ fn haproxy_agent_check_weights_follow_load_and_a_drain_is_announced_first() {
         assert_eq!(h.join().unwrap().0, "HTTP/1.1 200 OK");
     }
     // A client loop through HAProxy while `b` stops.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match std::panic::catch_unwind(|| get(front, "/")) {
-                    Ok((status, _)) if status == "HTTP/1.1 200 OK" => ok += 1,
-                    Ok((status, _)) => failed.push(status),
-                    Err(e) => failed.push(format!("{e:?}")),
-                }
-            }
-            (ok, failed)
-        })
-    };
+    let load = ClientLoop::start(move || get(front, "/").0);
     std::thread::sleep(Duration::from_millis(300));
     let b_pid = b.child.id();
     rustix::process::kill_process(rustix::process::Pid::from_raw(b_pid as i32).unwrap(), rustix::process::Signal::TERM)
@@ -673,24 +652,11 @@ fn haproxy_agent_check_weights_follow_load_and_a_drain_is_announced_first() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(alive(b_pid), "b still accepts while HAProxy drains it");
-    let deadline = Instant::now() + WAIT;
-    while alive(b_pid) {
-        assert!(Instant::now() < deadline, "b did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_gone(b_pid, "b did not stop");
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.join().unwrap();
+    load.stop_with_none_failed("through HAProxy, while b drains");
     drop(haproxy);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(ok > 50, "the client kept going ({ok} requests)");
     drop(a);
     drop(b);
 }
