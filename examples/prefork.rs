@@ -425,6 +425,9 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
                 }
             },
             recv(parent.taken_over()) -> _ => {
+                if let Some(agent) = &agent {
+                    agent.close(); // the successor answers the balancer now
+                }
                 // No STOPPING=1: the manager applies it to the unit, which our successor serves.
                 note!("prefork: taken over by a successor: draining (up to {DRAIN:?})");
                 break;
@@ -445,7 +448,12 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
 /// header first when the server is behind a balancer, and the first request head when it
 /// routes by host.
 fn attach(parent: &Parent, l: &baton_transport::Listener, opts: &Options) {
-    let limits = HandshakeOptions { max_bytes: http::MAX_HEAD, timeout: http::HEAD_TIMEOUT };
+    // A head, and a PROXY header before it (v2's, with TLVs, within 512 bytes).
+    let limits = HandshakeOptions {
+        max_bytes: http::MAX_HEAD + 512,
+        timeout: http::HEAD_TIMEOUT,
+        ..HandshakeOptions::default()
+    };
     match (&opts.proxy, opts.route_by_host) {
         (None, false) => parent.attach(l.clone(), "main"),
         (None, true) => parent.attach_with(l.clone(), "main", by_host, limits),
@@ -470,8 +478,10 @@ fn by_host() -> impl FnMut(&[u8], Peer<'_>) -> Step + Send + 'static {
     |read: &[u8], _peer: Peer<'_>| match http::parse(read) {
         Parsed::Incomplete => Step::More,
         Parsed::Request(req) => {
-            let host = req.host_name().unwrap_or_default().to_ascii_lowercase();
-            Step::Route(Route { key: Some(host.into_bytes()), ..Route::default() })
+            // A host name has at most 253 characters; a longer value is still one key.
+            let mut host = req.host_name().unwrap_or_default().to_ascii_lowercase().into_bytes();
+            host.truncate(255);
+            Step::Route(Route { key: Some(host), ..Route::default() })
         }
         refused => Step::Reject(Reject { reason: "bad request head", answer: refused.rejection().unwrap_or_default() }),
     }

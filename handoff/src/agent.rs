@@ -4,14 +4,19 @@
 //! HAProxy (`server ... agent-check agent-port P agent-inter 1s`) connects to the agent port
 //! every interval and reads one line. [`AgentCheck`] answers it from the parent's [`Stats`]:
 //!
-//! - `up W%` while serving, with the weight `W` computed by [`weight`] from what the workers
-//!   report: the share of worker slots ready, less the share of those busy with heavy work, less
-//!   what their open connections say about how full they are;
+//! - `up W% ready` while serving, with the weight `W` computed by [`weight`] from what the
+//!   workers report: the share of worker slots ready, less the share of those busy with heavy
+//!   work, less what their open connections say about how full they are (`ready` lifts a
+//!   `drain` or `maint` state an operator or an earlier answer set);
 //! - `drain` once [`AgentCheck::drain`] is called: HAProxy sends this instance no new
 //!   connection but lets those it has finish. A graceful stop says `drain` first, waits for the
 //!   balancer to hear it (a few agent intervals), then drains the parent: no client is sent to
 //!   an instance that has stopped accepting;
-//! - `maint` while no worker is ready (starting, or every worker lost).
+//! - `down#no worker ready` while no worker is ready (starting, or every worker lost): an
+//!   operational state, which the next `up` lifts (`maint` would stay until a `ready`).
+//!
+//! A parent that has been taken over closes its agent port ([`AgentCheck::close`]): its
+//! successor, listening on the same port (`SO_REUSEPORT`), answers for the server from then on.
 //!
 //! The agent accepts on the reactor's thread and answers from an actor on a thread of its own:
 //! asking the parent for its stats is a wait that neither the reactor thread nor a pool thread
@@ -51,8 +56,8 @@ pub fn answer(stats: &Stats, per_worker: u32, draining: bool) -> String {
         return "drain\n".to_string();
     }
     match weight(stats, per_worker) {
-        0 => "maint\n".to_string(),
-        w => format!("up {w}%\n"),
+        0 => "down#no worker ready\n".to_string(),
+        w => format!("up {w}% ready\n"),
     }
 }
 
@@ -92,6 +97,11 @@ impl AgentCheck {
     /// Says `drain` from now on.
     pub fn drain(&self) {
         self.draining.store(true, Relaxed);
+    }
+
+    /// Stops answering (a taken-over parent: its successor answers on the same port).
+    pub fn close(&self) {
+        self.listener.close();
     }
 
     /// Where it listens.
@@ -141,12 +151,14 @@ mod tests {
 
     #[test]
     fn the_weight_follows_readiness_busyness_and_open_connections() {
-        assert_eq!(answer(&stats(&[(true, 0, 0), (true, 0, 0)]), 100, false), "up 100%\n");
+        assert_eq!(answer(&stats(&[(true, 0, 0), (true, 0, 0)]), 100, false), "up 100% ready\n");
         assert_eq!(weight(&stats(&[(true, 0, 0), (false, 0, 0)]), 100), 50, "half the slots ready");
         assert_eq!(weight(&stats(&[(true, 0, 1), (true, 0, 0)]), 100), 50, "one of two busy");
         assert_eq!(weight(&stats(&[(true, 50, 0), (true, 50, 0)]), 100), 50, "half full");
         assert_eq!(weight(&stats(&[(true, 500, 1), (true, 500, 1)]), 100), 1, "never 0 while ready");
-        assert_eq!(answer(&stats(&[(false, 0, 0)]), 100, false), "maint\n");
+        // Regression (review): `maint` stayed until a `ready`, so an instance that once had no
+        // worker ready was never sent traffic again.
+        assert_eq!(answer(&stats(&[(false, 0, 0)]), 100, false), "down#no worker ready\n");
         assert_eq!(answer(&stats(&[(true, 0, 0)]), 100, true), "drain\n");
     }
 }

@@ -76,6 +76,7 @@ fn main() {
         ("a_refused_handshake_answers_then_closes_and_an_overlong_one_is_refused", handshake_refusals),
         ("a_handshake_listener_pauses_at_the_budget_and_is_taken_over", handshake_pause_and_takeover),
         ("behind_a_real_haproxy_the_worker_sees_the_clients_address_v1_and_v2", behind_haproxy),
+        ("a_group_without_a_worker_holds_up_no_other_group_and_its_clients_are_told", group_without_worker),
     ];
     common::run(tests);
 }
@@ -906,4 +907,43 @@ fn behind_haproxy() {
         let _ = std::fs::remove_dir_all(&dir);
         s.stop();
     }
+}
+
+fn group_without_worker() {
+    // Regression (review): a socket waiting for a group with no worker paused every listener,
+    // and waited for ever.
+    let runtime = Runtime::builder().threads(2).build();
+    let reactor = Reactor::start().expect("reactor");
+    let parent = Parent::builder()
+        .spawn_group("a", 1, WorkerCommand::current_exe().unwrap().env("TEST_ROLE", "show"))
+        .spawn_group("b", 1, WorkerCommand::new("/bin/false"))
+        .startup_timeout(Duration::from_millis(500))
+        .start(&runtime, &reactor)
+        .expect("parent");
+    let by_line = || {
+        |read: &[u8], _peer: Peer<'_>| match read.iter().position(|&b| b == b'\n') {
+            Some(end) => Step::Route(Route {
+                consume: end + 1,
+                group: Some(String::from_utf8_lossy(&read[..end]).into_owned()),
+                ..Route::default()
+            }),
+            None => Step::More,
+        }
+    };
+    let listener = parent
+        .listen_tcp_with("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), by_line, HandshakeOptions::default())
+        .expect("listen");
+    let addr = inet(listener.local_addr());
+    wait_until("group a ready", || parent.stats().is_ok_and(|s| s.workers.iter().any(|w| w.group == "a" && w.ready)));
+    let mut b = TcpStream::connect(addr).unwrap();
+    b.write_all(b"b\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut a = TcpStream::connect(addr).unwrap();
+    a.write_all(b"a\nhi").unwrap();
+    a.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = expect_end(&mut a, Duration::from_secs(2));
+    assert!(got.starts_with(b"key - tag 0 "), "group a serves while b has nobody: {got:?}");
+    assert_eq!(expect_end(&mut b, Duration::from_secs(3)), b"", "b's client is told, not left waiting");
+    let s = Setup { runtime, reactor, parent, addr };
+    s.stop();
 }

@@ -34,6 +34,9 @@ use crate::log_limit::{limited, LogLimit};
 use crate::process::WorkerCommand;
 use crate::record::{self, code, Item, Kind, Reason, Record, MAX_RECORD};
 
+/// The group of workers that connected by name: they take only sockets bound to no group.
+pub(crate) const NO_GROUP: usize = usize::MAX;
+
 /// How often the parent checks deadlines, reaps and restarts workers.
 pub(crate) const TICK: Duration = Duration::from_millis(20);
 
@@ -612,6 +615,7 @@ impl Handoff {
                     End::CutOff => "its worker was cut off and may still serve it",
                     End::Drain => "the drain deadline came first",
                     End::Unencodable => "it cannot be described in a record",
+                    End::NoWorker => "its worker group had no worker able to take it in time",
                 }
             );
             self.count_ended(e.why, 1);
@@ -626,6 +630,7 @@ impl Handoff {
             End::CutOff => self.stats.ended_cut_off += n,
             End::Drain => self.stats.ended_drain += n,
             End::Unencodable => self.stats.ended_unencodable += n,
+            End::NoWorker => self.stats.ended_no_worker += n,
         }
         if why == End::TooManyTries {
             metrics::counter!("baton_handoff_closed_after_retries_total").increment(n);
@@ -638,9 +643,11 @@ impl Handoff {
         metrics::counter!("baton_handoff_handed_over_total").increment(n);
     }
 
-    /// The index of worker group `name`.
+    /// The index of worker group `name`, if the parent has it and any of its slots is still
+    /// served (not given up after too many restarts).
     pub(super) fn group_index(&self, name: &str) -> Option<usize> {
-        self.config.groups.iter().position(|(g, _, _)| g == name)
+        let g = self.config.groups.iter().position(|(g, _, _)| g == name)?;
+        self.slots.iter().any(|s| s.group == g && !s.gave_up).then_some(g)
     }
 
     /// Tells the ledger what the slot's state says about taking sockets.
@@ -870,7 +877,9 @@ impl Handoff {
             };
             metrics::counter!("baton_handoff_migrated_total").increment(1);
             self.stats.migrated += 1;
-            self.admit(socket, Some(slot), baseline);
+            // It stays with the group of the worker that served it.
+            let group = self.slots[slot].group;
+            self.admit_to(socket, Some(slot), baseline, (group != NO_GROUP).then_some(group));
         }
     }
 
@@ -1043,7 +1052,9 @@ impl Handoff {
             };
             self.admit(d, None, Baseline::Fresh);
         }
-        let allowance = self.budget.allowance(self.ledger.len(), now);
+        let expired = self.ledger.expire_group_waits(now, self.config.startup_timeout);
+        self.close_ended(expired);
+        let allowance = self.budget.allowance(self.ledger.len() + self.shakes.len(), now);
         self.ledger.set_max_in_flight(allowance);
         for slot in 0..self.slots.len() {
             // A deferred RETURN: read again if it fits now (`receive` defers it again if not).
@@ -1121,7 +1132,7 @@ impl Handoff {
     pub(super) fn update_listeners(&mut self) {
         let pause = self.successor.on_probation()
             || self.ledger.len() + self.shakes.len() >= self.ledger.limits().max_in_flight
-            || self.ledger.waiting() > 0
+            || self.ledger.waiting_for_anyone() > 0
             || self.ledger.full()
             || !self.ledger.can_place();
         if pause != self.listeners_paused {

@@ -124,11 +124,15 @@ pub struct HandshakeOptions {
     /// How long after its accept a connection may take to complete its handshake (then:
     /// closed). Default 5 s.
     pub timeout: Duration,
+    /// Most connections in their handshake at once (and never more than half the descriptor
+    /// budget): a new one past it evicts the oldest, so clients that trickle bytes (or send
+    /// none) cannot keep the listener from accepting. Default 256.
+    pub max_pending: usize,
 }
 
 impl Default for HandshakeOptions {
     fn default() -> Self {
-        HandshakeOptions { max_bytes: record::MAX_PRELUDE, timeout: Duration::from_secs(5) }
+        HandshakeOptions { max_bytes: record::MAX_PRELUDE, timeout: Duration::from_secs(5), max_pending: 256 }
     }
 }
 
@@ -183,6 +187,10 @@ impl Handoff {
     /// deferred accept, usually everything), and wait for the rest if need be.
     pub(crate) fn shake(&mut self, spec: &HandshakeSpec, stream: Stream, peer: Address, local: Address, tag: u32) {
         let now = Instant::now();
+        let room = spec.options.max_pending.min(self.ledger_mut().limits().max_in_flight / 2).max(1);
+        while self.shakes.len() >= room {
+            self.evict_oldest_handshake();
+        }
         let s = Shaking {
             stream: Arc::new(stream),
             watch: None,
@@ -206,7 +214,7 @@ impl Handoff {
                 Ok(w) => w,
                 Err(e) => {
                     limited!(self.logs.handshakes, log::Level::Warn, "handoff: cannot wait for a handshake: {e}");
-                    return; // dropping it closes the connection
+                    return self.count_handshake_rejected("cannot watch"); // dropping it closes it
                 }
             },
         };
@@ -333,6 +341,23 @@ impl Handoff {
             // The reactor still holds the watch's copy for a moment: work on a duplicate (the
             // copy closes with the watch, which is no close of the connection).
             Err(shared) => rustix::io::fcntl_dupfd_cloexec(shared.as_fd(), 0).ok().map(|fd| same_kind(&shared, fd)),
+        }
+    }
+
+    /// Makes room for a new handshake: the one that has waited longest is closed.
+    fn evict_oldest_handshake(&mut self) {
+        let Some(id) = self.shakes.waiting.iter().min_by_key(|(_, s)| s.deadline).map(|(&id, _)| id) else { return };
+        if let Some(s) = self.shakes.waiting.remove(&id) {
+            if let Some(w) = &s.watch {
+                self.unwatch(w);
+            }
+            limited!(
+                self.logs.handshakes,
+                log::Level::Warn,
+                "handoff: too many handshakes at once; closing the oldest, from {:?}",
+                s.peer
+            );
+            self.count_handshake_rejected("evicted for room");
         }
     }
 

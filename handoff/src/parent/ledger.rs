@@ -78,6 +78,8 @@ pub(crate) enum End {
     Drain,
     /// It cannot be described in a record (a key or prelude over the limits).
     Unencodable,
+    /// Its worker group had no worker able to take it in time.
+    NoWorker,
 }
 
 impl End {
@@ -89,6 +91,7 @@ impl End {
             End::CutOff => "cut_off",
             End::Drain => "drain",
             End::Unencodable => "unencodable",
+            End::NoWorker => "no_worker",
         }
     }
 
@@ -237,6 +240,30 @@ impl<S: Held> Ledger<S> {
     /// Entries no worker could take yet.
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Entries waiting that any worker could take (not bound to a group): the listeners pause
+    /// while there are some. Sockets waiting for a group's workers do not hold up the others.
+    pub(crate) fn waiting_for_anyone(&self) -> usize {
+        self.waiting.iter().filter(|id| self.entries.get(id).is_some_and(|e| e.socket.group().is_none())).count()
+    }
+
+    /// Ends the entries bound to a group that have waited longer than `limit` since they were
+    /// admitted: that group has had no worker able to take them.
+    pub(crate) fn expire_group_waits(&mut self, now: Instant, limit: Duration) -> Vec<Ended<S>> {
+        let expired: Vec<u64> = self
+            .waiting
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.entries.get(id).is_some_and(|e| {
+                    e.place == Place::Waiting
+                        && e.socket.group().is_some()
+                        && now.saturating_duration_since(e.admitted) > limit
+                })
+            })
+            .collect();
+        expired.into_iter().filter_map(|id| self.end(id, End::NoWorker)).collect()
     }
 
     /// Placed on `slot` and unanswered.

@@ -100,7 +100,8 @@ impl ProxyProtocol {
 
     fn trusts(&self, peer: &Address) -> bool {
         match peer {
-            Address::Inet(a) => self.trusted.iter().any(|n| n.contains(&a.ip())),
+            // A dual-stack listener sees an IPv4 balancer as ::ffff:a.b.c.d.
+            Address::Inet(a) => self.trusted.iter().any(|n| n.contains(&a.ip().to_canonical())),
             Address::Unix(_) => false,
         }
     }
@@ -336,6 +337,14 @@ mod tests {
         let r = route(run(&mut p, &[header, b"ke", b"y\nrest"], "127.0.0.1:9"));
         assert_eq!(r.key.as_deref(), Some(&b"key"[..]));
         assert_eq!(r.consume, header.len() + 4);
+        assert_eq!(r.peer, Some(addr("192.0.2.7:4000")));
+    }
+
+    #[test]
+    fn an_ipv4_balancer_seen_through_a_dual_stack_listener_is_trusted() {
+        // Regression (review): `[::]` listeners report IPv4 peers as ::ffff:a.b.c.d.
+        let header = b"PROXY TCP4 192.0.2.7 198.51.100.1 4000 443\r\n";
+        let r = route(run(&mut trusted(Versions::V1), &[header], "[::ffff:127.0.0.1]:9"));
         assert_eq!(r.peer, Some(addr("192.0.2.7:4000")));
     }
 

@@ -62,7 +62,7 @@ pub(crate) struct Slot {
     pub(crate) phase: Phase,
     /// Spawned by the parent (so restarted by it); false for workers that connected by name.
     pub(crate) spawned: bool,
-    /// The worker group (an index into the parent's groups; named workers: 0).
+    /// The worker group (an index into the parent's groups; named workers: none, `usize::MAX`).
     pub(crate) group: usize,
     /// The current incarnation's number (unique in the parent), 0 before the first.
     pub(crate) gen: u64,

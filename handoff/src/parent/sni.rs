@@ -62,7 +62,7 @@ impl ServerName {
 
     /// The group for `name`.
     pub fn group_for(&self, name: Option<&str>) -> Option<&str> {
-        let found = name.and_then(|name| {
+        let found = name.filter(|n| !n.starts_with('*') && !n.starts_with('.')).and_then(|name| {
             let name = name.to_ascii_lowercase();
             let exact = self.routes.iter().find(|(n, _)| *n == name);
             exact
@@ -150,7 +150,8 @@ impl Handshake for ServerName {
             Hello::NotTls => Step::Reject(Reject::silently("not a TLS ClientHello")),
             Hello::Name(name) => match self.group_for(name.as_deref()) {
                 Some(group) => Step::Route(Route {
-                    key: name.map(String::into_bytes),
+                    // Names are case-insensitive: one name, one key.
+                    key: name.map(|n| n.to_ascii_lowercase().into_bytes()),
                     group: Some(group.to_string()),
                     ..Route::default()
                 }),
@@ -234,6 +235,8 @@ mod tests {
         assert_eq!(r.group_for(Some("x.b.example")), Some("x"), "exact wins");
         assert_eq!(r.group_for(Some("b.example")), None, "a wildcard needs a label");
         assert_eq!(r.group_for(Some("z.y.b.example")), None, "one label only");
+        assert_eq!(r.group_for(Some(".b.example")), None, "an empty label is no label");
+        assert_eq!(r.group_for(Some("*.b.example")), None, "a client cannot name the wildcard itself");
         assert_eq!(r.group_for(None), None);
         let r = r.otherwise("default");
         assert_eq!(r.group_for(Some("nobody.example")), Some("default"));

@@ -32,6 +32,9 @@ pub struct Stats {
     pub ended_drain: u64,
     /// Sockets no record could describe (a key or prelude over the limits), closed.
     pub ended_unencodable: u64,
+    /// Sockets routed to a worker group that had no worker able to take them within the
+    /// startup deadline, closed.
+    pub ended_no_worker: u64,
     /// Sockets handed to a successor in a takeover.
     pub handed_over: u64,
     /// Live connections workers handed back to be placed elsewhere.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use baton_transport::Interest;
 
-use super::handoff::{later, Handoff, Link, Watched, DRAIN_GRACE};
+use super::handoff::{later, Handoff, Link, Watched, DRAIN_GRACE, NO_GROUP};
 use super::ledger::Lost;
 use super::slot::{Phase, Restart, Slot};
 use crate::bootstrap::ChannelListener;
@@ -134,7 +134,7 @@ impl Handoff {
             let slot = (0..self.slots.len())
                 .find(|&s| !self.slots[s].spawned && self.links[s].is_none())
                 .unwrap_or_else(|| {
-                    self.slots.push(Slot::new(false, 0, Instant::now()));
+                    self.slots.push(Slot::new(false, NO_GROUP, Instant::now()));
                     self.links.push(None);
                     self.procs.push(None);
                     self.slots.len() - 1
