@@ -13,8 +13,13 @@ use baton_transport::Address;
 
 /// The two bytes every record starts with: "BT".
 pub const MAGIC: [u8; 2] = *b"BT";
-/// The protocol version this crate speaks.
+/// The protocol version every peer speaks (HELLO and READY are always sent in it).
 pub const VERSION: u8 = 1;
+/// Version 2: a HANDOFF or RETURN item carries extensions ([`Ext`]); a peer says it speaks it
+/// with a VERSIONS record (PROTOCOL.md §13).
+pub const VERSION_2: u8 = 2;
+/// Most extension bytes one item carries (its extension block, lengths included).
+pub const MAX_EXT: usize = 4096;
 /// Bytes in a record header.
 pub const HEADER_LEN: usize = 8;
 /// Largest record, header included. Receivers use a buffer one byte larger and treat anything
@@ -44,6 +49,46 @@ pub(crate) mod code {
     pub const TAKE: u8 = 0x20;
     pub const SERVING: u8 = 0x21;
     pub const RELEASED: u8 = 0x22;
+    pub const VERSIONS: u8 = 0x87;
+}
+
+/// Extension kinds of version 2 items (PROTOCOL.md §5.1); a receiver skips kinds it does not
+/// know.
+pub mod ext {
+    /// The address the connection came from when a PROXY protocol header named the client
+    /// (the balancer's address); an address as in PROTOCOL.md §6.
+    pub const PROXIED_BY: u8 = 1;
+    /// The address the client connected to, as the PROXY header says (the balancer's
+    /// listening address); an address as in §6.
+    pub const DESTINATION: u8 = 2;
+    /// The PROXY v2 header's TLVs, raw (type u8, length u16 big-endian, value, as HAProxy's
+    /// specification writes them).
+    pub const PROXY_TLVS: u8 = 3;
+}
+
+/// One extension of a version 2 item: a kind and its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ext {
+    /// What it is ([`ext`]).
+    pub kind: u8,
+    /// Its bytes.
+    pub value: Vec<u8>,
+}
+
+impl Ext {
+    /// An extension holding an address (as PROTOCOL.md §6 encodes it).
+    pub fn address(kind: u8, addr: &Address) -> Ext {
+        let mut value = Vec::new();
+        encode_addr(addr, &mut value);
+        Ext { kind, value }
+    }
+
+    /// The address it holds, if it holds exactly one.
+    pub fn as_address(&self) -> Option<Address> {
+        let mut r = Reader { bytes: &self.value };
+        let a = decode_addr(&mut r).ok()?;
+        r.bytes.is_empty().then_some(a)
+    }
 }
 
 /// What a handed-off descriptor is.
@@ -128,6 +173,9 @@ pub struct Item {
     pub key: Option<Vec<u8>>,
     /// Bytes the parent already read from the socket; the worker delivers them first.
     pub prelude: Vec<u8>,
+    /// Extensions (version 2 only: a version 1 record cannot carry them, and they are left
+    /// out when one is sent to a peer that speaks only version 1).
+    pub ext: Vec<Ext>,
 }
 
 /// A worker's load report.
@@ -185,6 +233,9 @@ pub enum Record {
     Serving,
     /// Takeover, old parent → new: done; everything accepted is yours, I am draining.
     Released,
+    /// Worker → parent, version 2 only: the versions this worker speaks (sent right after
+    /// READY; a version 1 parent discards it as malformed).
+    Versions(Vec<u8>),
 }
 
 impl Record {
@@ -240,6 +291,8 @@ impl std::error::Error for DecodeError {}
 /// The header fields, readable before the body is trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// The version the record is written in (1 or 2).
+    pub version: u8,
     /// Record type code.
     pub kind: u8,
     /// Items (or ids) in the body.
@@ -260,10 +313,11 @@ pub fn header(bytes: &[u8]) -> Result<Header, DecodeError> {
     if bytes[0..2] != MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    if bytes[2] != VERSION {
+    if bytes[2] != VERSION && bytes[2] != VERSION_2 {
         return Err(DecodeError::UnsupportedVersion(bytes[2]));
     }
     Ok(Header {
+        version: bytes[2],
         kind: bytes[3],
         count: u16::from_le_bytes([bytes[4], bytes[5]]),
         fds: u16::from_le_bytes([bytes[6], bytes[7]]),
@@ -275,6 +329,12 @@ pub fn header(bytes: &[u8]) -> Result<Header, DecodeError> {
 /// The caller keeps to the limits ([`MAX_FDS`] items, [`MAX_IDS`] ids, [`MAX_KEY`],
 /// [`MAX_PRELUDE`], [`MAX_RECORD`] in all); [`encoded_len`] tells the size beforehand.
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
+    encode_as(record, VERSION, out)
+}
+
+/// Appends `record` to `out` in `version` ([`VERSION`] or [`VERSION_2`]): items carry their
+/// extensions in version 2 and leave them out in version 1.
+pub fn encode_as(record: &Record, version: u8, out: &mut Vec<u8>) {
     let (kind, count) = match record {
         Record::Hello { .. } => (code::HELLO, 0),
         Record::Handoff(items) => (code::HANDOFF, items.len()),
@@ -289,15 +349,17 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         Record::Take => (code::TAKE, 0),
         Record::Serving => (code::SERVING, 0),
         Record::Released => (code::RELEASED, 0),
+        Record::Versions(v) => (code::VERSIONS, v.len()),
     };
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(version);
     out.push(kind);
     out.extend_from_slice(&(count as u16).to_le_bytes());
     out.extend_from_slice(&(record.fds() as u16).to_le_bytes());
     match record {
         Record::Hello { worker } => out.extend_from_slice(&worker.to_le_bytes()),
-        Record::Handoff(items) | Record::Return(items) => items.iter().for_each(|item| encode_item(item, out)),
+        Record::Handoff(items) | Record::Return(items) => items.iter().for_each(|item| encode_item(item, version, out)),
+        Record::Versions(v) => out.extend_from_slice(v),
         Record::Drain { deadline_ms } => out.extend_from_slice(&deadline_ms.to_le_bytes()),
         Record::Stop | Record::Take | Record::Serving | Record::Released => {}
         Record::Ready { pid } => out.extend_from_slice(&pid.to_le_bytes()),
@@ -336,7 +398,13 @@ pub fn fits(lens: impl IntoIterator<Item = usize>, max_items: usize) -> usize {
     n
 }
 
-/// Bytes `item` takes in a HANDOFF record.
+/// Bytes `item` takes in a HANDOFF record of `version`.
+pub fn item_len_as(item: &Item, version: u8) -> usize {
+    let ext = if version >= VERSION_2 { 2 + item.ext.iter().map(|e| 3 + e.value.len()).sum::<usize>() } else { 0 };
+    item_len(item) + ext
+}
+
+/// Bytes `item` takes in a version 1 HANDOFF record.
 pub fn item_len(item: &Item) -> usize {
     8 + 1
         + 1
@@ -355,13 +423,14 @@ pub fn encoded_len(record: &Record) -> usize {
             Record::Hello { .. } | Record::Drain { .. } | Record::Ready { .. } => 4,
             Record::Handoff(items) | Record::Return(items) => items.iter().map(item_len).sum(),
             Record::Stop | Record::Take | Record::Serving | Record::Released => 0,
+            Record::Versions(v) => v.len(),
             Record::Adopted(ids) | Record::Closed(ids) => 8 * ids.len(),
             Record::Rejected(ids) => 9 * ids.len(),
             Record::Load(_) => 12,
         }
 }
 
-fn encode_item(item: &Item, out: &mut Vec<u8>) {
+fn encode_item(item: &Item, version: u8, out: &mut Vec<u8>) {
     out.extend_from_slice(&item.id.to_le_bytes());
     out.push(match item.kind {
         Kind::Connection => 0,
@@ -377,6 +446,15 @@ fn encode_item(item: &Item, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&(item.prelude.len() as u32).to_le_bytes());
     out.extend_from_slice(&item.prelude);
+    if version >= VERSION_2 {
+        let len: usize = item.ext.iter().map(|e| 3 + e.value.len()).sum();
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+        for e in &item.ext {
+            out.push(e.kind);
+            out.extend_from_slice(&(e.value.len() as u16).to_le_bytes());
+            out.extend_from_slice(&e.value);
+        }
+    }
 }
 
 fn addr_len(addr: &Address) -> usize {
@@ -449,7 +527,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             }
             let mut items = Vec::with_capacity(count);
             for _ in 0..count {
-                items.push(decode_item(&mut r)?);
+                items.push(decode_item(&mut r, head.version)?);
             }
             if head.kind == code::HANDOFF {
                 Record::Handoff(items)
@@ -507,6 +585,12 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 _ => Record::Released,
             }
         }
+        code::VERSIONS if head.version >= VERSION_2 => {
+            if count == 0 || count > 255 {
+                return Err(DecodeError::BadField("versions count out of range"));
+            }
+            Record::Versions(r.take(count)?.to_vec())
+        }
         other => return Err(DecodeError::UnknownType(other)),
     };
     if !r.bytes.is_empty() {
@@ -515,7 +599,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     Ok(record)
 }
 
-fn decode_item(r: &mut Reader<'_>) -> Result<Item, DecodeError> {
+fn decode_item(r: &mut Reader<'_>, version: u8) -> Result<Item, DecodeError> {
     let id = r.u64()?;
     let kind = match r.u8()? {
         0 => Kind::Connection,
@@ -543,7 +627,20 @@ fn decode_item(r: &mut Reader<'_>) -> Result<Item, DecodeError> {
         return Err(DecodeError::BadField("prelude too long"));
     }
     let prelude = r.take(len)?.to_vec();
-    Ok(Item { id, kind, tag, peer, local, key, prelude })
+    let mut ext = Vec::new();
+    if version >= VERSION_2 {
+        let len = usize::from(r.u16()?);
+        if len > MAX_EXT {
+            return Err(DecodeError::BadField("extensions too long"));
+        }
+        let mut block = Reader { bytes: r.take(len)? };
+        while !block.bytes.is_empty() {
+            let kind = block.u8()?;
+            let n = usize::from(block.u16()?);
+            ext.push(Ext { kind, value: block.take(n)?.to_vec() });
+        }
+    }
+    Ok(Item { id, kind, tag, peer, local, key, prelude, ext })
 }
 
 fn decode_addr(r: &mut Reader<'_>) -> Result<Address, DecodeError> {

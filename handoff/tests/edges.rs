@@ -268,6 +268,7 @@ impl Raw {
                     local: addr,
                     key: None,
                     prelude: Vec::new(),
+                    ext: Vec::new(),
                 };
                 self.channel.send(&Record::Return(vec![item]), &[mine.as_fd()], &mut Vec::new()).expect("RETURN");
                 let mut adopted = Vec::new();
@@ -330,6 +331,7 @@ impl Raw {
                     local: any.clone(),
                     key: None,
                     prelude: Vec::new(),
+                    ext: Vec::new(),
                 };
                 let record = Record::Return((0..3).map(item).collect());
                 let fds = [udp.as_fd(), seq.as_fd(), listening.as_fd()];

@@ -265,6 +265,7 @@ fn handoffs_until_cut_off(p: &HandParent, sock: &TcpStream, most: u64) -> (bool,
                 local: local.clone(),
                 key: None,
                 prelude: Vec::new(),
+                ext: Vec::new(),
             })
             .collect();
         if let Err(e) = send_waiting(&p.ours, &encoded(&Record::Handoff(items)), &fds) {

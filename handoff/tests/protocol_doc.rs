@@ -48,6 +48,7 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
         local: addr("127.0.0.1:8080"),
         key: None,
         prelude: b"GET".to_vec(),
+        ext: Vec::new(),
     };
     vec![
         ("### 14.1 HELLO for worker 3", encoded(&Record::Hello { worker: 3 })),

@@ -533,6 +533,7 @@ impl Handed {
             local: Address::Inet(self.server.local_addr().unwrap()),
             key: None,
             prelude: prelude.to_vec(),
+            ext: Vec::new(),
         }
     }
 }
@@ -580,6 +581,7 @@ fn hand_played_ready_heartbeat_handoff_closed_and_stop() {
         local: Address::Unix(None),
         key: None,
         prelude: REQUEST.to_vec(),
+        ext: Vec::new(),
     };
     w.send(&Record::Handoff(vec![item]), &[server.as_fd()]);
     assert_eq!(w.answers_for(&[9]), [(9, None)]);
@@ -742,6 +744,7 @@ fn hand_played_shared_listener() {
         local: Address::Inet(addr),
         key: None,
         prelude: Vec::new(),
+        ext: Vec::new(),
     };
     w.send(&Record::Handoff(vec![item]), &[listener.as_fd()]);
     assert_eq!(w.answers_for(&[11]), [(11, None)]);

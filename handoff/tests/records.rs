@@ -64,6 +64,7 @@ fn random_items(rng: &mut Rng) -> Vec<Item> {
                 let n = rng.below(300);
                 rng.bytes(n)
             },
+            ext: Vec::new(),
         })
         .collect()
 }
@@ -312,4 +313,67 @@ fn an_inherited_descriptor_that_is_not_a_channel_is_refused_without_closing_it()
     // SAFETY: as above; a closed number is reported, not adopted.
     let err = unsafe { bootstrap::inherited(100_000) }.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+// ----- version 2: items with extensions ------------------------------------------------------
+
+fn proxied_item() -> Item {
+    let balancer = Address::Inet("10.0.0.5:40001".parse().unwrap());
+    Item {
+        id: 9,
+        kind: Kind::Connection,
+        tag: 0,
+        peer: Address::Inet("192.0.2.7:4000".parse().unwrap()),
+        local: Address::Inet("127.0.0.1:8080".parse().unwrap()),
+        key: None,
+        prelude: b"GET".to_vec(),
+        ext: vec![
+            record::Ext::address(record::ext::PROXIED_BY, &balancer),
+            record::Ext { kind: record::ext::PROXY_TLVS, value: vec![0x01, 0x00, 0x02, b'h', b'2'] },
+            record::Ext { kind: 200, value: Vec::new() }, // a kind this side does not know
+        ],
+    }
+}
+
+#[test]
+fn a_version_2_item_carries_its_extensions_and_unknown_kinds_survive() {
+    let r = Record::Handoff(vec![proxied_item()]);
+    let mut bytes = Vec::new();
+    record::encode_as(&r, record::VERSION_2, &mut bytes);
+    assert_eq!(bytes[2], 2);
+    assert_eq!(bytes.len(), record::HEADER_LEN + record::item_len_as(&proxied_item(), record::VERSION_2));
+    assert_eq!(record::decode(&bytes), Ok(r));
+    let Record::Handoff(items) = record::decode(&bytes).unwrap() else { unreachable!() };
+    assert_eq!(items[0].ext[0].as_address(), Some(Address::Inet("10.0.0.5:40001".parse().unwrap())));
+}
+
+#[test]
+fn version_1_leaves_extensions_out_and_is_what_it_always_was() {
+    let with = Record::Handoff(vec![proxied_item()]);
+    let without = Record::Handoff(vec![Item { ext: Vec::new(), ..proxied_item() }]);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    record::encode(&with, &mut a);
+    record::encode(&without, &mut b);
+    assert_eq!(a, b, "a version 1 peer gets the record it always got");
+    assert_eq!(record::decode(&a), Ok(without));
+}
+
+#[test]
+fn malformed_extension_blocks_and_versions_in_version_1_are_refused() {
+    let mut bytes = Vec::new();
+    record::encode_as(&Record::Handoff(vec![proxied_item()]), record::VERSION_2, &mut bytes);
+    // An extension that runs past its block, and a block that runs past the record.
+    let mut cut = bytes.clone();
+    cut.truncate(cut.len() - 1);
+    assert!(record::decode(&cut).is_err());
+    let ext_len_at = bytes.len() - 2 - (3 + 7) - (3 + 5) - 3; // the block's u16 length
+    let mut long = bytes.clone();
+    long[ext_len_at] = long[ext_len_at].wrapping_add(1);
+    assert!(record::decode(&long).is_err());
+    // VERSIONS exists only in version 2.
+    let mut v = Vec::new();
+    record::encode_as(&Record::Versions(vec![1, 2]), record::VERSION_2, &mut v);
+    assert_eq!(record::decode(&v), Ok(Record::Versions(vec![1, 2])));
+    v[2] = 1;
+    assert!(record::decode(&v).is_err());
 }

@@ -37,6 +37,7 @@ impl Dispatch {
             local: self.local.clone(),
             key: self.key.clone(),
             prelude: self.prelude.clone(),
+            ext: Vec::new(),
         }
     }
 

@@ -479,6 +479,7 @@ impl Handoff {
             local: l.local.clone(),
             key: None,
             prelude: Vec::new(),
+            ext: Vec::new(),
         };
         match link.channel.send(&Record::Handoff(vec![item]), &[l.fd.as_fd()], &mut self.send_buf) {
             Ok(()) => {

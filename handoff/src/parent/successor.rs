@@ -215,6 +215,7 @@ impl Handoff {
                         local,
                         key: Some(name.into_bytes()),
                         prelude: Vec::new(),
+                        ext: Vec::new(),
                     });
                     fds.push(fd);
                 }

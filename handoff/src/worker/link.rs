@@ -597,5 +597,6 @@ fn name(record: &Record) -> &'static str {
         Record::Take => "TAKE",
         Record::Serving => "SERVING",
         Record::Released => "RELEASED",
+        Record::Versions(_) => "VERSIONS",
     }
 }

@@ -74,7 +74,16 @@ impl Migrator {
             Err(_) => Err(MigrateError::Closed),
             Ok(detached) if detached.unread.len() > record::MAX_PRELUDE => Err(MigrateError::TooMuchUnread(detached)),
             Ok(detached) => {
-                let item = Item { id: 0, kind: Kind::Connection, tag, peer, local, key, prelude: detached.unread };
+                let item = Item {
+                    id: 0,
+                    kind: Kind::Connection,
+                    tag,
+                    peer,
+                    local,
+                    key,
+                    prelude: detached.unread,
+                    ext: Vec::new(),
+                };
                 self.shared.reports.lock().migrations.push((item, detached.stream));
                 Ok(())
             }

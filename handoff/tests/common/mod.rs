@@ -218,6 +218,7 @@ pub fn handoff(id: u64, peer: SocketAddr, local: SocketAddr) -> Record {
         local: Address::Inet(local),
         key: None,
         prelude: Vec::new(),
+        ext: Vec::new(),
     }])
 }
 
