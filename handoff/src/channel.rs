@@ -115,6 +115,15 @@ impl std::error::Error for RecvError {}
 pub struct RecvBuf {
     data: Vec<u8>,
     control: Vec<MaybeUninit<u8>>,
+    /// The version of the last good record received.
+    version: u8,
+}
+
+impl RecvBuf {
+    /// The protocol version the last good record [`Channel::recv`] returned was written in.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
 }
 
 impl Default for RecvBuf {
@@ -123,6 +132,7 @@ impl Default for RecvBuf {
             // One byte more than the largest record, so an oversized one shows as truncated.
             data: vec![0; MAX_RECORD + 1],
             control: vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))],
+            version: record::VERSION,
         }
     }
 }
@@ -174,11 +184,27 @@ impl Channel {
     /// `BrokenPipe` / `ConnectionReset` when the peer is gone; `InvalidInput` when the record
     /// and the descriptors disagree or the record is larger than [`MAX_RECORD`].
     pub fn send(&self, record: &Record, fds: &[BorrowedFd<'_>], scratch: &mut Vec<u8>) -> io::Result<()> {
+        self.send_as(record, record::VERSION, fds, scratch)
+    }
+
+    /// [`Channel::send`] in protocol `version` (send version 2 only to a peer that said it
+    /// speaks it: PROTOCOL.md §13).
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::send`].
+    pub fn send_as(
+        &self,
+        record: &Record,
+        version: u8,
+        fds: &[BorrowedFd<'_>],
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<()> {
         if record.fds() != fds.len() || fds.len() > MAX_FDS {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "descriptor count does not match the record"));
         }
         scratch.clear();
-        record::encode(record, scratch);
+        record::encode_as(record, version, scratch);
         if scratch.len() > MAX_RECORD {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "record larger than MAX_RECORD"));
         }
@@ -257,7 +283,10 @@ impl Channel {
             return Err(RecvError::Bad { error: BadRecord::Oversized, ids: Vec::new() });
         }
         let record = match record::decode(bytes) {
-            Ok(r) => r,
+            Ok(r) => {
+                buf.version = bytes[2];
+                r
+            }
             Err(e) => return Err(RecvError::Bad { error: BadRecord::Decode(e), ids: Vec::new() }),
         };
         // `decode` checked the header; for a HANDOFF the declared count must also match the

@@ -77,6 +77,7 @@ fn main() {
         ("a_handshake_listener_pauses_at_the_budget_and_is_taken_over", handshake_pause_and_takeover),
         ("behind_a_real_haproxy_the_worker_sees_the_clients_address_v1_and_v2", behind_haproxy),
         ("a_group_without_a_worker_holds_up_no_other_group_and_its_clients_are_told", group_without_worker),
+        ("a_version_2_worker_learns_the_balancer_and_the_destination_beside_the_client", proxy_envelope),
     ];
     common::run(tests);
 }
@@ -947,5 +948,43 @@ fn group_without_worker() {
     assert!(got.starts_with(b"key - tag 0 "), "group a serves while b has nobody: {got:?}");
     assert_eq!(expect_end(&mut b, Duration::from_secs(3)), b"", "b's client is told, not left waiting");
     let s = Setup { runtime, reactor, parent, addr };
+    s.stop();
+}
+
+fn proxy_envelope() {
+    // The reference worker speaks version 2. (Workers that speak only version 1 get the client
+    // as their peer and no more: `behind_haproxy`'s, and the Python worker's tests.)
+    use baton_handoff::proxy::{ProxyProtocol, Versions};
+    let s = {
+        let command = WorkerCommand::current_exe().unwrap().env("TEST_GREET_PROXY", "1");
+        let runtime = Runtime::builder().threads(2).build();
+        let reactor = Reactor::start().expect("reactor");
+        let parent = Parent::builder().spawn(1, command).start(&runtime, &reactor).expect("parent");
+        let proxy = || ProxyProtocol::new(Versions::V1, &["127.0.0.0/8"]).unwrap();
+        let listener = parent
+            .listen_tcp_with(
+                "127.0.0.1:0".parse().unwrap(),
+                ListenOptions::default(),
+                proxy,
+                HandshakeOptions::default(),
+            )
+            .expect("listen");
+        let addr = inet(listener.local_addr());
+        assert!(parent.wait_ready(WAIT));
+        Setup { runtime, reactor, parent, addr }
+    };
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let me = c.local_addr().unwrap();
+    c.write_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 4000 443\r\n").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(c.try_clone().unwrap()), &mut line).unwrap();
+    let pid = s.pid(0).unwrap();
+    assert_eq!(
+        line,
+        format!("{pid} peer Inet(192.0.2.7:4000) via Inet({me}) to Inet(198.51.100.1:443)\n"),
+        "the client as peer, the balancer and the destination beside it"
+    );
+    drop(c);
     s.stop();
 }

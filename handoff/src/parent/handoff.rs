@@ -119,6 +119,8 @@ pub(crate) struct Pending {
     pub(crate) socket: Dispatch,
     baseline: Baseline,
     group: Option<usize>,
+    /// Extensions for a worker that speaks protocol version 2 (what a PROXY header said).
+    ext: Vec<record::Ext>,
 }
 
 impl Held for Pending {
@@ -568,11 +570,18 @@ impl Handoff {
 
     /// Takes a socket into the ledger (or closes it, when nobody can take sockets any more).
     pub(super) fn admit(&mut self, d: Dispatch, avoid: Option<usize>, baseline: Baseline) {
-        self.admit_to(d, avoid, baseline, None);
+        self.admit_to(d, avoid, baseline, None, Vec::new());
     }
 
     /// [`Handoff::admit`], for the workers of `group` only (`None`: any).
-    pub(super) fn admit_to(&mut self, mut d: Dispatch, avoid: Option<usize>, baseline: Baseline, group: Option<usize>) {
+    pub(super) fn admit_to(
+        &mut self,
+        mut d: Dispatch,
+        avoid: Option<usize>,
+        baseline: Baseline,
+        group: Option<usize>,
+        ext: Vec<record::Ext>,
+    ) {
         if d.check().is_err() {
             // Sent to the recipient directly, past `Parent::dispatch`'s check.
             limited!(
@@ -594,7 +603,7 @@ impl Handoff {
             self.count_ended(End::Drain, 1);
             return;
         }
-        self.ledger.admit(Pending { socket: d, baseline, group }, avoid, Instant::now());
+        self.ledger.admit(Pending { socket: d, baseline, group, ext }, avoid, Instant::now());
         self.schedule_flush();
         metrics::gauge!("baton_handoff_in_flight").set(self.ledger.len() as f64);
     }
@@ -683,21 +692,27 @@ impl Handoff {
             }
             let Some(link) = self.links[slot].as_ref() else { return };
             let channel = link.channel.clone();
+            // Version 2, with the extensions, to a worker that said it speaks it.
+            let version = if self.slots[slot].v2 { record::VERSION_2 } else { record::VERSION };
             let mut items: Vec<Item> = Vec::new();
             for id in self.ledger.outbox(slot).take(self.config.batch) {
                 if let Some(p) = self.ledger.get(id) {
-                    items.push(p.socket.item(id));
+                    let mut item = p.socket.item(id);
+                    if version >= record::VERSION_2 {
+                        item.ext.clone_from(&p.ext);
+                    }
+                    items.push(item);
                 }
             }
             if items.is_empty() {
                 return;
             }
-            let n = record::fits(items.iter().map(record::item_len), self.config.batch);
+            let n = record::fits(items.iter().map(|i| record::item_len_as(i, version)), self.config.batch);
             items.truncate(n);
             let fds: Vec<BorrowedFd<'_>> =
                 items.iter().filter_map(|i| self.ledger.get(i.id)).map(|p| p.socket.stream.as_fd()).collect();
             let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
-            match channel.send(&Record::Handoff(items), &fds, &mut self.send_buf) {
+            match channel.send_as(&Record::Handoff(items), version, &fds, &mut self.send_buf) {
                 Ok(()) => {
                     drop(fds);
                     self.ledger.sent(slot, self.slots[slot].gen, n, Instant::now());
@@ -864,7 +879,8 @@ impl Handoff {
     /// Live connections a worker hands back (migration): placed on other workers.
     pub(super) fn returned(&mut self, slot: usize, items: Vec<Item>, fds: Vec<OwnedFd>) {
         self.slots[slot].heard_at = Instant::now();
-        for (item, fd) in items.into_iter().zip(fds) {
+        for (mut item, fd) in items.into_iter().zip(fds) {
+            let ext = std::mem::take(&mut item.ext);
             let baseline = Baseline::measure(fd.as_fd());
             let Some(socket) = Dispatch::from_item(item, fd) else {
                 self.stats.returns_refused += 1;
@@ -880,7 +896,7 @@ impl Handoff {
             self.stats.migrated += 1;
             // It stays with the group of the worker that served it.
             let group = self.slots[slot].group;
-            self.admit_to(socket, Some(slot), baseline, (group != NO_GROUP).then_some(group));
+            self.admit_to(socket, Some(slot), baseline, (group != NO_GROUP).then_some(group), ext);
         }
     }
 
@@ -960,6 +976,10 @@ impl Handoff {
                 self.schedule_flush();
             }
             Record::Closed(ids) => self.ledger.closed(slot, ids.len()),
+            Record::Versions(versions) => {
+                // From now on (this incarnation), HANDOFFs carry their extensions.
+                self.slots[slot].v2 = versions.contains(&record::VERSION_2);
+            }
             Record::Load(load) => {
                 self.ledger.report_load(slot, load);
                 metrics::gauge!("baton_handoff_worker_load", "worker" => slot.to_string())

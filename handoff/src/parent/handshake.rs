@@ -68,6 +68,9 @@ pub struct Route {
     /// The client's address as the worker should see it (from a PROXY header); `None`: the
     /// address the connection came from.
     pub peer: Option<Address>,
+    /// Extensions the worker receives with it when it speaks protocol version 2 (a PROXY
+    /// header's balancer address, destination and TLVs: see [`crate::proxy`]).
+    pub extensions: Vec<record::Ext>,
     /// The worker group that serves it ([`ParentBuilder::spawn_group`](crate::ParentBuilder::spawn_group));
     /// `None`: any worker. A group the parent does not have refuses the connection.
     pub group: Option<String>,
@@ -307,7 +310,7 @@ impl Handoff {
         // Read by the parent, written by nobody: what it read is the prelude, so the verdict
         // on a lost worker compares with what the kernel says now.
         let baseline = Baseline::measure(d.stream.as_fd());
-        self.admit_to(d, None, baseline, group);
+        self.admit_to(d, None, baseline, group, route.extensions);
     }
 
     fn refuse(&mut self, s: Shaking, r: Reject) -> Outcome {

@@ -19,8 +19,11 @@
 //!   the stream after the header and the client's address as the peer: a TLS ClientHello
 //!   behind a balancer, say.
 //!
-//! What the worker cannot see yet: the balancer's own address and the v2 TLVs. They need the
-//! extensible record envelope of protocol version 2 (PROTOCOL.md §13).
+//! A worker that speaks protocol version 2 also receives, with each proxied connection, the
+//! balancer's own address ([`Incoming::proxied_by`](crate::Incoming::proxied_by)), the address
+//! the client connected to ([`Incoming::destination`](crate::Incoming::destination)) and the v2
+//! header's TLVs ([`Incoming::proxy_tlvs`](crate::Incoming::proxy_tlvs); up to 2 KiB of them);
+//! a version 1 worker sees the client's address as its peer and no more.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -28,6 +31,7 @@ use baton_transport::Address;
 use ppp::{v1, v2, PartialResult};
 
 use super::handshake::{Handshake, Peer, Reject, Route, Step};
+use crate::record::{ext, Ext};
 
 /// Which versions of the header a listener accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +49,8 @@ pub struct ProxyProtocol {
     versions: Versions,
     trusted: Vec<ipnet::IpNet>,
     then: Option<Box<dyn Handshake>>,
-    /// The header, once read: its length and the peer it gives.
-    header: Option<(usize, Option<Address>)>,
+    /// The header, once read: its length, the peer it gives, and what the worker may learn.
+    header: Option<Header>,
 }
 
 impl std::fmt::Debug for ProxyProtocol {
@@ -66,6 +70,19 @@ impl std::fmt::Display for BadNetwork {
 }
 
 impl std::error::Error for BadNetwork {}
+
+/// What a header said.
+#[derive(Clone)]
+struct Header {
+    len: usize,
+    /// The client, when the header names one.
+    client: Option<Address>,
+    destination: Option<Address>,
+    tlvs: Vec<u8>,
+}
+
+/// Most TLV bytes passed on to the worker.
+const MAX_TLVS: usize = 2048;
 
 /// The signatures a header starts with.
 const V1_PREFIX: &[u8] = b"PROXY ";
@@ -106,28 +123,31 @@ impl ProxyProtocol {
         }
     }
 
-    /// The header at the start of `read`: `Ok(None)` while incomplete; its length and the peer
-    /// it names (`None`: the connection's own).
-    fn parse(&self, read: &[u8]) -> Result<Option<(usize, Option<Address>)>, &'static str> {
+    /// The header at the start of `read`: `Ok(None)` while incomplete.
+    fn parse(&self, read: &[u8]) -> Result<Option<Header>, &'static str> {
         let v2_ok = matches!(self.versions, Versions::V2 | Versions::Both);
         let v1_ok = matches!(self.versions, Versions::V1 | Versions::Both);
+        let inet = |ip: std::net::IpAddr, port: u16| Some(Address::Inet(SocketAddr::new(ip, port)));
         if v2_ok && starts(read, V2_PREFIX) {
             return match v2::Header::try_from(read) {
                 Ok(h) => {
                     if h.tlvs().any(|t| t.is_err()) {
                         return Err("bad proxy header TLVs");
                     }
-                    let peer = match (h.command, h.addresses) {
-                        (v2::Command::Local, _) => None,
-                        (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
-                            Some(Address::Inet(SocketAddr::from((a.source_address, a.source_port))))
-                        }
-                        (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
-                            Some(Address::Inet(SocketAddr::from((a.source_address, a.source_port))))
-                        }
-                        (v2::Command::Proxy, _) => None,
+                    let (client, destination) = match (h.command, h.addresses) {
+                        (v2::Command::Local, _) => (None, None),
+                        (v2::Command::Proxy, v2::Addresses::IPv4(a)) => (
+                            inet(a.source_address.into(), a.source_port),
+                            inet(a.destination_address.into(), a.destination_port),
+                        ),
+                        (v2::Command::Proxy, v2::Addresses::IPv6(a)) => (
+                            inet(a.source_address.into(), a.source_port),
+                            inet(a.destination_address.into(), a.destination_port),
+                        ),
+                        (v2::Command::Proxy, _) => (None, None),
                     };
-                    Ok(Some((h.len(), peer)))
+                    let tlvs = if h.tlv_bytes().len() <= MAX_TLVS { h.tlv_bytes().to_vec() } else { Vec::new() };
+                    Ok(Some(Header { len: h.len(), client, destination, tlvs }))
                 }
                 Err(e) if e.is_incomplete() => Ok(None),
                 Err(_) => Err("bad proxy header"),
@@ -136,16 +156,18 @@ impl ProxyProtocol {
         if v1_ok && starts(read, V1_PREFIX) {
             return match v1::Header::try_from(read) {
                 Ok(h) => {
-                    let peer = match h.addresses {
-                        v1::Addresses::Tcp4(a) => {
-                            Some(Address::Inet(SocketAddr::from((a.source_address, a.source_port))))
-                        }
-                        v1::Addresses::Tcp6(a) => {
-                            Some(Address::Inet(SocketAddr::from((a.source_address, a.source_port))))
-                        }
-                        v1::Addresses::Unknown => None,
+                    let (client, destination) = match h.addresses {
+                        v1::Addresses::Tcp4(a) => (
+                            inet(a.source_address.into(), a.source_port),
+                            inet(a.destination_address.into(), a.destination_port),
+                        ),
+                        v1::Addresses::Tcp6(a) => (
+                            inet(a.source_address.into(), a.source_port),
+                            inet(a.destination_address.into(), a.destination_port),
+                        ),
+                        v1::Addresses::Unknown => (None, None),
                     };
-                    Ok(Some((h.header.len(), peer)))
+                    Ok(Some(Header { len: h.header.len(), client, destination, tlvs: Vec::new() }))
                 }
                 // The text header is at most 107 bytes: anything longer without its end is bad.
                 Err(e) if e.is_incomplete() && read.len() < 108 => Ok(None),
@@ -164,7 +186,7 @@ fn starts(read: &[u8], prefix: &[u8]) -> bool {
 
 impl Handshake for ProxyProtocol {
     fn step(&mut self, read: &[u8], peer: Peer<'_>) -> Step {
-        let (len, proxied) = match self.header.clone() {
+        let header = match self.header.clone() {
             Some(h) => h,
             None if self.trusts(peer.addr) => match self.parse(read) {
                 Ok(Some(h)) => {
@@ -183,21 +205,31 @@ impl Handshake for ProxyProtocol {
                     }
                     return Step::Reject(Reject::silently("proxy header from an untrusted peer"));
                 }
-                self.header = Some((0, None));
-                (0, None)
+                let direct = Header { len: 0, client: None, destination: None, tlvs: Vec::new() };
+                self.header = Some(direct.clone());
+                direct
             }
         };
-        let client = proxied.clone().unwrap_or_else(|| peer.addr.clone());
+        let client = header.client.clone().unwrap_or_else(|| peer.addr.clone());
         let mut route = match self.then.as_mut() {
             None => Route { consume: 0, ..Route::default() },
-            Some(next) => match next.step(&read[len..], Peer { addr: &client, local: peer.local }) {
+            Some(next) => match next.step(&read[header.len..], Peer { addr: &client, local: peer.local }) {
                 Step::Route(r) => r,
                 other => return other,
             },
         };
-        route.consume += len;
+        route.consume += header.len;
         if route.peer.is_none() {
-            route.peer = proxied;
+            route.peer = header.client.clone();
+        }
+        if header.client.is_some() {
+            route.extensions.push(Ext::address(ext::PROXIED_BY, peer.addr));
+            if let Some(d) = &header.destination {
+                route.extensions.push(Ext::address(ext::DESTINATION, d));
+            }
+        }
+        if !header.tlvs.is_empty() {
+            route.extensions.push(Ext { kind: ext::PROXY_TLVS, value: header.tlvs.clone() });
         }
         Step::Route(route)
     }
@@ -284,6 +316,20 @@ mod tests {
         let r = route(run(&mut trusted(Versions::V2), &[&input], "127.0.0.1:9"));
         assert_eq!(r.consume, len, "exactly the header");
         assert_eq!(r.peer, Some(addr("192.0.2.7:4000")));
+    }
+
+    #[test]
+    fn a_worker_that_speaks_version_2_learns_the_balancer_the_destination_and_the_tlvs() {
+        let tlvs = [0x01, 0x00, 0x02, b'h', b'2'];
+        let input = v2(1, 0x11, &V4, &tlvs);
+        let r = route(run(&mut trusted(Versions::V2), &[&input], "127.0.0.1:9"));
+        let find = |k| r.extensions.iter().find(|e| e.kind == k).cloned();
+        assert_eq!(find(ext::PROXIED_BY).and_then(|e| e.as_address()), Some(addr("127.0.0.1:9")));
+        assert_eq!(find(ext::DESTINATION).and_then(|e| e.as_address()), Some(addr("198.51.100.1:443")));
+        assert_eq!(find(ext::PROXY_TLVS).map(|e| e.value), Some(tlvs.to_vec()));
+        // Directly, no extension.
+        let r = route(run(&mut trusted(Versions::V2), &[b"GET /"], "10.0.0.1:9"));
+        assert!(r.extensions.is_empty());
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub(crate) struct Slot {
     /// The current incarnation's number (unique in the parent), 0 before the first.
     pub(crate) gen: u64,
     pub(crate) pid: Option<u32>,
+    /// The current incarnation said it speaks protocol version 2 (VERSIONS).
+    pub(crate) v2: bool,
     /// The last send met a full channel; nothing more goes to it until it is writable.
     pub(crate) backed_up: bool,
     /// Backed up because the kernel refused descriptors in flight: retried on the tick.
@@ -91,6 +93,7 @@ impl Slot {
             group,
             gen: 0,
             pid: None,
+            v2: false,
             backed_up: false,
             limited: false,
             adopted: 0,
@@ -106,6 +109,7 @@ impl Slot {
     pub(crate) fn linked(&mut self, gen: u64, now: Instant) {
         self.phase = Phase::Starting;
         self.gen = gen;
+        self.v2 = false;
         self.linked_at = now;
         self.heard_at = now;
         self.backed_up = false;

@@ -28,6 +28,9 @@ pub struct Incoming {
     pub key: Option<Vec<u8>>,
     pub(super) stream: Option<Stream>,
     pub(super) prelude: Vec<u8>,
+    /// Version 2 extensions (the balancer's address and the PROXY TLVs, say): see
+    /// [`Incoming::proxied_by`], [`Incoming::extensions`].
+    pub(super) ext: Vec<crate::record::Ext>,
     pub(super) refusal: Reason,
     pub(super) shared: Arc<Shared>,
     /// Handed over by the parent (so adoption, refusal and close are reported to it), rather
@@ -48,6 +51,32 @@ impl std::fmt::Debug for Incoming {
 }
 
 impl Incoming {
+    /// The connection came through a load balancer that sent the PROXY protocol: its address
+    /// (the connection's own peer; [`Incoming::peer`] is the client's, from the header). `None`
+    /// when the parent speaks only protocol version 1, or the connection came directly.
+    pub fn proxied_by(&self) -> Option<Address> {
+        self.extension(crate::record::ext::PROXIED_BY).and_then(|e| e.as_address())
+    }
+
+    /// The address the client connected to at the balancer, from a PROXY header.
+    pub fn destination(&self) -> Option<Address> {
+        self.extension(crate::record::ext::DESTINATION).and_then(|e| e.as_address())
+    }
+
+    /// The PROXY v2 header's TLVs, raw, if there were any.
+    pub fn proxy_tlvs(&self) -> Option<&[u8]> {
+        self.extension(crate::record::ext::PROXY_TLVS).map(|e| e.value.as_slice())
+    }
+
+    /// Every extension the parent sent with this socket (protocol version 2).
+    pub fn extensions(&self) -> &[crate::record::Ext] {
+        &self.ext
+    }
+
+    fn extension(&self, kind: u8) -> Option<&crate::record::Ext> {
+        self.ext.iter().find(|e| e.kind == kind)
+    }
+
     /// Bytes the parent read before handing the socket over; [`Incoming::adopt`] delivers them
     /// as the first `Data` event.
     pub fn prelude(&self) -> &[u8] {

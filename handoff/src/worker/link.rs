@@ -256,9 +256,15 @@ impl Link {
                 } else {
                     log::debug!("handoff worker: hello, I am worker {worker}");
                 }
+                let first = !self.hello;
                 self.hello = true;
                 // Queued behind a full channel, it is one READY however many HELLOs ask.
                 self.send(&Record::Ready { pid: std::process::id() });
+                if first {
+                    // Version 2 is said once, after READY, in a record a version 1 parent
+                    // discards (PROTOCOL.md §13).
+                    self.send_as(&Record::Versions(vec![record::VERSION, record::VERSION_2]), record::VERSION_2);
+                }
             }
             Record::Handoff(items) => {
                 if !self.hello {
@@ -322,6 +328,7 @@ impl Link {
             key: item.key,
             stream: Some(stream),
             prelude: item.prelude,
+            ext: item.ext,
             refusal: Reason::Refused,
             shared: self.shared.clone(),
             reported: true,
@@ -374,6 +381,7 @@ impl Link {
             key: None,
             stream: Some(a.stream),
             prelude: Vec::new(),
+            ext: Vec::new(),
             refusal: Reason::Refused,
             shared: self.shared.clone(),
             reported: false,
@@ -449,11 +457,16 @@ impl Link {
     /// that leaves more queued than the outbox's bound is not reading: it is cut off, as if its
     /// channel had ended.
     fn send(&mut self, record: &Record) {
+        self.send_as(record, record::VERSION);
+    }
+
+    /// [`Link::send`], in protocol `version`.
+    fn send_as(&mut self, record: &Record, version: u8) {
         if self.parent_gone {
             return;
         }
         self.send_buf.clear();
-        record::encode(record, &mut self.send_buf);
+        record::encode_as(record, version, &mut self.send_buf);
         if self.outbox.is_empty() {
             match self.channel.send_bytes(&self.send_buf, &[]) {
                 Ok(()) => return,

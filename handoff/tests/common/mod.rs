@@ -58,9 +58,22 @@ impl Actor for EchoApp {
                 });
                 self.migrator.get_or_insert_with(|| inc.migrator());
                 let greet = inc.tag != MIGRATED;
+                // TEST_GREET_PROXY: say also what the parent said of the balancer.
+                let line = if std::env::var_os("TEST_GREET_PROXY").is_some() {
+                    let show = |a: Option<baton_transport::Address>| a.map_or("-".to_string(), |a| format!("{a:?}"));
+                    format!(
+                        "{} peer {:?} via {} to {}\n",
+                        std::process::id(),
+                        inc.peer,
+                        show(inc.proxied_by()),
+                        show(inc.destination())
+                    )
+                } else {
+                    format!("{}\n", std::process::id())
+                };
                 if let Ok(conn) = inc.adopt(owner, ConnOptions::default()) {
                     if greet {
-                        let _ = conn.write(format!("{}\n", std::process::id()).as_bytes());
+                        let _ = conn.write(line.as_bytes());
                     }
                     self.conns.insert(conn.id(), conn);
                 }
