@@ -307,9 +307,13 @@ impl Handoff {
             key: route.key,
             prelude: read[consume..].to_vec(),
         };
-        // Read by the parent, written by nobody: what it read is the prelude, so the verdict
-        // on a lost worker compares with what the kernel says now.
-        let baseline = Baseline::measure(d.stream.as_fd());
+        // Accepted here, read only by the parent (what it read), written by nobody: the verdict
+        // on a lost worker compares with that, and measuring it costs no system call. (A Unix
+        // socket has no counts to compare: its baseline says so.)
+        let baseline = match &d.stream {
+            Stream::Tcp(_) => Baseline::read_by_parent(read.len()),
+            Stream::Unix(_) => Baseline::measure(d.stream.as_fd()),
+        };
         self.admit_to(d, None, baseline, group, route.extensions);
     }
 
