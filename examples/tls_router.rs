@@ -460,7 +460,7 @@ fn serve_parent(o: Options) -> Result<(), String> {
         note!("tls_router: workers slow to start; serving anyway");
     }
     let listener = parent
-        .listen_tcp_with(o.listen, ListenOptions::default(), move || router.clone(), HandshakeOptions::default())
+        .listen_tcp_with(o.listen, listen_options(), move || router.clone(), HandshakeOptions::default())
         .map_err(|e| format!("listening on {}: {e}", o.listen))?;
     let Address::Inet(addr) = listener.local_addr() else { unreachable!("a TCP listener") };
     let mut out = std::io::stdout();
@@ -501,4 +501,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// TLS clients speak first: with deferred accept (`TCP_DEFER_ACCEPT`) a connection reaches the
+/// parent only once its ClientHello has arrived, so the parent's first read finds it and it
+/// never wakes for a bare handshake.
+fn listen_options() -> ListenOptions {
+    ListenOptions { defer_accept: Some(std::time::Duration::from_secs(5)), ..ListenOptions::default() }
 }
