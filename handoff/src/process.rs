@@ -96,3 +96,19 @@ impl WorkerCommand {
         Ok((ours, child))
     }
 }
+
+/// The process at the other end of a connected Unix socket (`SO_PEERCRED`: for a socket pair,
+/// the process that created it), as a pidfd, which stays that process's however its pid is
+/// reused; `None` when either step fails (an old kernel, a peer already gone).
+pub(crate) fn peer_pidfd(socket: BorrowedFd<'_>) -> Option<std::os::fd::OwnedFd> {
+    let cred = rustix::net::sockopt::socket_peercred(socket).ok()?;
+    rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+/// Whether the process behind `pidfd` has exited (its pidfd is readable), waiting up to `wait`.
+pub(crate) fn exited(pidfd: &std::os::fd::OwnedFd, wait: std::time::Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let wait = Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: i64::from(wait.subsec_nanos()) };
+    rustix::event::poll(&mut fds, Some(&wait)).is_ok_and(|n| n > 0)
+}

@@ -74,13 +74,6 @@ impl Successor {
     }
 }
 
-/// The process behind a pidfd has exited.
-fn dead(pidfd: &OwnedFd) -> bool {
-    use rustix::event::{PollFd, PollFlags};
-    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-    rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).is_ok_and(|n| n > 0)
-}
-
 impl Handoff {
     /// Offers the takeover at `endpoint` (again, after a rollback).
     pub(crate) fn offer_takeover(&mut self, listener: ChannelListener, endpoint: Endpoint, check: PeerCheck) {
@@ -104,9 +97,7 @@ impl Handoff {
                 log::warn!("handoff: a takeover is already in progress; refusing another");
                 continue;
             }
-            let pidfd = rustix::net::sockopt::socket_peercred(&channel)
-                .ok()
-                .and_then(|cred| rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()).ok());
+            let pidfd = crate::process::peer_pidfd(channel.as_fd());
             let channel = Arc::new(channel);
             match self.reactor_watch(channel.clone()) {
                 Ok(w) => {
@@ -141,7 +132,7 @@ impl Handoff {
             self.drop_successor();
         }
         let Some(trial) = self.successor.trial.as_ref() else { return };
-        if trial.pidfd.as_ref().is_some_and(dead) {
+        if trial.pidfd.as_ref().is_some_and(|p| crate::process::exited(p, Duration::ZERO)) {
             self.roll_back();
         } else if now >= trial.until {
             self.let_go();

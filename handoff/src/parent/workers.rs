@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
 use std::process::Child;
 use std::sync::Arc;
@@ -35,12 +36,7 @@ impl Process {
     pub(super) fn exited(&mut self) -> bool {
         match self {
             Process::Spawned(child) => !matches!(child.try_wait(), Ok(None)),
-            Process::Named(Some(pidfd)) => {
-                use rustix::event::{PollFd, PollFlags};
-                let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-                rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 }))
-                    .is_ok_and(|n| n > 0)
-            }
+            Process::Named(Some(pidfd)) => crate::process::exited(pidfd, Duration::ZERO),
             Process::Named(None) => false,
         }
     }
@@ -128,9 +124,7 @@ impl Handoff {
         let Some((listener, watch)) = self.channel_listener.as_ref() else { return };
         let (listener, watch) = (listener.clone(), watch.clone());
         for channel in self.accept_waiting(&listener, "a worker channel") {
-            let pidfd = rustix::net::sockopt::socket_peercred(&channel)
-                .ok()
-                .and_then(|cred| rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()).ok());
+            let pidfd = crate::process::peer_pidfd(channel.as_fd());
             let slot = (0..self.slots.len())
                 .find(|&s| !self.slots[s].spawned && self.links[s].is_none())
                 .unwrap_or_else(|| {

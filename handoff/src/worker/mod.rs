@@ -65,6 +65,7 @@ mod reports;
 mod status;
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -149,9 +150,7 @@ impl Worker {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let channel = Arc::new(channel);
         // The process at the other end (for a socket pair: the one that created it, our parent).
-        let parent = rustix::net::sockopt::socket_peercred(&*channel)
-            .ok()
-            .and_then(|cred| rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()).ok());
+        let parent = crate::process::peer_pidfd(channel.as_fd());
         let shared = Arc::new(Shared::new(reactor.clone(), parent));
         let link = Link::new(channel.clone(), app, shared.clone(), options, tx);
         let addr = runtime

@@ -94,10 +94,7 @@ impl Shared {
     /// [`Shared::may_adopt`] never sees a half-made decision.
     pub(super) fn decide_parent_fate(&self) {
         let Some(pidfd) = self.parent.as_ref() else { return };
-        use rustix::event::{PollFd, PollFlags};
-        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-        let wait = rustix::event::Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
-        let dead = rustix::event::poll(&mut fds, Some(&wait)).is_ok_and(|n| n > 0);
+        let dead = crate::process::exited(pidfd, std::time::Duration::from_millis(20));
         self.parent_dead.store(dead, SeqCst);
     }
 
