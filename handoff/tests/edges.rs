@@ -708,16 +708,26 @@ fn key_line() -> impl FnMut(&[u8], Peer<'_>) -> Step + Send + 'static {
 
 /// A parent with one `show` worker behind a key-line handshake listener.
 fn handshake_setup(limits: HandshakeOptions, configure: impl FnOnce(ParentBuilder) -> ParentBuilder) -> Setup {
-    let mut command = WorkerCommand::current_exe().expect("exe");
-    command = command.env("TEST_ROLE", "show");
+    let command = WorkerCommand::current_exe().expect("exe").env("TEST_ROLE", "show");
+    let s = listening_with(configure(Parent::builder().spawn(1, command)), key_line, limits);
+    assert!(s.parent.wait_ready(WAIT));
+    s
+}
+
+/// The parent `builder` makes, listening on 127.0.0.1 with `handshake` (its workers may not be
+/// ready yet).
+fn listening_with<H: baton_handoff::handshake::Handshake>(
+    builder: ParentBuilder,
+    handshake: impl Fn() -> H + Send + Sync + 'static,
+    limits: HandshakeOptions,
+) -> Setup {
     let runtime = Runtime::builder().threads(2).build();
     let reactor = Reactor::start().expect("reactor");
-    let parent = configure(Parent::builder().spawn(1, command)).start(&runtime, &reactor).expect("parent");
+    let parent = builder.start(&runtime, &reactor).expect("parent");
     let listener = parent
-        .listen_tcp_with("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), key_line, limits)
+        .listen_tcp_with("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), handshake, limits)
         .expect("listen");
     let addr = inet(listener.local_addr());
-    assert!(parent.wait_ready(WAIT));
     Setup { runtime, reactor, parent, addr }
 }
 
@@ -846,23 +856,11 @@ fn free_port() -> u16 {
 fn behind_haproxy() {
     use baton_handoff::proxy::{ProxyProtocol, Versions};
     for (send, versions) in [("send-proxy-v2", Versions::V2), ("send-proxy", Versions::V1)] {
-        let mut command = WorkerCommand::current_exe().expect("exe");
-        command = command.env("TEST_ROLE", "show");
-        let runtime = Runtime::builder().threads(2).build();
-        let reactor = Reactor::start().expect("reactor");
-        let parent = Parent::builder().spawn(1, command).start(&runtime, &reactor).expect("parent");
+        let command = WorkerCommand::current_exe().expect("exe").env("TEST_ROLE", "show");
         let proxy = move || ProxyProtocol::new(versions, &["127.0.0.1/32"]).unwrap();
-        let listener = parent
-            .listen_tcp_with(
-                "127.0.0.1:0".parse().unwrap(),
-                ListenOptions::default(),
-                proxy,
-                HandshakeOptions::default(),
-            )
-            .expect("listen");
-        let backend = inet(listener.local_addr());
-        assert!(parent.wait_ready(WAIT));
-        let s = Setup { runtime, reactor, parent, addr: backend };
+        let s = listening_with(Parent::builder().spawn(1, command), proxy, HandshakeOptions::default());
+        assert!(s.parent.wait_ready(WAIT));
+        let backend = s.addr;
         let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let dir = std::env::temp_dir().join(format!("baton-haproxy-{}-{send}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -915,14 +913,10 @@ fn behind_haproxy() {
 fn group_without_worker() {
     // Regression (review): a socket waiting for a group with no worker paused every listener,
     // and waited for ever.
-    let runtime = Runtime::builder().threads(2).build();
-    let reactor = Reactor::start().expect("reactor");
-    let parent = Parent::builder()
+    let builder = Parent::builder()
         .spawn_group("a", 1, WorkerCommand::current_exe().unwrap().env("TEST_ROLE", "show"))
         .spawn_group("b", 1, WorkerCommand::new("/bin/false"))
-        .startup_timeout(Duration::from_millis(500))
-        .start(&runtime, &reactor)
-        .expect("parent");
+        .startup_timeout(Duration::from_millis(500));
     let by_line = || {
         |read: &[u8], _peer: Peer<'_>| match read.iter().position(|&b| b == b'\n') {
             Some(end) => Step::Route(Route {
@@ -933,11 +927,9 @@ fn group_without_worker() {
             None => Step::More,
         }
     };
-    let listener = parent
-        .listen_tcp_with("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), by_line, HandshakeOptions::default())
-        .expect("listen");
-    let addr = inet(listener.local_addr());
-    wait_until("group a ready", || parent.stats().is_ok_and(|s| s.workers.iter().any(|w| w.group == "a" && w.ready)));
+    let s = listening_with(builder, by_line, HandshakeOptions::default());
+    let addr = s.addr;
+    wait_until("group a ready", || s.parent.stats().is_ok_and(|s| s.workers.iter().any(|w| w.group == "a" && w.ready)));
     let mut b = TcpStream::connect(addr).unwrap();
     b.write_all(b"b\n").unwrap();
     std::thread::sleep(Duration::from_millis(50));
@@ -947,7 +939,6 @@ fn group_without_worker() {
     let got = expect_end(&mut a, Duration::from_secs(2));
     assert!(got.starts_with(b"key - tag 0 "), "group a serves while b has nobody: {got:?}");
     assert_eq!(expect_end(&mut b, Duration::from_secs(3)), b"", "b's client is told, not left waiting");
-    let s = Setup { runtime, reactor, parent, addr };
     s.stop();
 }
 
@@ -955,24 +946,10 @@ fn proxy_envelope() {
     // The reference worker speaks version 2. (Workers that speak only version 1 get the client
     // as their peer and no more: `behind_haproxy`'s, and the Python worker's tests.)
     use baton_handoff::proxy::{ProxyProtocol, Versions};
-    let s = {
-        let command = WorkerCommand::current_exe().unwrap().env("TEST_GREET_PROXY", "1");
-        let runtime = Runtime::builder().threads(2).build();
-        let reactor = Reactor::start().expect("reactor");
-        let parent = Parent::builder().spawn(1, command).start(&runtime, &reactor).expect("parent");
-        let proxy = || ProxyProtocol::new(Versions::V1, &["127.0.0.0/8"]).unwrap();
-        let listener = parent
-            .listen_tcp_with(
-                "127.0.0.1:0".parse().unwrap(),
-                ListenOptions::default(),
-                proxy,
-                HandshakeOptions::default(),
-            )
-            .expect("listen");
-        let addr = inet(listener.local_addr());
-        assert!(parent.wait_ready(WAIT));
-        Setup { runtime, reactor, parent, addr }
-    };
+    let command = WorkerCommand::current_exe().unwrap().env("TEST_GREET_PROXY", "1");
+    let proxy = || ProxyProtocol::new(Versions::V1, &["127.0.0.0/8"]).unwrap();
+    let s = listening_with(Parent::builder().spawn(1, command), proxy, HandshakeOptions::default());
+    assert!(s.parent.wait_ready(WAIT));
     let mut c = TcpStream::connect(s.addr).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
     let me = c.local_addr().unwrap();
