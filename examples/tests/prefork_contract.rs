@@ -169,6 +169,56 @@ fn wait_gone(pid: u32, what: &str) {
     }
 }
 
+/// A prefork started with `--takeover` (and `--probation MS`) in a process group of its own,
+/// killed with every generation it starts, its control socket removed, however the test ends.
+/// `pids` receives the pid in each stderr line that `pid_in` picks out; `log` keeps every line.
+struct Upgradable {
+    first: Child,
+    addr: SocketAddr,
+    path: std::path::PathBuf,
+    pids: std::sync::mpsc::Receiver<u32>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _group: GroupGuard,
+    _socket: RemoveOnDrop,
+}
+
+impl Upgradable {
+    fn start(name: &str, probation_ms: u32, pid_in: fn(&str) -> Option<&str>) -> Upgradable {
+        let path = std::env::temp_dir().join(format!("baton-prefork-{name}-{}.sock", std::process::id()));
+        let probation = probation_ms.to_string();
+        let mut first = Command::new(prefork_binary())
+            .process_group(0)
+            .args(["--listen", "127.0.0.1:0", "--workers", "1", "--probation", &probation, "--takeover"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start prefork");
+        // Every generation is in the first one's process group: all killed if the test fails.
+        let _group = GroupGuard(first.id());
+        // Killed servers cannot remove their control socket; the test does, however it ends.
+        let _socket = RemoveOnDrop(path.clone());
+        let mut out = BufReader::new(first.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on http://").unwrap().parse().unwrap();
+        let (tx, pids) = std::sync::mpsc::channel();
+        let err = BufReader::new(first.stderr.take().unwrap());
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log_w = log.clone();
+        std::thread::spawn(move || {
+            for l in err.lines().map_while(Result::ok) {
+                if let Some(pid) = pid_in(&l) {
+                    let _ = tx.send(pid.parse::<u32>().unwrap());
+                }
+                log_w.lock().unwrap().push(l);
+            }
+        });
+        Upgradable { first, addr, path, pids, log, _group, _socket }
+    }
+}
+
 /// Reads one HTTP response (status line, headers, Content-Length body).
 fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
     let mut status = String::new();
@@ -342,39 +392,12 @@ fn socket_activated_by_systemd_socket_activate_when_it_is_installed() {
 
 #[test]
 fn sigusr2_upgrades_ten_times_without_a_failed_request() {
-    let path = std::env::temp_dir().join(format!("baton-prefork-takeover-{}.sock", std::process::id()));
-    let mut first = Command::new(prefork_binary())
-        .process_group(0)
-        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--probation", "100", "--takeover"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start prefork");
-    // Every generation is in the first one's process group: all killed if this test fails.
-    let _group = GroupGuard(first.id());
-    // Killed servers cannot remove their control socket; the test does, however it ends.
-    let _socket = RemoveOnDrop(path.clone());
-    let mut out = BufReader::new(first.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr: SocketAddr = line.trim().strip_prefix("listening on http://").unwrap().parse().unwrap();
     // Every generation logs "prefork: parent <pid> serving" on the shared stderr.
-    let (serving_tx, serving) = std::sync::mpsc::channel();
-    let err = BufReader::new(first.stderr.take().unwrap());
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log_w = log.clone();
-    std::thread::spawn(move || {
-        for l in err.lines().map_while(Result::ok) {
-            if let Some(pid) = l.strip_prefix("prefork: parent ").and_then(|r| r.strip_suffix(" serving")) {
-                let _ = serving_tx.send(pid.parse::<u32>().unwrap());
-            }
-            log_w.lock().unwrap().push(l);
-        }
-    });
+    let mut u = Upgradable::start("takeover", 100, |l| l.strip_prefix("prefork: parent ")?.strip_suffix(" serving"));
+    let (addr, path) = (u.addr, u.path.clone());
+    let log = u.log.clone();
     let next_serving = |what: &str| {
-        serving
+        u.pids
             .recv_timeout(WAIT)
             .unwrap_or_else(|_| panic!("{what}; the servers said:\n{}", log.lock().unwrap().join("\n")))
     };
@@ -398,7 +421,7 @@ fn sigusr2_upgrades_ten_times_without_a_failed_request() {
     let last = rustix::process::Pid::from_raw(parent as i32).unwrap();
     rustix::process::kill_process(last, rustix::process::Signal::TERM).unwrap();
     wait_gone(parent, "the last parent did not exit");
-    let _ = first.wait();
+    let _ = u.first.wait();
     assert!(
         failed.is_empty(),
         "{} of {} requests failed: {:?}",
@@ -421,41 +444,14 @@ fn sigusr2_upgrades_ten_times_without_a_failed_request() {
 /// at once (a reset), never a hang.
 #[test]
 fn a_successor_killed_20_ms_200_ms_or_2_s_after_it_starts_leaves_a_server_and_no_zombie() {
-    let path = std::env::temp_dir().join(format!("baton-prefork-probation-{}.sock", std::process::id()));
-    let mut first = Command::new(prefork_binary())
-        .process_group(0)
-        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--probation", "5000", "--takeover"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start prefork");
-    let parent = first.id();
-    let _group = GroupGuard(parent);
-    let _socket = RemoveOnDrop(path.clone());
-    let mut out = BufReader::new(first.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr: SocketAddr = line.trim().strip_prefix("listening on http://").unwrap().parse().unwrap();
-    let (started_tx, started) = std::sync::mpsc::channel();
-    let err = BufReader::new(first.stderr.take().unwrap());
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log_w = log.clone();
-    std::thread::spawn(move || {
-        for l in err.lines().map_while(Result::ok) {
-            if let Some(pid) = l.strip_prefix("prefork: SIGUSR2: started successor ") {
-                let _ = started_tx.send(pid.parse::<u32>().unwrap());
-            }
-            log_w.lock().unwrap().push(l);
-        }
-    });
+    let mut u = Upgradable::start("probation", 5000, |l| l.strip_prefix("prefork: SIGUSR2: started successor "));
+    let (addr, parent, log) = (u.addr, u.first.id(), u.log.clone());
     let load = ClientLoop::start(move || get(addr, "/").0);
     for after in [Duration::from_millis(20), Duration::from_millis(200), Duration::from_secs(2)] {
         std::thread::sleep(Duration::from_millis(200));
         let pid = rustix::process::Pid::from_raw(parent as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::USR2).unwrap();
-        let successor = started.recv_timeout(WAIT).expect("a successor started");
+        let successor = u.pids.recv_timeout(WAIT).expect("a successor started");
         std::thread::sleep(after);
         let spid = rustix::process::Pid::from_raw(successor as i32).unwrap();
         rustix::process::kill_process(spid, rustix::process::Signal::KILL).unwrap();
@@ -479,7 +475,7 @@ fn a_successor_killed_20_ms_200_ms_or_2_s_after_it_starts_leaves_a_server_and_no
         rustix::process::Signal::TERM,
     )
     .unwrap();
-    let _ = first.wait();
+    let _ = u.first.wait();
     eprintln!("{ok} requests served, {} failed: {failed:?}", failed.len());
     assert!(
         failed.len() <= 3 && failed.iter().all(|(_, took)| *took < Duration::from_secs(1)),
