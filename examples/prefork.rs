@@ -3,10 +3,17 @@
 //!
 //! ```sh
 //! cargo run --release --example prefork -- [--listen ADDR] [--workers N] [--policy P]
-//!     [--mode handoff|listeners] [--metrics ADDR]
+//!     [--mode handoff|listeners|steered] [--metrics ADDR]
 //! curl http://127.0.0.1:8080/            # hello from worker <pid>
 //! curl http://127.0.0.1:8080/slow?ms=200 # the same, after a 200 ms heavy request
+//! curl http://127.0.0.1:8080/block?ms=20 # the same, after blocking its worker for 20 ms
 //! ```
+//!
+//! Modes: `handoff` (default) — the parent accepts and hands each connection to the worker
+//! its policy picks; `listeners` — the parent shares one listening socket and the workers
+//! accept from it (nginx's shape); `steered` — one `SO_REUSEPORT` socket per worker, the kernel
+//! placing each connection by weights the parent sets from the workers' load, and the parent
+//! serving the queue of a worker that is busy or gone.
 //!
 //! SIGTERM or SIGINT: stop accepting, let in-flight requests finish (up to 5 s), exit 0.
 //!
@@ -50,7 +57,7 @@ macro_rules! note {
 }
 
 const USAGE: &str =
-    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners] [--takeover PATH [--probation MS]] [--proxy-protocol v1|v2|any --trusted CIDR[,CIDR...]] [--agent ADDR [--drain-grace MS]] [--route-by-host] [--metrics ADDR]";
+    "usage: prefork [--listen ADDR] [--workers N] [--policy least-loaded|round-robin|p2c] [--mode handoff|listeners|steered] [--takeover PATH [--probation MS]] [--proxy-protocol v1|v2|any --trusted CIDR[,CIDR...]] [--agent ADDR [--drain-grace MS]] [--route-by-host] [--metrics ADDR]";
 /// How long a graceful stop waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How often the `STATUS=` line for systemd is refreshed (sent only when it changed).
@@ -60,9 +67,8 @@ struct Options {
     listen: SocketAddr,
     workers: usize,
     policy: String,
-    /// `handoff` (the parent accepts and places each connection) or `listeners` (the parent
-    /// shares the listening socket and the workers accept, as nginx does).
-    listeners_mode: bool,
+    /// Who accepts, and who places.
+    mode: Mode,
     metrics: Option<SocketAddr>,
     /// The control socket for zero-downtime upgrades: a running parent listens there, and a
     /// new one started with the same path takes over from it (SIGUSR2 starts one).
@@ -86,7 +92,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
         listen: "127.0.0.1:8080".parse().expect("default address"),
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         policy: "least-loaded".into(),
-        listeners_mode: false,
+        mode: Mode::Handoff,
         metrics: None,
         takeover: None,
         probation: Duration::from_secs(5),
@@ -116,9 +122,10 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
                 opts.policy = p;
             }
             "--mode" => {
-                opts.listeners_mode = match value()?.as_str() {
-                    "handoff" => false,
-                    "listeners" => true,
+                opts.mode = match value()?.as_str() {
+                    "handoff" => Mode::Handoff,
+                    "listeners" => Mode::Listeners,
+                    "steered" => Mode::Steered,
                     other => return Err(format!("--mode: unknown mode {other:?}")),
                 }
             }
@@ -156,13 +163,28 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
         }
         (Some(v), false) => {
             ProxyProtocol::new(v, &trusted).map_err(|e| format!("--trusted: {e}"))?;
-            if opts.listeners_mode {
+            if opts.mode != Mode::Handoff {
                 return Err("--proxy-protocol needs --mode handoff: the parent reads the header".into());
             }
             opts.proxy = Some((v, trusted));
         }
     }
+    if opts.route_by_host && opts.mode != Mode::Handoff {
+        return Err("--route-by-host needs --mode handoff: the parent reads the request head".into());
+    }
     Ok(opts)
+}
+
+/// Who accepts, and who places.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The parent accepts and hands each connection to a worker it picks by load.
+    Handoff,
+    /// The parent shares one listening socket and the workers accept from it, as nginx does.
+    Listeners,
+    /// One `SO_REUSEPORT` socket per worker; the kernel places each connection by weights
+    /// the parent sets from the workers' load (`Parent::listen_steered`).
+    Steered,
 }
 
 fn main() -> ExitCode {
@@ -223,6 +245,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
         }
         _ => None,
     };
+    let steered = takeover.as_mut().map(|t| t.steered(0)).unwrap_or_default();
     let inherited = takeover.as_mut().and_then(|t| t.listener("main").or_else(|| t.listener("shared:0")));
     let metrics = match opts.metrics {
         Some(_) => {
@@ -252,17 +275,29 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     }
     // A predecessor's socket, else socket activation (systemd), else --listen.
     let given = inherited.or_else(|| activated.into_iter().next().map(|a| a.fd));
-    let bound = match (given, opts.listeners_mode) {
-        (Some(fd), true) => parent.share_listener(deferred(fd), 0)?,
-        (Some(fd), false) => {
+    let bound = match (given, opts.mode) {
+        // A predecessor in another mode gave a single socket: it starts the group.
+        (given, Mode::Steered) => {
+            let options = HttpServer::listen_options();
+            let group: Vec<_> = if steered.is_empty() { given.into_iter().collect() } else { steered };
+            if group.is_empty() {
+                parent.listen_steered(opts.listen, &options, 0)?
+            } else {
+                parent.steer(group, &options, 0)?
+            }
+        }
+        (Some(fd), Mode::Listeners) => parent.share_listener(deferred(fd), 0)?,
+        (Some(fd), Mode::Handoff) => {
             let l = reactor
                 .adopt_listener(fd, HttpServer::listen_options(), parent.recipient())
                 .map_err(|e| std::io::Error::other(format!("the activated socket: {e}")))?;
             attach(&parent, &l, &opts);
             l.local_addr().clone()
         }
-        (None, true) => parent.share_listener(deferred(std::net::TcpListener::bind(opts.listen)?.into()), 0)?,
-        (None, false) => {
+        (None, Mode::Listeners) => {
+            parent.share_listener(deferred(std::net::TcpListener::bind(opts.listen)?.into()), 0)?
+        }
+        (None, Mode::Handoff) => {
             let l = reactor.listen_tcp(opts.listen, HttpServer::listen_options(), parent.recipient())?;
             attach(&parent, &l, &opts);
             l.local_addr().clone()

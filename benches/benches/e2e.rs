@@ -355,8 +355,11 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
 fn load(addr: SocketAddr, mode: Mode, clients: usize, slow_every: Option<usize>) -> Load {
     let start = Instant::now() + WARMUP;
     let end = start + RUN;
+    // `E2E_SLOW_PATH` replaces the heavy request (`/block?ms=20`: one that blocks the worker).
+    let slow_path = std::env::var("E2E_SLOW_PATH").unwrap_or_else(|_| "/slow?ms=20".into());
     let threads: Vec<_> = (0..clients)
         .map(|t| {
+            let slow_path = slow_path.clone();
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
                 let mut fast = Vec::new();
@@ -367,7 +370,7 @@ fn load(addr: SocketAddr, mode: Mode, clients: usize, slow_every: Option<usize>)
                 while Instant::now() < end {
                     i += 1;
                     let slow = slow_every.is_some_and(|n| i % n == 0);
-                    let path = if slow { "/slow?ms=20" } else { "/" };
+                    let path = if slow { slow_path.as_str() } else { "/" };
                     let req = match mode {
                         Mode::Close => format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"),
                         Mode::KeepAlive => format!("GET {path} HTTP/1.1\r\nHost: b\r\n\r\n"),
@@ -602,19 +605,24 @@ fn serve_foreground(spec: &str) {
 }
 
 /// Our load client alone against a server started elsewhere (for profiling one with `perf`):
-/// `E2E_LOAD="close ADDR"` or `E2E_LOAD="keepalive ADDR"`; one run of [`RUN`].
+/// `E2E_LOAD="close ADDR"`, `E2E_LOAD="keepalive ADDR"` or `E2E_LOAD="skew ADDR"` (a new
+/// connection per request, 64 clients, every 200th request heavy: see `E2E_SLOW_PATH`); one
+/// run of [`RUN`]. Percentiles are of the ordinary requests.
 fn load_foreground(spec: &str) {
-    let (mode, addr) = spec.split_once(' ').expect("E2E_LOAD=\"close|keepalive ADDR\"");
-    let (mode, clients) = match mode {
-        "close" => (Mode::Close, CLOSE_CLIENTS),
-        _ => (Mode::KeepAlive, KEEPALIVE_CLIENTS),
+    let (mode, addr) = spec.split_once(' ').expect("E2E_LOAD=\"close|keepalive|skew ADDR\"");
+    let (mode, clients, slow_every) = match mode {
+        "close" => (Mode::Close, CLOSE_CLIENTS, None),
+        "skew" => (Mode::Close, 64, Some(200)),
+        _ => (Mode::KeepAlive, KEEPALIVE_CLIENTS, None),
     };
-    let load = load(addr.trim().parse().expect("E2E_LOAD: ADDR"), mode, clients, None);
+    let load = load(addr.trim().parse().expect("E2E_LOAD: ADDR"), mode, clients, slow_every);
     println!(
-        "{:.0} requests/s, p50 {:.2?}, p99 {:.2?}, {} failed",
+        "{:.0} requests/s, p50 {:.2?}, p90 {:.2?}, p99 {:.2?}, max {:.2?}, {} failed",
         load.rate(),
-        load.percentile(0.5),
-        load.percentile(0.99),
+        load.fast_percentile(0.5),
+        load.fast_percentile(0.9),
+        load.fast_percentile(0.99),
+        load.fast_percentile(1.0),
         load.failed
     );
 }

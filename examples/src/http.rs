@@ -14,7 +14,8 @@
 //! client's address as this server sees it (behind a load balancer that sends the PROXY
 //! protocol, the client's own, not the balancer's); `GET /slow?ms=N` does the same as `/`
 //! after a pool thread has been blocked for `N` milliseconds (at most 10 s: a heavy request);
-//! anything else is `404`.
+//! `GET /block?ms=N` does the same after blocking the reactor's own thread, so nothing else in
+//! the process moves meanwhile (the shape of a single-threaded worker); anything else is `404`.
 //!
 //! # What a request head must be
 //!
@@ -362,21 +363,30 @@ pub fn response(status: &str, body: &str, close: bool) -> Vec<u8> {
 /// How long a request blocks its handler: `Some` for `GET /slow?ms=N` (capped at
 /// [`MAX_SLOW`]), `None` for everything answered at once.
 pub fn heavy(req: &Request<'_>) -> Option<Duration> {
-    if (req.method, req.path) != ("GET", "/slow") {
-        return None;
-    }
+    ((req.method, req.path) == ("GET", "/slow")).then(|| wait(req))
+}
+
+/// How long a request blocks the thread that reads it: `Some` for `GET /block?ms=N` (capped
+/// at [`MAX_SLOW`]). The shape of a single-threaded worker (Python, Ruby, Node): nothing else
+/// in the worker moves meanwhile, not even its accepting. The worker says it is busy first.
+pub fn blocking(req: &Request<'_>) -> Option<Duration> {
+    ((req.method, req.path) == ("GET", "/block")).then(|| wait(req))
+}
+
+/// The `ms=N` of a request's query, capped at [`MAX_SLOW`].
+fn wait(req: &Request<'_>) -> Duration {
     let ms = req
         .query
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    Some(Duration::from_millis(ms).min(MAX_SLOW))
+    Duration::from_millis(ms).min(MAX_SLOW)
 }
 
 /// The answer for one request, without the wait of a heavy one (see [`heavy`]).
 pub fn reply(req: &Request<'_>, close: bool) -> Vec<u8> {
     match (req.method, req.path) {
-        ("GET", "/") | ("GET", "/slow") => hello(close),
+        ("GET", "/") | ("GET", "/slow") | ("GET", "/block") => hello(close),
         _ => response("404 Not Found", "not found\n", close),
     }
 }
@@ -400,7 +410,7 @@ pub fn hello(close: bool) -> Vec<u8> {
 /// The answer for one request, blocking the calling thread for a heavy one (for servers that
 /// have nowhere else to put the wait: the benchmark's hand-written baseline).
 pub fn answer(req: &Request<'_>, close: bool) -> Vec<u8> {
-    if let Some(wait) = heavy(req) {
+    if let Some(wait) = heavy(req).or_else(|| blocking(req)) {
         std::thread::sleep(wait);
     }
     reply(req, close)
@@ -529,6 +539,10 @@ impl HttpConn {
                         break; // the body is still arriving
                     }
                     let close = req.close || self.draining;
+                    if let Some(wait) = blocking(&req) {
+                        let _busy = self.status.as_ref().map(|s| s.busy());
+                        std::thread::sleep(wait);
+                    }
                     if let Some(wait) = heavy(&req) {
                         let (used, asked_close) = (req.head_len + req.body_len, req.close);
                         let job = HeavyRequest { wait, to: ctx.address() };

@@ -98,6 +98,24 @@ impl Takeover {
         Some(self.listeners.remove(i).1)
     }
 
+    /// Takes the members of the steered group `tag` (see
+    /// [`Parent::listen_steered`]), in group order, for [`Parent::steer`]. Empty when the
+    /// predecessor had none.
+    pub fn steered(&mut self, tag: u32) -> Vec<OwnedFd> {
+        let prefix = format!("steered:{tag}:");
+        let mut members: Vec<(usize, OwnedFd)> = Vec::new();
+        let mut rest = Vec::new();
+        for (name, fd) in self.listeners.drain(..) {
+            match name.strip_prefix(&prefix).and_then(|i| i.parse().ok()) {
+                Some(i) => members.push((i, fd)),
+                None => rest.push((name, fd)),
+            }
+        }
+        self.listeners = rest;
+        members.sort_by_key(|(i, _)| *i);
+        members.into_iter().map(|(_, fd)| fd).collect()
+    }
+
     /// Confirms that this parent serves: the old one stops accepting, sends the connections it
     /// accepted and never placed (dispatched here through `parent`), and drains. Returns how
     /// many connections came over.

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_runtime::{Actor, Addr, Context, Intensity, Recipient, ReplyTo};
-use baton_transport::{Accepted, Address, Interest, Listener, ListenerId, Reactor, Readiness, Watch, WatchId};
+use baton_transport::{
+    Accepted, Address, Interest, ListenOptions, Listener, ListenerId, Reactor, Readiness, Watch, WatchId,
+};
 
 use super::budget::Budget;
 use super::dispatch::{describable, Dispatch};
@@ -26,6 +28,7 @@ use super::ledger::{End, Ended, Held, Ledger, Touch};
 use super::probe::Baseline;
 use super::slot::{Phase, Slot, Verdict};
 use super::stats::{DrainReport, Latencies, Stats, WorkerStats};
+use super::steering::{self, SlotView, Steered};
 use super::successor::Successor;
 use super::workers::{Down, Exiting, Process};
 use crate::bootstrap::{ChannelListener, Endpoint, PeerCheck};
@@ -102,6 +105,9 @@ pub enum Control {
     Share(SharedListener),
     /// Drain one worker (it may hand its connections back); it is restarted once it exits.
     Retire(usize, Duration),
+    /// Steer connections among this `SO_REUSEPORT` group, one member per worker slot, in
+    /// group order (see `steering.rs`).
+    Steer(Vec<OwnedFd>, Address, u32),
 }
 
 /// A listening socket the parent shares with its workers (see
@@ -111,6 +117,24 @@ pub struct SharedListener {
     pub(crate) fd: OwnedFd,
     pub(crate) local: Address,
     pub(crate) tag: u32,
+    /// For the member of a steered group: the one slot whose workers get it (its index in
+    /// the group). `None`: every worker.
+    pub(crate) slot: Option<usize>,
+}
+
+impl SharedListener {
+    /// Whether workers of `slot` accept on it.
+    pub(crate) fn for_slot(&self, slot: usize) -> bool {
+        self.slot.map_or(true, |s| s == slot)
+    }
+
+    /// What a successor asks for it by.
+    pub(crate) fn name(&self) -> String {
+        match self.slot {
+            None => format!("shared:{}", self.tag),
+            Some(i) => format!("steered:{}:{i}", self.tag),
+        }
+    }
 }
 
 /// A socket in the ledger: the dispatch and what it looked like when admitted.
@@ -184,6 +208,7 @@ pub(super) struct Logs {
     pub(super) exhaustion: LogLimit,
     pub(super) invalid: LogLimit,
     pub(super) handshakes: LogLimit,
+    pub(super) steering: LogLimit,
 }
 
 /// What [`ParentBuilder::start`](crate::ParentBuilder::start) configures.
@@ -232,6 +257,8 @@ pub struct Handoff {
     pub(super) share_sends: HashMap<u64, usize>,
     /// Listener shares a full channel did not take: (slot, incarnation, index), on the tick.
     pub(super) share_retry: Vec<(usize, u64, usize)>,
+    /// Steered groups (their members are in `shared`).
+    pub(super) steered: Vec<Steered>,
     pub(super) flush_scheduled: bool,
     pub(crate) recv_buf: RecvBuf,
     pub(crate) send_buf: Vec<u8>,
@@ -278,6 +305,7 @@ impl Handoff {
             shared: Vec::new(),
             share_sends: HashMap::new(),
             share_retry: Vec::new(),
+            steered: Vec::new(),
             flush_scheduled: false,
             recv_buf: RecvBuf::default(),
             send_buf: Vec::with_capacity(MAX_RECORD),
@@ -319,6 +347,7 @@ impl Actor for Handoff {
             HandoffMsg::Control(c) => self.control(c),
         }
         self.update_listeners();
+        self.steer();
         let replaced = self.ledger.replaced - self.stats.replaced;
         if replaced > 0 {
             // Counted by the ledger, wherever it placed a socket again.
@@ -420,14 +449,15 @@ impl Handoff {
                     self.schedule_flush();
                 }
             }
-            Control::Share(listener) => {
-                self.shared.push(listener);
-                let index = self.shared.len() - 1;
-                for slot in 0..self.slots.len() {
-                    if self.slots[slot].phase == Phase::Ready {
-                        self.send_listener(slot, index);
-                    }
+            Control::Share(listener) => self.share(listener),
+            Control::Steer(members, local, tag) => {
+                let first = self.shared.len();
+                let n = members.len();
+                for (i, fd) in members.into_iter().enumerate() {
+                    self.share(SharedListener { fd, local: local.clone(), tag, slot: Some(i) });
                 }
+                self.steered.push(Steered::new(tag, first, n));
+                log::info!("handoff: steering {n} listening sockets on {local:?}");
             }
             Control::Stats(reply) => {
                 let _ = reply.send(self.snapshot());
@@ -446,6 +476,7 @@ impl Handoff {
                     l.close_and_wait();
                 }
                 // Our copies of shared listeners: workers close theirs on DRAIN.
+                self.stop_steering();
                 self.shared.clear();
                 if let Some((_, watch)) = self.channel_listener.take() {
                     // No new workers during a drain.
@@ -464,6 +495,17 @@ impl Handoff {
                 });
                 // Not now: connections the listeners accepted before closing are still in our
                 // mailbox, ahead of the next tick, which moves the drain on once they are placed.
+            }
+        }
+    }
+
+    /// Keeps `listener` and sends it to the ready workers it is for.
+    fn share(&mut self, listener: SharedListener) {
+        self.shared.push(listener);
+        let index = self.shared.len() - 1;
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].phase == Phase::Ready && self.shared[index].for_slot(slot) {
+                self.send_listener(slot, index);
             }
         }
     }
@@ -547,6 +589,11 @@ impl Handoff {
 
     /// A connection a listener accepted: its tag is the listener's index among those attached.
     pub(super) fn accepted(&mut self, a: Accepted) {
+        if let Some(g) = self.steered.iter().find(|g| g.owns(a.listener)) {
+            // From a steered socket whose worker cannot take it: to another worker.
+            let d = Dispatch { stream: a.stream, peer: a.peer, local: a.local, tag: g.tag, key: None, prelude: Vec::new() };
+            return self.admit(d, None, Baseline::Fresh);
+        }
         match self.tags.iter().position(|&id| id == a.listener) {
             Some(index) if self.handshakes[index].is_some() => {
                 let spec = self.handshakes[index].clone().expect("checked");
@@ -910,7 +957,9 @@ impl Handoff {
                 if first {
                     log::info!("handoff: worker {slot} (pid {pid}) is ready");
                     for index in 0..self.shared.len() {
-                        self.send_listener(slot, index);
+                        if self.shared[index].for_slot(slot) {
+                            self.send_listener(slot, index);
+                        }
                     }
                 }
                 self.ledger.place_waiting();
@@ -1148,6 +1197,88 @@ impl Handoff {
         }
         // Kept set, so nothing restarts.
         d.done = true;
+    }
+
+    /// Carries the steering rules out: the program each steered group should have, and which
+    /// members the parent accepts from itself (see `steering.rs`).
+    pub(super) fn steer(&mut self) {
+        if self.steered.is_empty() {
+            return;
+        }
+        // A successor on probation steers the group; a draining parent steers nothing.
+        let active = self.drain.is_none() && !self.successor.on_probation();
+        let books = self.ledger.books();
+        let views: Vec<SlotView> = (0..self.slots.len())
+            .map(|i| {
+                let b = books.get(i);
+                SlotView {
+                    ready: self.slots[i].phase == Phase::Ready,
+                    busy: b.is_some_and(|b| b.busy > 0),
+                    load: b.map_or(0, |b| b.open.saturating_add(b.queued)).saturating_add(self.ledger.in_flight(i)),
+                }
+            })
+            .collect();
+        for g in 0..self.steered.len() {
+            let (first, n) = (self.steered[g].first, self.steered[g].len);
+            if !active {
+                self.steered[g].attached = None;
+            } else {
+                let weights = steering::weights(&views, n);
+                if self.steered[g].attached.as_ref() != Some(&weights) {
+                    match steering::attach(self.shared[first].fd.as_fd(), &steering::program(&weights)) {
+                        Ok(()) => {
+                            metrics::counter!("baton_handoff_steering_changes_total").increment(1);
+                            log::trace!("handoff: steering group {} by {weights:?}", self.steered[g].tag);
+                            self.steered[g].attached = Some(weights);
+                        }
+                        Err(e) => limited!(
+                            self.logs.steering,
+                            log::Level::Error,
+                            "handoff: cannot attach the steering program: {e}; the kernel spreads by hash"
+                        ),
+                    }
+                }
+            }
+            for i in 0..n {
+                let want = active && !self.listeners_paused && steering::parent_accepts(&views, i);
+                if want == self.steered[g].accepting[i] {
+                    continue;
+                }
+                if want && self.steered[g].own[i].is_none() {
+                    let me = self.me.as_ref().expect("set in started").recipient();
+                    let own = steering::duplicate(&self.shared[first + i].fd)
+                        .and_then(|fd| self.reactor.adopt_listener(fd, ListenOptions::default(), me).map_err(io::Error::other));
+                    match own {
+                        Ok(l) => self.steered[g].own[i] = Some(l),
+                        Err(e) => {
+                            limited!(
+                                self.logs.steering,
+                                log::Level::Error,
+                                "handoff: cannot accept on steered socket {i} for its worker: {e}"
+                            );
+                            continue;
+                        }
+                    }
+                }
+                if let Some(l) = &self.steered[g].own[i] {
+                    if want {
+                        l.resume();
+                    } else {
+                        l.pause();
+                    }
+                }
+                self.steered[g].accepting[i] = want;
+            }
+        }
+    }
+
+    /// Stops steering: the parent's own accepting closes (the members themselves close with
+    /// `shared`).
+    pub(super) fn stop_steering(&mut self) {
+        for g in &mut self.steered {
+            g.close();
+        }
+        self.steered.clear();
     }
 
     pub(super) fn update_listeners(&mut self) {

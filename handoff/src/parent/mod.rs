@@ -43,6 +43,7 @@ pub mod proxy;
 mod slot;
 pub mod sni;
 mod stats;
+mod steering;
 mod successor;
 mod workers;
 
@@ -232,6 +233,7 @@ impl ParentBuilder {
             max_tries: self.max_tries,
             hold: self.adopt_timeout,
         };
+        let slots = self.groups.iter().map(|(_, n, _)| n).sum();
         let config = Config {
             groups: self.groups,
             adopt_timeout: self.adopt_timeout,
@@ -253,7 +255,8 @@ impl ParentBuilder {
         let addr = runtime
             .spawn_on(reactor.event_loop(), actor, Mailbox::Bounded(1024))
             .map_err(|e: SpawnError| io::Error::other(e.to_string()))?;
-        let parent = Parent { addr, reactor: reactor.clone(), adopted, taken_over: taken_rx, rolled_back: rolled_rx };
+        let parent =
+            Parent { addr, reactor: reactor.clone(), adopted, taken_over: taken_rx, rolled_back: rolled_rx, slots };
         parent
             .addr
             .ask(|r| HandoffMsg::Control(Control::Start(r)), Duration::from_secs(10))
@@ -270,6 +273,8 @@ pub struct Parent {
     adopted: Arc<AtomicU64>,
     taken_over: crossbeam_channel::Receiver<()>,
     rolled_back: crossbeam_channel::Receiver<()>,
+    /// Worker slots (spawned ones): a steered listener has a socket for each.
+    slots: usize,
 }
 
 impl Parent {
@@ -375,7 +380,74 @@ impl Parent {
             a => Address::Inet(std::net::SocketAddr::try_from(a).map_err(io::Error::other)?),
         };
         self.addr
-            .send(HandoffMsg::Control(Control::Share(SharedListener { fd, local: local.clone(), tag })))
+            .send(HandoffMsg::Control(Control::Share(SharedListener { fd, local: local.clone(), tag, slot: None })))
+            .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "the parent has stopped"))?;
+        Ok(local)
+    }
+
+    /// **Steered listening**: connections are placed by the kernel, by the workers' load,
+    /// at the cost of plain `SO_REUSEPORT` (no handoff per connection). Binds one
+    /// `SO_REUSEPORT` listening socket per worker slot on `addr` (port 0: one port chosen for
+    /// all), gives socket *i* to the workers of slot *i*, which accept from it as from a
+    /// [shared listener](Parent::share_listener), and steers each new connection to a socket by
+    /// weights the parent computes from the workers' reports: a busy or absent worker gets
+    /// none, and the parent itself accepts what waits in its socket and hands it to another
+    /// worker, so a dead worker's queue is served, not reset. See `steering.rs` in this crate
+    /// for the mechanism, its reaction time and its limits.
+    ///
+    /// Only `options.backlog` and `options.defer_accept` apply. A successor takes the group
+    /// over with [`Takeover::steered`](crate::takeover::Takeover::steered) and
+    /// [`Parent::steer`]; `tag` reaches the application with each connection.
+    ///
+    /// # Errors
+    ///
+    /// What `bind` or `listen` say (`AddrInUse` for an address held outside the group);
+    /// `NotConnected` when the parent has stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(parent: &baton_handoff::Parent) -> std::io::Result<()> {
+    /// let options = baton_transport::ListenOptions::default();
+    /// let local = parent.listen_steered("127.0.0.1:8080".parse().unwrap(), &options, 0)?;
+    /// # let _ = local; Ok(()) }
+    /// ```
+    pub fn listen_steered(&self, addr: std::net::SocketAddr, options: &ListenOptions, tag: u32) -> io::Result<Address> {
+        self.steer_group(Vec::new(), addr, options, tag)
+    }
+
+    /// [`Parent::listen_steered`] on sockets given: a predecessor's group
+    /// ([`Takeover::steered`](crate::takeover::Takeover::steered), in group order), or a
+    /// socket systemd passed (its unit needs `ReusePort=yes`). The parent adds members bound
+    /// to the same address until there is one per worker slot; members past the last slot
+    /// (a predecessor had more workers) get no connection, and the parent serves what waits
+    /// in them.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` when a socket is not a listening TCP socket with `SO_REUSEPORT`, or
+    /// `sockets` is empty; what `bind` and `listen` say for new members; `NotConnected` when
+    /// the parent has stopped.
+    pub fn steer(&self, sockets: Vec<std::os::fd::OwnedFd>, options: &ListenOptions, tag: u32) -> io::Result<Address> {
+        if sockets.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no socket to steer"));
+        }
+        let unspecified = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        self.steer_group(sockets, unspecified, options, tag)
+    }
+
+    fn steer_group(
+        &self,
+        sockets: Vec<std::os::fd::OwnedFd>,
+        addr: std::net::SocketAddr,
+        options: &ListenOptions,
+        tag: u32,
+    ) -> io::Result<Address> {
+        let group = steering::GroupOptions { backlog: options.backlog, defer_accept: options.defer_accept };
+        let (members, local) = steering::complete_group(sockets, addr, self.slots.max(1), group)?;
+        let local = Address::Inet(local);
+        self.addr
+            .send(HandoffMsg::Control(Control::Steer(members, local.clone(), tag)))
             .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "the parent has stopped"))?;
         Ok(local)
     }

@@ -189,7 +189,7 @@ impl Handoff {
                 (
                     rustix::io::fcntl_dupfd_cloexec(&l.fd, 0).map_err(std::io::Error::from),
                     l.local.clone(),
-                    format!("shared:{}", l.tag),
+                    l.name(),
                 )
             }))
             .collect();
@@ -299,6 +299,7 @@ impl Handoff {
             l.keep_path_on_close();
             l.close_and_wait();
         }
+        self.stop_steering();
         self.shared.clear();
         log::info!("handoff: taken over; no longer accepting");
         let _ = self.successor.taken_over.try_send(());

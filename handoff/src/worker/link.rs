@@ -145,6 +145,7 @@ impl Actor for Link {
             self.check_drained(ctx);
             self.arm();
         }
+        self.shared.outbox_empty.store(self.outbox.is_empty(), SeqCst);
     }
 }
 
@@ -476,6 +477,7 @@ impl Link {
                 }
             }
         }
+        self.shared.outbox_empty.store(false, SeqCst);
         if let Err(overflow) = self.outbox.push(&self.send_buf) {
             self.orphaned(
                 log::Level::Error,
@@ -567,6 +569,8 @@ impl Link {
             queued: self.app.mailbox_len() as u32,
             busy: self.shared.busy.load(SeqCst),
         };
+        self.shared.sent_open.store(load.open, SeqCst);
+        self.shared.sent_queued.store(load.queued, SeqCst);
         self.send(&Record::Load(load));
     }
 

@@ -151,7 +151,7 @@ impl Worker {
         let channel = Arc::new(channel);
         // The process at the other end (for a socket pair: the one that created it, our parent).
         let parent = crate::process::peer_pidfd(channel.as_fd());
-        let shared = Arc::new(Shared::new(reactor.clone(), parent));
+        let shared = Arc::new(Shared::new(reactor.clone(), parent, channel.clone()));
         let link = Link::new(channel.clone(), app, shared.clone(), options, tx);
         let addr = runtime
             .spawn_on(reactor.event_loop(), link, Mailbox::Unbounded)

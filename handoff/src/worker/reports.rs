@@ -9,7 +9,8 @@ use baton_transport::{Reactor, Stream};
 use parking_lot::Mutex;
 
 use super::link::{Link, LinkMsg};
-use crate::record::{Item, Reason};
+use crate::channel::Channel;
+use crate::record::{self, Item, Load, Reason, Record};
 
 #[derive(Default)]
 pub(super) struct Reports {
@@ -56,6 +57,14 @@ pub(super) struct Shared {
     pub(super) load_now: AtomicBool,
     pub(super) flush_requested: AtomicBool,
     pub(super) link: OnceLock<Addr<Link>>,
+    /// The channel, for a LOAD sent from the thread whose handler became busy or free.
+    channel: std::sync::Arc<Channel>,
+    /// Nothing waits in the link's outbox: a LOAD sent directly overtakes no record.
+    pub(super) outbox_empty: AtomicBool,
+    /// The `open` and `queued` of the last LOAD the link sent (a direct LOAD repeats them, so it
+    /// never counts a connection the parent has not heard of).
+    pub(super) sent_open: AtomicU32,
+    pub(super) sent_queued: AtomicU32,
     /// The parent's process (a pidfd), when one could be opened: a parent that *died* cannot
     /// have placed anything elsewhere, so what it sent may still be adopted.
     parent: Option<std::os::fd::OwnedFd>,
@@ -64,8 +73,12 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(reactor: Reactor, parent: Option<std::os::fd::OwnedFd>) -> Shared {
+    pub(super) fn new(reactor: Reactor, parent: Option<std::os::fd::OwnedFd>, channel: std::sync::Arc<Channel>) -> Shared {
         Shared {
+            channel,
+            outbox_empty: AtomicBool::new(true),
+            sent_open: AtomicU32::new(0),
+            sent_queued: AtomicU32::new(0),
             parent,
             parent_dead: AtomicBool::new(false),
             reactor,
@@ -98,8 +111,23 @@ impl Shared {
         self.parent_dead.store(dead, SeqCst);
     }
 
-    /// Asks the link to send LOAD now.
+    /// `busy` changed: tells the parent at once. A handler that is about to block the thread
+    /// the link runs on (a single-threaded worker's shape) cannot wait for the link, so the
+    /// LOAD goes from this thread when nothing is queued before it; otherwise the link sends
+    /// it at its next flush.
     pub(super) fn load_changed(&self) {
+        if self.outbox_empty.load(SeqCst) && !self.parent_gone.load(SeqCst) {
+            let load = Load {
+                open: self.sent_open.load(SeqCst),
+                queued: self.sent_queued.load(SeqCst),
+                busy: self.busy.load(SeqCst),
+            };
+            let mut buf = Vec::with_capacity(32);
+            record::encode(&Record::Load(load), &mut buf);
+            if self.channel.send_bytes(&buf, &[]).is_ok() {
+                return;
+            }
+        }
         self.load_now.store(true, SeqCst);
         self.report(|_| {});
     }
