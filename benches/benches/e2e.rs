@@ -306,6 +306,8 @@ struct Load {
     /// Latencies of the ordinary requests only (all of them when nothing is slow): what
     /// placement can protect from the heavy ones.
     fast: Vec<Duration>,
+    /// Latencies of the heavy requests.
+    heavy: Vec<Duration>,
 }
 
 impl Load {
@@ -353,8 +355,24 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
 
 /// `clients` threads for `RUN`; every `slow_every`-th request of a thread is `/slow?ms=20`.
 fn load(addr: SocketAddr, mode: Mode, clients: usize, slow_every: Option<usize>) -> Load {
+    load_at(addr, mode, clients, slow_every, None, RUN)
+}
+
+/// [`load`], open-loop when `rate` is given: each client sends on a fixed schedule (`rate`
+/// requests/s over all of them) and a latency counts from when the request was due, not from
+/// when a late client got round to it, so a stalled server is charged for every request it
+/// delayed (as wrk2 measures).
+fn load_at(
+    addr: SocketAddr,
+    mode: Mode,
+    clients: usize,
+    slow_every: Option<usize>,
+    rate: Option<f64>,
+    run: Duration,
+) -> Load {
     let start = Instant::now() + WARMUP;
-    let end = start + RUN;
+    let end = start + run;
+    let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
     // `E2E_SLOW_PATH` replaces the heavy request (`/block?ms=20`: one that blocks the worker).
     let slow_path = std::env::var("E2E_SLOW_PATH").unwrap_or_else(|_| "/slow?ms=20".into());
     let threads: Vec<_> = (0..clients)
@@ -363,10 +381,13 @@ fn load(addr: SocketAddr, mode: Mode, clients: usize, slow_every: Option<usize>)
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
                 let mut fast = Vec::new();
+                let mut heavy = Vec::new();
                 let mut failed = 0;
                 let mut buf = Vec::new();
                 let mut conn: Option<TcpStream> = None;
                 let mut i = t; // stagger the slow requests across threads
+                               // Open loop: this client's schedule, staggered across clients.
+                let mut due = interval.map(|d| Instant::now() + d.mul_f64(t as f64 / clients as f64));
                 while Instant::now() < end {
                     i += 1;
                     let slow = slow_every.is_some_and(|n| i % n == 0);
@@ -375,7 +396,17 @@ fn load(addr: SocketAddr, mode: Mode, clients: usize, slow_every: Option<usize>)
                         Mode::Close => format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"),
                         Mode::KeepAlive => format!("GET {path} HTTP/1.1\r\nHost: b\r\n\r\n"),
                     };
-                    let t0 = Instant::now();
+                    let t0 = match due.as_mut() {
+                        Some(due) => {
+                            let at = *due;
+                            *due += interval.expect("open loop");
+                            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                            at
+                        }
+                        None => Instant::now(),
+                    };
                     let result = (|| -> std::io::Result<()> {
                         if conn.is_none() {
                             let s = TcpStream::connect(addr)?;
@@ -391,7 +422,9 @@ fn load(addr: SocketAddr, mode: Mode, clients: usize, slow_every: Option<usize>)
                         Ok(()) if t0 < start => {}
                         Ok(()) => {
                             lat.push(t0.elapsed());
-                            if !slow {
+                            if slow {
+                                heavy.push(t0.elapsed());
+                            } else {
                                 fast.push(t0.elapsed());
                             }
                         }
@@ -404,20 +437,22 @@ fn load(addr: SocketAddr, mode: Mode, clients: usize, slow_every: Option<usize>)
                         conn = None;
                     }
                 }
-                (lat, fast, failed)
+                (lat, fast, heavy, failed)
             })
         })
         .collect();
     let mut latencies = Vec::new();
     let mut fast_all = Vec::new();
+    let mut heavy_all = Vec::new();
     let mut failed = 0;
     for t in threads {
-        let (l, fast, f) = t.join().unwrap();
+        let (l, fast, heavy, f) = t.join().unwrap();
         latencies.extend(l);
         fast_all.extend(fast);
+        heavy_all.extend(heavy);
         failed += f;
     }
-    Load { requests: latencies.len(), failed, elapsed: start.elapsed(), latencies, fast: fast_all }
+    Load { requests: latencies.len(), failed, elapsed: start.elapsed(), latencies, fast: fast_all, heavy: heavy_all }
 }
 
 // ---- the runs -----------------------------------------------------------------------------------
@@ -615,15 +650,21 @@ fn load_foreground(spec: &str) {
         "skew" => (Mode::Close, 64, Some(200)),
         _ => (Mode::KeepAlive, KEEPALIVE_CLIENTS, None),
     };
-    let load = load(addr.trim().parse().expect("E2E_LOAD: ADDR"), mode, clients, slow_every);
+    // E2E_RATE=N: open loop at N requests/s; E2E_SECS: the run's length.
+    let rate = std::env::var("E2E_RATE").ok().and_then(|r| r.parse().ok());
+    let run = std::env::var("E2E_SECS").ok().and_then(|r| r.parse().ok()).map_or(RUN, Duration::from_secs_f64);
+    let load = load_at(addr.trim().parse().expect("E2E_LOAD: ADDR"), mode, clients, slow_every, rate, run);
     println!(
-        "{:.0} requests/s, p50 {:.2?}, p90 {:.2?}, p99 {:.2?}, max {:.2?}, {} failed",
+        "{:.0} requests/s, p50 {:.2?}, p90 {:.2?}, p99 {:.2?}, max {:.2?}, {} failed; {} heavy: p50 {:.2?}, max {:.2?}",
         load.rate(),
         load.fast_percentile(0.5),
         load.fast_percentile(0.9),
         load.fast_percentile(0.99),
         load.fast_percentile(1.0),
-        load.failed
+        load.failed,
+        load.heavy.len(),
+        percentile(&load.heavy, 0.5),
+        percentile(&load.heavy, 1.0),
     );
 }
 

@@ -156,6 +156,17 @@ impl Parsed<'_> {
     }
 }
 
+/// `503 Service Unavailable` with `Retry-After: 1`, and the connection closed: too many heavy
+/// requests already (see [`HttpOptions::max_heavy`]).
+pub fn overloaded() -> Vec<u8> {
+    let body = "too many heavy requests; retry\n";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// The answer to a head that did not arrive within its deadline: `408`, `Connection: close`.
 pub fn head_timeout_response() -> Vec<u8> {
     response("408 Request Timeout", "request head not received in time\n", true)
@@ -463,6 +474,8 @@ struct HttpConn {
     /// queue behind that turn, and no message carries the socket in.
     socket: Option<Socket>,
     options: HttpOptions,
+    /// Heavy requests of the server running or waiting for a pool thread.
+    heavy_count: Arc<std::sync::atomic::AtomicUsize>,
     /// The deadline of the partial request head in `buf`, if there is one: set when a head's
     /// first bytes are found incomplete, not moved by the bytes that follow, dropped when the
     /// head is whole. Its message carries `head_deadlines`, so a timer that fires after it was
@@ -500,6 +513,25 @@ enum ConnMsg {
 struct HeavyRequest {
     wait: Duration,
     to: Addr<HttpConn>,
+    /// Its place among the server's heavy requests, given up when the actor ends.
+    _slot: HeavySlot,
+}
+
+/// One of the [`HttpOptions::max_heavy`] heavy requests a server runs or queues at a time.
+struct HeavySlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl HeavySlot {
+    fn take(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<HeavySlot> {
+        use std::sync::atomic::Ordering::Relaxed;
+        count.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(HeavySlot(count.clone()))
+    }
+}
+
+impl Drop for HeavySlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Actor for HeavyRequest {
@@ -543,9 +575,17 @@ impl HttpConn {
                         let _busy = self.status.as_ref().map(|s| s.busy());
                         std::thread::sleep(wait);
                     }
-                    if let Some(wait) = heavy(&req) {
+                    let heavy_slot =
+                        heavy(&req).map(|wait| (wait, HeavySlot::take(&self.heavy_count, self.options.max_heavy)));
+                    if let Some((_, None)) = heavy_slot {
+                        // As many heavy requests as the server takes are running or waiting
+                        // for a thread: say so now rather than queue without bound.
+                        metrics::counter!("baton_http_heavy_refused_total").increment(1);
+                        let used = req.head_len + req.body_len;
+                        (overloaded(), used, true)
+                    } else if let Some((wait, Some(slot))) = heavy_slot {
                         let (used, asked_close) = (req.head_len + req.body_len, req.close);
-                        let job = HeavyRequest { wait, to: ctx.address() };
+                        let job = HeavyRequest { wait, to: ctx.address(), _slot: slot };
                         // A fresh actor's mailbox takes its one message.
                         match ctx.spawn(job, Mailbox::Bounded(1)).map(|job| job.try_send(())) {
                             Ok(Ok(())) => {
@@ -747,11 +787,21 @@ pub struct HttpOptions {
     /// nothing, or a keep-alive one between requests) before it is closed without an answer.
     /// Default [`IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
+    /// Heavy requests (`/slow`) running or waiting for a pool thread at once; one more is
+    /// answered `503 Service Unavailable` with `Retry-After: 1` at once, so a burst of heavy
+    /// work waits a bounded time instead of queueing without end (a server that accepts
+    /// faster than its pool works would otherwise make each heavy request wait for all those
+    /// before it). Default [`MAX_HEAVY`].
+    pub max_heavy: usize,
 }
+
+/// Heavy requests a server runs or queues at once, by default: with the example's two pool
+/// threads, a heavy request waits for at most three others ahead of it on each.
+pub const MAX_HEAVY: usize = 8;
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        HttpOptions { head_timeout: HEAD_TIMEOUT, idle_timeout: IDLE_TIMEOUT }
+        HttpOptions { head_timeout: HEAD_TIMEOUT, idle_timeout: IDLE_TIMEOUT, max_heavy: MAX_HEAVY }
     }
 }
 
@@ -771,6 +821,8 @@ pub struct HttpServer {
     status: Option<baton_handoff::Status>,
     draining: bool,
     options: HttpOptions,
+    /// Heavy requests running or waiting for a pool thread (at most `options.max_heavy`).
+    heavy_count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl HttpServer {
@@ -790,8 +842,14 @@ impl HttpServer {
     ///
     /// [`SpawnError`] when the runtime is shutting down.
     pub fn spawn_with(rt: &Runtime, reactor: &Reactor, options: HttpOptions) -> Result<Addr<HttpServer>, SpawnError> {
-        let server =
-            HttpServer { reactor: reactor.clone(), conns: Registry::default(), status: None, draining: false, options };
+        let server = HttpServer {
+            reactor: reactor.clone(),
+            conns: Registry::default(),
+            status: None,
+            draining: false,
+            options,
+            heavy_count: Arc::default(),
+        };
         rt.spawn_on(reactor.event_loop(), server, Mailbox::DEFAULT)
     }
 
@@ -842,6 +900,7 @@ impl HttpServer {
             status: self.status.clone(),
             socket: Some(socket),
             options: self.options,
+            heavy_count: self.heavy_count.clone(),
             head_timer: None,
             head_deadlines: 0,
             peer,

@@ -99,6 +99,39 @@ fn a_heavy_request_blocks_only_its_own_connection() {
     s.stop();
 }
 
+/// The regression the listeners mode's "hundreds of milliseconds" came from: a worker that
+/// accepts faster than its pool runs heavy requests queued them without end, each waiting for
+/// all those before it. Past `max_heavy` a heavy request is answered 503 at once.
+#[test]
+fn heavy_requests_past_the_bound_are_refused_at_once_not_queued_without_end() {
+    let s = start_with(HttpOptions { max_heavy: 2, ..HttpOptions::default() });
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect(s.addr);
+        c.write_all(b"GET /slow?ms=3000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        running.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // Both running (two pool threads): the next three are refused while they run, and the
+    // refusals say when to come back.
+    for _ in 0..3 {
+        let all = exchange(s.addr, b"GET /slow?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(statuses(&all), ["503 Service Unavailable"], "{all}");
+        assert!(all.contains("Retry-After: 1\r\n"), "{all}");
+    }
+    // Ordinary requests are served meanwhile.
+    assert_eq!(statuses(&exchange(s.addr, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")), ["200 OK"]);
+    for mut c in running {
+        let mut all = String::new();
+        c.read_to_string(&mut all).unwrap();
+        assert_eq!(statuses(&all), ["200 OK"], "{all}");
+    }
+    // Their places are free again.
+    let all = exchange(s.addr, b"GET /slow?ms=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(statuses(&all), ["200 OK"], "{all}");
+    s.stop();
+}
+
 /// Sends `request` in one write, then reads until the server closes: everything it answered.
 fn exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut c = connect(addr);
@@ -212,7 +245,8 @@ const HEAD: Duration = Duration::from_millis(500);
 fn a_head_trickled_a_byte_at_a_time_gets_408_at_its_deadline() {
     // The old server reset its only timer (60 s idle) at every byte: a client sending one
     // byte every 45 s held a connection with an incomplete head for as long as it liked.
-    let s = start_with(HttpOptions { head_timeout: HEAD, idle_timeout: Duration::from_secs(60) });
+    let s =
+        start_with(HttpOptions { head_timeout: HEAD, idle_timeout: Duration::from_secs(60), ..HttpOptions::default() });
     let mut c = connect(s.addr);
     c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let head = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Pad: {}", "a".repeat(200));
@@ -243,7 +277,8 @@ fn a_head_trickled_a_byte_at_a_time_gets_408_at_its_deadline() {
 
 #[test]
 fn a_head_whole_in_time_is_served_and_its_deadline_forgotten() {
-    let s = start_with(HttpOptions { head_timeout: HEAD, idle_timeout: Duration::from_secs(60) });
+    let s =
+        start_with(HttpOptions { head_timeout: HEAD, idle_timeout: Duration::from_secs(60), ..HttpOptions::default() });
     let mut c = connect(s.addr);
     // A head in two parts, well within the deadline.
     c.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
@@ -264,7 +299,11 @@ fn a_head_whole_in_time_is_served_and_its_deadline_forgotten() {
 #[test]
 fn an_idle_keep_alive_connection_is_bounded_by_the_idle_timeout_not_the_head_deadline() {
     let idle = Duration::from_millis(1500);
-    let s = start_with(HttpOptions { head_timeout: Duration::from_millis(200), idle_timeout: idle });
+    let s = start_with(HttpOptions {
+        head_timeout: Duration::from_millis(200),
+        idle_timeout: idle,
+        ..HttpOptions::default()
+    });
     let mut c = connect(s.addr);
     c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut buf = [0u8; 512];

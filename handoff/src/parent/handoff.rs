@@ -591,7 +591,8 @@ impl Handoff {
     pub(super) fn accepted(&mut self, a: Accepted) {
         if let Some(g) = self.steered.iter().find(|g| g.owns(a.listener)) {
             // From a steered socket whose worker cannot take it: to another worker.
-            let d = Dispatch { stream: a.stream, peer: a.peer, local: a.local, tag: g.tag, key: None, prelude: Vec::new() };
+            let d =
+                Dispatch { stream: a.stream, peer: a.peer, local: a.local, tag: g.tag, key: None, prelude: Vec::new() };
             return self.admit(d, None, Baseline::Fresh);
         }
         match self.tags.iter().position(|&id| id == a.listener) {
@@ -1246,8 +1247,9 @@ impl Handoff {
                 }
                 if want && self.steered[g].own[i].is_none() {
                     let me = self.me.as_ref().expect("set in started").recipient();
-                    let own = steering::duplicate(&self.shared[first + i].fd)
-                        .and_then(|fd| self.reactor.adopt_listener(fd, ListenOptions::default(), me).map_err(io::Error::other));
+                    let own = steering::duplicate(&self.shared[first + i].fd).and_then(|fd| {
+                        self.reactor.adopt_listener(fd, ListenOptions::default(), me).map_err(io::Error::other)
+                    });
                     match own {
                         Ok(l) => self.steered[g].own[i] = Some(l),
                         Err(e) => {

@@ -264,14 +264,7 @@ pub(crate) struct Steered {
 
 impl Steered {
     pub(crate) fn new(tag: u32, first: usize, len: usize) -> Steered {
-        Steered {
-            tag,
-            first,
-            len,
-            own: (0..len).map(|_| None).collect(),
-            accepting: vec![false; len],
-            attached: None,
-        }
+        Steered { tag, first, len, own: (0..len).map(|_| None).collect(), accepting: vec![false; len], attached: None }
     }
 
     /// Whether `listener` is one of the parent's own on this group.

@@ -186,11 +186,7 @@ impl Handoff {
             .iter()
             .map(|(l, name)| (l.duplicate(), l.local_addr().clone(), name.clone()))
             .chain(self.shared.iter().map(|l| {
-                (
-                    rustix::io::fcntl_dupfd_cloexec(&l.fd, 0).map_err(std::io::Error::from),
-                    l.local.clone(),
-                    l.name(),
-                )
+                (rustix::io::fcntl_dupfd_cloexec(&l.fd, 0).map_err(std::io::Error::from), l.local.clone(), l.name())
             }))
             .collect();
         let wanted = named.len();

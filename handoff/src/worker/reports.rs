@@ -73,7 +73,11 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(reactor: Reactor, parent: Option<std::os::fd::OwnedFd>, channel: std::sync::Arc<Channel>) -> Shared {
+    pub(super) fn new(
+        reactor: Reactor,
+        parent: Option<std::os::fd::OwnedFd>,
+        channel: std::sync::Arc<Channel>,
+    ) -> Shared {
         Shared {
             channel,
             outbox_empty: AtomicBool::new(true),
