@@ -184,12 +184,18 @@ struct Upgradable {
 
 impl Upgradable {
     fn start(name: &str, probation_ms: u32, pid_in: fn(&str) -> Option<&str>) -> Upgradable {
+        Upgradable::start_with(name, probation_ms, &[], pid_in)
+    }
+
+    /// [`Upgradable::start`] with more flags (after the defaults, so they win).
+    fn start_with(name: &str, probation_ms: u32, extra: &[&str], pid_in: fn(&str) -> Option<&str>) -> Upgradable {
         let path = std::env::temp_dir().join(format!("baton-prefork-{name}-{}.sock", std::process::id()));
         let probation = probation_ms.to_string();
         let mut first = Command::new(prefork_binary())
             .process_group(0)
             .args(["--listen", "127.0.0.1:0", "--workers", "1", "--probation", &probation, "--takeover"])
             .arg(&path)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -713,4 +719,109 @@ fn route_by_host_sends_each_host_to_its_own_worker_and_refuses_bad_heads() {
     let (status, _) = read_response(&mut r);
     assert_eq!(status, "HTTP/1.1 400 Bad Request", "refused by the parent as a worker would");
     assert!(server.terminate().success());
+}
+
+/// The worker processes of `parent` now.
+fn children(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // pid (comm) state ppid ...: the comm may hold spaces, so count from its end.
+        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), sig).unwrap();
+}
+
+/// A worker that blocks its own loop (`/block`, the shape of a single-threaded worker) says so,
+/// and the parent steers every new connection to the other one meanwhile.
+#[test]
+fn steered_mode_sends_nothing_to_a_worker_that_blocks_its_loop() {
+    let server = Server::start(&["--mode", "steered", "--metrics", "127.0.0.1:0"]);
+    let addr = server.addr;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let (status, body) = get(addr, "/");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        seen.insert(worker_pid(&body));
+    }
+    assert_eq!(seen.len(), 2, "both workers accept from their sockets: {seen:?}");
+    let blocked = std::thread::spawn(move || get(addr, "/block?ms=2000"));
+    std::thread::sleep(Duration::from_millis(300));
+    let during: Vec<u32> = (0..40).map(|_| worker_pid(&get(addr, "/").1)).collect();
+    let (status, body) = blocked.join().unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let blocker = worker_pid(&body);
+    assert!(during.iter().all(|&p| p != blocker), "a connection went to worker {blocker} while it blocked: {during:?}");
+    // Steered, not handed off: the workers accepted these themselves.
+    let (_, text) = get(server.metrics.expect("metrics address"), "/metrics");
+    assert!(text.contains("baton_handoff_steering_changes_total"), "{text}");
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+/// Plain SO_REUSEPORT resets the connections queued on a worker that dies (each process owns
+/// its socket). Here the parent holds every socket of the group: what waited for a stopped,
+/// then killed, worker is served by the other.
+#[test]
+fn steered_mode_serves_the_queue_of_a_worker_that_died() {
+    let server = Server::start(&["--mode", "steered"]);
+    let addr = server.addr;
+    // Both serving before the test begins.
+    let deadline = Instant::now() + WAIT;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "both workers serving: {seen:?}");
+        seen.insert(worker_pid(&get(addr, "/").1));
+    }
+    let workers = children(server.child.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let victim = workers[0];
+    signal(victim, rustix::process::Signal::STOP);
+    // Half of these land in the stopped worker's queue (it reported no load change: it weighs
+    // what it weighed) and wait there.
+    let clients: Vec<_> = (0..16).map(|_| std::thread::spawn(move || get(addr, "/"))).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    signal(victim, rustix::process::Signal::KILL);
+    for c in clients {
+        let (status, body) = c.join().expect("an answer, not a reset");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_ne!(worker_pid(&body), victim);
+    }
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+/// A successor takes the whole group over (its members in order): upgrades fail no request.
+#[test]
+fn steered_mode_upgrades_without_a_failed_request() {
+    let mut u = Upgradable::start_with("steered", 100, &["--workers", "2", "--mode", "steered"], |l| {
+        l.strip_prefix("prefork: parent ")?.strip_suffix(" serving")
+    });
+    let addr = u.addr;
+    let log = u.log.clone();
+    let next_serving = |what: &str| {
+        u.pids
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("{what}; the servers said:\n{}", log.lock().unwrap().join("\n")))
+    };
+    let mut parent = next_serving("first parent serving");
+    let load = ClientLoop::start(move || get(addr, "/").0);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(200));
+        signal(parent, rustix::process::Signal::USR2);
+        let next = next_serving("the successor serves");
+        wait_gone(parent, "the old parent did not exit after the takeover");
+        parent = next;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    load.stop_with_none_failed("steered, across three upgrades");
+    signal(parent, rustix::process::Signal::TERM);
+    wait_gone(parent, "the last parent did not exit");
+    let _ = u.first.wait();
 }
