@@ -375,6 +375,7 @@ fn load_at(
     let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
     // `E2E_SLOW_PATH` replaces the heavy request (`/block?ms=20`: one that blocks the worker).
     let slow_path = std::env::var("E2E_SLOW_PATH").unwrap_or_else(|_| "/slow?ms=20".into());
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let threads: Vec<_> = (0..clients)
         .map(|t| {
             let slow_path = slow_path.clone();
@@ -385,11 +386,13 @@ fn load_at(
                 let mut failed = 0;
                 let mut buf = Vec::new();
                 let mut conn: Option<TcpStream> = None;
-                let mut i = t; // stagger the slow requests across threads
+                // Every n-th request of all the clients' is heavy (not every n-th of each: at a low
+                // rate a client sends too few for its own count to reach n).
+                let sent = sent.clone();
                                // Open loop: this client's schedule, staggered across clients.
                 let mut due = interval.map(|d| Instant::now() + d.mul_f64(t as f64 / clients as f64));
                 while Instant::now() < end {
-                    i += 1;
+                    let i = sent.fetch_add(1, Relaxed) + 1;
                     let slow = slow_every.is_some_and(|n| i % n == 0);
                     let path = if slow { slow_path.as_str() } else { "/" };
                     let req = match mode {
