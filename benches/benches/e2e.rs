@@ -379,6 +379,9 @@ fn load_at(
     let threads: Vec<_> = (0..clients)
         .map(|t| {
             let slow_path = slow_path.clone();
+            // Every n-th request of all the clients' is heavy (not every n-th of each: at a low
+            // rate a client sends too few for its own count to reach n).
+            let sent = sent.clone();
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
                 let mut fast = Vec::new();
@@ -386,10 +389,7 @@ fn load_at(
                 let mut failed = 0;
                 let mut buf = Vec::new();
                 let mut conn: Option<TcpStream> = None;
-                // Every n-th request of all the clients' is heavy (not every n-th of each: at a low
-                // rate a client sends too few for its own count to reach n).
-                let sent = sent.clone();
-                               // Open loop: this client's schedule, staggered across clients.
+                // Open loop: this client's schedule, staggered across clients.
                 let mut due = interval.map(|d| Instant::now() + d.mul_f64(t as f64 / clients as f64));
                 while Instant::now() < end {
                     let i = sent.fetch_add(1, Relaxed) + 1;
