@@ -50,28 +50,44 @@ impl<A: Actor> Addr<A> {
         self.cell.id
     }
 
-    /// Sends `msg`, waiting for room in a bounded mailbox.
+    /// Sends `msg`, waiting for room in a full bounded mailbox if the calling thread may wait.
+    ///
+    /// What a full mailbox does depends on the thread that calls (see "Where an actor runs" in
+    /// the crate docs):
+    ///
+    /// - an application thread (any thread not the runtime's): waits until there is room;
+    /// - a dedicated-thread actor ([`crate::Runtime::spawn_dedicated`]): waits, as above;
+    /// - a pool-thread actor: does not wait, and returns [`SendError::Full`] at once, because a
+    ///   pool thread that waited could be the very thread the receiver needs to make room;
+    /// - an event-loop actor (or any code on the thread that drives an [`crate::EventLoop`]):
+    ///   does not wait, as on the pool: the loop's other actors and its I/O would stall;
+    /// - an actor sending to itself, on any thread: [`SendError::Full`], since it can only make
+    ///   room once the current handler returns.
+    ///
+    /// Where waiting is refused, [`Addr::try_send_notify`] is the way to resume on time.
     ///
     /// # Errors
     ///
-    /// [`SendError`] hands the message back when the actor has stopped or is stopping.
-    /// Called from inside a pool-thread handler against a full mailbox, it does not wait (that
-    /// could deadlock the pool) and returns the message as if the actor were closed; use
-    /// [`Addr::try_send`] there to tell the two apart.
+    /// [`SendError::Closed`] when the actor has stopped or is stopping; [`SendError::Full`]
+    /// as above. Either way the message is handed back.
     pub fn send(&self, msg: A::Message) -> Result<(), SendError<A::Message>> {
-        self.cell.send(msg, None).map_err(|e| SendError(e.into_inner()))
+        self.cell.send(msg, None).map_err(SendError::without_deadline)
     }
 
-    /// Sends `msg`, waiting at most `timeout` for room.
+    /// Sends `msg`, waiting at most `timeout` for room in a full bounded mailbox if the
+    /// calling thread may wait: application threads and dedicated-thread actors wait; pool
+    /// threads, event loops and an actor sending to itself never wait, however long `timeout`
+    /// is, and get [`SendTimeoutError::Full`] at once (see [`Addr::send`] for why).
     ///
     /// # Errors
     ///
-    /// [`SendTimeoutError::Timeout`] or [`SendTimeoutError::Closed`], with the message.
+    /// [`SendTimeoutError::Timeout`] (waited, still full), [`SendTimeoutError::Full`] (not
+    /// allowed to wait) or [`SendTimeoutError::Closed`], with the message.
     pub fn send_timeout(&self, msg: A::Message, timeout: Duration) -> Result<(), SendTimeoutError<A::Message>> {
         self.cell.send(msg, Some(Instant::now() + timeout))
     }
 
-    /// Sends `msg` if there is room now.
+    /// Sends `msg` if there is room now. Never waits, on any thread; the same on all of them.
     ///
     /// # Errors
     ///
@@ -84,7 +100,9 @@ impl<A: Actor> Addr<A> {
     /// once room appears (after the actor's next turn) or the actor closes. This is how a
     /// producer such as a socket reader pauses without polling and resumes on time.
     ///
-    /// `notify` runs on whichever thread makes room: keep it short (set a flag, wake a poller).
+    /// Never waits, on any thread, so it is the way for pool-thread and event-loop actors to
+    /// wait for room without holding their thread. `notify` runs on whichever thread makes
+    /// room: keep it short (set a flag, wake a poller, send to an unbounded or idle actor).
     ///
     /// # Errors
     ///
@@ -204,6 +222,7 @@ impl<A: Actor, M: Send + 'static> Deliver<M> for Mapped<A, M> {
             Ok(()) => Ok(()),
             Err(SendTimeoutError::Timeout(m)) => self.back(m).map_or(Ok(()), |m| Err(SendTimeoutError::Timeout(m))),
             Err(SendTimeoutError::Closed(m)) => self.back(m).map_or(Ok(()), |m| Err(SendTimeoutError::Closed(m))),
+            Err(SendTimeoutError::Full(m)) => self.back(m).map_or(Ok(()), |m| Err(SendTimeoutError::Full(m))),
         }
     }
     fn try_send(&self, msg: M) -> Result<(), TrySendError<M>> {
@@ -277,16 +296,19 @@ impl<M: Send + 'static> Recipient<M> {
         crate::ask::current_actor() == Some(self.inner.id())
     }
 
-    /// As [`Addr::send`].
+    /// As [`Addr::send`]: waits for room on application threads and dedicated-thread actors;
+    /// on pool threads, event loops and the receiving actor itself, a full mailbox is
+    /// [`SendError::Full`] at once.
     ///
     /// # Errors
     ///
-    /// [`SendError`] with the message when the actor is closed.
+    /// [`SendError::Closed`] or [`SendError::Full`], with the message.
     pub fn send(&self, msg: M) -> Result<(), SendError<M>> {
-        self.inner.send(msg, None).map_err(|e| SendError(e.into_inner()))
+        self.inner.send(msg, None).map_err(SendError::without_deadline)
     }
 
-    /// As [`Addr::send_timeout`].
+    /// As [`Addr::send_timeout`]: waits up to `timeout` only where [`Recipient::send`] would
+    /// wait at all.
     ///
     /// # Errors
     ///
@@ -295,7 +317,7 @@ impl<M: Send + 'static> Recipient<M> {
         self.inner.send(msg, Some(Instant::now() + timeout))
     }
 
-    /// As [`Addr::try_send`].
+    /// As [`Addr::try_send`]: never waits, on any thread.
     ///
     /// # Errors
     ///
@@ -304,7 +326,7 @@ impl<M: Send + 'static> Recipient<M> {
         self.inner.try_send(msg)
     }
 
-    /// As [`Addr::try_send_notify`].
+    /// As [`Addr::try_send_notify`]: never waits, on any thread.
     ///
     /// # Errors
     ///
