@@ -46,7 +46,18 @@ pub trait Actor: Send + Sized + 'static {
     /// Runs when the actor has been asked to stop, after its accepted messages were handled.
     fn stopping(&mut self, _ctx: &mut Context<Self>) {}
 
-    /// Runs last, with the reason the actor stopped.
+    /// Runs last, once per instance, with the reason it stopped: after [`Actor::stopping`] on
+    /// an orderly stop, and also when a handler or hook of this instance panicked, with
+    /// [`ExitReason::Panicked`] (then `stopping` is skipped: the mailbox is not drained).
+    ///
+    /// After a panic, `self` is the state the panic left behind, possibly halfway through an
+    /// update: use `stopped` to release what the instance holds (close files and sockets, tell
+    /// peers it is gone), not to trust invariants the interrupted handler was restoring. A
+    /// panic inside `stopped` (or `stopping`, which then skips `stopped`) is caught and logged,
+    /// and the exit is reported as before. Supervisors and monitors hear about the exit after
+    /// `stopped` returns; a supervised actor is then rebuilt by its factory, so every instance
+    /// that ends gets its `stopped` call, restarted or not. It does not run when a
+    /// supervisor's factory itself panics (there is no instance).
     fn stopped(&mut self, _reason: &ExitReason) {}
 
     /// Receives the notice that an actor this one monitors has stopped.

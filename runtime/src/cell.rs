@@ -542,10 +542,20 @@ impl<A: Actor> Cell<A> {
         let text = panic_text(&payload);
         log::error!("{} ({}) panicked: {text}", self.id, self.type_name);
         self.metrics.panics.increment(1);
-        // The state that panicked is suspect: drop it without running more of its code.
-        let actor = inner.actor.take();
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(actor)));
-        self.after_exit(inner, ctx, ExitReason::Panicked(text));
+        let reason = ExitReason::Panicked(text);
+        // The state may be half-updated by the panic, but its `Drop` runs on it anyway; so does
+        // `stopped`, which exists to release what the instance holds (see `Actor::stopped`).
+        // `stopping` does not: it belongs to an orderly stop, with the mailbox drained.
+        if let Some(mut actor) = inner.actor.take() {
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                actor.stopped(&reason);
+                drop(actor);
+            }));
+            if let Err(p) = r {
+                log::error!("{} ({}) panicked in stopped after a panic: {}", self.id, self.type_name, panic_text(&p));
+            }
+        }
+        self.after_exit(inner, ctx, reason);
     }
 
     fn exit_instance(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>, reason: ExitReason) {

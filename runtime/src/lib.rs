@@ -14,8 +14,9 @@
 //! thread drains ([`Runtime::spawn_on`]). The protocol is written up in `SCHEDULER.md` beside
 //! this crate.
 //!
-//! A panic in a handler is caught. An unsupervised actor stops with [`ExitReason::Panicked`] and
-//! its monitors hear about it; a supervised one is reported to its [`Supervisor`], which may
+//! A panic in a handler is caught, and the instance's [`Actor::stopped`] runs with
+//! [`ExitReason::Panicked`] (on the state the panic left: see its docs). An unsupervised actor
+//! then stops and its monitors hear about it; a supervised one is reported to its [`Supervisor`], which may
 //! restart it in place (same address, same mailbox) or let it stop for good.
 //!
 //! Request/reply ([`Addr::ask`]) always has a deadline and refuses to block a pool thread, so it

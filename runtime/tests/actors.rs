@@ -61,7 +61,7 @@ fn lifecycle_hooks_run_in_order_and_stop_drains_accepted_messages() {
         Err(TrySendError::Closed(m)) => assert_eq!(m, "late"),
         other => panic!("expected Closed with the message back, got {other:?}"),
     }
-    assert_eq!(addr.send("late2".into()).unwrap_err().0, "late2");
+    assert_eq!(addr.send("late2".into()).unwrap_err(), SendError::Closed("late2".to_string()));
     rt.shutdown(WAIT).unwrap();
 }
 

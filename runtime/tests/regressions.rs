@@ -236,3 +236,87 @@ fn send_from_an_event_loop_to_a_live_full_mailbox_says_full_not_closed() {
     drop(release); // every later recv in Held returns at once
     rt.shutdown(WAIT).unwrap();
 }
+
+/// Panics on `true`; reports each `stopped` call with its instance number and reason.
+struct Fragile {
+    instance: u32,
+    stops: Sender<(u32, ExitReason)>,
+}
+impl Actor for Fragile {
+    type Message = bool;
+    fn handle(&mut self, _ctx: &mut Context<Self>, panic: bool) {
+        assert!(!panic, "fragile broke");
+    }
+    fn stopped(&mut self, reason: &ExitReason) {
+        let _ = self.stops.send((self.instance, reason.clone()));
+    }
+}
+
+/// Monitors whatever it is sent, and forwards each `Down`.
+struct Watcher(Sender<Down>);
+impl Actor for Watcher {
+    type Message = Addr<Fragile>;
+    fn handle(&mut self, ctx: &mut Context<Self>, other: Addr<Fragile>) {
+        ctx.monitor(&other);
+    }
+    fn down(&mut self, _ctx: &mut Context<Self>, down: Down) {
+        let _ = self.0.send(down);
+    }
+}
+
+fn panicked() -> ExitReason {
+    ExitReason::Panicked("fragile broke".into())
+}
+
+#[test]
+fn stopped_runs_with_panicked_when_an_unsupervised_handler_panics_and_monitors_hear() {
+    let rt = Runtime::new();
+    let (stops_tx, stops) = unbounded();
+    let (downs_tx, downs) = unbounded();
+    let fragile = rt.spawn(Fragile { instance: 0, stops: stops_tx });
+    let watcher = rt.spawn(Watcher(downs_tx));
+    watcher.send(fragile.clone()).unwrap();
+    wait_until("the watcher monitors", || watcher.mailbox_len() == 0);
+    fragile.send(true).unwrap();
+    assert_eq!(stops.recv_timeout(WAIT).expect("stopped was not called"), (0, panicked()));
+    let down = downs.recv_timeout(WAIT).expect("the monitor heard nothing");
+    assert_eq!(down, Down { id: fragile.id(), reason: panicked() });
+    assert!(fragile.is_stopped());
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn stopped_runs_with_panicked_when_a_supervised_handler_panics_and_the_supervisor_restarts() {
+    let rt = Runtime::new();
+    let (stops_tx, stops) = unbounded();
+    let (downs_tx, downs) = unbounded();
+    let sup = rt.supervisor(Strategy::OneForOne, Intensity { max_restarts: 1, period: WAIT }).unwrap();
+    let instances = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let fragile = sup
+        .start_child(ChildSpec::new(move || Fragile {
+            instance: instances.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            stops: stops_tx.clone(),
+        }))
+        .unwrap();
+    let watcher = rt.spawn(Watcher(downs_tx));
+    watcher.send(fragile.clone()).unwrap();
+    wait_until("the watcher monitors", || watcher.mailbox_len() == 0);
+
+    // First panic: stopped on instance 0, the supervisor restarts (instance 1 handles the next
+    // message), and the monitor hears nothing, since the actor has not stopped for good.
+    fragile.send(true).unwrap();
+    assert_eq!(stops.recv_timeout(WAIT).expect("stopped was not called"), (0, panicked()));
+    fragile.send(false).unwrap();
+    wait_until("the restarted instance handles a message", || fragile.mailbox_len() == 0);
+    assert!(!fragile.is_stopped(), "the supervisor did not restart it");
+    assert!(downs.try_recv().is_err());
+
+    // Second panic exceeds the intensity: stopped on instance 1, then the supervisor gives up
+    // and the monitor hears why.
+    fragile.send(true).unwrap();
+    assert_eq!(stops.recv_timeout(WAIT).expect("stopped was not called"), (1, panicked()));
+    let down = downs.recv_timeout(WAIT).expect("the monitor heard nothing");
+    assert_eq!(down.id, fragile.id());
+    assert!(down.reason.is_abnormal(), "{:?}", down.reason);
+    rt.shutdown(WAIT).unwrap();
+}
