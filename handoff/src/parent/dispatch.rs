@@ -80,13 +80,19 @@ pub enum DispatchError {
     PreludeTooLong(Box<Dispatch>),
     /// The parent has stopped.
     Stopped(Box<Dispatch>),
+    /// The parent's mailbox is full and the calling thread does not wait for room: it is a
+    /// pool thread or an event loop (see [`baton_runtime::SendError::Full`]).
+    Full(Box<Dispatch>),
 }
 
 impl DispatchError {
     /// The socket, back.
     pub fn into_inner(self) -> Dispatch {
         match self {
-            DispatchError::KeyTooLong(d) | DispatchError::PreludeTooLong(d) | DispatchError::Stopped(d) => *d,
+            DispatchError::KeyTooLong(d)
+            | DispatchError::PreludeTooLong(d)
+            | DispatchError::Stopped(d)
+            | DispatchError::Full(d) => *d,
         }
     }
 }
@@ -97,6 +103,7 @@ impl std::fmt::Display for DispatchError {
             DispatchError::KeyTooLong(_) => "routing key longer than MAX_KEY",
             DispatchError::PreludeTooLong(_) => "prelude longer than MAX_PRELUDE",
             DispatchError::Stopped(_) => "the parent has stopped",
+            DispatchError::Full(_) => "the parent's mailbox is full, and this thread does not wait for room",
         })
     }
 }

@@ -530,7 +530,7 @@ impl Handoff {
                 } else {
                     String::new()
                 },
-                pid: if s.phase == Phase::Down { None } else { s.pid },
+                pid: s.pid,
                 ready: s.phase == Phase::Ready,
                 open: books.get(slot).map_or(0, |b| b.open),
                 queued: books.get(slot).map_or(0, |b| b.queued),

@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_runtime::{Addr, AskError, Intensity, Mailbox, Recipient, Runtime, SpawnError};
+use baton_runtime::{Addr, AskError, Intensity, Mailbox, Recipient, Runtime, SendError, SpawnError};
 use baton_transport::{Address, ListenOptions, Listener, Reactor};
 
 pub use self::dispatch::{Dispatch, DispatchError};
@@ -337,19 +337,25 @@ impl Parent {
 
     /// Hands a socket to the parent for placement (an application that read a handshake uses
     /// this; listeners send [`Accepted`](baton_transport::Accepted) straight to [`Parent::recipient`]). Waits while the
-    /// parent's mailbox is full.
+    /// parent's mailbox is full, on threads that may wait (see [`baton_runtime::Addr::send`]);
+    /// on a pool thread or an event loop it hands the socket back at once instead.
     ///
     /// # Errors
     ///
     /// [`DispatchError`], with the socket back, when a routing key or prelude exceeds
-    /// [`record::MAX_KEY`] / [`record::MAX_PRELUDE`] or the parent has stopped.
+    /// [`record::MAX_KEY`] / [`record::MAX_PRELUDE`], the parent has stopped, or its mailbox
+    /// is full on a thread that does not wait.
     pub fn dispatch(&self, socket: Dispatch) -> Result<(), DispatchError> {
         if let Err(refuse) = socket.check() {
             return Err(refuse(Box::new(socket)));
         }
-        self.addr.send(HandoffMsg::Dispatch(socket)).map_err(|e| match e.0 {
-            HandoffMsg::Dispatch(d) => DispatchError::Stopped(Box::new(d)),
-            _ => unreachable!("sent a Dispatch"),
+        self.addr.send(HandoffMsg::Dispatch(socket)).map_err(|e| {
+            let full = matches!(e, SendError::Full(_));
+            match e.into_inner() {
+                HandoffMsg::Dispatch(d) if full => DispatchError::Full(Box::new(d)),
+                HandoffMsg::Dispatch(d) => DispatchError::Stopped(Box::new(d)),
+                _ => unreachable!("sent a Dispatch"),
+            }
         })
     }
 
