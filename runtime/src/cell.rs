@@ -188,11 +188,18 @@ impl<A: Actor> Cell<A> {
     }
 
     pub(crate) fn try_send(self: &Arc<Self>, msg: A::Message) -> Result<(), TrySendError<A::Message>> {
+        self.try_send_with(move || msg).map_err(|e| e.map(|make| make()))
+    }
+
+    /// As `try_send`, for the message `make` builds: it is called only if the message is
+    /// accepted, and handed back uncalled otherwise (see `MessageQueue::try_send_with`).
+    pub(crate) fn try_send_with<F: FnOnce() -> A::Message>(self: &Arc<Self>, make: F) -> Result<(), TrySendError<F>> {
         if !self.enter_send() {
-            return Err(TrySendError::Closed(msg));
+            return Err(TrySendError::Closed(make));
         }
-        let r = self.mailbox.try_send(msg);
-        self.leave_send(r.is_ok());
+        let sending = Sending(self);
+        let r = self.mailbox.try_send_with(make);
+        sending.leave(r.is_ok());
         r.map_err(TrySendError::Full)
     }
 
@@ -201,7 +208,16 @@ impl<A: Actor> Cell<A> {
         msg: A::Message,
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError<A::Message>> {
-        match self.try_send(msg) {
+        self.send_with(move || msg, deadline).map_err(|e| e.map(|make| make()))
+    }
+
+    /// As `send`, for the message `make` builds (see `try_send_with`).
+    pub(crate) fn send_with<F: FnOnce() -> A::Message>(
+        self: &Arc<Self>,
+        make: F,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError<F>> {
+        match self.try_send_with(make) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(m)) => Err(SendTimeoutError::Closed(m)),
             Err(TrySendError::Full(m)) => {
@@ -214,23 +230,24 @@ impl<A: Actor> Cell<A> {
                 if !self.enter_send() {
                     return Err(SendTimeoutError::Closed(m));
                 }
+                let sending = Sending(self);
                 // Wait in slices so a mailbox closed meanwhile is noticed.
                 let mut m = m;
                 loop {
                     let slice = Instant::now() + std::time::Duration::from_millis(10);
                     let until = deadline.map_or(slice, |d| d.min(slice));
-                    match self.mailbox.send_deadline(m, until) {
+                    match self.mailbox.send_deadline_with(m, until) {
                         Ok(()) => {
-                            self.leave_send(true);
+                            sending.leave(true);
                             return Ok(());
                         }
                         Err(back) => {
                             if deadline.is_some_and(|d| Instant::now() >= d) {
-                                self.leave_send(false);
+                                sending.leave(false);
                                 return Err(SendTimeoutError::Timeout(back));
                             }
                             if self.is_closed() {
-                                self.leave_send(false);
+                                sending.leave(false);
                                 return Err(SendTimeoutError::Closed(back));
                             }
                             m = back;
@@ -243,12 +260,12 @@ impl<A: Actor> Cell<A> {
 
     /// As `try_send`, but when the mailbox is full `notify` is kept and called once there is
     /// room again (or the actor closes), so a producer can pause instead of polling.
-    pub(crate) fn try_send_notify(
+    pub(crate) fn try_send_notify_with<F: FnOnce() -> A::Message>(
         self: &Arc<Self>,
-        msg: A::Message,
+        make: F,
         notify: crate::address::MakeRoomWaiter<'_>,
-    ) -> Result<(), TrySendError<A::Message>> {
-        match self.try_send(msg) {
+    ) -> Result<(), TrySendError<F>> {
+        match self.try_send_with(make) {
             Err(TrySendError::Full(m)) => {
                 self.room_waiters.lock().push(notify());
                 self.has_room_waiters.store(true, SeqCst);
@@ -622,6 +639,24 @@ impl<A: Actor> Cell<A> {
         self.control.lock().clear();
         self.call_room_waiters();
         self.runtime.deregister(self.registry_key.load(SeqCst));
+    }
+}
+
+/// A sender counted in `send_state` (by `enter_send`), until `leave` or, should building the
+/// message panic (a user's `From`), until dropped: a sender counted for ever would keep a
+/// stopping actor waiting for it.
+struct Sending<'a, A: Actor>(&'a Arc<Cell<A>>);
+
+impl<A: Actor> Sending<'_, A> {
+    fn leave(self, delivered: bool) {
+        self.0.leave_send(delivered);
+        std::mem::forget(self);
+    }
+}
+
+impl<A: Actor> Drop for Sending<'_, A> {
+    fn drop(&mut self) {
+        self.0.leave_send(false);
     }
 }
 

@@ -62,7 +62,7 @@ mod supervisor;
 mod timer;
 
 pub use crate::actor::{Actor, Context, Down, ExitReason};
-pub use crate::address::{ActorId, Addr, Recipient};
+pub use crate::address::{ActorId, Addr, IntoRecipient, Recipient};
 pub use crate::ask::{AskError, ReplyTo};
 pub use crate::event_loop::EventLoop;
 pub use crate::mailbox::{Mailbox, SendError, SendTimeoutError, TrySendError};

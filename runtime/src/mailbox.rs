@@ -86,6 +86,27 @@ impl<M> SendError<M> {
     }
 }
 
+impl<M> TrySendError<M> {
+    /// The same error around another payload.
+    pub(crate) fn map<N>(self, f: impl FnOnce(M) -> N) -> TrySendError<N> {
+        match self {
+            TrySendError::Full(m) => TrySendError::Full(f(m)),
+            TrySendError::Closed(m) => TrySendError::Closed(f(m)),
+        }
+    }
+}
+
+impl<M> SendTimeoutError<M> {
+    /// The same error around another payload.
+    pub(crate) fn map<N>(self, f: impl FnOnce(M) -> N) -> SendTimeoutError<N> {
+        match self {
+            SendTimeoutError::Timeout(m) => SendTimeoutError::Timeout(f(m)),
+            SendTimeoutError::Closed(m) => SendTimeoutError::Closed(f(m)),
+            SendTimeoutError::Full(m) => SendTimeoutError::Full(f(m)),
+        }
+    }
+}
+
 impl<M> SendError<M> {
     /// The error of a send without a deadline, which cannot time out.
     pub(crate) fn without_deadline(e: SendTimeoutError<M>) -> Self {
