@@ -1002,8 +1002,8 @@ fn no_stale_pid() {
     first.wait().unwrap();
     wait_until("the slot is down", || s.parent.stats().is_ok_and(|st| !st.workers[0].ready));
     // A successor that connects and never answers HELLO: linked, starting, no pid of its own yet.
-    let silent = baton_handoff::bootstrap::connect(&Endpoint::Abstract(name.into_bytes()), PeerCheck::SameUid)
-        .expect("connect");
+    let silent =
+        baton_handoff::bootstrap::connect(&Endpoint::Abstract(name.into_bytes()), PeerCheck::SameUid).expect("connect");
     std::thread::sleep(Duration::from_millis(300));
     let stats = s.parent.stats().unwrap();
     assert!(stats.workers.iter().all(|w| w.pid != Some(gone)), "a gone worker's pid is still shown: {stats:?}");

@@ -208,6 +208,8 @@ impl<A: Actor> Addr<A> {
 /// # rt.shutdown(std::time::Duration::from_secs(1)).unwrap();
 /// ```
 ///
+/// [`from_variants!`](crate::from_variants) writes such `From` impls in one line.
+///
 /// A message is converted only once the mailbox accepts it, so a refused one comes back to
 /// the source as the `E` it was (no `TryFrom` needed). A [`Recipient<E>`] of exactly `E` is
 /// passed through as it is. For a conversion `From` cannot express, see
@@ -251,6 +253,36 @@ where
     fn into_recipient(self) -> Recipient<E> {
         self.clone().into_recipient()
     }
+}
+
+/// Implements `From<T> for Enum` for each `Enum::Variant(T)` listed, so that an actor whose
+/// message is an enum with a variant per event source can hand its address to each source
+/// (see [`IntoRecipient`]). Plain `macro_rules!`, no derive: it writes the impls you would.
+///
+/// # Examples
+///
+/// ```
+/// # pub struct WorkerEvent; pub struct ConnEvent;
+/// enum Msg {
+///     Worker(WorkerEvent),
+///     Conn(ConnEvent),
+///     Tick,
+/// }
+/// baton_runtime::from_variants!(Msg::Worker(WorkerEvent), Msg::Conn(ConnEvent));
+///
+/// assert!(matches!(Msg::from(ConnEvent), Msg::Conn(_)));
+/// ```
+#[macro_export]
+macro_rules! from_variants {
+    ($($enum:ident :: $variant:ident ( $ty:ty )),+ $(,)?) => {
+        $(
+            impl ::core::convert::From<$ty> for $enum {
+                fn from(event: $ty) -> $enum {
+                    $enum::$variant(event)
+                }
+            }
+        )+
+    };
 }
 
 /// `same(source)` when its message type `M` is `E` (the identity `From`: no wrapper, no extra
@@ -315,8 +347,11 @@ pub(crate) type MakeRoomWaiter<'a> = &'a mut dyn FnMut() -> Box<dyn FnOnce() + S
 pub(crate) trait Deliver<M>: Send + Sync {
     fn id(&self) -> ActorId;
     fn send_with(&self, make: &mut dyn FnMut() -> M, deadline: Option<Instant>) -> Result<(), SendTimeoutError<()>>;
-    fn try_send_with(&self, make: &mut dyn FnMut() -> M, notify: Option<MakeRoomWaiter<'_>>)
-        -> Result<(), TrySendError<()>>;
+    fn try_send_with(
+        &self,
+        make: &mut dyn FnMut() -> M,
+        notify: Option<MakeRoomWaiter<'_>>,
+    ) -> Result<(), TrySendError<()>>;
     fn mailbox_len(&self) -> usize;
 }
 

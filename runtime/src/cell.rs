@@ -224,7 +224,11 @@ impl<A: Actor> Cell<A> {
                 if crate::ask::on_pool_thread() || crate::ask::current_actor() == Some(self.id) {
                     // Waiting here could hold the very thread the receiver needs (or, sending
                     // to itself, the receiver's own turn): hand it back as full, not closed.
-                    log::debug!("send to the full mailbox of {} ({}) on a thread that may not wait", self.id, self.type_name);
+                    log::debug!(
+                        "send to the full mailbox of {} ({}) on a thread that may not wait",
+                        self.id,
+                        self.type_name
+                    );
                     return Err(SendTimeoutError::Full(m));
                 }
                 if !self.enter_send() {

@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use crate::poller::{Event, Registration};
-use baton_runtime::{Recipient, TrySendError};
+use baton_runtime::{IntoRecipient, Recipient, TrySendError};
 use parking_lot::Mutex;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, Shutdown};
@@ -742,7 +742,12 @@ impl Reactor {
     /// # Errors
     ///
     /// When the socket cannot be made non-blocking or registered.
-    pub fn adopt(&self, stream: Stream, options: ConnOptions, owner: Recipient<ConnEvent>) -> io::Result<Connection> {
+    pub fn adopt(
+        &self,
+        stream: Stream,
+        options: ConnOptions,
+        owner: impl IntoRecipient<ConnEvent>,
+    ) -> io::Result<Connection> {
         self.adopt_with(stream, Vec::new(), None, options, owner)
     }
 
@@ -761,8 +766,9 @@ impl Reactor {
         unread: Vec<u8>,
         on_close: Option<CloseHook>,
         options: ConnOptions,
-        owner: Recipient<ConnEvent>,
+        owner: impl IntoRecipient<ConnEvent>,
     ) -> io::Result<Connection> {
+        let owner = owner.into_recipient();
         rustix::io::ioctl_fionbio(stream.as_fd(), true)?;
         let has_unread = !unread.is_empty();
         // Only for an owner adopting in its own handler on the reactor thread: its events then
@@ -850,7 +856,7 @@ impl Reactor {
         &self,
         addr: std::net::SocketAddr,
         options: ConnOptions,
-        owner: Recipient<ConnEvent>,
+        owner: impl IntoRecipient<ConnEvent>,
     ) -> io::Result<Connection> {
         let fd = crate::listener::tcp_socket(&addr)?;
         match rustix::net::connect(&fd, &addr) {

@@ -496,10 +496,7 @@ impl Handoff {
     }
 
     pub(crate) fn ready_recipient(&self) -> Recipient<Readiness> {
-        self.me.as_ref().expect("set in started").recipient_map(HandoffMsg::Ready, |m| match m {
-            HandoffMsg::Ready(r) => Some(r),
-            _ => None,
-        })
+        self.me.as_ref().expect("set in started").recipient_map(HandoffMsg::Ready)
     }
 
     pub(crate) fn watch_as(&mut self, watch: &Watch, what: Watched) {

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
-use baton_runtime::Recipient;
+use baton_runtime::IntoRecipient;
 use baton_transport::{Address, CloseReason, ConnEvent, ConnOptions, Connection, Stream};
 
 use super::migration::Migrator;
@@ -99,7 +99,7 @@ impl Incoming {
     /// the parent cut this worker off (`NotConnected`: it may have placed the socket elsewhere
     /// already). A parent whose process died placed nothing elsewhere: its sockets are still
     /// adopted, and served while the worker finishes.
-    pub fn adopt(mut self, owner: Recipient<ConnEvent>, options: ConnOptions) -> io::Result<Connection> {
+    pub fn adopt(mut self, owner: impl IntoRecipient<ConnEvent>, options: ConnOptions) -> io::Result<Connection> {
         if !self.shared.may_adopt() {
             // Dropping `self` closes our copy; the parent's placed it elsewhere or closed it.
             return Err(io::Error::new(io::ErrorKind::NotConnected, "the parent is gone; not adopting"));
