@@ -100,6 +100,7 @@ pub use crate::parent::{
 };
 pub use crate::policy::{Candidate, LeastLoaded, Policy, PowerOfTwo, RoundRobin, Sticky};
 pub use crate::process::{WorkerCommand, ENV_SLOT};
+pub use crate::record::Tag;
 pub use crate::worker::{
     Busy, Incoming, MigrateError, Migrator, Status, Taken, Worker, WorkerEvent, WorkerExit, WorkerOptions,
 };

@@ -25,9 +25,25 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Identifies a connection within its reactor.
+/// Identifies a connection within its reactor: [`Connection::id`] gives it, and every
+/// [`ConnEvent`] carries it, so one actor that owns many connections keeps them in a map by
+/// `ConnId` and finds the right [`Connection`] for each event (see `examples/echo.rs`). Ids
+/// are not reused while the reactor runs. Displayed as `conn#N`, for log lines.
+///
+/// ```
+/// # use baton_transport::ConnId;
+/// fn log_closed(id: ConnId) -> String {
+///     format!("{id} closed")
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId(pub(crate) u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
 
 /// Why a connection closed.
 #[derive(Clone, Debug, PartialEq, Eq)]

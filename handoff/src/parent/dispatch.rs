@@ -15,11 +15,8 @@ pub struct Dispatch {
     pub peer: Address,
     /// The address it arrived on.
     pub local: Address,
-    /// An application label the worker receives. For a socket a listener of the parent
-    /// accepted: the index of that listener among those attached to the parent
-    /// ([`Parent::listen_tcp`](crate::Parent::listen_tcp) and
-    /// [`Parent::attach`](crate::Parent::attach), from 0, in the order attached).
-    pub tag: u32,
+    /// The [`Tag`](crate::Tag) the worker receives with it, chosen by the application.
+    pub tag: crate::Tag,
     /// A routing key for [`Sticky`](crate::Sticky) placement.
     pub key: Option<Vec<u8>>,
     /// Bytes already read from the socket; the worker's application receives them first.

@@ -43,8 +43,8 @@ pub(crate) const TICK: Duration = Duration::from_millis(20);
 /// How long after its deadline a draining worker may still run before it is killed.
 pub(super) const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
-/// The tag of a connection from a listener that was never attached to the parent.
-pub const UNATTACHED_TAG: u32 = u32::MAX;
+/// The [`Tag`](crate::Tag) of a connection from a listener never attached to the parent.
+pub const UNATTACHED_TAG: crate::Tag = u32::MAX;
 
 /// The Handoff actor's messages.
 #[derive(Debug)]

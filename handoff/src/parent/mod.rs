@@ -363,13 +363,13 @@ impl Parent {
     /// every worker (now, and once to each new worker process when it answers READY), and the workers accept from it
     /// themselves; their application receives those connections as
     /// [`WorkerEvent::Incoming`](crate::WorkerEvent::Incoming) too. Workers still report their
-    /// load. `tag` reaches the application with each connection.
+    /// load. `tag` reaches the application with each connection (see [`Tag`](crate::Tag)).
     ///
     /// # Errors
     ///
     /// `InvalidInput` when `fd` is not a listening stream socket; `NotConnected` when the
     /// parent has stopped.
-    pub fn share_listener(&self, fd: std::os::fd::OwnedFd, tag: u32) -> io::Result<Address> {
+    pub fn share_listener(&self, fd: std::os::fd::OwnedFd, tag: crate::Tag) -> io::Result<Address> {
         use rustix::net::{sockopt, AddressFamily, SocketType};
         let listening = sockopt::socket_type(&fd).ok() == Some(SocketType::STREAM)
             && sockopt::socket_acceptconn(&fd).unwrap_or(false);

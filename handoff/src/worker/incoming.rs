@@ -18,8 +18,8 @@ use crate::record::Reason;
 pub struct Incoming {
     /// The parent's id for this handoff.
     pub id: u64,
-    /// The application label the parent gave it (by default the accepting listener's index).
-    pub tag: u32,
+    /// Its [`Tag`](crate::Tag): by default the index of the parent's listener that accepted it.
+    pub tag: crate::Tag,
     /// The client's address.
     pub peer: Address,
     /// The address the client connected to.
