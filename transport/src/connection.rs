@@ -742,7 +742,9 @@ impl Connection {
 
 impl Reactor {
     /// Registers a connected socket and binds it to `owner`: from now on its bytes arrive as
-    /// [`ConnEvent`]s. Use it for accepted sockets, sockets from another process, and the
+    /// [`ConnEvent`]s. `owner` is any address or recipient whose message converts from
+    /// `ConnEvent` ([`IntoRecipient`]): `ctx.address()` of an actor whose message enum has a
+    /// `From<ConnEvent>`, or a `Recipient<ConnEvent>`. Use it for accepted sockets, sockets from another process, and the
     /// `stream` of a [`Detached`] connection (deliver its `unread` bytes yourself first).
     ///
     /// Events can arrive as soon as this returns, or even before it does: an owner adopting in

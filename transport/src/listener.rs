@@ -480,7 +480,8 @@ impl std::fmt::Display for AdoptError {
 impl std::error::Error for AdoptError {}
 
 impl Reactor {
-    /// Binds a TCP listener (IPv4 or IPv6) and posts every accepted connection to `owner`.
+    /// Binds a TCP listener (IPv4 or IPv6) and posts every accepted connection to `owner`:
+    /// any address or recipient whose message converts from [`Accepted`] ([`IntoRecipient`]).
     ///
     /// # Errors
     ///

@@ -182,7 +182,8 @@ impl Watch {
 }
 
 impl Reactor {
-    /// Watches `fd` for `interest` and reports readiness to `owner`, once per [`Watch::arm`]
+    /// Watches `fd` for `interest` and reports readiness to `owner` (any address or recipient
+    /// whose message converts from [`Readiness`], see [`IntoRecipient`]), once per [`Watch::arm`]
     /// (the first report is armed by this call). The descriptor should be non-blocking: the
     /// owner reads and writes it until `EAGAIN`.
     ///

@@ -83,8 +83,9 @@ impl Incoming {
         &self.prelude
     }
 
-    /// Makes the socket a [`Connection`] on the worker's reactor, owned by `owner`, and tells
-    /// the parent it may close its copy. The prelude arrives first, as
+    /// Makes the socket a [`Connection`] on the worker's reactor, owned by `owner` (any
+    /// address or recipient whose message converts from `ConnEvent`: usually
+    /// `ctx.address()`), and tells the parent it may close its copy. The prelude arrives first, as
     /// `ConnEvent::Data`. Call it from the owner's own turn, a handler or its `started` (see
     /// [`Reactor::adopt`](baton_transport::Reactor::adopt)).
     ///

@@ -135,7 +135,9 @@ pub struct Worker {
 
 impl Worker {
     /// Serves `channel`: every socket the parent sends reaches `app` as
-    /// [`WorkerEvent::Incoming`], and the start of a drain as [`WorkerEvent::Drain`].
+    /// [`WorkerEvent::Incoming`], and the start of a drain as [`WorkerEvent::Drain`]. `app` is
+    /// any address or recipient whose message converts from `WorkerEvent`
+    /// ([`IntoRecipient`]), so an actor with an enum message passes its address.
     ///
     /// # Errors
     ///
