@@ -1,8 +1,16 @@
-//! Addresses: [`Addr`] for a known actor type, [`Recipient`] for anything that takes `M`.
+//! Addresses: [`Addr`] for a known actor type, [`Recipient`] for anything that takes `M`, and
+//! [`IntoRecipient`], which lets an address stand for a recipient of any event its message
+//! converts from.
 //!
-//! Every send path respects the mailbox bound: [`Addr::send`] waits for room,
-//! [`Addr::send_timeout`] waits up to a deadline, [`Addr::try_send`] never waits. Each hands the
-//! message back when it cannot be delivered.
+//! Every send path respects the mailbox bound: [`Addr::send`] waits for room where the calling
+//! thread may wait (an application thread or a dedicated one, not a pool thread nor an event
+//! loop), [`Addr::send_timeout`] waits up to a deadline on the same threads, [`Addr::try_send`]
+//! never waits. Each hands the message back when it cannot be delivered.
+//!
+//! A recipient of `E` in front of an actor whose message is `M` converts each `E` into an `M`
+//! only once the mailbox has accepted it, under the mailbox's lock. So a refused event comes
+//! back to its sender as the `E` it was, and the conversion needs no inverse: a `From` impl
+//! (or any closure, [`Addr::recipient_map`]) is all an event source needs.
 
 use std::any::{Any, TypeId};
 use std::fmt;

@@ -541,9 +541,16 @@ static CONVERTED: AtomicUsize = AtomicUsize::new(0);
 
 impl From<u32> for Mixed {
     fn from(n: u32) -> Mixed {
-        assert_ne!(n, 13, "unlucky number");
         CONVERTED.fetch_add(1, SeqCst);
         Mixed::Number(n)
+    }
+}
+
+/// A conversion that panics on 13 (and is not counted in `CONVERTED`, which another test reads).
+impl From<i64> for Mixed {
+    fn from(n: i64) -> Mixed {
+        assert_ne!(n, 13, "unlucky number");
+        Mixed::Number(n as u32)
     }
 }
 
@@ -556,6 +563,14 @@ fn an_address_whose_message_is_from_e_is_a_recipient_of_e_and_refused_events_com
     assert_eq!(numbers.id(), sink.id());
     numbers.send(7).unwrap();
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "7");
+    // The same through a recipient, and through a closure on a recipient.
+    let via_recipient: Recipient<u32> = sink.recipient().into_recipient();
+    via_recipient.send(8).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "8");
+    let offset = 100;
+    let shifted: Recipient<u32> = sink.recipient().map(move |n: u32| Mixed::Number(n + offset));
+    shifted.send(1).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "101");
 
     // Refusals hand the event back as it was, never converted.
     let converted = CONVERTED.load(SeqCst);
@@ -576,7 +591,7 @@ fn a_conversion_that_panics_does_not_keep_its_actor_from_stopping() {
     let rt = Runtime::builder().threads(2).build();
     let (tx, rx) = unbounded();
     let sink = rt.try_spawn(MixedSink(tx), Mailbox::Bounded(4)).unwrap();
-    let numbers: Recipient<u32> = sink.clone().into_recipient();
+    let numbers: Recipient<i64> = sink.clone().into_recipient();
     let unlucky = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| numbers.send(13)));
     assert!(unlucky.is_err(), "the conversion's panic reaches the sender");
     numbers.send(14).unwrap();

@@ -368,7 +368,8 @@ impl Parent {
     /// # Errors
     ///
     /// `InvalidInput` when `fd` is not a listening stream socket; `NotConnected` when the
-    /// parent has stopped.
+    /// parent has stopped; `WouldBlock` when its mailbox is full on a pool thread or an event
+    /// loop, which do not wait for room.
     pub fn share_listener(&self, fd: std::os::fd::OwnedFd, tag: crate::Tag) -> io::Result<Address> {
         use rustix::net::{sockopt, AddressFamily, SocketType};
         let listening = sockopt::socket_type(&fd).ok() == Some(SocketType::STREAM)
@@ -382,15 +383,15 @@ impl Parent {
         };
         self.addr
             .send(HandoffMsg::Control(Control::Share(SharedListener { fd, local: local.clone(), tag })))
-            .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "the parent has stopped"))?;
+            .map_err(refused)?;
         Ok(local)
     }
 
     /// Lets the parent pause `listener` (whose owner should be [`Parent::recipient`]) while no
     /// worker can take more, close it on drain, and hand it to a successor as `name`.
     pub fn attach(&self, listener: Listener, name: &str) {
-        if self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), None))).is_err() {
-            log::warn!("handoff: attach after the parent stopped");
+        if let Err(e) = self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), None))) {
+            log::warn!("handoff: attach refused: {}", refused(e));
         }
     }
 
@@ -406,8 +407,8 @@ impl Parent {
     ) {
         let make: handshake::HandshakeFactory = Arc::new(move || Box::new(handshake()));
         let spec = handshake::HandshakeSpec { make, options: limits };
-        if self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), Some(spec)))).is_err() {
-            log::warn!("handoff: attach after the parent stopped");
+        if let Err(e) = self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), Some(spec)))) {
+            log::warn!("handoff: attach refused: {}", refused(e));
         }
     }
 
@@ -419,9 +420,7 @@ impl Parent {
     /// From [`ChannelListener::bind`].
     pub fn accept_workers(&self, endpoint: &Endpoint, check: PeerCheck) -> io::Result<()> {
         let listener = ChannelListener::bind(endpoint, check)?;
-        self.addr
-            .send(HandoffMsg::Control(Control::AcceptWorkers(listener)))
-            .map_err(|_| io::Error::other("the parent has stopped"))
+        self.addr.send(HandoffMsg::Control(Control::AcceptWorkers(listener))).map_err(refused)
     }
 
     /// Sockets adopted by workers so far: a shared counter, read without asking the actor
@@ -444,9 +443,7 @@ impl Parent {
     /// From [`ChannelListener::bind`].
     pub fn offer_takeover(&self, endpoint: &Endpoint, check: PeerCheck) -> io::Result<()> {
         let listener = ChannelListener::bind(endpoint, check)?;
-        self.addr
-            .send(HandoffMsg::Control(Control::OfferTakeover(listener, endpoint.clone(), check)))
-            .map_err(|_| io::Error::other("the parent has stopped"))
+        self.addr.send(HandoffMsg::Control(Control::OfferTakeover(listener, endpoint.clone(), check))).map_err(refused)
     }
 
     /// Waits until there is at least one worker and every worker slot that has not been given
@@ -485,8 +482,8 @@ impl Parent {
     /// uses a [`Migrator`](crate::Migrator), hands back) its connections within `deadline`, and
     /// exits; a spawned worker is then restarted. A rolling restart is this, slot by slot.
     pub fn retire_worker(&self, slot: usize, deadline: Duration) {
-        if self.addr.send(HandoffMsg::Control(Control::Retire(slot, deadline))).is_err() {
-            log::warn!("handoff: retire after the parent stopped");
+        if let Err(e) = self.addr.send(HandoffMsg::Control(Control::Retire(slot, deadline))) {
+            log::warn!("handoff: retire refused: {}", refused(e));
         }
     }
 
@@ -514,5 +511,17 @@ impl Parent {
     /// Stops the actor; its `stopped` hook stops and reaps every worker it spawned.
     pub fn stop(&self) {
         self.addr.stop();
+    }
+}
+
+/// Why the parent's actor refused a message sent with `send`: it has stopped, or its mailbox
+/// is full and the calling thread (a pool thread or an event loop) does not wait for room.
+fn refused<M>(e: SendError<M>) -> io::Error {
+    match e {
+        SendError::Closed(_) => io::Error::new(io::ErrorKind::NotConnected, "the parent has stopped"),
+        SendError::Full(_) => io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "the parent's mailbox is full, and this thread does not wait for room",
+        ),
     }
 }
