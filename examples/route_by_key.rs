@@ -216,7 +216,7 @@ fn serve_parent(listen: SocketAddr, workers: usize, line_timeout: Duration) -> s
     }
     let reader =
         rt.spawn(KeyReader { reactor: reactor.clone(), parent, line_timeout, reading: HashMap::new(), me: None });
-    let listener = reactor.listen_tcp(listen, ListenOptions::default(), reader.recipient())?;
+    let listener = reactor.listen_tcp(listen, ListenOptions::default(), &reader)?;
     let Address::Inet(addr) = listener.local_addr() else { unreachable!("a TCP listener") };
     let mut out = std::io::stdout();
     writeln!(out, "listening on {addr}")?;
