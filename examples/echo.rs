@@ -19,10 +19,13 @@ struct Echo {
     conns: HashMap<ConnId, Connection>,
 }
 
+/// Everything Echo hears. Each event source is given Echo's address and wraps its events
+/// with these `From` conversions.
 enum Msg {
     Worker(WorkerEvent),
     Conn(ConnEvent),
 }
+baton_runtime::from_variants!(Msg::Worker(WorkerEvent), Msg::Conn(ConnEvent));
 
 impl Actor for Echo {
     type Message = Msg;
@@ -30,11 +33,7 @@ impl Actor for Echo {
         match msg {
             // A socket from the parent: make it a connection whose events come to us.
             Msg::Worker(WorkerEvent::Incoming(incoming)) => {
-                let events = ctx.address().recipient_map(Msg::Conn, |m| match m {
-                    Msg::Conn(e) => Some(e),
-                    _ => None,
-                });
-                if let Ok(conn) = incoming.adopt(events, ConnOptions::default()) {
+                if let Ok(conn) = incoming.adopt(ctx.address(), ConnOptions::default()) {
                     let _ = conn.write(format!("hello from worker {}\n", std::process::id()).as_bytes());
                     self.conns.insert(conn.id(), conn);
                 }
@@ -66,11 +65,7 @@ fn main() -> std::io::Result<()> {
         // Worker: serve what the parent hands over until told to drain (or orphaned). Echo never
         // blocks, so it runs on the reactor's thread: no hop between reading and answering.
         let app = rt.spawn_on(reactor.event_loop(), Echo::default(), Mailbox::DEFAULT).expect("runtime is running");
-        let events = app.recipient_map(Msg::Worker, |m| match m {
-            Msg::Worker(e) => Some(e),
-            _ => None,
-        });
-        Worker::serve(channel?, &rt, &reactor, events, WorkerOptions::default())?.wait();
+        Worker::serve(channel?, &rt, &reactor, app, WorkerOptions::default())?.wait();
     } else {
         // Parent: two workers, least-loaded placement, one listener.
         let parent = Parent::builder().spawn(2, WorkerCommand::current_exe()?).start(&rt, &reactor)?;

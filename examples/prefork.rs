@@ -569,7 +569,7 @@ fn worker(channel: std::io::Result<baton_handoff::Channel>) -> ExitCode {
         let rt = Runtime::builder().threads(2).build();
         let reactor = Reactor::start()?;
         let app = HttpServer::spawn(&rt, &reactor).expect("spawning the HTTP server");
-        let w = Worker::serve(channel, &rt, &reactor, HttpServer::worker_recipient(&app), WorkerOptions::default())?;
+        let w = Worker::serve(channel, &rt, &reactor, &app, WorkerOptions::default())?;
         w.wait();
         let _ = rt.shutdown(Duration::from_secs(5));
         reactor.stop();
@@ -607,6 +607,12 @@ impl From<Accepted> for MetricsMsg {
     }
 }
 
+impl From<ConnEvent> for MetricsMsg {
+    fn from(e: ConnEvent) -> MetricsMsg {
+        MetricsMsg::Conn(e)
+    }
+}
+
 impl Actor for MetricsServer {
     type Message = MetricsMsg;
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -615,10 +621,7 @@ impl Actor for MetricsServer {
     fn handle(&mut self, ctx: &mut Context<Self>, msg: MetricsMsg) {
         match msg {
             MetricsMsg::Accepted(a) => {
-                let owner = self.me.as_ref().expect("started").recipient_map(MetricsMsg::Conn, |m| match m {
-                    MetricsMsg::Conn(e) => Some(e),
-                    _ => None,
-                });
+                let owner = self.me.as_ref().expect("started");
                 let options = ConnOptions { idle_timeout: Some(Duration::from_secs(10)), ..ConnOptions::default() };
                 if let Ok(conn) = self.reactor.adopt(a.stream, options, owner) {
                     self.conns.insert(conn.id(), (conn, Vec::new(), false));

@@ -51,12 +51,7 @@ enum ReaderMsg {
     Accepted(Accepted),
     Conn(ConnEvent),
 }
-
-impl From<Accepted> for ReaderMsg {
-    fn from(a: Accepted) -> Self {
-        ReaderMsg::Accepted(a)
-    }
-}
+baton_runtime::from_variants!(ReaderMsg::Accepted(Accepted), ReaderMsg::Conn(ConnEvent));
 
 impl KeyReader {
     fn refuse(&mut self, id: ConnId, why: &str) {
@@ -104,10 +99,7 @@ impl Actor for KeyReader {
     fn handle(&mut self, _ctx: &mut Context<Self>, msg: ReaderMsg) {
         match msg {
             ReaderMsg::Accepted(a) => {
-                let events = self.me.as_ref().expect("started").recipient_map(ReaderMsg::Conn, |m| match m {
-                    ReaderMsg::Conn(e) => Some(e),
-                    _ => None,
-                });
+                let events = self.me.as_ref().expect("started");
                 // The read timeout is the deadline for the line: a silent client is closed.
                 let options = ConnOptions { read_timeout: Some(self.line_timeout), ..ConnOptions::default() };
                 if let Ok(conn) = self.reactor.adopt(a.stream, options, events) {
@@ -134,18 +126,15 @@ enum WorkerMsg {
     Worker(WorkerEvent),
     Conn(ConnEvent),
 }
+baton_runtime::from_variants!(WorkerMsg::Worker(WorkerEvent), WorkerMsg::Conn(ConnEvent));
 
 impl Actor for LineEcho {
     type Message = WorkerMsg;
     fn handle(&mut self, ctx: &mut Context<Self>, msg: WorkerMsg) {
         match msg {
             WorkerMsg::Worker(WorkerEvent::Incoming(incoming)) => {
-                let events = ctx.address().recipient_map(WorkerMsg::Conn, |m| match m {
-                    WorkerMsg::Conn(e) => Some(e),
-                    _ => None,
-                });
                 // The prelude (the key line the parent read) arrives as the first Data.
-                if let Ok(conn) = incoming.adopt(events, ConnOptions::default()) {
+                if let Ok(conn) = incoming.adopt(ctx.address(), ConnOptions::default()) {
                     self.conns.insert(conn.id(), (conn, Vec::new()));
                 }
             }
@@ -227,7 +216,7 @@ fn serve_parent(listen: SocketAddr, workers: usize, line_timeout: Duration) -> s
     }
     let reader =
         rt.spawn(KeyReader { reactor: reactor.clone(), parent, line_timeout, reading: HashMap::new(), me: None });
-    let listener = reactor.listen_tcp(listen, ListenOptions::default(), reader.recipient())?;
+    let listener = reactor.listen_tcp(listen, ListenOptions::default(), &reader)?;
     let Address::Inet(addr) = listener.local_addr() else { unreachable!("a TCP listener") };
     let mut out = std::io::stdout();
     writeln!(out, "listening on {addr}")?;
@@ -243,11 +232,7 @@ fn serve_worker(channel: std::io::Result<baton_handoff::Channel>) -> std::io::Re
     let rt = Runtime::new();
     let reactor = Reactor::start()?;
     let app = rt.spawn(LineEcho { conns: HashMap::new() });
-    let events = app.recipient_map(WorkerMsg::Worker, |m| match m {
-        WorkerMsg::Worker(e) => Some(e),
-        _ => None,
-    });
-    Worker::serve(channel?, &rt, &reactor, events, WorkerOptions::default())?.wait();
+    Worker::serve(channel?, &rt, &reactor, app, WorkerOptions::default())?.wait();
     let _ = rt.shutdown(Duration::from_secs(5));
     reactor.stop();
     Ok(())

@@ -110,6 +110,7 @@ enum Msg {
     Worker(WorkerEvent),
     Conn(ConnEvent),
 }
+baton_runtime::from_variants!(Msg::Worker(WorkerEvent), Msg::Conn(ConnEvent));
 
 impl TlsServer {
     /// Bytes from the client (the first time, the ClientHello the parent read): through
@@ -199,14 +200,10 @@ impl Actor for TlsServer {
                     Ok(tls) => tls,
                     Err(e) => return note!("tls_router worker: {e}"), // dropped: refused
                 };
-                let events = ctx.address().recipient_map(Msg::Conn, |m| match m {
-                    Msg::Conn(e) => Some(e),
-                    _ => None,
-                });
                 // The prelude, the ClientHello the parent read, arrives as the first Data. A
                 // client that stops sending before its request is closed.
                 let options = ConnOptions { read_timeout: Some(Duration::from_secs(10)), ..ConnOptions::default() };
-                if let Ok(conn) = incoming.adopt(events, options) {
+                if let Ok(conn) = incoming.adopt(ctx.address(), options) {
                     self.sessions.insert(conn.id(), Session { conn, tls, request: Vec::new(), done: false });
                 }
             }
@@ -262,11 +259,7 @@ fn serve_worker(channel: std::io::Result<baton_handoff::Channel>) -> Result<(), 
     let reactor = Reactor::start().map_err(|e| e.to_string())?;
     let server = TlsServer { group, config, sessions: HashMap::new() };
     let app = rt.spawn_on(reactor.event_loop(), server, Mailbox::DEFAULT).map_err(|e| format!("{e:?}"))?;
-    let events = app.recipient_map(Msg::Worker, |m| match m {
-        Msg::Worker(e) => Some(e),
-        _ => None,
-    });
-    let worker = Worker::serve(channel, &rt, &reactor, events, WorkerOptions::default()).map_err(|e| e.to_string())?;
+    let worker = Worker::serve(channel, &rt, &reactor, app, WorkerOptions::default()).map_err(|e| e.to_string())?;
     worker.wait();
     let _ = rt.shutdown(Duration::from_secs(5));
     reactor.stop();

@@ -547,14 +547,7 @@ fn main() {
         let rt = Runtime::builder().threads(2).build();
         let reactor = Reactor::start().unwrap();
         let app = HttpServer::spawn(&rt, &reactor).expect("spawning the HTTP server");
-        let w = Worker::serve(
-            channel.unwrap(),
-            &rt,
-            &reactor,
-            HttpServer::worker_recipient(&app),
-            WorkerOptions::default(),
-        )
-        .unwrap();
+        let w = Worker::serve(channel.unwrap(), &rt, &reactor, &app, WorkerOptions::default()).unwrap();
         w.wait();
         let _ = rt.shutdown(Duration::from_secs(5));
         reactor.stop();

@@ -52,6 +52,7 @@ enum Msg {
     Worker(WorkerEvent),
     Conn(ConnEvent),
 }
+baton_runtime::from_variants!(Msg::Worker(WorkerEvent), Msg::Conn(ConnEvent));
 
 /// Takes every socket and closes it at once, as the raw child does (`BENCH_ADOPT` set: adopts
 /// it into the worker's reactor first, as a server on the transport would).
@@ -66,11 +67,7 @@ impl Actor for AdoptAndClose {
         match msg {
             Msg::Worker(WorkerEvent::Incoming(inc)) if !self.into_reactor => drop(inc.take().ok()),
             Msg::Worker(WorkerEvent::Incoming(inc)) => {
-                let owner = ctx.address().recipient_map(Msg::Conn, |m| match m {
-                    Msg::Conn(e) => Some(e),
-                    _ => None,
-                });
-                if let Ok(conn) = inc.adopt(owner, ConnOptions::default()) {
+                if let Ok(conn) = inc.adopt(ctx.address(), ConnOptions::default()) {
                     conn.close();
                     self.conns.insert(conn.id(), conn);
                 }
@@ -88,11 +85,7 @@ fn worker(channel: baton_handoff::Channel) {
     let reactor = Reactor::start().expect("reactor");
     let into_reactor = std::env::var_os("BENCH_ADOPT").is_some();
     let app = rt.spawn(AdoptAndClose { conns: HashMap::new(), into_reactor });
-    let incoming = app.recipient_map(Msg::Worker, |m| match m {
-        Msg::Worker(e) => Some(e),
-        _ => None,
-    });
-    let w = Worker::serve(channel, &rt, &reactor, incoming, WorkerOptions::default()).expect("serve");
+    let w = Worker::serve(channel, &rt, &reactor, app, WorkerOptions::default()).expect("serve");
     w.wait();
     let _ = rt.shutdown(Duration::from_secs(5));
     reactor.stop();

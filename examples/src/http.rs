@@ -70,7 +70,7 @@ use parking_lot::Mutex;
 use slab::Slab;
 
 use baton_handoff::WorkerEvent;
-use baton_runtime::{Actor, Addr, Context, Mailbox, Recipient, Runtime, SpawnError, TimerHandle};
+use baton_runtime::{Actor, Addr, Context, Mailbox, Runtime, SpawnError, TimerHandle};
 use baton_transport::{Accepted, ConnEvent, ConnOptions, Connection, ListenOptions, Reactor};
 
 /// Largest request head (request line and headers) accepted.
@@ -446,6 +446,12 @@ impl From<Accepted> for HttpMsg {
     }
 }
 
+impl From<WorkerEvent> for HttpMsg {
+    fn from(e: WorkerEvent) -> HttpMsg {
+        HttpMsg::Worker(e)
+    }
+}
+
 /// One connection's actor, on the reactor's event loop: a heavy request is handed to a
 /// [`HeavyRequest`] on the pool and blocks only its own connection, and the parent hears about
 /// it through `Status::busy`.
@@ -506,6 +512,12 @@ enum ConnMsg {
     HeavyDone,
     /// The deadline of a request head (the `n`th set on this connection) has come.
     HeadTimeout(u64),
+}
+
+impl From<ConnEvent> for ConnMsg {
+    fn from(e: ConnEvent) -> ConnMsg {
+        ConnMsg::Event(e)
+    }
 }
 
 /// Does a heavy request's blocking work on a pool thread, tells its connection's actor, and
@@ -705,10 +717,7 @@ impl Actor for HttpConn {
     type Message = ConnMsg;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let events = ctx.address().recipient_map(ConnMsg::Event, |m| match m {
-            ConnMsg::Event(e) => Some(e),
-            _ => None,
-        });
+        let events = ctx.address();
         let adopted = match self.socket.take() {
             Some(Socket::Incoming(inc)) => inc.adopt(events, self.options.conn_options()),
             Some(Socket::Accepted(acc, reactor)) => reactor
@@ -851,14 +860,6 @@ impl HttpServer {
             heavy_count: Arc::default(),
         };
         rt.spawn_on(reactor.event_loop(), server, Mailbox::DEFAULT)
-    }
-
-    /// The recipient a handoff worker delivers to.
-    pub fn worker_recipient(addr: &Addr<HttpServer>) -> Recipient<WorkerEvent> {
-        addr.recipient_map(HttpMsg::Worker, |m| match m {
-            HttpMsg::Worker(e) => Some(e),
-            _ => None,
-        })
     }
 
     /// How to set up a listener for HTTP: clients speak first, so the kernel hands a

@@ -39,7 +39,9 @@
 //! use baton_transport::{ConnEvent, ConnOptions, Connection, ListenOptions, Reactor};
 //! use std::collections::HashMap;
 //!
+//! // Each event source is given Echo's address and wraps its events with these conversions.
 //! enum Msg { Worker(WorkerEvent), Conn(ConnEvent) }
+//! impl From<WorkerEvent> for Msg { fn from(e: WorkerEvent) -> Msg { Msg::Worker(e) } }
 //! impl From<ConnEvent> for Msg { fn from(e: ConnEvent) -> Msg { Msg::Conn(e) } }
 //!
 //! struct Echo { conns: HashMap<baton_transport::ConnId, Connection> }
@@ -48,11 +50,7 @@
 //!     fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
 //!         match msg {
 //!             Msg::Worker(WorkerEvent::Incoming(inc)) => {
-//!                 let owner = ctx.address().recipient_map(Msg::Conn, |m| match m {
-//!                     Msg::Conn(e) => Some(e),
-//!                     _ => None,
-//!                 });
-//!                 if let Ok(conn) = inc.adopt(owner, ConnOptions::default()) {
+//!                 if let Ok(conn) = inc.adopt(ctx.address(), ConnOptions::default()) {
 //!                     self.conns.insert(conn.id(), conn);
 //!                 }
 //!             }
@@ -69,11 +67,7 @@
 //!     let reactor = Reactor::start()?;
 //!     if let Some(channel) = baton_handoff::channel_from_env(Default::default()) {
 //!         let app = rt.spawn(Echo { conns: HashMap::new() });
-//!         let incoming = app.recipient_map(Msg::Worker, |m| match m {
-//!             Msg::Worker(e) => Some(e),
-//!             _ => None,
-//!         });
-//!         let worker = Worker::serve(channel?, &rt, &reactor, incoming, WorkerOptions::default())?;
+//!         let worker = Worker::serve(channel?, &rt, &reactor, app, WorkerOptions::default())?;
 //!         worker.wait();
 //!         return Ok(());
 //!     }
@@ -106,6 +100,7 @@ pub use crate::parent::{
 };
 pub use crate::policy::{Candidate, LeastLoaded, Policy, PowerOfTwo, RoundRobin, Sticky};
 pub use crate::process::{WorkerCommand, ENV_SLOT};
+pub use crate::record::Tag;
 pub use crate::worker::{
     Busy, Incoming, MigrateError, Migrator, Status, Taken, Worker, WorkerEvent, WorkerExit, WorkerOptions,
 };

@@ -155,6 +155,25 @@ impl fmt::Display for Reason {
     }
 }
 
+/// A connection's *tag*: a `u32` label the worker's application receives with the socket
+/// ([`Incoming::tag`](crate::Incoming::tag)), to tell apart where a connection came from
+/// without looking at addresses. Who sets it:
+///
+/// - a connection a listener of the parent accepted: that listener's index among those
+///   attached to the parent ([`Parent::listen_tcp`](crate::Parent::listen_tcp)'s is 0, then
+///   each [`Parent::attach`](crate::Parent::attach) in order), or
+///   [`UNATTACHED_TAG`](crate::UNATTACHED_TAG) for a listener never attached;
+/// - a handshake may choose another ([`Route::tag`](crate::handshake::Route::tag));
+/// - a socket the application dispatches: the [`Dispatch::tag`](crate::Dispatch::tag) it chose;
+/// - a connection a worker accepted on a shared listener: the tag given to
+///   [`Parent::share_listener`](crate::Parent::share_listener); on a steered one, the tag given
+///   to [`Parent::listen_steered`](crate::Parent::listen_steered) (also when the parent accepted
+///   it for a busy or absent worker);
+/// - a migrated connection: the tag given to [`Migrator::migrate`](crate::Migrator::migrate).
+///
+/// On the wire it is the item's `tag` field (`PROTOCOL.md` §5).
+pub type Tag = u32;
+
 /// One handed-off socket's description. The descriptor itself travels beside the record, in
 /// the same position among the record's descriptors as the item among its items.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,8 +182,8 @@ pub struct Item {
     pub id: u64,
     /// Connection or listener.
     pub kind: Kind,
-    /// An application label (by default the id of the listener that accepted the socket).
-    pub tag: u32,
+    /// The socket's [`Tag`].
+    pub tag: Tag,
     /// The client's address (for a listener: its own address).
     pub peer: Address,
     /// The local address.

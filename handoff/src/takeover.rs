@@ -101,7 +101,7 @@ impl Takeover {
     /// Takes the members of the steered group `tag` (see
     /// [`Parent::listen_steered`]), in group order, for [`Parent::steer`]. Empty when the
     /// predecessor had none.
-    pub fn steered(&mut self, tag: u32) -> Vec<OwnedFd> {
+    pub fn steered(&mut self, tag: crate::Tag) -> Vec<OwnedFd> {
         let prefix = format!("steered:{tag}:");
         let mut members: Vec<(usize, OwnedFd)> = Vec::new();
         let mut rest = Vec::new();

@@ -78,6 +78,8 @@ fn main() {
         ("behind_a_real_haproxy_the_worker_sees_the_clients_address_v1_and_v2", behind_haproxy),
         ("a_group_without_a_worker_holds_up_no_other_group_and_its_clients_are_told", group_without_worker),
         ("a_version_2_worker_learns_the_balancer_and_the_destination_beside_the_client", proxy_envelope),
+        ("a_slot_given_up_after_too_many_restarts_shows_no_pid_and_is_counted_and_logged", slot_given_up),
+        ("no_slot_shows_the_pid_of_a_worker_that_is_gone_while_its_successor_starts", no_stale_pid),
     ];
     common::run(tests);
 }
@@ -963,5 +965,48 @@ fn proxy_envelope() {
         "the client as peer, the balancer and the destination beside it"
     );
     drop(c);
+    s.stop();
+}
+
+fn slot_given_up() {
+    // Regression (issue 16): a slot left down after too many restarts kept showing a pid in
+    // `Stats`, and the application had nothing to count or wait on.
+    let logged = mark();
+    let runtime = Runtime::builder().threads(2).build();
+    let reactor = Reactor::start().expect("reactor");
+    let parent = Parent::builder()
+        .spawn(1, WorkerCommand::new("/bin/false"))
+        .intensity(baton_runtime::Intensity { max_restarts: 2, period: Duration::from_secs(60) })
+        .start(&runtime, &reactor)
+        .expect("parent");
+    wait_until("the slot is given up", || parent.stats().is_ok_and(|s| s.workers[0].gave_up));
+    let stats = parent.stats().unwrap();
+    assert_eq!(stats.workers[0].pid, None, "a given-up slot has no process");
+    assert_eq!((stats.restarts, stats.gave_up), (2, 1), "{stats:?}");
+    assert_eq!(logged.since(log::Level::Error, "not restarting").len(), 1);
+    parent.stop();
+    runtime.shutdown(Duration::from_secs(5)).expect("shutdown");
+    reactor.stop();
+}
+
+fn no_stale_pid() {
+    // Regression (issue 16): a slot kept its last worker's pid after the worker was gone, and
+    // showed it in `Stats` for the next worker to fill the slot until that one said READY.
+    let name = format!("baton-edges-stale-pid-{}", std::process::id());
+    let s = named_parent(&name, |b| b.startup_timeout(Duration::from_secs(30)));
+    let mut first = named_worker(&name, &[]);
+    assert!(s.parent.wait_ready(WAIT));
+    let gone = first.id();
+    assert_eq!(s.pid(0), Some(gone));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    wait_until("the slot is down", || s.parent.stats().is_ok_and(|st| !st.workers[0].ready));
+    // A successor that connects and never answers HELLO: linked, starting, no pid of its own yet.
+    let silent =
+        baton_handoff::bootstrap::connect(&Endpoint::Abstract(name.into_bytes()), PeerCheck::SameUid).expect("connect");
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = s.parent.stats().unwrap();
+    assert!(stats.workers.iter().all(|w| w.pid != Some(gone)), "a gone worker's pid is still shown: {stats:?}");
+    drop(silent); // or the drain waits for it
     s.stop();
 }

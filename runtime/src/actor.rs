@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::address::{ActorId, Addr};
+use crate::address::{ActorId, Addr, IntoRecipient};
 use crate::cell::Cell;
 use crate::mailbox::Mailbox;
 use crate::runtime::{Placement, SpawnError, SpawnOptions};
@@ -46,7 +46,18 @@ pub trait Actor: Send + Sized + 'static {
     /// Runs when the actor has been asked to stop, after its accepted messages were handled.
     fn stopping(&mut self, _ctx: &mut Context<Self>) {}
 
-    /// Runs last, with the reason the actor stopped.
+    /// Runs last, once per instance, with the reason it stopped: after [`Actor::stopping`] on
+    /// an orderly stop, and also when a handler or hook of this instance panicked, with
+    /// [`ExitReason::Panicked`] (then `stopping` is skipped: the mailbox is not drained).
+    ///
+    /// After a panic, `self` is the state the panic left behind, possibly halfway through an
+    /// update: use `stopped` to release what the instance holds (close files and sockets, tell
+    /// peers it is gone), not to trust invariants the interrupted handler was restoring. A
+    /// panic inside `stopped` (or `stopping`, which then skips `stopped`) is caught and logged,
+    /// and the exit is reported as before. Supervisors and monitors hear about the exit after
+    /// `stopped` returns; a supervised actor is then rebuilt by its factory, so every instance
+    /// that ends gets its `stopped` call, restarted or not. It does not run when a
+    /// supervisor's factory itself panics (there is no instance).
     fn stopped(&mut self, _reason: &ExitReason) {}
 
     /// Receives the notice that an actor this one monitors has stopped.
@@ -167,7 +178,64 @@ impl<A: Actor> Context<A> {
 
     /// Sends `msg` to this actor after `delay`. See [`crate::Runtime::send_after`].
     pub fn send_after(&self, delay: Duration, msg: A::Message) -> TimerHandle {
-        let runtime = self.cell.runtime.clone();
-        crate::timer::send_after(&runtime, self.address().recipient(), delay, msg)
+        crate::timer::send_after(&self.cell.runtime, self.address().recipient(), delay, msg)
+    }
+
+    /// Sends `make()` to this actor every `period`, until the returned handle is cancelled or
+    /// the actor stops for good. A tick that finds the mailbox full is skipped (see
+    /// [`crate::Runtime::send_interval`]).
+    ///
+    /// The timer belongs to the address, not to this instance: a supervised actor restarted in
+    /// place keeps receiving its ticks, and one that sets its timer in [`Actor::started`]
+    /// should keep the handle and cancel it in [`Actor::stopped`] (which runs for every
+    /// instance that ends, a panicked one included), or each restart adds a timer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use baton_runtime::{Actor, Context, Runtime, TimerHandle};
+    ///
+    /// enum Msg { Tick }
+    /// struct Heartbeat { ticks: u32, timer: Option<TimerHandle> }
+    /// impl Actor for Heartbeat {
+    ///     type Message = Msg;
+    ///     fn started(&mut self, ctx: &mut Context<Self>) {
+    ///         self.timer = Some(ctx.send_interval(Duration::from_millis(10), || Msg::Tick));
+    ///     }
+    ///     fn handle(&mut self, ctx: &mut Context<Self>, Msg::Tick: Msg) {
+    ///         self.ticks += 1;
+    ///         if self.ticks == 3 {
+    ///             ctx.stop();
+    ///         }
+    ///     }
+    ///     fn stopped(&mut self, _reason: &baton_runtime::ExitReason) {
+    ///         if let Some(timer) = self.timer.take() {
+    ///             timer.cancel();
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let rt = Runtime::new();
+    /// let beat = rt.spawn(Heartbeat { ticks: 0, timer: None });
+    /// while !beat.is_stopped() {
+    ///     std::thread::sleep(Duration::from_millis(5));
+    /// }
+    /// rt.shutdown(Duration::from_secs(1)).unwrap();
+    /// ```
+    pub fn send_interval(&self, period: Duration, make: impl FnMut() -> A::Message + Send + 'static) -> TimerHandle {
+        crate::timer::send_interval(&self.cell.runtime, self.address().recipient(), period, make)
+    }
+
+    /// Sends `make()` to `to` (another actor's address or recipient, see
+    /// [`crate::IntoRecipient`]) every `period`, until the handle is cancelled or that actor
+    /// stops. As [`crate::Runtime::send_interval`], from inside a handler.
+    pub fn send_interval_to<M: Send + 'static>(
+        &self,
+        to: impl IntoRecipient<M>,
+        period: Duration,
+        make: impl FnMut() -> M + Send + 'static,
+    ) -> TimerHandle {
+        crate::timer::send_interval(&self.cell.runtime, to.into_recipient(), period, make)
     }
 }

@@ -104,6 +104,8 @@ pub(crate) fn ask<M, R>(
     send(make(ReplyTo { tx }), timeout).map_err(|e| match e {
         SendTimeoutError::Timeout(_) => AskError::Timeout,
         SendTimeoutError::Closed(_) => AskError::Closed,
+        // Unreachable in practice: the threads that may not wait were refused above.
+        SendTimeoutError::Full(_) => AskError::OnPoolThread,
     })?;
     match rx.recv_deadline(deadline) {
         Ok(r) => Ok(r),

@@ -188,11 +188,18 @@ impl<A: Actor> Cell<A> {
     }
 
     pub(crate) fn try_send(self: &Arc<Self>, msg: A::Message) -> Result<(), TrySendError<A::Message>> {
+        self.try_send_with(move || msg).map_err(|e| e.map(|make| make()))
+    }
+
+    /// As `try_send`, for the message `make` builds: it is called only if the message is
+    /// accepted, and handed back uncalled otherwise (see `MessageQueue::try_send_with`).
+    pub(crate) fn try_send_with<F: FnOnce() -> A::Message>(self: &Arc<Self>, make: F) -> Result<(), TrySendError<F>> {
         if !self.enter_send() {
-            return Err(TrySendError::Closed(msg));
+            return Err(TrySendError::Closed(make));
         }
-        let r = self.mailbox.try_send(msg);
-        self.leave_send(r.is_ok());
+        let sending = Sending(self);
+        let r = self.mailbox.try_send_with(make);
+        sending.leave(r.is_ok());
         r.map_err(TrySendError::Full)
     }
 
@@ -201,39 +208,50 @@ impl<A: Actor> Cell<A> {
         msg: A::Message,
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError<A::Message>> {
-        match self.try_send(msg) {
+        self.send_with(move || msg, deadline).map_err(|e| e.map(|make| make()))
+    }
+
+    /// As `send`, for the message `make` builds (see `try_send_with`).
+    pub(crate) fn send_with<F: FnOnce() -> A::Message>(
+        self: &Arc<Self>,
+        make: F,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError<F>> {
+        match self.try_send_with(make) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(m)) => Err(SendTimeoutError::Closed(m)),
             Err(TrySendError::Full(m)) => {
                 if crate::ask::on_pool_thread() || crate::ask::current_actor() == Some(self.id) {
-                    // Waiting here could hold the very thread the receiver needs.
-                    log::warn!(
-                        "send from a pool thread to the full mailbox of {} ({}): handed back",
+                    // Waiting here could hold the very thread the receiver needs (or, sending
+                    // to itself, the receiver's own turn): hand it back as full, not closed.
+                    log::debug!(
+                        "send to the full mailbox of {} ({}) on a thread that may not wait",
                         self.id,
                         self.type_name
                     );
-                    return Err(SendTimeoutError::Closed(m));
+                    return Err(SendTimeoutError::Full(m));
                 }
                 if !self.enter_send() {
                     return Err(SendTimeoutError::Closed(m));
                 }
+                let sending = Sending(self);
                 // Wait in slices so a mailbox closed meanwhile is noticed.
                 let mut m = m;
                 loop {
                     let slice = Instant::now() + std::time::Duration::from_millis(10);
                     let until = deadline.map_or(slice, |d| d.min(slice));
-                    match self.mailbox.send_deadline(m, until) {
+                    match self.mailbox.send_deadline_with(m, until) {
                         Ok(()) => {
-                            self.leave_send(true);
+                            sending.leave(true);
                             return Ok(());
                         }
                         Err(back) => {
                             if deadline.is_some_and(|d| Instant::now() >= d) {
-                                self.leave_send(false);
+                                sending.leave(false);
                                 return Err(SendTimeoutError::Timeout(back));
                             }
                             if self.is_closed() {
-                                self.leave_send(false);
+                                sending.leave(false);
                                 return Err(SendTimeoutError::Closed(back));
                             }
                             m = back;
@@ -246,12 +264,12 @@ impl<A: Actor> Cell<A> {
 
     /// As `try_send`, but when the mailbox is full `notify` is kept and called once there is
     /// room again (or the actor closes), so a producer can pause instead of polling.
-    pub(crate) fn try_send_notify(
+    pub(crate) fn try_send_notify_with<F: FnOnce() -> A::Message>(
         self: &Arc<Self>,
-        msg: A::Message,
+        make: F,
         notify: crate::address::MakeRoomWaiter<'_>,
-    ) -> Result<(), TrySendError<A::Message>> {
-        match self.try_send(msg) {
+    ) -> Result<(), TrySendError<F>> {
+        match self.try_send_with(make) {
             Err(TrySendError::Full(m)) => {
                 self.room_waiters.lock().push(notify());
                 self.has_room_waiters.store(true, SeqCst);
@@ -545,10 +563,20 @@ impl<A: Actor> Cell<A> {
         let text = panic_text(&payload);
         log::error!("{} ({}) panicked: {text}", self.id, self.type_name);
         self.metrics.panics.increment(1);
-        // The state that panicked is suspect: drop it without running more of its code.
-        let actor = inner.actor.take();
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(actor)));
-        self.after_exit(inner, ctx, ExitReason::Panicked(text));
+        let reason = ExitReason::Panicked(text);
+        // The state may be half-updated by the panic, but its `Drop` runs on it anyway; so does
+        // `stopped`, which exists to release what the instance holds (see `Actor::stopped`).
+        // `stopping` does not: it belongs to an orderly stop, with the mailbox drained.
+        if let Some(mut actor) = inner.actor.take() {
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                actor.stopped(&reason);
+                drop(actor);
+            }));
+            if let Err(p) = r {
+                log::error!("{} ({}) panicked in stopped after a panic: {}", self.id, self.type_name, panic_text(&p));
+            }
+        }
+        self.after_exit(inner, ctx, reason);
     }
 
     fn exit_instance(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>, reason: ExitReason) {
@@ -615,6 +643,24 @@ impl<A: Actor> Cell<A> {
         self.control.lock().clear();
         self.call_room_waiters();
         self.runtime.deregister(self.registry_key.load(SeqCst));
+    }
+}
+
+/// A sender counted in `send_state` (by `enter_send`), until `leave` or, should building the
+/// message panic (a user's `From`), until dropped: a sender counted for ever would keep a
+/// stopping actor waiting for it.
+struct Sending<'a, A: Actor>(&'a Arc<Cell<A>>);
+
+impl<A: Actor> Sending<'_, A> {
+    fn leave(self, delivered: bool) {
+        self.0.leave_send(delivered);
+        std::mem::forget(self);
+    }
+}
+
+impl<A: Actor> Drop for Sending<'_, A> {
+    fn drop(&mut self) {
+        self.0.leave_send(false);
     }
 }
 

@@ -75,18 +75,33 @@ impl<M> MessageQueue<M> {
     }
 
     /// Accepts `msg`, or hands it back when the queue is at its bound.
+    #[cfg(test)]
     pub(crate) fn try_send(&self, msg: M) -> Result<(), M> {
+        self.try_send_with(move || msg).map_err(|make| make())
+    }
+
+    /// Accepts the message `make` builds, or hands `make` back uncalled when the queue is at its
+    /// bound. The message is built only once it is accepted (under the lock: keep `make`
+    /// cheap), so a sender holding a value of another type converts it only if it goes in,
+    /// and keeps it otherwise.
+    pub(crate) fn try_send_with<F: FnOnce() -> M>(&self, make: F) -> Result<(), F> {
         let mut shared = self.shared.lock();
         if self.len.load(SeqCst) >= self.bound {
-            return Err(msg);
+            return Err(make);
         }
-        shared.push_back(msg);
+        shared.push_back(make());
         self.len.fetch_add(1, SeqCst);
         Ok(())
     }
 
     /// Accepts `msg`, waiting until `until` for room; hands it back if none came.
+    #[cfg(test)]
     pub(crate) fn send_deadline(&self, msg: M, until: Instant) -> Result<(), M> {
+        self.send_deadline_with(move || msg, until).map_err(|make| make())
+    }
+
+    /// As [`MessageQueue::try_send_with`], waiting until `until` for room.
+    pub(crate) fn send_deadline_with<F: FnOnce() -> M>(&self, make: F, until: Instant) -> Result<(), F> {
         let mut shared = self.shared.lock();
         loop {
             // Announce the wait before looking at the count: the consumer frees room, then
@@ -94,14 +109,14 @@ impl<M> MessageQueue<M> {
             self.sleepers.fetch_add(1, SeqCst);
             if self.len.load(SeqCst) < self.bound {
                 self.sleepers.fetch_sub(1, SeqCst);
-                shared.push_back(msg);
+                shared.push_back(make());
                 self.len.fetch_add(1, SeqCst);
                 return Ok(());
             }
             let timed_out = self.room.wait_until(&mut shared, until).timed_out();
             self.sleepers.fetch_sub(1, SeqCst);
             if timed_out && Instant::now() >= until {
-                return Err(msg);
+                return Err(make);
             }
         }
     }

@@ -11,7 +11,7 @@ use parking_lot::{Condvar, Mutex};
 use slab::Slab;
 
 use crate::actor::Actor;
-use crate::address::{ActorId, Addr, Recipient};
+use crate::address::{ActorId, Addr, IntoRecipient};
 use crate::cell::{Cell, CellParts, Control, SupervisorHook};
 use crate::event_loop::EventLoop;
 use crate::mailbox::Mailbox;
@@ -302,21 +302,24 @@ impl Runtime {
         crate::supervisor::start(&self.shared, strategy, intensity, 0)
     }
 
-    /// Sends `msg` to `to` after `delay`. If the mailbox is full then, delivery is retried
-    /// every millisecond until it is accepted, the timer is cancelled, or the actor closes.
-    pub fn send_after<M: Send + 'static>(&self, to: Recipient<M>, delay: Duration, msg: M) -> TimerHandle {
-        crate::timer::send_after(&self.shared, to, delay, msg)
+    /// Sends `msg` to `to` (an address or recipient, see [`IntoRecipient`]) after `delay`,
+    /// from the runtime's timer thread, which never waits for room: if the mailbox is full
+    /// then, delivery is retried every millisecond until it is accepted, the timer is
+    /// cancelled, or the actor closes.
+    pub fn send_after<M: Send + 'static>(&self, to: impl IntoRecipient<M>, delay: Duration, msg: M) -> TimerHandle {
+        crate::timer::send_after(&self.shared, to.into_recipient(), delay, msg)
     }
 
-    /// Sends `make()` to `to` every `period`. A tick that finds the mailbox full is skipped and
-    /// counted (`baton_timer_ticks_skipped_total`); the timer ends when the actor closes.
+    /// Sends `make()` to `to` every `period`, from the timer thread. A tick that finds the
+    /// mailbox full is skipped and counted (`baton_timer_ticks_skipped_total`); the timer ends
+    /// when it is cancelled or the actor closes.
     pub fn send_interval<M: Send + 'static>(
         &self,
-        to: Recipient<M>,
+        to: impl IntoRecipient<M>,
         period: Duration,
         make: impl FnMut() -> M + Send + 'static,
     ) -> TimerHandle {
-        crate::timer::send_interval(&self.shared, to, period, make)
+        crate::timer::send_interval(&self.shared, to.into_recipient(), period, make)
     }
 
     /// Actors that have not stopped yet.

@@ -1,6 +1,7 @@
 //! Actors, addresses, mailboxes, the control lane, request/reply, monitors, timers and
 //! shutdown, each through the public API.
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,7 +62,7 @@ fn lifecycle_hooks_run_in_order_and_stop_drains_accepted_messages() {
         Err(TrySendError::Closed(m)) => assert_eq!(m, "late"),
         other => panic!("expected Closed with the message back, got {other:?}"),
     }
-    assert_eq!(addr.send("late2".into()).unwrap_err().0, "late2");
+    assert_eq!(addr.send("late2".into()).unwrap_err(), SendError::Closed("late2".to_string()));
     rt.shutdown(WAIT).unwrap();
 }
 
@@ -507,28 +508,161 @@ impl Actor for MixedSink {
     }
 }
 
+fn wait_stopped<A: Actor>(addr: &Addr<A>) {
+    let deadline = Instant::now() + WAIT;
+    while !addr.is_stopped() {
+        assert!(Instant::now() < deadline, "{addr:?} did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
-fn a_mapped_recipient_wraps_messages_and_hands_refused_ones_back_unwrapped() {
+fn a_mapped_recipient_wraps_messages_with_a_closure_and_hands_refused_ones_back_unwrapped() {
     let rt = Runtime::builder().threads(2).build();
     let (tx, rx) = unbounded();
     let sink = rt.try_spawn(MixedSink(tx), Mailbox::Bounded(1)).unwrap();
-    let texts: Recipient<String> = sink.recipient_map(Mixed::Text, |m| match m {
-        Mixed::Text(s) => Some(s),
-        _ => None,
-    });
+    let prefix = String::from("> ");
+    let texts: Recipient<String> = sink.recipient_map(move |s: String| Mixed::Text(format!("{prefix}{s}")));
     texts.send("one".into()).unwrap();
     sink.send(Mixed::Number(2)).unwrap();
-    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "one");
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "> one");
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "2");
     sink.stop();
-    let deadline = Instant::now() + WAIT;
-    while !sink.is_stopped() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_stopped(&sink);
     match texts.try_send("late".into()) {
         Err(TrySendError::Closed(s)) => assert_eq!(s, "late"),
         other => panic!("expected the String back, got {other:?}"),
     }
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// Conversions into `Mixed` so far (the test below checks a refused message is not converted).
+static CONVERTED: AtomicUsize = AtomicUsize::new(0);
+
+impl From<u32> for Mixed {
+    fn from(n: u32) -> Mixed {
+        CONVERTED.fetch_add(1, SeqCst);
+        Mixed::Number(n)
+    }
+}
+
+/// A conversion that panics on 13 (and is not counted in `CONVERTED`, which another test reads).
+impl From<i64> for Mixed {
+    fn from(n: i64) -> Mixed {
+        assert_ne!(n, 13, "unlucky number");
+        Mixed::Number(n as u32)
+    }
+}
+
+#[test]
+fn an_address_whose_message_is_from_e_is_a_recipient_of_e_and_refused_events_come_back_unconverted() {
+    let rt = Runtime::builder().threads(2).build();
+    let (tx, rx) = unbounded();
+    let sink = rt.try_spawn(MixedSink(tx), Mailbox::Bounded(1)).unwrap();
+    let numbers: Recipient<u32> = (&sink).into_recipient();
+    assert_eq!(numbers.id(), sink.id());
+    numbers.send(7).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "7");
+    // The same through a recipient, and through a closure on a recipient.
+    let via_recipient: Recipient<u32> = sink.recipient().into_recipient();
+    via_recipient.send(8).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "8");
+    let offset = 100;
+    let shifted: Recipient<u32> = sink.recipient().map(move |n: u32| Mixed::Number(n + offset));
+    shifted.send(1).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "101");
+
+    // Refusals hand the event back as it was, never converted.
+    let converted = CONVERTED.load(SeqCst);
+    sink.stop();
+    wait_stopped(&sink);
+    assert_eq!(numbers.try_send(8), Err(TrySendError::Closed(8)));
+    assert_eq!(numbers.send(9), Err(SendError::Closed(9)));
+    assert_eq!(CONVERTED.load(SeqCst), converted, "a refused event was converted");
+
+    // A recipient of the actor's own message type is the plain recipient (no wrapper).
+    let plain: Recipient<Mixed> = sink.clone().into_recipient();
+    assert!(matches!(plain.try_send(Mixed::Number(1)), Err(TrySendError::Closed(_))));
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn a_conversion_that_panics_does_not_keep_its_actor_from_stopping() {
+    let rt = Runtime::builder().threads(2).build();
+    let (tx, rx) = unbounded();
+    let sink = rt.try_spawn(MixedSink(tx), Mailbox::Bounded(4)).unwrap();
+    let numbers: Recipient<i64> = sink.clone().into_recipient();
+    let unlucky = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| numbers.send(13)));
+    assert!(unlucky.is_err(), "the conversion's panic reaches the sender");
+    numbers.send(14).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "14");
+    // Before: the panicking sender stayed counted as in flight, and the stop waited for ever.
+    sink.stop();
+    wait_stopped(&sink);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// Ticks itself every 5 ms from `started`; after `limit` ticks cancels the timer and reports.
+struct SelfTicker {
+    ticks: u32,
+    limit: u32,
+    timer: Option<TimerHandle>,
+    out: Sender<u32>,
+}
+impl Actor for SelfTicker {
+    type Message = ();
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.timer = Some(ctx.send_interval(Duration::from_millis(5), || ()));
+    }
+    fn handle(&mut self, _ctx: &mut Context<Self>, _: ()) {
+        self.ticks += 1;
+        let _ = self.out.send(self.ticks);
+        if self.ticks == self.limit {
+            self.timer.as_ref().unwrap().cancel();
+        }
+    }
+}
+
+#[test]
+fn context_send_interval_ticks_the_actor_until_cancelled() {
+    let rt = Runtime::new();
+    let (tx, rx) = unbounded();
+    let _ticker = rt.spawn(SelfTicker { ticks: 0, limit: 3, timer: None, out: tx });
+    for n in 1..=3 {
+        assert_eq!(rx.recv_timeout(WAIT).expect("a tick"), n);
+    }
+    assert!(rx.recv_timeout(Duration::from_millis(60)).is_err(), "ticks after cancel");
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// Starts a periodic send of `()` to each address it is sent.
+struct Metronome(Option<TimerHandle>);
+impl Actor for Metronome {
+    type Message = Addr<Tick>;
+    fn handle(&mut self, ctx: &mut Context<Self>, to: Addr<Tick>) {
+        self.0 = Some(ctx.send_interval_to(&to, Duration::from_millis(5), || ()));
+    }
+}
+
+struct Tick(Sender<()>);
+impl Actor for Tick {
+    type Message = ();
+    fn handle(&mut self, _ctx: &mut Context<Self>, _: ()) {
+        let _ = self.0.send(());
+    }
+}
+
+#[test]
+fn context_send_interval_to_ticks_another_actor() {
+    let rt = Runtime::new();
+    let (tx, rx) = unbounded();
+    let tick = rt.spawn(Tick(tx));
+    let metronome = rt.spawn(Metronome(None));
+    metronome.send(tick.clone()).unwrap();
+    for _ in 0..3 {
+        rx.recv_timeout(WAIT).expect("a tick from the other actor's timer");
+    }
+    tick.stop();
+    wait_stopped(&tick);
     rt.shutdown(WAIT).unwrap();
 }

@@ -152,3 +152,171 @@ fn a_panicking_room_waiter_does_not_kill_the_pool() {
     rx.recv_timeout(WAIT).unwrap();
     rt.shutdown(WAIT).unwrap();
 }
+
+/// Holds its thread in the handler until released, so its mailbox stays full while it lives.
+struct Held(crossbeam_channel::Receiver<()>);
+impl Actor for Held {
+    type Message = u32;
+    fn handle(&mut self, _ctx: &mut Context<Self>, _: u32) {
+        let _ = self.0.recv_timeout(WAIT);
+    }
+}
+
+type SendResults = (Result<(), SendError<u32>>, Result<(), SendTimeoutError<u32>>);
+
+/// Sends to a full mailbox with `send` and `send_timeout`, and reports what each said.
+struct FullProber {
+    target: Addr<Held>,
+    report: Sender<SendResults>,
+}
+impl Actor for FullProber {
+    type Message = ();
+    fn handle(&mut self, _ctx: &mut Context<Self>, _: ()) {
+        let sent = self.target.send(3);
+        let timed = self.target.send_timeout(4, Duration::from_millis(200));
+        let _ = self.report.send((sent, timed));
+    }
+}
+
+/// A live actor with a full mailbox (capacity 1): its handler holds message 1, message 2 waits.
+fn held_full(rt: &Runtime) -> (Addr<Held>, Sender<()>) {
+    let (release, held_rx) = crossbeam_channel::bounded(1);
+    let held = rt.spawn_dedicated(Held(held_rx), Mailbox::Bounded(1)).unwrap();
+    held.send(1).unwrap();
+    wait_until("the handler takes message 1", || held.mailbox_len() == 0);
+    held.try_send(2).unwrap();
+    (held, release)
+}
+
+fn assert_full_not_closed(results: SendResults, held: &Addr<Held>) {
+    assert_eq!(results.0, Err(SendError::Full(3)), "send said: {:?}", results.0);
+    assert_eq!(results.1, Err(SendTimeoutError::Full(4)), "send_timeout said: {:?}", results.1);
+    assert!(!held.is_stopped());
+}
+
+#[test]
+fn send_from_a_pool_thread_to_a_live_full_mailbox_says_full_not_closed() {
+    let rt = Runtime::new();
+    let (held, release) = held_full(&rt);
+    let (tx, rx) = unbounded();
+    let prober = rt.spawn(FullProber { target: held.clone(), report: tx });
+    prober.send(()).unwrap();
+    assert_full_not_closed(rx.recv_timeout(WAIT).unwrap(), &held);
+    drop(release); // every later recv in Held returns at once
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn send_from_an_event_loop_to_a_live_full_mailbox_says_full_not_closed() {
+    let rt = Runtime::new();
+    let (held, release) = held_full(&rt);
+    let (wake_tx, wake_rx) = unbounded::<()>();
+    let event_loop = EventLoop::new(move || {
+        let _ = wake_tx.send(());
+    });
+    let (tx, rx) = unbounded();
+    let prober = rt.spawn_on(&event_loop, FullProber { target: held.clone(), report: tx }, Mailbox::DEFAULT).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let driver = {
+        let (event_loop, done) = (event_loop.clone(), done.clone());
+        std::thread::spawn(move || {
+            event_loop.bind();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = wake_rx.recv_timeout(Duration::from_millis(10));
+                event_loop.run_ready();
+            }
+            event_loop.close();
+        })
+    };
+    prober.send(()).unwrap();
+    let results = rx.recv_timeout(WAIT).unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    driver.join().unwrap();
+    assert_full_not_closed(results, &held);
+    drop(release); // every later recv in Held returns at once
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// Panics on `true`; reports each `stopped` call with its instance number and reason.
+struct Fragile {
+    instance: u32,
+    stops: Sender<(u32, ExitReason)>,
+}
+impl Actor for Fragile {
+    type Message = bool;
+    fn handle(&mut self, _ctx: &mut Context<Self>, panic: bool) {
+        assert!(!panic, "fragile broke");
+    }
+    fn stopped(&mut self, reason: &ExitReason) {
+        let _ = self.stops.send((self.instance, reason.clone()));
+    }
+}
+
+/// Monitors whatever it is sent, and forwards each `Down`.
+struct Watcher(Sender<Down>);
+impl Actor for Watcher {
+    type Message = Addr<Fragile>;
+    fn handle(&mut self, ctx: &mut Context<Self>, other: Addr<Fragile>) {
+        ctx.monitor(&other);
+    }
+    fn down(&mut self, _ctx: &mut Context<Self>, down: Down) {
+        let _ = self.0.send(down);
+    }
+}
+
+fn panicked() -> ExitReason {
+    ExitReason::Panicked("fragile broke".into())
+}
+
+#[test]
+fn stopped_runs_with_panicked_when_an_unsupervised_handler_panics_and_monitors_hear() {
+    let rt = Runtime::new();
+    let (stops_tx, stops) = unbounded();
+    let (downs_tx, downs) = unbounded();
+    let fragile = rt.spawn(Fragile { instance: 0, stops: stops_tx });
+    let watcher = rt.spawn(Watcher(downs_tx));
+    watcher.send(fragile.clone()).unwrap();
+    wait_until("the watcher monitors", || watcher.mailbox_len() == 0);
+    fragile.send(true).unwrap();
+    assert_eq!(stops.recv_timeout(WAIT).expect("stopped was not called"), (0, panicked()));
+    let down = downs.recv_timeout(WAIT).expect("the monitor heard nothing");
+    assert_eq!(down, Down { id: fragile.id(), reason: panicked() });
+    assert!(fragile.is_stopped());
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn stopped_runs_with_panicked_when_a_supervised_handler_panics_and_the_supervisor_restarts() {
+    let rt = Runtime::new();
+    let (stops_tx, stops) = unbounded();
+    let (downs_tx, downs) = unbounded();
+    let sup = rt.supervisor(Strategy::OneForOne, Intensity { max_restarts: 1, period: WAIT }).unwrap();
+    let instances = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let fragile = sup
+        .start_child(ChildSpec::new(move || Fragile {
+            instance: instances.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            stops: stops_tx.clone(),
+        }))
+        .unwrap();
+    let watcher = rt.spawn(Watcher(downs_tx));
+    watcher.send(fragile.clone()).unwrap();
+    wait_until("the watcher monitors", || watcher.mailbox_len() == 0);
+
+    // First panic: stopped on instance 0, the supervisor restarts (instance 1 handles the next
+    // message), and the monitor hears nothing, since the actor has not stopped for good.
+    fragile.send(true).unwrap();
+    assert_eq!(stops.recv_timeout(WAIT).expect("stopped was not called"), (0, panicked()));
+    fragile.send(false).unwrap();
+    wait_until("the restarted instance handles a message", || fragile.mailbox_len() == 0);
+    assert!(!fragile.is_stopped(), "the supervisor did not restart it");
+    assert!(downs.try_recv().is_err());
+
+    // Second panic exceeds the intensity: stopped on instance 1, then the supervisor gives up
+    // and the monitor hears why.
+    fragile.send(true).unwrap();
+    assert_eq!(stops.recv_timeout(WAIT).expect("stopped was not called"), (1, panicked()));
+    let down = downs.recv_timeout(WAIT).expect("the monitor heard nothing");
+    assert_eq!(down.id, fragile.id());
+    assert!(down.reason.is_abnormal(), "{:?}", down.reason);
+    rt.shutdown(WAIT).unwrap();
+}

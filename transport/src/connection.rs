@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use crate::poller::{Event, Registration};
-use baton_runtime::{Recipient, TrySendError};
+use baton_runtime::{IntoRecipient, Recipient, TrySendError};
 use parking_lot::Mutex;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, Shutdown};
@@ -25,9 +25,25 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Identifies a connection within its reactor.
+/// Identifies a connection within its reactor: [`Connection::id`] gives it, and every
+/// [`ConnEvent`] carries it, so one actor that owns many connections keeps them in a map by
+/// `ConnId` and finds the right [`Connection`] for each event (see `examples/echo.rs`). Ids
+/// are not reused while the reactor runs. Displayed as `conn#N`, for log lines.
+///
+/// ```
+/// # use baton_transport::ConnId;
+/// fn log_closed(id: ConnId) -> String {
+///     format!("{id} closed")
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId(pub(crate) u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
 
 /// Why a connection closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -726,7 +742,9 @@ impl Connection {
 
 impl Reactor {
     /// Registers a connected socket and binds it to `owner`: from now on its bytes arrive as
-    /// [`ConnEvent`]s. Use it for accepted sockets, sockets from another process, and the
+    /// [`ConnEvent`]s. `owner` is any address or recipient whose message converts from
+    /// `ConnEvent` ([`IntoRecipient`]): `ctx.address()` of an actor whose message enum has a
+    /// `From<ConnEvent>`, or a `Recipient<ConnEvent>`. Use it for accepted sockets, sockets from another process, and the
     /// `stream` of a [`Detached`] connection (deliver its `unread` bytes yourself first).
     ///
     /// Events can arrive as soon as this returns, or even before it does: an owner adopting in
@@ -742,7 +760,12 @@ impl Reactor {
     /// # Errors
     ///
     /// When the socket cannot be made non-blocking or registered.
-    pub fn adopt(&self, stream: Stream, options: ConnOptions, owner: Recipient<ConnEvent>) -> io::Result<Connection> {
+    pub fn adopt(
+        &self,
+        stream: Stream,
+        options: ConnOptions,
+        owner: impl IntoRecipient<ConnEvent>,
+    ) -> io::Result<Connection> {
         self.adopt_with(stream, Vec::new(), None, options, owner)
     }
 
@@ -761,8 +784,9 @@ impl Reactor {
         unread: Vec<u8>,
         on_close: Option<CloseHook>,
         options: ConnOptions,
-        owner: Recipient<ConnEvent>,
+        owner: impl IntoRecipient<ConnEvent>,
     ) -> io::Result<Connection> {
+        let owner = owner.into_recipient();
         rustix::io::ioctl_fionbio(stream.as_fd(), true)?;
         let has_unread = !unread.is_empty();
         // Only for an owner adopting in its own handler on the reactor thread: its events then
@@ -850,7 +874,7 @@ impl Reactor {
         &self,
         addr: std::net::SocketAddr,
         options: ConnOptions,
-        owner: Recipient<ConnEvent>,
+        owner: impl IntoRecipient<ConnEvent>,
     ) -> io::Result<Connection> {
         let fd = crate::listener::tcp_socket(&addr)?;
         match rustix::net::connect(&fd, &addr) {

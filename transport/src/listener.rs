@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::poller::{Event, Registration};
-use baton_runtime::{Recipient, TrySendError};
+use baton_runtime::{IntoRecipient, Recipient, TrySendError};
 use parking_lot::Mutex;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -480,16 +480,17 @@ impl std::fmt::Display for AdoptError {
 impl std::error::Error for AdoptError {}
 
 impl Reactor {
-    /// Binds a TCP listener (IPv4 or IPv6) and posts every accepted connection to `owner`.
+    /// Binds a TCP listener (IPv4 or IPv6) and posts every accepted connection to `owner`:
+    /// any address or recipient whose message converts from [`Accepted`] ([`IntoRecipient`]).
     ///
     /// # Errors
     ///
     /// Socket, bind and listen errors (address in use, permission denied...).
-    pub fn listen_tcp<M: From<Accepted> + Send + 'static>(
+    pub fn listen_tcp(
         &self,
         addr: SocketAddr,
         options: ListenOptions,
-        owner: Recipient<M>,
+        owner: impl IntoRecipient<Accepted>,
     ) -> io::Result<Listener> {
         let fd = tcp_socket(&addr)?;
         if options.reuse_address {
@@ -504,7 +505,7 @@ impl Reactor {
             crate::set_defer_accept(&fd, timeout)?;
         }
         rustix::net::listen(&fd, options.backlog)?;
-        self.register(Socket::Tcp(TcpListener::from(fd)), options, owner)
+        self.register(Socket::Tcp(TcpListener::from(fd)), options, owner.into_recipient())
     }
 
     /// Binds a Unix stream listener at `path`. A stale socket file left by a dead process is
@@ -514,11 +515,11 @@ impl Reactor {
     /// # Errors
     ///
     /// Socket, bind and listen errors.
-    pub fn listen_unix<M: From<Accepted> + Send + 'static>(
+    pub fn listen_unix(
         &self,
         path: &Path,
         options: ListenOptions,
-        owner: Recipient<M>,
+        owner: impl IntoRecipient<Accepted>,
     ) -> io::Result<Listener> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
@@ -546,7 +547,7 @@ impl Reactor {
         rustix::net::bind(&fd, &addr)?;
         rustix::net::listen(&fd, options.backlog)?;
         let listener = UnixListener::from(fd);
-        self.register(Socket::Unix(listener, Some(path.to_path_buf())), options, owner)
+        self.register(Socket::Unix(listener, Some(path.to_path_buf())), options, owner.into_recipient())
     }
 
     /// Adopts a listening socket given as a descriptor (from a parent process, systemd, or a
@@ -556,11 +557,11 @@ impl Reactor {
     /// # Errors
     ///
     /// [`AdoptError`] says what is wrong with the descriptor.
-    pub fn adopt_listener<M: From<Accepted> + Send + 'static>(
+    pub fn adopt_listener(
         &self,
         fd: OwnedFd,
         options: ListenOptions,
-        owner: Recipient<M>,
+        owner: impl IntoRecipient<Accepted>,
     ) -> Result<Listener, AdoptError> {
         let kind = rustix::net::sockopt::socket_type(&fd).map_err(|e| match e {
             Errno::BADF => AdoptError::BadDescriptor,
@@ -589,7 +590,7 @@ impl Reactor {
         } else {
             return Err(AdoptError::UnsupportedFamily);
         };
-        self.register(socket, options, owner).map_err(AdoptError::Io)
+        self.register(socket, options, owner.into_recipient()).map_err(AdoptError::Io)
     }
 
     fn register<M: From<Accepted> + Send + 'static>(

@@ -12,7 +12,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use crate::poller::{Event, Mode};
-use baton_runtime::{Recipient, TrySendError};
+use baton_runtime::{IntoRecipient, Recipient, TrySendError};
 use parking_lot::Mutex;
 
 use crate::reactor::{offer, Reactor, Shared, Source};
@@ -182,7 +182,8 @@ impl Watch {
 }
 
 impl Reactor {
-    /// Watches `fd` for `interest` and reports readiness to `owner`, once per [`Watch::arm`]
+    /// Watches `fd` for `interest` and reports readiness to `owner` (any address or recipient
+    /// whose message converts from [`Readiness`], see [`IntoRecipient`]), once per [`Watch::arm`]
     /// (the first report is armed by this call). The descriptor should be non-blocking: the
     /// owner reads and writes it until `EAGAIN`.
     ///
@@ -194,8 +195,9 @@ impl Reactor {
         &self,
         fd: Arc<F>,
         interest: Interest,
-        owner: Recipient<Readiness>,
+        owner: impl IntoRecipient<Readiness>,
     ) -> io::Result<Watch> {
+        let owner = owner.into_recipient();
         let mut made: Option<Arc<WatchSource>> = None;
         let id = WatchId(self.shared.serial());
         self.shared.insert(|key| {

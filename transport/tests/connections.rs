@@ -601,3 +601,21 @@ fn closed_waits_for_room_in_a_full_mailbox_and_is_never_lost() {
     reactor.stop();
     rt.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn a_conn_id_displays_as_conn_and_its_number_and_events_carry_it() {
+    let rt = Runtime::new();
+    let reactor = Reactor::start().unwrap();
+    let (first, _c1, _e1) = pair(&rt, &reactor, ConnOptions::default());
+    let (second, mut client, events) = pair(&rt, &reactor, ConnOptions::default());
+    let shown = second.id().to_string();
+    let _: u64 = shown.strip_prefix("conn#").expect("conn#N").parse().expect("a number");
+    assert_ne!(first.id().to_string(), shown, "two connections, two ids");
+    client.write_all(b"x").unwrap();
+    match next(&events) {
+        ConnEvent::Data(id, _) => assert_eq!(format!("{id}"), shown),
+        other => panic!("unexpected {other:?}"),
+    }
+    reactor.stop();
+    rt.shutdown(Duration::from_secs(5)).unwrap();
+}

@@ -24,6 +24,7 @@ enum Msg {
     AdoptPausedFor(TcpStream, Recipient<ConnEvent>, Sender<Connection>),
     Event(ConnEvent),
 }
+baton_runtime::from_variants!(Msg::Event(ConnEvent));
 
 /// Adopts each socket it is given with `read_first`, on the reactor's event loop, and reports
 /// every event. With `answer_and_close`, answers the first bytes and closes in the same turn.
@@ -41,12 +42,8 @@ impl Actor for Adopter {
     fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
         match msg {
             Msg::Adopt(stream) => {
-                let me = ctx.address().recipient_map(Msg::Event, |m| match m {
-                    Msg::Event(e) => Some(e),
-                    _ => None,
-                });
                 let options = ConnOptions { read_first: true, ..ConnOptions::default() };
-                let conn = self.reactor.adopt(Stream::Tcp(stream), options, me).expect("adopting");
+                let conn = self.reactor.adopt(Stream::Tcp(stream), options, ctx.address()).expect("adopting");
                 let _ = self.queued_at_adoption.send(ctx.address().mailbox_len());
                 self.conns.push(conn);
             }
@@ -260,6 +257,7 @@ enum OneShotMsg {
     Adopt(Stream),
     Event(ConnEvent),
 }
+baton_runtime::from_variants!(OneShotMsg::Event(ConnEvent));
 
 struct OneShot {
     reactor: Reactor,
@@ -270,11 +268,7 @@ struct OneShot {
 
 impl OneShot {
     fn adopt(&mut self, ctx: &mut Context<Self>, stream: Stream) {
-        let me = ctx.address().recipient_map(OneShotMsg::Event, |m| match m {
-            OneShotMsg::Event(e) => Some(e),
-            OneShotMsg::Adopt(_) => None,
-        });
-        match self.reactor.adopt(stream, ConnOptions::default(), me) {
+        match self.reactor.adopt(stream, ConnOptions::default(), ctx.address()) {
             Ok(conn) => self.conn = Some(conn),
             Err(_) => ctx.stop(),
         }

@@ -36,6 +36,7 @@ enum Msg {
     Serve(Stream, Vec<u8>, Ending, Sender<Result<(), WriteError>>),
     Event(ConnEvent),
 }
+baton_runtime::from_variants!(Msg::Event(ConnEvent));
 
 /// Serves each socket it is given on the reactor's event loop (the way a server speaks first).
 struct Server {
@@ -48,11 +49,7 @@ impl Actor for Server {
     fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
         match msg {
             Msg::Serve(stream, bytes, ending, second) => {
-                let me = ctx.address().recipient_map(Msg::Event, |m| match m {
-                    Msg::Event(e) => Some(e),
-                    _ => None,
-                });
-                let conn = self.reactor.adopt(stream, ConnOptions::default(), me).expect("adopting");
+                let conn = self.reactor.adopt(stream, ConnOptions::default(), ctx.address()).expect("adopting");
                 match ending {
                     Ending::Together => conn.write_and_close(&bytes).expect("writing"),
                     Ending::TogetherInPieces => {

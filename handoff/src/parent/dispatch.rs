@@ -15,11 +15,8 @@ pub struct Dispatch {
     pub peer: Address,
     /// The address it arrived on.
     pub local: Address,
-    /// An application label the worker receives. For a socket a listener of the parent
-    /// accepted: the index of that listener among those attached to the parent
-    /// ([`Parent::listen_tcp`](crate::Parent::listen_tcp) and
-    /// [`Parent::attach`](crate::Parent::attach), from 0, in the order attached).
-    pub tag: u32,
+    /// The [`Tag`](crate::Tag) the worker receives with it, chosen by the application.
+    pub tag: crate::Tag,
     /// A routing key for [`Sticky`](crate::Sticky) placement.
     pub key: Option<Vec<u8>>,
     /// Bytes already read from the socket; the worker's application receives them first.
@@ -80,13 +77,19 @@ pub enum DispatchError {
     PreludeTooLong(Box<Dispatch>),
     /// The parent has stopped.
     Stopped(Box<Dispatch>),
+    /// The parent's mailbox is full and the calling thread does not wait for room: it is a
+    /// pool thread or an event loop (see [`baton_runtime::SendError::Full`]).
+    Full(Box<Dispatch>),
 }
 
 impl DispatchError {
     /// The socket, back.
     pub fn into_inner(self) -> Dispatch {
         match self {
-            DispatchError::KeyTooLong(d) | DispatchError::PreludeTooLong(d) | DispatchError::Stopped(d) => *d,
+            DispatchError::KeyTooLong(d)
+            | DispatchError::PreludeTooLong(d)
+            | DispatchError::Stopped(d)
+            | DispatchError::Full(d) => *d,
         }
     }
 }
@@ -97,6 +100,7 @@ impl std::fmt::Display for DispatchError {
             DispatchError::KeyTooLong(_) => "routing key longer than MAX_KEY",
             DispatchError::PreludeTooLong(_) => "prelude longer than MAX_PRELUDE",
             DispatchError::Stopped(_) => "the parent has stopped",
+            DispatchError::Full(_) => "the parent's mailbox is full, and this thread does not wait for room",
         })
     }
 }

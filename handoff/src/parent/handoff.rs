@@ -46,8 +46,8 @@ pub(crate) const TICK: Duration = Duration::from_millis(20);
 /// How long after its deadline a draining worker may still run before it is killed.
 pub(super) const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
-/// The tag of a connection from a listener that was never attached to the parent.
-pub const UNATTACHED_TAG: u32 = u32::MAX;
+/// The [`Tag`](crate::Tag) of a connection from a listener never attached to the parent.
+pub const UNATTACHED_TAG: crate::Tag = u32::MAX;
 
 /// The Handoff actor's messages.
 #[derive(Debug)]
@@ -538,10 +538,7 @@ impl Handoff {
     }
 
     pub(crate) fn ready_recipient(&self) -> Recipient<Readiness> {
-        self.me.as_ref().expect("set in started").recipient_map(HandoffMsg::Ready, |m| match m {
-            HandoffMsg::Ready(r) => Some(r),
-            _ => None,
-        })
+        self.me.as_ref().expect("set in started").recipient_map(HandoffMsg::Ready)
     }
 
     pub(crate) fn watch_as(&mut self, watch: &Watch, what: Watched) {
@@ -572,7 +569,7 @@ impl Handoff {
                 } else {
                     String::new()
                 },
-                pid: if s.phase == Phase::Down { None } else { s.pid },
+                pid: s.pid,
                 ready: s.phase == Phase::Ready,
                 open: books.get(slot).map_or(0, |b| b.open),
                 queued: books.get(slot).map_or(0, |b| b.queued),

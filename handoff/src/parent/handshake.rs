@@ -63,8 +63,9 @@ pub struct Route {
     pub consume: usize,
     /// A routing key for [`Sticky`](crate::Sticky) placement.
     pub key: Option<Vec<u8>>,
-    /// The tag the worker receives; `None`: the listener's index (as for a plain listener).
-    pub tag: Option<u32>,
+    /// The [`Tag`](crate::Tag) the worker receives; `None`: the listener's index, as for a
+    /// plain listener.
+    pub tag: Option<crate::Tag>,
     /// The client's address as the worker should see it (from a PROXY header); `None`: the
     /// address the connection came from.
     pub peer: Option<Address>,

@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_runtime::{Addr, AskError, Intensity, Mailbox, Recipient, Runtime, SpawnError};
+use baton_runtime::{Addr, AskError, Intensity, Mailbox, Recipient, Runtime, SendError, SpawnError};
 use baton_transport::{Address, ListenOptions, Listener, Reactor};
 
 pub use self::dispatch::{Dispatch, DispatchError};
@@ -342,19 +342,25 @@ impl Parent {
 
     /// Hands a socket to the parent for placement (an application that read a handshake uses
     /// this; listeners send [`Accepted`](baton_transport::Accepted) straight to [`Parent::recipient`]). Waits while the
-    /// parent's mailbox is full.
+    /// parent's mailbox is full, on threads that may wait (see [`baton_runtime::Addr::send`]);
+    /// on a pool thread or an event loop it hands the socket back at once instead.
     ///
     /// # Errors
     ///
     /// [`DispatchError`], with the socket back, when a routing key or prelude exceeds
-    /// [`record::MAX_KEY`] / [`record::MAX_PRELUDE`] or the parent has stopped.
+    /// [`record::MAX_KEY`] / [`record::MAX_PRELUDE`], the parent has stopped, or its mailbox
+    /// is full on a thread that does not wait.
     pub fn dispatch(&self, socket: Dispatch) -> Result<(), DispatchError> {
         if let Err(refuse) = socket.check() {
             return Err(refuse(Box::new(socket)));
         }
-        self.addr.send(HandoffMsg::Dispatch(socket)).map_err(|e| match e.0 {
-            HandoffMsg::Dispatch(d) => DispatchError::Stopped(Box::new(d)),
-            _ => unreachable!("sent a Dispatch"),
+        self.addr.send(HandoffMsg::Dispatch(socket)).map_err(|e| {
+            let full = matches!(e, SendError::Full(_));
+            match e.into_inner() {
+                HandoffMsg::Dispatch(d) if full => DispatchError::Full(Box::new(d)),
+                HandoffMsg::Dispatch(d) => DispatchError::Stopped(Box::new(d)),
+                _ => unreachable!("sent a Dispatch"),
+            }
         })
     }
 
@@ -362,13 +368,14 @@ impl Parent {
     /// every worker (now, and once to each new worker process when it answers READY), and the workers accept from it
     /// themselves; their application receives those connections as
     /// [`WorkerEvent::Incoming`](crate::WorkerEvent::Incoming) too. Workers still report their
-    /// load. `tag` reaches the application with each connection.
+    /// load. `tag` reaches the application with each connection (see [`Tag`](crate::Tag)).
     ///
     /// # Errors
     ///
     /// `InvalidInput` when `fd` is not a listening stream socket; `NotConnected` when the
-    /// parent has stopped.
-    pub fn share_listener(&self, fd: std::os::fd::OwnedFd, tag: u32) -> io::Result<Address> {
+    /// parent has stopped; `WouldBlock` when its mailbox is full on a pool thread or an event
+    /// loop, which do not wait for room.
+    pub fn share_listener(&self, fd: std::os::fd::OwnedFd, tag: crate::Tag) -> io::Result<Address> {
         use rustix::net::{sockopt, AddressFamily, SocketType};
         let listening = sockopt::socket_type(&fd).ok() == Some(SocketType::STREAM)
             && sockopt::socket_acceptconn(&fd).unwrap_or(false);
@@ -381,7 +388,7 @@ impl Parent {
         };
         self.addr
             .send(HandoffMsg::Control(Control::Share(SharedListener { fd, local: local.clone(), tag, slot: None })))
-            .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "the parent has stopped"))?;
+            .map_err(refused)?;
         Ok(local)
     }
 
@@ -412,7 +419,7 @@ impl Parent {
     /// let local = parent.listen_steered("127.0.0.1:8080".parse().unwrap(), &options, 0)?;
     /// # let _ = local; Ok(()) }
     /// ```
-    pub fn listen_steered(&self, addr: std::net::SocketAddr, options: &ListenOptions, tag: u32) -> io::Result<Address> {
+    pub fn listen_steered(&self, addr: std::net::SocketAddr, options: &ListenOptions, tag: crate::Tag) -> io::Result<Address> {
         self.steer_group(Vec::new(), addr, options, tag)
     }
 
@@ -428,7 +435,7 @@ impl Parent {
     /// `InvalidInput` when a socket is not a listening TCP socket with `SO_REUSEPORT`, or
     /// `sockets` is empty; what `bind` and `listen` say for new members; `NotConnected` when
     /// the parent has stopped.
-    pub fn steer(&self, sockets: Vec<std::os::fd::OwnedFd>, options: &ListenOptions, tag: u32) -> io::Result<Address> {
+    pub fn steer(&self, sockets: Vec<std::os::fd::OwnedFd>, options: &ListenOptions, tag: crate::Tag) -> io::Result<Address> {
         if sockets.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no socket to steer"));
         }
@@ -441,22 +448,22 @@ impl Parent {
         sockets: Vec<std::os::fd::OwnedFd>,
         addr: std::net::SocketAddr,
         options: &ListenOptions,
-        tag: u32,
+        tag: crate::Tag,
     ) -> io::Result<Address> {
         let group = steering::GroupOptions { backlog: options.backlog, defer_accept: options.defer_accept };
         let (members, local) = steering::complete_group(sockets, addr, self.slots.max(1), group)?;
         let local = Address::Inet(local);
         self.addr
             .send(HandoffMsg::Control(Control::Steer(members, local.clone(), tag)))
-            .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "the parent has stopped"))?;
+            .map_err(refused)?;
         Ok(local)
     }
 
     /// Lets the parent pause `listener` (whose owner should be [`Parent::recipient`]) while no
     /// worker can take more, close it on drain, and hand it to a successor as `name`.
     pub fn attach(&self, listener: Listener, name: &str) {
-        if self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), None))).is_err() {
-            log::warn!("handoff: attach after the parent stopped");
+        if let Err(e) = self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), None))) {
+            log::warn!("handoff: attach refused: {}", refused(e));
         }
     }
 
@@ -472,8 +479,8 @@ impl Parent {
     ) {
         let make: handshake::HandshakeFactory = Arc::new(move || Box::new(handshake()));
         let spec = handshake::HandshakeSpec { make, options: limits };
-        if self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), Some(spec)))).is_err() {
-            log::warn!("handoff: attach after the parent stopped");
+        if let Err(e) = self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), Some(spec)))) {
+            log::warn!("handoff: attach refused: {}", refused(e));
         }
     }
 
@@ -485,9 +492,7 @@ impl Parent {
     /// From [`ChannelListener::bind`].
     pub fn accept_workers(&self, endpoint: &Endpoint, check: PeerCheck) -> io::Result<()> {
         let listener = ChannelListener::bind(endpoint, check)?;
-        self.addr
-            .send(HandoffMsg::Control(Control::AcceptWorkers(listener)))
-            .map_err(|_| io::Error::other("the parent has stopped"))
+        self.addr.send(HandoffMsg::Control(Control::AcceptWorkers(listener))).map_err(refused)
     }
 
     /// Sockets adopted by workers so far: a shared counter, read without asking the actor
@@ -510,9 +515,7 @@ impl Parent {
     /// From [`ChannelListener::bind`].
     pub fn offer_takeover(&self, endpoint: &Endpoint, check: PeerCheck) -> io::Result<()> {
         let listener = ChannelListener::bind(endpoint, check)?;
-        self.addr
-            .send(HandoffMsg::Control(Control::OfferTakeover(listener, endpoint.clone(), check)))
-            .map_err(|_| io::Error::other("the parent has stopped"))
+        self.addr.send(HandoffMsg::Control(Control::OfferTakeover(listener, endpoint.clone(), check))).map_err(refused)
     }
 
     /// Waits until there is at least one worker and every worker slot that has not been given
@@ -551,8 +554,8 @@ impl Parent {
     /// uses a [`Migrator`](crate::Migrator), hands back) its connections within `deadline`, and
     /// exits; a spawned worker is then restarted. A rolling restart is this, slot by slot.
     pub fn retire_worker(&self, slot: usize, deadline: Duration) {
-        if self.addr.send(HandoffMsg::Control(Control::Retire(slot, deadline))).is_err() {
-            log::warn!("handoff: retire after the parent stopped");
+        if let Err(e) = self.addr.send(HandoffMsg::Control(Control::Retire(slot, deadline))) {
+            log::warn!("handoff: retire refused: {}", refused(e));
         }
     }
 
@@ -580,5 +583,17 @@ impl Parent {
     /// Stops the actor; its `stopped` hook stops and reaps every worker it spawned.
     pub fn stop(&self) {
         self.addr.stop();
+    }
+}
+
+/// Why the parent's actor refused a message sent with `send`: it has stopped, or its mailbox
+/// is full and the calling thread (a pool thread or an event loop) does not wait for room.
+fn refused<M>(e: SendError<M>) -> io::Error {
+    match e {
+        SendError::Closed(_) => io::Error::new(io::ErrorKind::NotConnected, "the parent has stopped"),
+        SendError::Full(_) => io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "the parent's mailbox is full, and this thread does not wait for room",
+        ),
     }
 }

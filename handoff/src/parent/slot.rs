@@ -141,6 +141,9 @@ impl Slot {
     /// The channel is gone. A spawned slot restarts at `restart_at` unless `restart` is false.
     pub(crate) fn down(&mut self, restart: bool, now: Instant) {
         self.phase = Phase::Down;
+        // The process is gone or going: a pid kept here would be shown for whichever worker
+        // fills a named slot next, until its READY.
+        self.pid = None;
         self.backed_up = false;
         self.limited = false;
         if self.spawned && restart && !self.gave_up {

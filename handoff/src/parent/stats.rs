@@ -60,6 +60,11 @@ pub struct Stats {
     pub local_exhaustion: u64,
     /// Worker restarts.
     pub restarts: u64,
+    /// Worker slots left down for good after restarting too often within the intensity
+    /// ([`ParentBuilder::intensity`](crate::ParentBuilder::intensity)); each is also logged as
+    /// an error and counted in `baton_handoff_worker_gave_up_total`, and shows `gave_up` in
+    /// [`Stats::workers`].
+    pub gave_up: u64,
     /// Worker processes killed because they did not exit in time.
     pub killed: u64,
     /// Median time from accept (or dispatch) to the worker's ADOPTED, over the last

@@ -297,6 +297,7 @@ impl Handoff {
             match self.slots[slot].restart(now, self.config.intensity) {
                 Restart::No => {}
                 Restart::GiveUp => {
+                    self.stats.gave_up += 1;
                     metrics::counter!("baton_handoff_worker_gave_up_total").increment(1);
                     log::error!(
                         "handoff: worker {slot} died more than {} times in {:?}; not restarting it",

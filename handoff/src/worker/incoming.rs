@@ -4,7 +4,7 @@ use std::io;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
-use baton_runtime::Recipient;
+use baton_runtime::IntoRecipient;
 use baton_transport::{Address, CloseReason, ConnEvent, ConnOptions, Connection, Stream};
 
 use super::migration::Migrator;
@@ -18,8 +18,8 @@ use crate::record::Reason;
 pub struct Incoming {
     /// The parent's id for this handoff.
     pub id: u64,
-    /// The application label the parent gave it (by default the accepting listener's index).
-    pub tag: u32,
+    /// Its [`Tag`](crate::Tag): by default the index of the parent's listener that accepted it.
+    pub tag: crate::Tag,
     /// The client's address.
     pub peer: Address,
     /// The address the client connected to.
@@ -83,8 +83,9 @@ impl Incoming {
         &self.prelude
     }
 
-    /// Makes the socket a [`Connection`] on the worker's reactor, owned by `owner`, and tells
-    /// the parent it may close its copy. The prelude arrives first, as
+    /// Makes the socket a [`Connection`] on the worker's reactor, owned by `owner` (any
+    /// address or recipient whose message converts from `ConnEvent`: usually
+    /// `ctx.address()`), and tells the parent it may close its copy. The prelude arrives first, as
     /// `ConnEvent::Data`. Call it from the owner's own turn, a handler or its `started` (see
     /// [`Reactor::adopt`](baton_transport::Reactor::adopt)).
     ///
@@ -99,7 +100,7 @@ impl Incoming {
     /// the parent cut this worker off (`NotConnected`: it may have placed the socket elsewhere
     /// already). A parent whose process died placed nothing elsewhere: its sockets are still
     /// adopted, and served while the worker finishes.
-    pub fn adopt(mut self, owner: Recipient<ConnEvent>, options: ConnOptions) -> io::Result<Connection> {
+    pub fn adopt(mut self, owner: impl IntoRecipient<ConnEvent>, options: ConnOptions) -> io::Result<Connection> {
         if !self.shared.may_adopt() {
             // Dropping `self` closes our copy; the parent's placed it elsewhere or closed it.
             return Err(io::Error::new(io::ErrorKind::NotConnected, "the parent is gone; not adopting"));

@@ -47,7 +47,8 @@ impl std::error::Error for MigrateError {}
 
 impl Migrator {
     /// Takes `conn` out of this worker, with the bytes read and not yet delivered, and hands
-    /// it back to the parent to place on another worker with `tag` and `key` (the new worker's
+    /// it back to the parent to place on another worker with `tag` (its [`Tag`](crate::Tag)
+    /// there) and `key` (the new worker's
     /// application sees the unread bytes first). The connection's owner gets
     /// `Closed(Detached)`, and the parent hears it closed here.
     ///
@@ -59,7 +60,7 @@ impl Migrator {
     /// # Errors
     ///
     /// See [`MigrateError`].
-    pub fn migrate(&self, conn: &Connection, tag: u32, key: Option<Vec<u8>>) -> Result<(), MigrateError> {
+    pub fn migrate(&self, conn: &Connection, tag: crate::Tag, key: Option<Vec<u8>>) -> Result<(), MigrateError> {
         if self.shared.parent_gone.load(SeqCst) {
             return Err(MigrateError::ParentGone);
         }

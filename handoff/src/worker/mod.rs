@@ -70,7 +70,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_runtime::{Mailbox, Recipient, Runtime};
+use baton_runtime::{IntoRecipient, Mailbox, Runtime};
 use baton_transport::{Interest, Reactor};
 
 use crate::channel::Channel;
@@ -135,7 +135,9 @@ pub struct Worker {
 
 impl Worker {
     /// Serves `channel`: every socket the parent sends reaches `app` as
-    /// [`WorkerEvent::Incoming`], and the start of a drain as [`WorkerEvent::Drain`].
+    /// [`WorkerEvent::Incoming`], and the start of a drain as [`WorkerEvent::Drain`]. `app` is
+    /// any address or recipient whose message converts from `WorkerEvent`
+    /// ([`IntoRecipient`]), so an actor with an enum message passes its address.
     ///
     /// # Errors
     ///
@@ -144,9 +146,10 @@ impl Worker {
         channel: Channel,
         runtime: &Runtime,
         reactor: &Reactor,
-        app: Recipient<WorkerEvent>,
+        app: impl IntoRecipient<WorkerEvent>,
         options: WorkerOptions,
     ) -> io::Result<Worker> {
+        let app = app.into_recipient();
         let (tx, rx) = crossbeam_channel::bounded(1);
         let channel = Arc::new(channel);
         // The process at the other end (for a socket pair: the one that created it, our parent).
@@ -157,10 +160,7 @@ impl Worker {
             .spawn_on(reactor.event_loop(), link, Mailbox::Unbounded)
             .map_err(|e| io::Error::other(e.to_string()))?;
         let _ = shared.link.set(addr.clone());
-        let ready = addr.recipient_map(LinkMsg::Ready, |m| match m {
-            LinkMsg::Ready(r) => Some(r),
-            _ => None,
-        });
+        let ready = addr.recipient_map(LinkMsg::Ready);
         let watch = reactor.watch(channel, Interest::READ, ready)?;
         if addr.send(LinkMsg::Watch(watch)).is_err() {
             return Err(io::Error::other("worker link stopped at once"));

@@ -22,6 +22,7 @@ pub enum Msg {
     /// Hand this connection back to the parent (reading was paused a turn earlier).
     Migrate(ConnId),
 }
+baton_runtime::from_variants!(Msg::Worker(WorkerEvent), Msg::Conn(ConnEvent));
 
 /// The tag a migrated connection carries: the new worker does not greet it again.
 pub const MIGRATED: u32 = 77;
@@ -52,10 +53,6 @@ impl Actor for EchoApp {
     fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
         match msg {
             Msg::Worker(WorkerEvent::Incoming(inc)) => {
-                let owner = ctx.address().recipient_map(Msg::Conn, |m| match m {
-                    Msg::Conn(e) => Some(e),
-                    _ => None,
-                });
                 self.migrator.get_or_insert_with(|| inc.migrator());
                 let greet = inc.tag != MIGRATED;
                 // TEST_GREET_PROXY: say also what the parent said of the balancer.
@@ -71,7 +68,7 @@ impl Actor for EchoApp {
                 } else {
                     format!("{}\n", std::process::id())
                 };
-                if let Ok(conn) = inc.adopt(owner, ConnOptions::default()) {
+                if let Ok(conn) = inc.adopt(ctx.address(), ConnOptions::default()) {
                     if greet {
                         let _ = conn.write(line.as_bytes());
                     }
@@ -140,11 +137,7 @@ impl InProcessWorker {
         let runtime = Runtime::builder().threads(2).build();
         let reactor = Reactor::start().expect("reactor");
         let app = runtime.spawn(EchoApp::new());
-        let incoming = app.recipient_map(Msg::Worker, |m| match m {
-            Msg::Worker(e) => Some(e),
-            _ => None,
-        });
-        let worker = Worker::serve(channel, &runtime, &reactor, incoming, WorkerOptions::default()).expect("serve");
+        let worker = Worker::serve(channel, &runtime, &reactor, app, WorkerOptions::default()).expect("serve");
         InProcessWorker { runtime, reactor, worker }
     }
 
