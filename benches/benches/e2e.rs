@@ -17,6 +17,9 @@
 //!   comparison and leaves the cost of the handoff itself.
 //! - **(a') baton prefork, shared listener**: the parent sends the listening socket to both
 //!   workers, which accept by themselves (the nginx shape); no per-connection handoff.
+//! - **(a'') baton prefork, steered**: a `SO_REUSEPORT` socket per worker
+//!   (`Parent::listen_steered`), the kernel placing each connection by weights the parent sets
+//!   from the workers' load; no per-connection handoff.
 //! - **(c) single process**: one process, baton's reactor and one `HttpServer` actor.
 //!
 //! Modes: a new connection per request (`Connection: close`) and keep-alive. Each run lasts
@@ -88,6 +91,9 @@ impl Server {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             HttpServer::defer_accept(&l).unwrap();
             inet(&parent.share_listener(l.into(), 0).unwrap())
+        } else if policy_name == "steered" {
+            // A SO_REUSEPORT socket per worker, the kernel placing by the parent's weights.
+            inet(&parent.listen_steered("127.0.0.1:0".parse().unwrap(), &HttpServer::listen_options(), 0).unwrap())
         } else {
             inet(parent.listen_tcp("127.0.0.1:0".parse().unwrap(), HttpServer::listen_options()).unwrap().local_addr())
         };
@@ -571,6 +577,7 @@ fn main() {
         ("reuseport", "", "(b) SO_REUSEPORT prefork"),
         ("baton", "least-loaded", "(a) baton prefork, least-loaded"),
         ("baton", "listeners", "(a') baton prefork, shared listener"),
+        ("baton", "steered", "(a'') baton prefork, steered"),
         ("single", "", "(c) baton single process"),
         ("reuseport-fin", "", "(b+) SO_REUSEPORT, baton's TCP opts"),
     ];
@@ -582,7 +589,7 @@ fn main() {
             continue;
         }
         // (b+) differs from (b) only in how a connection starts and ends.
-        let variants = if mode == Mode::Close { &variants[..] } else { &variants[..4] };
+        let variants = if mode == Mode::Close { &variants[..] } else { &variants[..5] };
         let mut rows: Vec<Row> = variants.iter().map(|v| Row { name: v.2.to_string(), runs: Vec::new() }).collect();
         for _ in 0..ROUNDS {
             for (i, (kind, policy, _)) in variants.iter().enumerate() {
@@ -625,6 +632,7 @@ fn serve_foreground(spec: &str) {
     let (server, addr) = match kind {
         "baton" => Server::baton("least-loaded"),
         "listeners" => Server::baton("listeners"),
+        "steered" => Server::baton("steered"),
         "reuseport" => Server::reuseport(false),
         "reuseport-fin" => Server::reuseport(true),
         _ => Server::single(),
