@@ -4,7 +4,8 @@
 #
 #   benches/killsoak.sh [--bin PATH] [--duration SECS] [--every SECS] [--threads N] [--conns N]
 #                       [--timeout DUR] [--workers N] [--warmup SECS] [--settle SECS]
-#                       [--path PATH] [--no-stop] [--label NAME] [--keep DIR]
+#                       [--path PATH] [--mode handoff|listeners|steered] [--no-stop] [--label NAME]
+#                       [--keep DIR]
 #
 # Defaults: builds and uses target/release/examples/prefork, 2 workers, `wrk -t2 -c64 -d30s
 # --timeout 1s --latency -H 'Connection: close'`, a kill every 2 s (the oldest worker, so the
@@ -52,7 +53,8 @@ label=""
 keep=""
 stop=yes
 path=/
-usage() { sed -n '4,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+mode=handoff
+usage() { sed -n '4,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin) bin=$2; shift 2 ;;
@@ -68,6 +70,7 @@ while [ $# -gt 0 ]; do
         --keep) keep=$2; shift 2 ;;
         --no-stop) stop=""; shift ;;
         --path) path=$2; shift 2 ;;
+        --mode) mode=$2; shift 2 ;;
         -h | --help) usage ;;
         *) echo "killsoak.sh: unknown argument '$1'" >&2; usage ;;
     esac
@@ -127,7 +130,7 @@ fail() {
 }
 
 # Its own session and process group, so that clean-up reaches the workers as well.
-setsid "$bin" --listen 127.0.0.1:0 --workers "$workers" --metrics 127.0.0.1:0 >"$dir/out" 2>"$dir/err" </dev/null &
+setsid "$bin" --listen 127.0.0.1:0 --workers "$workers" --mode "$mode" --metrics 127.0.0.1:0 >"$dir/out" 2>"$dir/err" </dev/null &
 server_pid=$!
 addr=""
 maddr=""
