@@ -1216,8 +1216,13 @@ impl Handoff {
                 }
             })
             .collect();
+        let now = Instant::now();
         for g in 0..self.steered.len() {
             let (first, n) = (self.steered[g].first, self.steered[g].len);
+            if now >= self.steered[g].refresh_at {
+                self.steered[g].attached = None;
+                self.steered[g].refresh_at = now + steering::REFRESH;
+            }
             if !active {
                 self.steered[g].attached = None;
             } else {

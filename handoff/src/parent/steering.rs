@@ -260,11 +260,25 @@ pub(crate) struct Steered {
     /// The weights of the program attached last; `None` before the first or after another
     /// process (a successor) may have attached its own.
     pub(crate) attached: Option<Vec<u32>>,
+    /// When to attach again even if the weights did not change: during a takeover both
+    /// parents hold the group, and the other's last program may be the one in place.
+    pub(crate) refresh_at: std::time::Instant,
 }
+
+/// How often a steering parent attaches its program again, changed or not.
+pub(crate) const REFRESH: Duration = Duration::from_secs(1);
 
 impl Steered {
     pub(crate) fn new(tag: u32, first: usize, len: usize) -> Steered {
-        Steered { tag, first, len, own: (0..len).map(|_| None).collect(), accepting: vec![false; len], attached: None }
+        Steered {
+            tag,
+            first,
+            len,
+            own: (0..len).map(|_| None).collect(),
+            accepting: vec![false; len],
+            attached: None,
+            refresh_at: std::time::Instant::now(),
+        }
     }
 
     /// Whether `listener` is one of the parent's own on this group.
