@@ -29,7 +29,8 @@ cargo build --release -p baton-examples --example prefork >/dev/null 2>&1 || {
     exit 1
 }
 prefork=target/release/examples/prefork
-ulimit -n $((conns * 2 + 1024))
+# As many descriptors as allowed (the client splits its connections over processes of 10 000).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 dir=$(mktemp -d)
 pid=""
@@ -40,28 +41,50 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The client: opens the connections, says "held" when all are open and answered, waits for a
-# line on stdin, closes them, says "closed".
+# The client: opens the connections (10 000 per process), says "held" when all are open and
+# answered, waits for a line on stdin, closes them, says "closed".
 cat >"$dir/client.py" <<'EOF'
-import socket, sys
+import os, socket, sys
 host, port = sys.argv[1].rsplit(":", 1)
 n = int(sys.argv[2])
-held = []
-for i in range(n):
-    s = socket.create_connection((host, int(port)))
-    s.sendall(b"GET / HTTP/1.1\r\nHost: m\r\n\r\n")
-    got = b""
-    while b"\r\n\r\n" not in got:
-        got += s.recv(4096)
-    head, body = got.split(b"\r\n\r\n", 1)
-    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
-    while len(body) < length:
-        body += s.recv(4096)
-    held.append(s)
+per = 10000  # connections per process, under a descriptor limit of 20 000
+
+def hold(count):
+    held = []
+    for _ in range(count):
+        s = socket.create_connection((host, int(port)))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: m\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(4096)
+        head, body = got.split(b"\r\n\r\n", 1)
+        length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+        while len(body) < length:
+            body += s.recv(4096)
+        held.append(s)
+    return held
+
+children = []
+for start in range(0, n, per):
+    up_r, up_w = os.pipe()
+    down_r, down_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        held = hold(min(per, n - start))
+        os.write(up_w, b"h")
+        os.read(down_r, 1)
+        for s in held:
+            s.close()
+        os._exit(0)
+    children.append((pid, up_r, down_w))
+for _, up_r, _ in children:
+    assert os.read(up_r, 1) == b"h"
 print("held", flush=True)
 sys.stdin.readline()
-for s in held:
-    s.close()
+for _, _, down_w in children:
+    os.write(down_w, b"c")
+for pid, _, _ in children:
+    os.waitpid(pid, 0)
 print("closed", flush=True)
 EOF
 

@@ -457,6 +457,12 @@ impl Handoff {
                     self.share(SharedListener { fd, local: local.clone(), tag, slot: Some(i) });
                 }
                 self.steered.push(Steered::new(tag, first, n));
+                // The parent's own accepting on every member, paused: made now, so that the
+                // descriptors a steering parent holds do not grow with its first worker loss.
+                let g = self.steered.len() - 1;
+                for i in 0..n {
+                    self.own_listener(g, i);
+                }
                 log::info!("handoff: steering {n} listening sockets on {local:?}");
             }
             Control::Stats(reply) => {
@@ -1247,22 +1253,8 @@ impl Handoff {
                 if want == self.steered[g].accepting[i] {
                     continue;
                 }
-                if want && self.steered[g].own[i].is_none() {
-                    let me = self.me.as_ref().expect("set in started").recipient();
-                    let own = steering::duplicate(&self.shared[first + i].fd).and_then(|fd| {
-                        self.reactor.adopt_listener(fd, ListenOptions::default(), me).map_err(io::Error::other)
-                    });
-                    match own {
-                        Ok(l) => self.steered[g].own[i] = Some(l),
-                        Err(e) => {
-                            limited!(
-                                self.logs.steering,
-                                log::Level::Error,
-                                "handoff: cannot accept on steered socket {i} for its worker: {e}"
-                            );
-                            continue;
-                        }
-                    }
+                if want && !self.own_listener(g, i) {
+                    continue;
                 }
                 if let Some(l) = &self.steered[g].own[i] {
                     if want {
@@ -1272,6 +1264,33 @@ impl Handoff {
                     }
                 }
                 self.steered[g].accepting[i] = want;
+            }
+        }
+    }
+
+    /// Makes the parent's own (paused) listener on member `i` of group `g` if there is none
+    /// yet; whether there is one now.
+    fn own_listener(&mut self, g: usize, i: usize) -> bool {
+        if self.steered[g].own[i].is_some() {
+            return true;
+        }
+        let me = self.me.as_ref().expect("set in started").recipient();
+        let first = self.steered[g].first;
+        let own = steering::duplicate(&self.shared[first + i].fd)
+            .and_then(|fd| self.reactor.adopt_listener(fd, ListenOptions::default(), me).map_err(io::Error::other));
+        match own {
+            Ok(l) => {
+                l.pause();
+                self.steered[g].own[i] = Some(l);
+                true
+            }
+            Err(e) => {
+                limited!(
+                    self.logs.steering,
+                    log::Level::Error,
+                    "handoff: cannot accept on steered socket {i} for its worker: {e}"
+                );
+                false
             }
         }
     }

@@ -419,7 +419,12 @@ impl Parent {
     /// let local = parent.listen_steered("127.0.0.1:8080".parse().unwrap(), &options, 0)?;
     /// # let _ = local; Ok(()) }
     /// ```
-    pub fn listen_steered(&self, addr: std::net::SocketAddr, options: &ListenOptions, tag: crate::Tag) -> io::Result<Address> {
+    pub fn listen_steered(
+        &self,
+        addr: std::net::SocketAddr,
+        options: &ListenOptions,
+        tag: crate::Tag,
+    ) -> io::Result<Address> {
         self.steer_group(Vec::new(), addr, options, tag)
     }
 
@@ -435,7 +440,12 @@ impl Parent {
     /// `InvalidInput` when a socket is not a listening TCP socket with `SO_REUSEPORT`, or
     /// `sockets` is empty; what `bind` and `listen` say for new members; `NotConnected` when
     /// the parent has stopped.
-    pub fn steer(&self, sockets: Vec<std::os::fd::OwnedFd>, options: &ListenOptions, tag: crate::Tag) -> io::Result<Address> {
+    pub fn steer(
+        &self,
+        sockets: Vec<std::os::fd::OwnedFd>,
+        options: &ListenOptions,
+        tag: crate::Tag,
+    ) -> io::Result<Address> {
         if sockets.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no socket to steer"));
         }
@@ -453,9 +463,7 @@ impl Parent {
         let group = steering::GroupOptions { backlog: options.backlog, defer_accept: options.defer_accept };
         let (members, local) = steering::complete_group(sockets, addr, self.slots.max(1), group)?;
         let local = Address::Inet(local);
-        self.addr
-            .send(HandoffMsg::Control(Control::Steer(members, local.clone(), tag)))
-            .map_err(refused)?;
+        self.addr.send(HandoffMsg::Control(Control::Steer(members, local.clone(), tag))).map_err(refused)?;
         Ok(local)
     }
 
