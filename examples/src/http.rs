@@ -456,8 +456,9 @@ impl From<WorkerEvent> for HttpMsg {
 /// [`HeavyRequest`] on the pool and blocks only its own connection, and the parent hears about
 /// it through `Status::busy`.
 struct HttpConn {
-    /// Where the server finds this actor for a drain; its entry goes when the actor is dropped.
-    registry: Registry,
+    /// The server's: where it finds this actor for a drain (the entry goes when the actor is
+    /// dropped), the options, the heavy requests' count.
+    shared: Arc<Shared>,
     slot: usize,
     conn: Option<Connection>,
     buf: Vec<u8>,
@@ -478,10 +479,8 @@ struct HttpConn {
     status: Option<baton_handoff::Status>,
     /// The socket, until the actor adopts it in its first turn (`started`): its events then
     /// queue behind that turn, and no message carries the socket in.
-    socket: Option<Socket>,
-    options: HttpOptions,
-    /// Heavy requests of the server running or waiting for a pool thread.
-    heavy_count: Arc<std::sync::atomic::AtomicUsize>,
+    /// (Boxed: an idle connection's actor is smaller by the size of a `Socket` once adopted.)
+    socket: Option<Box<Socket>>,
     /// The deadline of the partial request head in `buf`, if there is one: set when a head's
     /// first bytes are found incomplete, not moved by the bytes that follow, dropped when the
     /// head is whole. Its message carries `head_deadlines`, so a timer that fires after it was
@@ -530,19 +529,19 @@ struct HeavyRequest {
 }
 
 /// One of the [`HttpOptions::max_heavy`] heavy requests a server runs or queues at a time.
-struct HeavySlot(Arc<std::sync::atomic::AtomicUsize>);
+struct HeavySlot(Arc<Shared>);
 
 impl HeavySlot {
-    fn take(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<HeavySlot> {
+    fn take(shared: &Arc<Shared>, max: usize) -> Option<HeavySlot> {
         use std::sync::atomic::Ordering::Relaxed;
-        count.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
-        Some(HeavySlot(count.clone()))
+        shared.heavy.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(HeavySlot(shared.clone()))
     }
 }
 
 impl Drop for HeavySlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.heavy.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -588,7 +587,7 @@ impl HttpConn {
                         std::thread::sleep(wait);
                     }
                     let heavy_slot =
-                        heavy(&req).map(|wait| (wait, HeavySlot::take(&self.heavy_count, self.options.max_heavy)));
+                        heavy(&req).map(|wait| (wait, HeavySlot::take(&self.shared, self.shared.options.max_heavy)));
                     if let Some((_, None)) = heavy_slot {
                         // As many heavy requests as the server takes are running or waiting
                         // for a thread: say so now rather than queue without bound.
@@ -629,10 +628,14 @@ impl HttpConn {
                 timer.cancel();
             }
         }
+        if self.buf.is_empty() {
+            // An idle keep-alive connection holds no buffer (the next read brings its own).
+            self.buf = Vec::new();
+        }
         if partial_head && self.head_timer.is_none() {
             self.head_deadlines += 1;
             self.head_timer =
-                Some(ctx.send_after(self.options.head_timeout, ConnMsg::HeadTimeout(self.head_deadlines)));
+                Some(ctx.send_after(self.shared.options.head_timeout, ConnMsg::HeadTimeout(self.head_deadlines)));
         }
     }
 
@@ -647,7 +650,7 @@ impl HttpConn {
             // read or written, so the idle timeout bounds such a client.
             self.head_deadlines += 1;
             self.head_timer =
-                Some(ctx.send_after(self.options.head_timeout, ConnMsg::HeadTimeout(self.head_deadlines)));
+                Some(ctx.send_after(self.shared.options.head_timeout, ConnMsg::HeadTimeout(self.head_deadlines)));
             return;
         }
         self.buf.clear();
@@ -709,7 +712,7 @@ impl HttpConn {
 impl Drop for HttpConn {
     fn drop(&mut self) {
         // Whatever ended the actor (a stop, a panic in a handler, a spawn refused at shutdown).
-        self.registry.lock().try_remove(self.slot);
+        self.shared.conns.lock().try_remove(self.slot);
     }
 }
 
@@ -718,10 +721,10 @@ impl Actor for HttpConn {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let events = ctx.address();
-        let adopted = match self.socket.take() {
-            Some(Socket::Incoming(inc)) => inc.adopt(events, self.options.conn_options()),
+        let adopted = match self.socket.take().map(|s| *s) {
+            Some(Socket::Incoming(inc)) => inc.adopt(events, self.shared.options.conn_options()),
             Some(Socket::Accepted(acc, reactor)) => reactor
-                .adopt(acc.stream, self.options.conn_options(), events)
+                .adopt(acc.stream, self.shared.options.conn_options(), events)
                 .inspect(|conn| drop(conn.set_nodelay(true))),
             None => return,
         };
@@ -778,12 +781,19 @@ impl Actor for HttpConn {
     }
 }
 
-/// The live connections' actors, shared by the server (which tells them about a drain) and the
-/// actors themselves (each removes its entry when it is dropped: stopped, crashed, or never
-/// started): constant work per connection, and no stopped actor kept alive. All of them run on
-/// the reactor's thread, so the lock is never contended. An entry is `None` from the moment
-/// its slot is reserved until the actor's address is known.
-type Registry = Arc<Mutex<Slab<Option<Addr<HttpConn>>>>>;
+/// What a server shares with its connections' actors, behind one pointer each (an idle
+/// connection's actor is smaller by what it does not copy).
+struct Shared {
+    /// The live connections' actors, shared by the server (which tells them about a drain) and
+    /// the actors themselves (each removes its entry when it is dropped: stopped, crashed, or
+    /// never started): constant work per connection, and no stopped actor kept alive. All of
+    /// them run on the reactor's thread, so the lock is never contended. An entry is `None` from
+    /// the moment its slot is reserved until the actor's address is known.
+    conns: Mutex<Slab<Option<Addr<HttpConn>>>>,
+    options: HttpOptions,
+    /// Heavy requests running or waiting for a pool thread (at most `options.max_heavy`).
+    heavy: std::sync::atomic::AtomicUsize,
+}
 
 /// How an [`HttpServer`] bounds its connections' time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -825,13 +835,10 @@ impl HttpOptions {
 /// of its own, and passes a drain on to them.
 pub struct HttpServer {
     reactor: Reactor,
-    conns: Registry,
+    shared: Arc<Shared>,
     /// Tells the parent when a heavy request is running (handoff workers only).
     status: Option<baton_handoff::Status>,
     draining: bool,
-    options: HttpOptions,
-    /// Heavy requests running or waiting for a pool thread (at most `options.max_heavy`).
-    heavy_count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl HttpServer {
@@ -851,14 +858,8 @@ impl HttpServer {
     ///
     /// [`SpawnError`] when the runtime is shutting down.
     pub fn spawn_with(rt: &Runtime, reactor: &Reactor, options: HttpOptions) -> Result<Addr<HttpServer>, SpawnError> {
-        let server = HttpServer {
-            reactor: reactor.clone(),
-            conns: Registry::default(),
-            status: None,
-            draining: false,
-            options,
-            heavy_count: Arc::default(),
-        };
+        let shared = Arc::new(Shared { conns: Mutex::default(), options, heavy: Default::default() });
+        let server = HttpServer { reactor: reactor.clone(), shared, status: None, draining: false };
         rt.spawn_on(reactor.event_loop(), server, Mailbox::DEFAULT)
     }
 
@@ -882,13 +883,13 @@ impl HttpServer {
     fn start(&mut self, ctx: &mut Context<Self>, socket: Socket) {
         // Reserved first, filled after the spawn: the lock is not held while the actor is
         // created, since a failed spawn drops it, and its `Drop` takes the lock.
-        let slot = self.conns.lock().insert(None);
+        let slot = self.shared.conns.lock().insert(None);
         let peer = Some(match &socket {
             Socket::Incoming(inc) => inc.peer.clone(),
             Socket::Accepted(acc, _) => acc.peer.clone(),
         });
         let actor = HttpConn {
-            registry: self.conns.clone(),
+            shared: self.shared.clone(),
             slot,
             conn: None,
             buf: Vec::new(),
@@ -899,9 +900,7 @@ impl HttpServer {
             closing: false,
             draining: self.draining,
             status: self.status.clone(),
-            socket: Some(socket),
-            options: self.options,
-            heavy_count: self.heavy_count.clone(),
+            socket: Some(Box::new(socket)),
             head_timer: None,
             head_deadlines: 0,
             peer,
@@ -910,7 +909,7 @@ impl HttpServer {
         let Ok(addr) = ctx.spawn_on(self.reactor.event_loop(), actor, Mailbox::Bounded(64)) else { return };
         // Gone already only if the actor ran and stopped meanwhile (on the pool, after the
         // reactor's loop closed); then its slot is free, and nothing is kept.
-        if let Some(entry) = self.conns.lock().get_mut(slot) {
+        if let Some(entry) = self.shared.conns.lock().get_mut(slot) {
             *entry = Some(addr);
         }
     }
@@ -933,7 +932,7 @@ impl Actor for HttpServer {
                 // Idle keep-alive connections close now; busy and new ones after their next
                 // answer (which says `Connection: close`).
                 self.draining = true;
-                for (_, c) in self.conns.lock().iter() {
+                for (_, c) in self.shared.conns.lock().iter() {
                     if let Some(c) = c {
                         let _ = c.try_send(ConnMsg::Drain);
                     }
