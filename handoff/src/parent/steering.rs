@@ -84,7 +84,9 @@ pub(crate) fn weights(slots: &[SlotView], sockets: usize) -> Vec<u32> {
     let least = candidates.iter().map(|&i| slots.get(i).map_or(0, |s| s.load)).min().unwrap_or(0);
     for &i in &candidates {
         let load = slots.get(i).map_or(least, |s| s.load);
-        let level = (u64::from(LEVELS) * (1 + u64::from(least)) + (1 + u64::from(load)) / 2) / (1 + u64::from(load));
+        // LEVELS × (1 + least) / (1 + load), rounded to the nearest.
+        let denominator = 1 + u64::from(load);
+        let level = (2 * u64::from(LEVELS) * (1 + u64::from(least)) + denominator) / (2 * denominator);
         w[i] = u32::try_from(level).unwrap_or(LEVELS).max(1);
     }
     w
@@ -105,7 +107,7 @@ pub(crate) type Instruction = libc::sock_filter;
 
 // Classic BPF opcodes (linux/bpf_common.h) and the ancillary load of a random number
 // (linux/filter.h); the libc crate does not name them all.
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20)
 const BPF_JGE_K: u16 = 0x05 | 0x30; // BPF_JMP | BPF_JGE | BPF_K
 const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
 const SKF_AD_OFF: i32 = -0x1000;
