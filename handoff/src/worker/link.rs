@@ -35,6 +35,9 @@ pub(super) enum LinkMsg {
     Room,
     /// A connection accepted from a listener the parent shared.
     Accepted(Accepted),
+    /// The shared listeners are closed, and every connection they accepted is ahead of this
+    /// message (see `Link::close_listeners`).
+    ListenersClosed,
 }
 
 impl From<Accepted> for LinkMsg {
@@ -76,6 +79,9 @@ pub(super) struct Link {
     /// Listeners the parent shared, accepting here; with the tag the parent gave each.
     listeners: Vec<(Listener, u32)>,
     listeners_paused: bool,
+    /// Listeners were closed and the connections they accepted before may still be in our
+    /// mailbox: not drained until `ListenersClosed` comes back.
+    listeners_closing: bool,
     /// Ids for connections accepted here (never reported to the parent; counted in LOAD).
     next_local_id: u64,
     me: Option<Addr<Link>>,
@@ -113,6 +119,7 @@ impl Actor for Link {
             }
             LinkMsg::Flush => {}
             LinkMsg::Accepted(a) => self.accepted(a),
+            LinkMsg::ListenersClosed => self.listeners_closing = false,
             LinkMsg::Room => {
                 self.deliver_held();
                 if self.held.is_empty() {
@@ -175,6 +182,7 @@ impl Link {
             returns_limited: false,
             listeners: Vec::new(),
             listeners_paused: false,
+            listeners_closing: false,
             next_local_id: 0,
             me: None,
             hello: false,
@@ -406,9 +414,23 @@ impl Link {
         }
     }
 
+    /// Closes the shared listeners. A connection one of them accepted just before may still be
+    /// on its way to us (in our mailbox): the worker is not drained until it is served, or a
+    /// client whose connection the kernel handed us would see it reset when we exit. So the
+    /// close is made at once (we run on the reactor's thread), and a message to ourselves
+    /// marks the point after which no accepted connection can arrive.
     fn close_listeners(&mut self) {
+        if self.listeners.is_empty() {
+            return;
+        }
         for (l, _) in self.listeners.drain(..) {
-            l.close();
+            l.close_and_wait();
+        }
+        if let Some(me) = &self.me {
+            // The mailbox is unbounded: the marker is never refused for room.
+            if me.try_send(LinkMsg::ListenersClosed).is_ok() {
+                self.listeners_closing = true;
+            }
         }
     }
 
@@ -579,7 +601,9 @@ impl Link {
         // Reports filed since this turn's flush (a migration whose `unanswered` count has just
         // been released, say) are not sent yet: the Flush they queued comes back here.
         let reported = self.shared.reports.lock().is_empty();
-        if self.deadline.is_some() && idle && reported && self.outbox.is_empty() && self.returning.is_empty() {
+        let settled = !self.listeners_closing;
+        if self.deadline.is_some() && idle && reported && settled && self.outbox.is_empty() && self.returning.is_empty()
+        {
             let why = if self.parent_gone { WorkerExit::ParentGone } else { WorkerExit::Drained };
             self.finish(ctx, why);
         }
