@@ -838,3 +838,58 @@ fn upgrades_fail_no_request(name: &str, extra: &[&str]) {
     wait_gone(parent, "the last parent did not exit");
     let _ = u.first.wait();
 }
+
+/// Socket activation in the steered mode: the socket systemd passes (a unit with
+/// `ReusePort=yes`) starts the group, and the parent binds the others beside it. Without
+/// `SO_REUSEPORT` on it the parent says what is missing and exits.
+#[test]
+fn steered_mode_under_socket_activation_starts_its_group_from_the_socket_passed() {
+    use std::os::fd::AsRawFd;
+    for reuse_port in [true, false] {
+        let fd = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::STREAM, None).unwrap();
+        rustix::net::sockopt::set_socket_reuseport(&fd, reuse_port).unwrap();
+        rustix::net::bind(&fd, &SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        rustix::net::listen(&fd, 64).unwrap();
+        let addr = SocketAddr::try_from(rustix::net::getsockname(&fd).unwrap()).unwrap();
+        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).unwrap();
+        // Inherited (no close-on-exec), moved to descriptor 3 by the shell, which then becomes
+        // the server with the variables systemd sets, LISTEN_PID its own pid.
+        let moved = match fd.as_raw_fd() {
+            3 => String::new(),
+            n => format!(" 3<&{n} {n}<&-"),
+        };
+        let script = format!("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec \"$0\" \"$@\"{moved}");
+        let mut child = Command::new("sh")
+            .process_group(0)
+            .args(["-c", &script])
+            .arg(prefork_binary())
+            .args(["--workers", "2", "--mode", "steered", "--listen", "127.0.0.1:1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _group = GroupGuard(child.id());
+        drop(fd); // ours; the child has its copy
+        if !reuse_port {
+            let out = child.wait_with_output().unwrap();
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("SO_REUSEPORT") && err.contains("ReusePort=yes"), "{err}");
+            continue;
+        }
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), format!("listening on http://{addr}"), "the activated socket's address");
+        let mut seen = std::collections::HashSet::new();
+        let deadline = Instant::now() + WAIT;
+        while seen.len() < 2 {
+            assert!(Instant::now() < deadline, "both workers serve: {seen:?}");
+            let (status, body) = get(addr, "/");
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            seen.insert(worker_pid(&body));
+        }
+        signal(child.id(), rustix::process::Signal::TERM);
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+    }
+}
