@@ -784,6 +784,12 @@ fn steered_mode_serves_the_queue_of_a_worker_that_died() {
     assert_eq!(workers.len(), 2, "{workers:?}");
     let victim = workers[0];
     signal(victim, rustix::process::Signal::STOP);
+    // The signal takes effect when the kernel next schedules it: wait until it is stopped.
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(format!("/proc/{victim}/stat")).is_ok_and(|s| s.contains(") T ")) {
+        assert!(Instant::now() < deadline, "worker {victim} did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Half of these land in the stopped worker's queue (it reported no load change: it weighs
     // what it weighed) and wait there.
     let clients: Vec<_> = (0..16).map(|_| std::thread::spawn(move || get(addr, "/"))).collect();
