@@ -80,6 +80,7 @@ fn main() {
         ("a_version_2_worker_learns_the_balancer_and_the_destination_beside_the_client", proxy_envelope),
         ("a_slot_given_up_after_too_many_restarts_shows_no_pid_and_is_counted_and_logged", slot_given_up),
         ("no_slot_shows_the_pid_of_a_worker_that_is_gone_while_its_successor_starts", no_stale_pid),
+        ("a_steered_socket_whose_worker_refused_it_is_served_by_the_parent", steered_member_refused),
     ];
     common::run(tests);
 }
@@ -256,6 +257,29 @@ impl Raw {
                 self.send(&Record::Rejected(items.iter().map(|i| (i.id, Reason::Draining)).collect()));
             },
             "tags" => self.serve_tags(),
+            // Refuses every listener the parent shares (REJECTED 3); answers connections with
+            // `tag N` as "tags" does.
+            "refuse_listeners" => loop {
+                let (items, fds) = self.next_handoff();
+                let (mut adopted, mut refused) = (Vec::new(), Vec::new());
+                for (item, fd) in items.into_iter().zip(fds) {
+                    if item.kind == Kind::Listener {
+                        refused.push((item.id, Reason::Malformed));
+                        continue;
+                    }
+                    let mut stream = TcpStream::from(fd);
+                    let _ = stream.write_all(format!("tag {}\n", item.tag).as_bytes());
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    adopted.push(item.id);
+                }
+                if !refused.is_empty() {
+                    self.send(&Record::Rejected(refused));
+                }
+                if !adopted.is_empty() {
+                    self.send(&Record::Adopted(adopted.clone()));
+                    self.send(&Record::Closed(adopted));
+                }
+            },
             // Hands back one live connection before it answers for what it was sent.
             "return_first" => {
                 let (items, fds) = self.next_handoff();
@@ -1009,4 +1033,40 @@ fn no_stale_pid() {
     assert!(stats.workers.iter().all(|w| w.pid != Some(gone)), "a gone worker's pid is still shown: {stats:?}");
     drop(silent); // or the drain waits for it
     s.stop();
+}
+
+/// A worker that refuses its member of a steered group (or has not said it accepts on it yet)
+/// must weigh nothing, and what waits in its member goes through the parent to another worker:
+/// otherwise the kernel keeps steering clients to a socket nobody accepts from.
+fn steered_member_refused() {
+    let s = start(2, &[("TEST_ROLE_0", "refuse_listeners")], |b| b);
+    let local = s.parent.listen_steered("127.0.0.1:0".parse().unwrap(), &ListenOptions::default(), 7).expect("steered");
+    let addr = inet(&local);
+    for i in 0..30 {
+        let mut c = TcpStream::connect(addr).expect("connect");
+        c.write_all(b"ping\n").expect("write");
+        // The echo of a library worker, or slot 0's "tag 7" for one the parent handed it: an
+        // answer either way, never a client left waiting on a socket nobody accepts from.
+        let got = expect_end_or_echo(&mut c, Duration::from_secs(3));
+        assert!(!got.is_empty(), "client {i} got no answer");
+    }
+    s.stop();
+}
+
+/// Reads until "ping\n" comes back or the server closes; what was read.
+fn expect_end_or_echo(c: &mut TcpStream, within: Duration) -> Vec<u8> {
+    c.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(5).any(|w| w == b"ping\n") {
+                    return got;
+                }
+            }
+        }
+    }
 }

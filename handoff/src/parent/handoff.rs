@@ -974,6 +974,12 @@ impl Handoff {
                 for id in ids {
                     if let Some(index) = self.share_sends.remove(&id) {
                         log::info!("handoff: worker {slot} accepts on shared listener {index}");
+                        let gen = self.slots[slot].gen;
+                        for g in &mut self.steered {
+                            if (g.first..g.first + g.len).contains(&index) {
+                                g.serving[index - g.first] = gen;
+                            }
+                        }
                         continue;
                     }
                     // Dropping the socket closes our copy, never shuts it down: the connection
@@ -1225,6 +1231,12 @@ impl Handoff {
         let now = Instant::now();
         for g in 0..self.steered.len() {
             let (first, n) = (self.steered[g].first, self.steered[g].len);
+            // A worker weighs something only once it accepts on its member (it said ADOPTED
+            // for this incarnation): until then, or if it refused it, the parent serves it.
+            let mut views = views.clone();
+            for (i, v) in views.iter_mut().enumerate().take(n) {
+                v.ready &= self.steered[g].serving[i] == self.slots[i].gen;
+            }
             if now >= self.steered[g].refresh_at {
                 self.steered[g].attached = None;
                 self.steered[g].refresh_at = now + steering::REFRESH;

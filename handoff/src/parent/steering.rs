@@ -259,6 +259,8 @@ pub(crate) struct Steered {
     pub(crate) own: Vec<Option<baton_transport::Listener>>,
     /// Whether `own[i]` accepts now.
     pub(crate) accepting: Vec<bool>,
+    /// The incarnation of slot *i* that said it accepts on member *i* (0: none yet).
+    pub(crate) serving: Vec<u64>,
     /// The weights of the program attached last; `None` before the first or after another
     /// process (a successor) may have attached its own.
     pub(crate) attached: Option<Vec<u32>>,
@@ -278,6 +280,7 @@ impl Steered {
             len,
             own: (0..len).map(|_| None).collect(),
             accepting: vec![false; len],
+            serving: vec![0; len],
             attached: None,
             refresh_at: std::time::Instant::now(),
         }
