@@ -11,8 +11,9 @@
 //! parent attaches a classic BPF program to the group (`SO_ATTACH_REUSEPORT_CBPF`, which needs
 //! no privileges) that draws a random number for each new connection and picks a socket by
 //! weight ([`program`]). The weights come from what the workers report ([`weights`]): a worker
-//! that is not ready, or says it is busy while another is free, weighs nothing; the others
-//! weigh more the less they hold. Whenever the weights change the parent attaches a new program
+//! that is not ready, has not said it accepts on its socket (ADOPTED for the share, in this
+//! incarnation), or says it is busy while another is free, weighs nothing; the others weigh
+//! more the less they hold. Whenever the weights change the parent attaches a new program
 //! (a system call of about 10 µs).
 //!
 //! # Nothing queued is lost
