@@ -24,11 +24,7 @@ rounds="${2:-3}"
 need python3
 need curl
 e2e_binary
-cargo build --release -p baton-examples --example prefork >/dev/null 2>&1 || {
-    echo "idle_memory.sh: prefork did not build" >&2
-    exit 1
-}
-prefork=target/release/examples/prefork
+prefork_binary
 # As many descriptors as allowed (the client splits its connections over processes of 10 000).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -107,14 +103,9 @@ for round in $(seq "$rounds"); do
                 args=""
                 [ "$v" = steered ] && args="--mode steered"
                 # shellcheck disable=SC2086 # the flags are words
-                "$prefork" --listen 127.0.0.1:0 --workers 2 $args >"$dir/out" 2>"$dir/err" &
-                pid=$!
-                addr=""
-                for _ in $(seq 100); do
-                    addr=$(sed -n 's|listening on http://||p' "$dir/out")
-                    [ -n "$addr" ] && curl -s -o /dev/null "http://$addr/" && break
-                    sleep 0.1
-                done
+                start_prefork "$dir" $args
+                pid=$prefork_pid
+                addr=$prefork_addr
                 ;;
         esac
         procs="$pid $(pgrep -P "$pid" | tr '\n' ' ')"

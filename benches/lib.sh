@@ -44,3 +44,31 @@ stop_server() {
     exec 7>&-
     wait "$server_pid" || true
 }
+
+# prefork_binary: builds the prefork example (release) and sets prefork to its path, or says
+# why and exits.
+prefork_binary() {
+    cargo build --release -p baton-examples --example prefork >/dev/null 2>&1 || {
+        echo "$(basename "$0"): prefork did not build (cargo build --release -p baton-examples --example prefork)" >&2
+        exit 1
+    }
+    prefork=target/release/examples/prefork
+}
+
+# start_prefork DIR FLAGS...: starts `$prefork --listen 127.0.0.1:0 --workers 2 FLAGS...`, its
+# output in DIR, and waits until it answers: sets prefork_pid and prefork_addr, or says why and
+# exits. (Stop it with SIGTERM.)
+start_prefork() {
+    local dir=$1
+    shift
+    "$prefork" --listen 127.0.0.1:0 --workers 2 "$@" >"$dir/out" 2>"$dir/err" &
+    prefork_pid=$!
+    prefork_addr=""
+    for _ in $(seq 100); do
+        prefork_addr=$(sed -n 's|listening on http://||p' "$dir/out")
+        [ -n "$prefork_addr" ] && curl -s -o /dev/null "http://$prefork_addr/" && return
+        sleep 0.1
+    done
+    echo "$(basename "$0"): prefork $* did not start: $(tail -3 "$dir/err")" >&2
+    exit 1
+}

@@ -37,11 +37,7 @@ secs="${3:-5}"
 need wrk
 need curl
 e2e_binary
-cargo build --release -p baton-examples --example prefork >/dev/null 2>&1 || {
-    echo "placement.sh: prefork did not build" >&2
-    exit 1
-}
-prefork=target/release/examples/prefork
+prefork_binary
 
 dir=$(mktemp -d)
 pids=()
@@ -78,17 +74,10 @@ start() {
         steered) args="--mode steered" ;;
     esac
     # shellcheck disable=SC2086 # the flags are words
-    "$prefork" --listen 127.0.0.1:0 --workers 2 $args >"$dir/out" 2>"$dir/err" &
-    pid=$!
+    start_prefork "$dir" $args
+    pid=$prefork_pid
     pids+=("$pid")
-    addr=""
-    for _ in $(seq 100); do
-        addr=$(sed -n 's|listening on http://||p' "$dir/out")
-        [ -n "$addr" ] && curl -s -o /dev/null "http://$addr/" && return
-        sleep 0.1
-    done
-    echo "placement.sh: $1 did not start: $(tail -3 "$dir/err")" >&2
-    exit 1
+    addr=$prefork_addr
 }
 
 stop() {
