@@ -398,44 +398,7 @@ fn socket_activated_by_systemd_socket_activate_when_it_is_installed() {
 
 #[test]
 fn sigusr2_upgrades_ten_times_without_a_failed_request() {
-    // Every generation logs "prefork: parent <pid> serving" on the shared stderr.
-    let mut u = Upgradable::start("takeover", 100, |l| l.strip_prefix("prefork: parent ")?.strip_suffix(" serving"));
-    let (addr, path) = (u.addr, u.path.clone());
-    let log = u.log.clone();
-    let next_serving = |what: &str| {
-        u.pids
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("{what}; the servers said:\n{}", log.lock().unwrap().join("\n")))
-    };
-    let mut parent = next_serving("first parent serving");
-    let load = ClientLoop::start(move || get(addr, "/").0);
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(100));
-        let pid = rustix::process::Pid::from_raw(parent as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::USR2).unwrap();
-        let next = next_serving("the successor serves");
-        assert_ne!(next, parent);
-        let deadline = Instant::now() + WAIT;
-        while alive(parent) {
-            assert!(Instant::now() < deadline, "the old parent {parent} did not exit after the takeover");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        parent = next;
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    let (ok, failed) = load.stop();
-    let last = rustix::process::Pid::from_raw(parent as i32).unwrap();
-    rustix::process::kill_process(last, rustix::process::Signal::TERM).unwrap();
-    wait_gone(parent, "the last parent did not exit");
-    let _ = u.first.wait();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(ok > 100, "the client kept going ({ok} requests)");
+    let path = upgrades_fail_no_request("takeover", &[], 10, Duration::from_millis(100));
     assert!(!path.exists(), "the control socket is removed at the end");
 }
 
@@ -806,7 +769,7 @@ fn steered_mode_serves_the_queue_of_a_worker_that_died() {
 /// A successor takes the whole group over (its members in order): upgrades fail no request.
 #[test]
 fn steered_mode_upgrades_without_a_failed_request() {
-    upgrades_fail_no_request("steered", &["--workers", "2", "--mode", "steered"]);
+    upgrades_fail_no_request("steered", &["--workers", "2", "--mode", "steered"], 3, Duration::from_millis(200));
 }
 
 /// The regression: a worker told to drain closed its shared listeners and, once it had nothing
@@ -815,14 +778,16 @@ fn steered_mode_upgrades_without_a_failed_request() {
 /// not drained until every connection its listeners accepted has been served.
 #[test]
 fn a_draining_worker_serves_what_its_shared_listener_accepted_before_it_closed() {
-    upgrades_fail_no_request("listeners", &["--workers", "2", "--mode", "listeners"]);
+    upgrades_fail_no_request("listeners", &["--workers", "2", "--mode", "listeners"], 3, Duration::from_millis(200));
 }
 
-/// Three SIGUSR2 upgrades of a prefork started with `extra` under a client loop: none fails.
-fn upgrades_fail_no_request(name: &str, extra: &[&str]) {
+/// `times` SIGUSR2 upgrades, `pause` apart, of a prefork started with `extra` (every generation
+/// logs "prefork: parent <pid> serving" on the shared stderr), under a client loop: none
+/// fails, and each old parent exits. Returns the control socket's path.
+fn upgrades_fail_no_request(name: &str, extra: &[&str], times: usize, pause: Duration) -> std::path::PathBuf {
     let mut u =
         Upgradable::start_with(name, 100, extra, |l| l.strip_prefix("prefork: parent ")?.strip_suffix(" serving"));
-    let addr = u.addr;
+    let (addr, path) = (u.addr, u.path.clone());
     let log = u.log.clone();
     let next_serving = |what: &str| {
         u.pids
@@ -831,18 +796,28 @@ fn upgrades_fail_no_request(name: &str, extra: &[&str]) {
     };
     let mut parent = next_serving("first parent serving");
     let load = ClientLoop::start(move || get(addr, "/").0);
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..times {
+        std::thread::sleep(pause);
         signal(parent, rustix::process::Signal::USR2);
         let next = next_serving("the successor serves");
+        assert_ne!(next, parent);
         wait_gone(parent, "the old parent did not exit after the takeover");
         parent = next;
     }
-    std::thread::sleep(Duration::from_millis(200));
-    load.stop_with_none_failed(&format!("{name}, across three upgrades"));
+    std::thread::sleep(pause);
+    let (ok, failed) = load.stop();
     signal(parent, rustix::process::Signal::TERM);
     wait_gone(parent, "the last parent did not exit");
     let _ = u.first.wait();
+    assert!(
+        failed.is_empty(),
+        "{name}: {} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 50 * times, "{name}: the client kept going ({ok} requests)");
+    path
 }
 
 /// Socket activation in the steered mode: the socket systemd passes (a unit with
