@@ -1249,6 +1249,12 @@ impl Handoff {
                     match steering::attach(self.shared[first].fd.as_fd(), &steering::program(&weights)) {
                         Ok(()) => {
                             metrics::counter!("baton_handoff_steering_changes_total").increment(1);
+                            let total: u32 = weights.iter().sum();
+                            for (i, w) in weights.iter().enumerate() {
+                                let share = if total == 0 { 0.0 } else { f64::from(*w) / f64::from(total) };
+                                metrics::gauge!("baton_handoff_steering_share", "tag" => self.steered[g].tag.to_string(), "socket" => i.to_string())
+                                    .set(share);
+                            }
                             log::trace!("handoff: steering group {} by {weights:?}", self.steered[g].tag);
                             self.steered[g].attached = Some(weights);
                         }
