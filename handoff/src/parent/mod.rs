@@ -31,6 +31,9 @@
 //! - `handoff.rs`: the actor, which carries channel records and listeners in and the ledger's
 //!   and slots' decisions out. `workers.rs`: worker processes (starting, losing, waiting for
 //!   one to exit, restarting). `successor.rs`: the old parent's side of a takeover.
+//! - `steering.rs`: steered listening (a `SO_REUSEPORT` socket per worker, a classic BPF
+//!   program that weights them by load, the parent serving a busy or absent worker's queue);
+//!   its rules (weights, who accepts) have no I/O and are unit-tested, beside the program.
 //! - `dispatch.rs`, `stats.rs`: what goes in and what comes out.
 
 mod budget;
