@@ -291,7 +291,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             let l = reactor
                 .adopt_listener(fd, HttpServer::listen_options(), parent.recipient())
                 .map_err(|e| std::io::Error::other(format!("the activated socket: {e}")))?;
-            attach(&parent, &l, &opts);
+            attach(&parent, &l, &opts)?;
             l.local_addr().clone()
         }
         (None, Mode::Listeners) => {
@@ -299,7 +299,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
         }
         (None, Mode::Handoff) => {
             let l = reactor.listen_tcp(opts.listen, HttpServer::listen_options(), parent.recipient())?;
-            attach(&parent, &l, &opts);
+            attach(&parent, &l, &opts)?;
             l.local_addr().clone()
         }
     };
@@ -482,7 +482,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
 /// Lets the parent accept on `l` (named `main` for a successor), reading a PROXY protocol
 /// header first when the server is behind a balancer, and the first request head when it
 /// routes by host.
-fn attach(parent: &Parent, l: &baton_transport::Listener, opts: &Options) {
+fn attach(parent: &Parent, l: &baton_transport::Listener, opts: &Options) -> Result<(), baton_handoff::ParentError> {
     // A head, and a PROXY header before it (v2's, with TLVs, within 512 bytes).
     let limits = HandshakeOptions {
         max_bytes: http::MAX_HEAD + 512,
@@ -502,7 +502,7 @@ fn attach(parent: &Parent, l: &baton_transport::Listener, opts: &Options) {
                     proxy
                 }
             };
-            parent.attach_with(l.clone(), "main", handshake, limits);
+            parent.attach_with(l.clone(), "main", handshake, limits)
         }
     }
 }

@@ -51,7 +51,7 @@ pub const UNATTACHED_TAG: crate::Tag = u32::MAX;
 
 /// The Handoff actor's messages.
 #[derive(Debug)]
-pub enum HandoffMsg {
+pub(crate) enum HandoffMsg {
     /// A socket to place (an application that read a handshake, a migration, a takeover).
     Dispatch(Dispatch),
     /// A connection one of the parent's listeners accepted.
@@ -78,6 +78,15 @@ impl From<Dispatch> for HandoffMsg {
     }
 }
 
+impl From<super::dispatch::ToParent> for HandoffMsg {
+    fn from(m: super::dispatch::ToParent) -> HandoffMsg {
+        match m {
+            super::dispatch::ToParent::Accepted(a) => HandoffMsg::Accepted(a),
+            super::dispatch::ToParent::Dispatch(d) => HandoffMsg::Dispatch(d),
+        }
+    }
+}
+
 impl From<Readiness> for HandoffMsg {
     fn from(r: Readiness) -> HandoffMsg {
         HandoffMsg::Ready(r)
@@ -86,7 +95,7 @@ impl From<Readiness> for HandoffMsg {
 
 /// Requests the [`Parent`](crate::Parent) handle makes of its actor.
 #[derive(Debug)]
-pub enum Control {
+pub(crate) enum Control {
     /// Spawn the configured workers.
     Start(ReplyTo<io::Result<()>>),
     /// Pause this listener while nothing can take sockets; give it to a successor by this name;
@@ -113,7 +122,7 @@ pub enum Control {
 /// A listening socket the parent shares with its workers (see
 /// [`Parent::share_listener`](crate::Parent::share_listener)).
 #[derive(Debug)]
-pub struct SharedListener {
+pub(crate) struct SharedListener {
     pub(crate) fd: OwnedFd,
     pub(crate) local: Address,
     pub(crate) tag: u32,
@@ -225,7 +234,7 @@ pub(crate) struct Config {
 }
 
 /// The Handoff actor (build it with [`Parent::builder`](crate::Parent::builder)).
-pub struct Handoff {
+pub(crate) struct Handoff {
     /// Sockets adopted so far, readable without a message ([`Parent::adopted`](crate::Parent::adopted)).
     pub(super) adopted_total: Arc<AtomicU64>,
     pub(super) reactor: Reactor,
