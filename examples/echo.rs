@@ -1,17 +1,30 @@
-//! The smallest complete dispatcher: a parent accepts, two worker processes echo.
+//! The smallest complete dispatcher: a parent accepts, worker processes echo.
 //!
 //! ```sh
 //! cargo run --example echo            # then: nc 127.0.0.1 7007
+//! cargo run --example echo -- --help  # the flags
 //! ```
 //!
 //! The same binary plays both parts: started by hand it is the parent; started by the parent
-//! it finds its channel in the environment and becomes a worker.
+//! it finds its channel in the environment and becomes a worker. baton's log lines go to
+//! stderr (`info` and above; `RUST_LOG=baton_handoff=debug` for more).
 
 use std::collections::HashMap;
 
-use baton_handoff::{channel_from_env, Parent, PeerCheck, Worker, WorkerCommand, WorkerEvent, WorkerOptions};
-use baton_runtime::{Actor, Context, Mailbox, Runtime};
-use baton_transport::{ConnEvent, ConnId, ConnOptions, Connection, ListenOptions, Reactor};
+use baton::handoff::PeerCheck;
+use baton::prelude::*;
+use clap::Parser;
+
+/// The smallest complete dispatcher: a parent accepts, worker processes echo.
+#[derive(Parser)]
+struct Flags {
+    /// The address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7007")]
+    listen: std::net::SocketAddr,
+    /// How many worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+}
 
 /// The worker's application: one actor for all its connections.
 #[derive(Default)]
@@ -25,7 +38,7 @@ enum Msg {
     Worker(WorkerEvent),
     Conn(ConnEvent),
 }
-baton_runtime::from_variants!(Msg::Worker(WorkerEvent), Msg::Conn(ConnEvent));
+baton::from_variants!(Msg::Worker(WorkerEvent), Msg::Conn(ConnEvent));
 
 impl Actor for Echo {
     type Message = Msg;
@@ -44,6 +57,8 @@ impl Actor for Echo {
                     let _ = conn.write(&bytes);
                 }
             }
+            // The client is done sending. This actor wrote every answer already (in the turns
+            // before this one), so closing here loses none: close flushes what is buffered.
             Msg::Conn(ConnEvent::ReadClosed(id)) => {
                 if let Some(conn) = self.conns.get(&id) {
                     conn.close();
@@ -59,6 +74,7 @@ impl Actor for Echo {
 
 fn main() -> std::io::Result<()> {
     let worker_channel = channel_from_env(PeerCheck::SameUid);
+    baton_examples::init_logging("echo");
     let rt = Runtime::new();
     let reactor = Reactor::start()?;
     if let Some(channel) = worker_channel {
@@ -67,9 +83,9 @@ fn main() -> std::io::Result<()> {
         let app = rt.spawn_on(reactor.event_loop(), Echo::default(), Mailbox::DEFAULT).expect("runtime is running");
         Worker::serve(channel?, &rt, &reactor, app, WorkerOptions::default())?.wait();
     } else {
-        // Parent: two workers, least-loaded placement, one listener.
-        let parent = Parent::builder().spawn(2, WorkerCommand::current_exe()?).start(&rt, &reactor)?;
-        let listener = parent.listen_tcp("127.0.0.1:7007".parse().unwrap(), ListenOptions::default())?;
+        let flags = Flags::parse();
+        let parent = Parent::builder().spawn(flags.workers, WorkerCommand::current_exe()?).start(&rt, &reactor)?;
+        let listener = parent.listen_tcp(flags.listen, ListenOptions::default())?;
         println!("echo on {:?}; Ctrl-C to stop", listener.local_addr());
         loop {
             std::thread::park();

@@ -3,3 +3,15 @@
 #![warn(missing_docs)]
 
 pub mod http;
+
+/// Installs the examples' logger. baton logs through the `log` facade, which prints nothing
+/// until a program installs a logger; this one (`env_logger`) writes to stderr, by default
+/// baton's lines (every `baton_*` target) and the example's own (`program`, its crate name) at
+/// `info` and above, everything else at `warn`. `RUST_LOG` replaces that filter:
+/// `RUST_LOG=baton_handoff=debug`, `RUST_LOG=trace`, `RUST_LOG=off`.
+///
+/// A worker process inherits its parent's environment, so one `RUST_LOG` sets both sides.
+pub fn init_logging(program: &str) {
+    let default = format!("warn,baton=info,baton_examples=info,{program}=info");
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+}
