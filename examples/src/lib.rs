@@ -15,3 +15,16 @@ pub fn init_logging(program: &str) {
     let default = format!("warn,baton=info,baton_examples=info,{program}=info");
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
 }
+
+/// A flag's value parser for counts that must be at least one (`--workers`).
+///
+/// # Errors
+///
+/// Zero, or not a number.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
