@@ -63,6 +63,7 @@
 //! The handoff version (a parent and two worker processes from one binary) is in the README
 //! and in [`handoff`]'s crate docs.
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 #![forbid(unsafe_code)]
 
 pub use baton_runtime as runtime;

@@ -78,6 +78,7 @@
 //! }
 //! ```
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
 pub mod bootstrap;

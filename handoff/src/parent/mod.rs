@@ -36,6 +36,8 @@
 mod budget;
 mod dispatch;
 mod error;
+// `Option::is_none_or` and `iter::repeat_n` (Rust 1.82) are not adopted in this file yet.
+#[allow(clippy::unnecessary_map_or, clippy::manual_repeat_n)]
 mod handoff;
 pub mod handshake;
 pub(crate) mod ledger;
