@@ -1,17 +1,13 @@
 //! The smallest complete dispatcher: a parent accepts, worker processes echo.
 //!
 //! ```sh
-//! cargo run --example echo            # then: nc 127.0.0.1 7007
-//! cargo run --example echo -- --help  # the flags
+//! cargo run --example echo            # then: nc 127.0.0.1 7007 (flags: -- --help)
 //! ```
 //!
 //! The same binary plays both parts: started by hand it is the parent; started by the parent
 //! it finds its channel in the environment and becomes a worker. baton's log lines go to
 //! stderr (`info` and above; `RUST_LOG=baton_handoff=debug` for more).
 
-use std::collections::HashMap;
-
-use baton::handoff::PeerCheck;
 use baton::prelude::*;
 use clap::Parser;
 
@@ -22,14 +18,14 @@ struct Flags {
     #[arg(long, default_value = "127.0.0.1:7007")]
     listen: std::net::SocketAddr,
     /// How many worker processes.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = baton_examples::at_least_one)]
     workers: usize,
 }
 
 /// The worker's application: one actor for all its connections.
 #[derive(Default)]
 struct Echo {
-    conns: HashMap<ConnId, Connection>,
+    conns: std::collections::HashMap<ConnId, Connection>,
 }
 
 /// Everything Echo hears. Each event source is given Echo's address and wraps its events
@@ -53,27 +49,19 @@ impl Actor for Echo {
             }
             Msg::Worker(WorkerEvent::Drain { .. }) => self.conns.values().for_each(Connection::close),
             Msg::Conn(ConnEvent::Data(id, bytes)) => {
-                if let Some(conn) = self.conns.get(&id) {
-                    let _ = conn.write(&bytes);
-                }
+                let _ = self.conns.get(&id).map(|conn| conn.write(&bytes));
             }
-            // The client is done sending. This actor wrote every answer already (in the turns
-            // before this one), so closing here loses none: close flushes what is buffered.
-            Msg::Conn(ConnEvent::ReadClosed(id)) => {
-                if let Some(conn) = self.conns.get(&id) {
-                    conn.close();
-                }
-            }
-            Msg::Conn(ConnEvent::Closed(id, _)) => {
-                self.conns.remove(&id);
-            }
+            // The client is done sending. This actor wrote every answer in earlier turns, so
+            // closing loses none (close flushes first; see the pool_answers example otherwise).
+            Msg::Conn(ConnEvent::ReadClosed(id)) => self.conns.get(&id).into_iter().for_each(Connection::close),
+            Msg::Conn(ConnEvent::Closed(id, _)) => drop(self.conns.remove(&id)),
             Msg::Conn(_) => {}
         }
     }
 }
 
 fn main() -> std::io::Result<()> {
-    let worker_channel = channel_from_env(PeerCheck::SameUid);
+    let worker_channel = channel_from_env(baton::handoff::PeerCheck::SameUid);
     baton_examples::init_logging("echo");
     let rt = Runtime::new();
     let reactor = Reactor::start()?;
