@@ -24,7 +24,10 @@
 //!   probation. `parent/mod.rs` says where each rule lives.
 //! - [`policy`]: least-loaded (default), round-robin, power-of-two-choices, sticky by key, or
 //!   your own [`Policy`].
-//! - [`Worker`]: the worker side; the application receives [`Incoming`] sockets.
+//!   Its address, [`Parent::recipient`], takes [`ToParent`] (a listener's `Accepted`, or a
+//!   [`Dispatch`]); every call the parent's actor does not take says why with [`ParentError`].
+//! - [`Worker`]: the worker side; the application receives [`Incoming`] sockets, and gets a
+//!   [`Status`] and a [`Migrator`] from the [`Worker`] handle (or from an `Incoming`).
 //! - [`Parent::share_listener`]: the nginx shape, workers accepting from a listening socket
 //!   the parent sends them; [`systemd`]: listening sockets from socket activation.
 //!
