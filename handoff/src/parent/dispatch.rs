@@ -99,6 +99,15 @@ impl From<Dispatch> for ToParent {
     }
 }
 
+impl From<ToParent> for super::handoff::HandoffMsg {
+    fn from(m: ToParent) -> super::handoff::HandoffMsg {
+        match m {
+            ToParent::Accepted(a) => super::handoff::HandoffMsg::Accepted(a),
+            ToParent::Dispatch(d) => super::handoff::HandoffMsg::Dispatch(d),
+        }
+    }
+}
+
 /// Why [`Parent::dispatch`](crate::Parent::dispatch) refused a socket; the socket is handed
 /// back inside ([`DispatchError::into_inner`]).
 #[derive(Debug)]

@@ -78,15 +78,6 @@ impl From<Dispatch> for HandoffMsg {
     }
 }
 
-impl From<super::dispatch::ToParent> for HandoffMsg {
-    fn from(m: super::dispatch::ToParent) -> HandoffMsg {
-        match m {
-            super::dispatch::ToParent::Accepted(a) => HandoffMsg::Accepted(a),
-            super::dispatch::ToParent::Dispatch(d) => HandoffMsg::Dispatch(d),
-        }
-    }
-}
-
 impl From<Readiness> for HandoffMsg {
     fn from(r: Readiness) -> HandoffMsg {
         HandoffMsg::Ready(r)
