@@ -87,96 +87,155 @@ struct Options {
     route_by_host: bool,
 }
 
+// The flags as typed: clap reads them, and `--help` prints each one's doc comment;
+// `Flags::check` turns them into `Options`.
+#[derive(clap::Parser)]
+#[command(
+    name = "prefork",
+    about = "A prefork HTTP/1.1 server: the parent accepts, worker processes (this binary again) serve.",
+    long_about = None,
+    override_usage = &USAGE["usage: ".len()..],
+    // A flag given twice: the last one wins (scripts append to a default command line).
+    args_override_self = true,
+)]
+struct Flags {
+    /// The address to listen on (port 0 picks a free port; the ready line shows the real one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// How many worker processes [default: one per core].
+    #[arg(long, value_name = "N", value_parser = baton_examples::at_least_one)]
+    workers: Option<usize>,
+    /// How the parent picks a worker for each connection.
+    #[arg(long, value_enum, default_value_t = PolicyFlag::LeastLoaded)]
+    policy: PolicyFlag,
+    /// Who accepts, and who places.
+    #[arg(long, value_enum, default_value_t = Mode::Handoff)]
+    mode: Mode,
+    /// A control socket for zero-downtime upgrades (SIGUSR2 starts a successor that takes over here).
+    #[arg(long, value_name = "PATH")]
+    takeover: Option<std::path::PathBuf>,
+    /// How long a successor must live before this parent lets go, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    probation: u64,
+    /// Read a PROXY protocol header from the balancer first (needs --trusted).
+    #[arg(long = "proxy-protocol", value_enum, value_name = "VERSION")]
+    proxy_protocol: Option<ProxyFlag>,
+    /// The networks the balancer connects from (comma-separated CIDRs; repeatable).
+    #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',')]
+    trusted: Vec<String>,
+    /// Answer HAProxy's agent check on this address, with a weight from the workers' load.
+    #[arg(long, value_name = "ADDR")]
+    agent: Option<SocketAddr>,
+    /// How long a graceful stop says `drain` to the agent check before it stops accepting, in ms.
+    #[arg(long = "drain-grace", value_name = "MS", default_value_t = 1000)]
+    drain_grace: u64,
+    /// Place each connection by the Host of its first request (sticky), read in the parent.
+    #[arg(long = "route-by-host")]
+    route_by_host: bool,
+    /// Serve Prometheus text at http://ADDR/metrics from the parent.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+}
+
+/// `--policy`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PolicyFlag {
+    /// The worker with the lowest reported load.
+    LeastLoaded,
+    /// Each worker in turn.
+    RoundRobin,
+    /// The less loaded of two picked at random.
+    P2c,
+}
+
+impl PolicyFlag {
+    /// The name `baton_handoff::policy::by_name` knows it by.
+    fn name(self) -> &'static str {
+        match self {
+            PolicyFlag::LeastLoaded => "least-loaded",
+            PolicyFlag::RoundRobin => "round-robin",
+            PolicyFlag::P2c => "p2c",
+        }
+    }
+}
+
+/// `--proxy-protocol`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ProxyFlag {
+    /// Version 1 (text).
+    V1,
+    /// Version 2 (binary, with TLVs).
+    V2,
+    /// Either.
+    Any,
+}
+
+/// The flags from `args` (without the program's name), or the message for a usage error.
+/// `--help` prints the help and exits 0.
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
-    let mut opts = Options {
-        listen: "127.0.0.1:8080".parse().expect("default address"),
-        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        policy: "least-loaded".into(),
-        mode: Mode::Handoff,
-        metrics: None,
-        takeover: None,
-        probation: Duration::from_secs(5),
-        proxy: None,
-        agent: None,
-        drain_grace: Duration::from_millis(1000),
-        route_by_host: false,
+    use clap::Parser;
+    let flags = match Flags::try_parse_from(std::iter::once("prefork".to_string()).chain(args)) {
+        Ok(f) => f,
+        Err(e) if !e.use_stderr() => {
+            // --help (or --version): clap's text on stdout, and a clean exit.
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            return Err(first.strip_prefix("error: ").unwrap_or(first).to_string());
+        }
     };
-    let mut versions = None;
-    let mut trusted: Vec<String> = Vec::new();
-    let mut args = args.peekable();
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--listen" => opts.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
-            "--workers" => {
-                opts.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?;
-                if opts.workers == 0 {
-                    return Err("--workers must be at least 1".into());
+    flags.check()
+}
+
+impl Flags {
+    /// The checks that span flags, and the [`Options`] they leave.
+    fn check(self) -> Result<Options, String> {
+        let mut opts = Options {
+            listen: self.listen,
+            workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            policy: self.policy.name().into(),
+            mode: self.mode,
+            metrics: self.metrics,
+            takeover: self.takeover,
+            probation: Duration::from_millis(self.probation),
+            proxy: None,
+            agent: self.agent,
+            drain_grace: Duration::from_millis(self.drain_grace),
+            route_by_host: self.route_by_host,
+        };
+        let versions = self.proxy_protocol.map(|v| match v {
+            ProxyFlag::V1 => Versions::V1,
+            ProxyFlag::V2 => Versions::V2,
+            ProxyFlag::Any => Versions::Both,
+        });
+        let trusted: Vec<String> =
+            self.trusted.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        match (versions, trusted.is_empty()) {
+            (None, true) => {}
+            (None, false) => return Err("--trusted goes with --proxy-protocol".into()),
+            (Some(_), true) => {
+                return Err("--proxy-protocol needs --trusted: the networks the balancer connects from".into())
+            }
+            (Some(v), false) => {
+                ProxyProtocol::new(v, &trusted).map_err(|e| format!("--trusted: {e}"))?;
+                if opts.mode != Mode::Handoff {
+                    return Err("--proxy-protocol needs --mode handoff: the parent reads the header".into());
                 }
+                opts.proxy = Some((v, trusted));
             }
-            "--policy" => {
-                let p = value()?;
-                if !["least-loaded", "round-robin", "p2c"].contains(&p.as_str()) {
-                    return Err(format!("--policy: unknown policy {p:?}"));
-                }
-                opts.policy = p;
-            }
-            "--mode" => {
-                opts.mode = match value()?.as_str() {
-                    "handoff" => Mode::Handoff,
-                    "listeners" => Mode::Listeners,
-                    "steered" => Mode::Steered,
-                    other => return Err(format!("--mode: unknown mode {other:?}")),
-                }
-            }
-            "--takeover" => opts.takeover = Some(value()?.into()),
-            "--proxy-protocol" => {
-                versions = Some(match value()?.as_str() {
-                    "v1" => Versions::V1,
-                    "v2" => Versions::V2,
-                    "any" => Versions::Both,
-                    other => return Err(format!("--proxy-protocol: {other:?} is not v1, v2 or any")),
-                })
-            }
-            "--route-by-host" => opts.route_by_host = true,
-            "--agent" => opts.agent = Some(value()?.parse().map_err(|e| format!("--agent: {e}"))?),
-            "--drain-grace" => {
-                opts.drain_grace = Duration::from_millis(value()?.parse().map_err(|e| format!("--drain-grace: {e}"))?)
-            }
-            "--trusted" => trusted.extend(value()?.split(',').map(|s| s.trim().to_string())),
-            "--probation" => {
-                opts.probation = Duration::from_millis(value()?.parse().map_err(|e| format!("--probation: {e}"))?)
-            }
-            "--metrics" => opts.metrics = Some(value()?.parse().map_err(|e| format!("--metrics: {e}"))?),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
         }
-    }
-    match (versions, trusted.is_empty()) {
-        (None, true) => {}
-        (None, false) => return Err("--trusted goes with --proxy-protocol".into()),
-        (Some(_), true) => {
-            return Err("--proxy-protocol needs --trusted: the networks the balancer connects from".into())
+        if opts.route_by_host && opts.mode != Mode::Handoff {
+            return Err("--route-by-host needs --mode handoff: the parent reads the request head".into());
         }
-        (Some(v), false) => {
-            ProxyProtocol::new(v, &trusted).map_err(|e| format!("--trusted: {e}"))?;
-            if opts.mode != Mode::Handoff {
-                return Err("--proxy-protocol needs --mode handoff: the parent reads the header".into());
-            }
-            opts.proxy = Some((v, trusted));
-        }
+        Ok(opts)
     }
-    if opts.route_by_host && opts.mode != Mode::Handoff {
-        return Err("--route-by-host needs --mode handoff: the parent reads the request head".into());
-    }
-    Ok(opts)
 }
 
 /// Who accepts, and who places.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Mode {
     /// The parent accepts and hands each connection to a worker it picks by load.
     Handoff,
@@ -189,7 +248,9 @@ enum Mode {
 
 fn main() -> ExitCode {
     // First, before any thread starts: is this process a worker? Was it socket-activated?
-    if let Some(channel) = channel_from_env(PeerCheck::SameUid) {
+    let worker_channel = channel_from_env(PeerCheck::SameUid);
+    baton_examples::init_logging("prefork");
+    if let Some(channel) = worker_channel {
         return worker(channel);
     }
     let activated = match baton_handoff::systemd::listen_fds() {
@@ -291,7 +352,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             let l = reactor
                 .adopt_listener(fd, HttpServer::listen_options(), parent.recipient())
                 .map_err(|e| std::io::Error::other(format!("the activated socket: {e}")))?;
-            attach(&parent, &l, &opts);
+            attach(&parent, &l, &opts)?;
             l.local_addr().clone()
         }
         (None, Mode::Listeners) => {
@@ -299,7 +360,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
         }
         (None, Mode::Handoff) => {
             let l = reactor.listen_tcp(opts.listen, HttpServer::listen_options(), parent.recipient())?;
-            attach(&parent, &l, &opts);
+            attach(&parent, &l, &opts)?;
             l.local_addr().clone()
         }
     };
@@ -482,7 +543,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
 /// Lets the parent accept on `l` (named `main` for a successor), reading a PROXY protocol
 /// header first when the server is behind a balancer, and the first request head when it
 /// routes by host.
-fn attach(parent: &Parent, l: &baton_transport::Listener, opts: &Options) {
+fn attach(parent: &Parent, l: &baton_transport::Listener, opts: &Options) -> Result<(), baton_handoff::ParentError> {
     // A head, and a PROXY header before it (v2's, with TLVs, within 512 bytes).
     let limits = HandshakeOptions {
         max_bytes: http::MAX_HEAD + 512,
@@ -502,7 +563,7 @@ fn attach(parent: &Parent, l: &baton_transport::Listener, opts: &Options) {
                     proxy
                 }
             };
-            parent.attach_with(l.clone(), "main", handshake, limits);
+            parent.attach_with(l.clone(), "main", handshake, limits)
         }
     }
 }

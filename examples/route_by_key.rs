@@ -164,10 +164,25 @@ impl Actor for LineEcho {
 
 // ---- main ---------------------------------------------------------------------------------------
 
-const USAGE: &str = "usage: route_by_key [--listen ADDR] [--workers N] [--line-timeout-ms MS]";
+/// A parent that reads a key line and routes by it; workers that echo lines.
+#[derive(clap::Parser)]
+#[command(name = "route_by_key")]
+struct Flags {
+    /// The address to listen on (port 0 picks a free one; the ready line shows it).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7008")]
+    listen: SocketAddr,
+    /// How many worker processes.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = baton_examples::at_least_one)]
+    workers: usize,
+    /// How long a client has to send its key line, in milliseconds.
+    #[arg(long = "line-timeout-ms", value_name = "MS", default_value_t = 5000)]
+    line_timeout_ms: u64,
+}
 
 fn main() -> ExitCode {
-    if let Some(channel) = channel_from_env(PeerCheck::SameUid) {
+    let worker_channel = channel_from_env(PeerCheck::SameUid);
+    baton_examples::init_logging("route_by_key");
+    if let Some(channel) = worker_channel {
         return match serve_worker(channel) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -176,23 +191,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut listen: SocketAddr = "127.0.0.1:7008".parse().expect("default");
-    let mut workers = 2usize;
-    let mut line_timeout = Duration::from_secs(5);
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next();
-        let ok = match (flag.as_str(), value.as_deref()) {
-            ("--listen", Some(v)) => v.parse().map(|a| listen = a).is_ok(),
-            ("--workers", Some(v)) => v.parse().map(|n: usize| workers = n).is_ok() && workers > 0,
-            ("--line-timeout-ms", Some(v)) => v.parse().map(|ms| line_timeout = Duration::from_millis(ms)).is_ok(),
-            _ => false,
-        };
-        if !ok {
-            let _ = writeln!(std::io::stderr(), "route_by_key: bad argument {flag:?}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    }
+    let flags = <Flags as clap::Parser>::parse();
+    let (listen, workers, line_timeout) = (flags.listen, flags.workers, Duration::from_millis(flags.line_timeout_ms));
     match serve_parent(listen, workers, line_timeout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

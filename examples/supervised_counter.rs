@@ -35,6 +35,8 @@ impl Actor for Counter {
 }
 
 fn main() {
+    // The restart is logged by the supervisor (target `baton_runtime`): the logger shows it.
+    baton_examples::init_logging("supervised_counter");
     let rt = Runtime::new();
     let intensity = Intensity { max_restarts: 3, period: Duration::from_secs(5) };
     let sup = rt.supervisor(Strategy::OneForOne, intensity).expect("runtime is running");

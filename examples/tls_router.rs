@@ -268,8 +268,37 @@ fn serve_worker(channel: std::io::Result<baton_handoff::Channel>) -> Result<(), 
 
 // ---- parent: certificates, groups, the SNI listener -------------------------------------------
 
-const USAGE: &str = "usage: tls_router [--listen ADDR] [--name HOST]... [--workers N] [--certs DIR] \
-                     [--cert HOST=CERT.pem --key HOST=KEY.pem]...";
+/// TLS by server name, terminated in the worker: the parent reads only the ClientHello.
+#[derive(clap::Parser)]
+#[command(name = "tls_router")]
+struct Flags {
+    /// The address to listen on (port 0 picks a free one; the ready line shows it).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// A name to serve, with its own group of workers (repeatable) [default: a.localhost, b.localhost].
+    #[arg(long = "name", value_name = "HOST")]
+    names: Vec<String>,
+    /// Worker processes per group.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = baton_examples::at_least_one)]
+    workers: usize,
+    /// Where the certificates made at start-up go [default: a fresh directory under /tmp].
+    #[arg(long, value_name = "DIR")]
+    certs: Option<PathBuf>,
+    /// Serve HOST with this certificate chain (PEM); goes with --key HOST=KEY.pem (repeatable).
+    #[arg(long = "cert", value_name = "HOST=CERT.pem", value_parser = host_and_path)]
+    cert: Vec<(String, PathBuf)>,
+    /// HOST's private key (PEM), with --cert (repeatable).
+    #[arg(long = "key", value_name = "HOST=KEY.pem", value_parser = host_and_path)]
+    key: Vec<(String, PathBuf)>,
+}
+
+/// `HOST=PATH`, the host in lower case.
+fn host_and_path(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((h, p)) if !h.is_empty() && !p.is_empty() => Ok((h.to_ascii_lowercase(), p.into())),
+        _ => Err("expected HOST=PATH".into()),
+    }
+}
 
 struct Options {
     listen: SocketAddr,
@@ -280,32 +309,20 @@ struct Options {
     given: HashMap<String, (Option<PathBuf>, Option<PathBuf>)>,
 }
 
-fn parse_args() -> Result<Options, String> {
+fn parse_args() -> Options {
+    let flags = <Flags as clap::Parser>::parse();
     let mut o = Options {
-        listen: "127.0.0.1:8443".parse().expect("default"),
-        names: Vec::new(),
-        workers: 1,
-        certs: None,
+        listen: flags.listen,
+        names: flags.names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        workers: flags.workers,
+        certs: flags.certs,
         given: HashMap::new(),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = || format!("bad value for {flag}: {value:?}");
-        match flag.as_str() {
-            "--listen" => o.listen = value.parse().map_err(|_| bad())?,
-            "--name" => o.names.push(value.to_ascii_lowercase()),
-            "--workers" => o.workers = value.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?,
-            "--certs" => o.certs = Some(value.into()),
-            "--cert" | "--key" => {
-                let (host, path) =
-                    value.split_once('=').filter(|(h, p)| !h.is_empty() && !p.is_empty()).ok_or_else(bad)?;
-                let entry = o.given.entry(host.to_ascii_lowercase()).or_default();
-                let slot = if flag == "--cert" { &mut entry.0 } else { &mut entry.1 };
-                *slot = Some(path.into());
-            }
-            _ => return Err(format!("unknown argument {flag:?}")),
-        }
+    for (host, path) in flags.cert {
+        o.given.entry(host).or_default().0 = Some(path);
+    }
+    for (host, path) in flags.key {
+        o.given.entry(host).or_default().1 = Some(path);
     }
     if o.names.is_empty() {
         o.names = if o.given.is_empty() { vec!["a.localhost".into(), "b.localhost".into()] } else { Vec::new() };
@@ -318,7 +335,7 @@ fn parse_args() -> Result<Options, String> {
         }
     }
     o.names.dedup();
-    Ok(o)
+    o
 }
 
 /// Where a group's certificate chain and key are.
@@ -471,7 +488,9 @@ fn serve_parent(o: Options) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    if let Some(channel) = channel_from_env(PeerCheck::SameUid) {
+    let worker_channel = channel_from_env(PeerCheck::SameUid);
+    baton_examples::init_logging("tls_router");
+    if let Some(channel) = worker_channel {
         return match serve_worker(channel) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -480,13 +499,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let options = match parse_args() {
-        Ok(o) => o,
-        Err(e) => {
-            note!("tls_router: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let options = parse_args();
     match serve_parent(options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -399,7 +399,7 @@ fn load_at(
                 let mut due = interval.map(|d| Instant::now() + d.mul_f64(t as f64 / clients as f64));
                 while Instant::now() < end {
                     let i = sent.fetch_add(1, Relaxed) + 1;
-                    let slow = slow_every.is_some_and(|n| i % n == 0);
+                    let slow = slow_every.is_some_and(|n| i.is_multiple_of(n));
                     let path = if slow { slow_path.as_str() } else { "/" };
                     let req = match mode {
                         Mode::Close => format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"),

@@ -1,6 +1,7 @@
 //! Benchmarks for baton (`benches/savina.rs`, `benches/transport.rs`; results in
 //! `BENCHMARKS.md` at the workspace root), and the heap-counting allocator they share.
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};

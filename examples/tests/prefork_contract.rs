@@ -343,6 +343,30 @@ fn bad_flags_are_a_usage_error_with_exit_code_2() {
 }
 
 #[test]
+fn help_names_every_flag_on_stdout_and_exits_0() {
+    let out = Command::new(prefork_binary()).arg("--help").stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--workers",
+        "--policy",
+        "--mode",
+        "--takeover",
+        "--probation",
+        "--proxy-protocol",
+        "--trusted",
+        "--agent",
+        "--drain-grace",
+        "--route-by-host",
+        "--metrics",
+        "steered",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+}
+
+#[test]
 fn socket_activated_by_systemd_socket_activate_when_it_is_installed() {
     let Some(tool) = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths).map(|d| d.join("systemd-socket-activate")).find(|p| p.exists())

@@ -1,6 +1,7 @@
 //! How a worker reaches its channel: inherited at spawn, or by connecting to a named socket.
 //!
-//! Three ways, as the design asks:
+//! Three ways, for the three kinds of worker: one the parent spawns, one started apart that knows
+//! a path (a container sharing a volume), and one in the same network namespace that knows a name:
 //!
 //! - **Inherited**: the parent creates a socket pair, the child inherits one end (close-on-exec
 //!   cleared for that one descriptor only, in the child, between fork and exec) and finds its

@@ -6,7 +6,7 @@
 //! accordingly.
 //!
 //! ```text
-//! client ──TCP──▶ parent: Listener ──Accepted──▶ Handoff actor ── policy picks a worker
+//! client ──TCP──▶ parent: Listener ──Accepted──▶ parent's actor ── policy picks a worker
 //!                    HANDOFF record + descriptor ──SEQPACKET / SCM_RIGHTS──▶ worker process
 //!                    worker: link actor ──Incoming──▶ application actor ── Incoming::adopt
 //!                    ADOPTED / REJECTED / CLOSED / LOAD ──▶ parent closes its copy, updates load
@@ -16,7 +16,7 @@
 //! - [`Channel`]: one SEQPACKET socket per worker; records with their descriptors.
 //! - [`bootstrap`]: how a worker reaches its channel (inherited, socket path, abstract name)
 //!   and the peer-credential check.
-//! - [`Parent`] and the [`Handoff`] actor, around a ledger with no I/O: placement, the
+//! - [`Parent`], the handle on the parent's actor, around a ledger with no I/O: placement, the
 //!   parent's copy kept until adoption, a socket placed again after a refusal or a worker's
 //!   death only if the kernel says nobody else touched it (ended otherwise, so no client
 //!   waits for an answer that will not come), a descriptor budget, worker processes supervised
@@ -24,7 +24,10 @@
 //!   probation. `parent/mod.rs` says where each rule lives.
 //! - [`policy`]: least-loaded (default), round-robin, power-of-two-choices, sticky by key, or
 //!   your own [`Policy`].
-//! - [`Worker`]: the worker side; the application receives [`Incoming`] sockets.
+//!   Its address, [`Parent::recipient`], takes [`ToParent`] (a listener's `Accepted`, or a
+//!   [`Dispatch`]); every call the parent's actor does not take says why with [`ParentError`].
+//! - [`Worker`]: the worker side; the application receives [`Incoming`] sockets, and gets a
+//!   [`Status`] and a [`Migrator`] from the [`Worker`] handle (or from an `Incoming`).
 //! - [`Parent::share_listener`]: the nginx shape, workers accepting from a listening socket
 //!   the parent sends them; [`systemd`]: listening sockets from socket activation.
 //!
@@ -78,6 +81,7 @@
 //! }
 //! ```
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
 pub mod bootstrap;
@@ -95,8 +99,8 @@ pub use crate::bootstrap::{channel_from_env, ChannelListener, Endpoint, PeerChec
 pub use crate::channel::{BadRecord, Channel, RecvBuf, RecvError};
 pub use crate::parent::{handshake, proxy, sni};
 pub use crate::parent::{
-    Control, Dispatch, DispatchError, DrainReport, Handoff, HandoffMsg, Parent, ParentBuilder, SharedListener, Stats,
-    WorkerStats, LATENCY_WINDOW, UNATTACHED_TAG,
+    Dispatch, DispatchError, DrainReport, Parent, ParentBuilder, ParentError, Stats, ToParent, WorkerStats,
+    LATENCY_WINDOW, UNATTACHED_TAG,
 };
 pub use crate::policy::{Candidate, LeastLoaded, Policy, PowerOfTwo, RoundRobin, Sticky};
 pub use crate::process::{WorkerCommand, ENV_SLOT};

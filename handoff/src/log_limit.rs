@@ -38,7 +38,7 @@ impl LogLimit {
     /// Whether a line may be written now; if so, how many were suppressed since the last one
     /// written (to append to it). A refused line is counted.
     pub(crate) fn admit(&mut self, now: Instant) -> Option<u64> {
-        if self.started.map_or(true, |s| now.duration_since(s) >= self.window) {
+        if self.started.is_none_or(|s| now.duration_since(s) >= self.window) {
             self.started = Some(now);
             self.written = 0;
         }

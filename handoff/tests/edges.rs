@@ -81,6 +81,7 @@ fn main() {
         ("a_slot_given_up_after_too_many_restarts_shows_no_pid_and_is_counted_and_logged", slot_given_up),
         ("no_slot_shows_the_pid_of_a_worker_that_is_gone_while_its_successor_starts", no_stale_pid),
         ("a_steered_socket_whose_worker_refused_it_is_served_by_the_parent", steered_member_refused),
+        ("the_parents_address_takes_dispatches_and_every_call_after_stop_says_stopped_one_way", stopped_one_way),
     ];
     common::run(tests);
 }
@@ -548,7 +549,7 @@ fn tags_are_listener_indexes() {
             .reactor
             .listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), s.parent.recipient())
             .expect("second listener");
-        s.parent.attach(second.clone(), "second");
+        s.parent.attach(second.clone(), "second").unwrap();
         for (addr, tag) in [(s.addr, 0), (inet(second.local_addr()), 1)] {
             let mut c = TcpStream::connect(addr).unwrap();
             let got = expect_end(&mut c, WAIT);
@@ -673,7 +674,7 @@ fn descriptor_budget() {
     let mut takeover = baton_handoff::takeover::take_over(&endpoint, PeerCheck::SameUid, WAIT).expect("take over");
     let fd = takeover.listener("main").expect("main");
     let l = reactor.adopt_listener(fd, ListenOptions::default(), next.recipient()).unwrap();
-    next.attach(l, "main");
+    next.attach(l, "main").unwrap();
     takeover.serving(&next, WAIT).expect("released");
     s.parent.taken_over().recv_timeout(WAIT).expect("taken over after the probation");
     let mut c = TcpStream::connect(s.addr).unwrap();
@@ -852,7 +853,7 @@ fn handshake_pause_and_takeover() {
             None => Step::More,
         }
     };
-    next.attach_with(l, "main", upper, HandshakeOptions::default());
+    next.attach_with(l, "main", upper, HandshakeOptions::default()).unwrap();
     takeover.serving(&next, WAIT).expect("released");
     s.parent.taken_over().recv_timeout(WAIT).expect("taken over");
     let mut c = TcpStream::connect(s.addr).unwrap();
@@ -1069,4 +1070,57 @@ fn expect_end_or_echo(c: &mut TcpStream, within: Duration) -> Vec<u8> {
             }
         }
     }
+}
+
+/// A socket accepted here, as an application that read a handshake holds it.
+fn accepted_socket(front: &std::net::TcpListener) -> (TcpStream, baton_handoff::Dispatch) {
+    let client = TcpStream::connect(front.local_addr().unwrap()).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let (accepted, peer) = front.accept().unwrap();
+    let local = accepted.local_addr().unwrap();
+    let socket = baton_handoff::Dispatch {
+        stream: baton_transport::Stream::Tcp(accepted),
+        peer: Address::Inet(peer),
+        local: Address::Inet(local),
+        tag: 3,
+        key: None,
+        prelude: Vec::new(),
+    };
+    (client, socket)
+}
+
+fn stopped_one_way() {
+    use baton_handoff::{DispatchError, ParentError};
+    let s = start(1, &[], |b| b);
+    let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // The address hands out no actor internals: a Dispatch goes in as it is.
+    let (client, socket) = accepted_socket(&front);
+    s.parent.recipient().send(socket.into()).expect("the parent takes it");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(client), &mut line).unwrap();
+    assert_eq!(line.trim(), s.pid(0).unwrap().to_string(), "served by the worker");
+
+    s.parent.stop();
+    wait_until("the parent stopped", || matches!(s.parent.stats(), Err(ParentError::Stopped)));
+    // Before: an AskError, a DispatchError::Stopped, an io::Error with no cause, and a log
+    // line for attach and retire_worker (nothing returned).
+    assert_eq!(s.parent.drain(Duration::from_secs(1)).unwrap_err(), ParentError::Stopped);
+    assert_eq!(s.parent.retire_worker(0, Duration::from_secs(1)), Err(ParentError::Stopped));
+    let l = s.reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), s.parent.recipient());
+    assert_eq!(s.parent.attach(l.unwrap(), "late"), Err(ParentError::Stopped));
+    let (_client, socket) = accepted_socket(&front);
+    match s.parent.dispatch(socket) {
+        Err(DispatchError::Parent(ParentError::Stopped, back)) => assert_eq!(back.tag, 3, "the socket is handed back"),
+        other => panic!("{other:?}"),
+    }
+    let shared = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let e = s.parent.share_listener(shared.into(), 1).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotConnected);
+    assert_eq!(e.get_ref().and_then(|e| e.downcast_ref::<ParentError>()), Some(&ParentError::Stopped));
+    assert!(s
+        .parent
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), ListenOptions::default())
+        .is_err_and(|e| { e.get_ref().and_then(|e| e.downcast_ref::<ParentError>()) == Some(&ParentError::Stopped) }));
+    s.runtime.shutdown(Duration::from_secs(5)).expect("shutdown");
+    s.reactor.stop();
 }

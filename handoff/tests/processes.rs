@@ -477,7 +477,7 @@ fn live_migration() {
         assert_eq!(c.echo(b"before\n"), b"before\n");
     }
     // Retire worker 0 while the clients keep talking: its connections move to worker 1.
-    s.parent.retire_worker(0, Duration::from_secs(10));
+    s.parent.retire_worker(0, Duration::from_secs(10)).unwrap();
     let deadline = Instant::now() + WAIT;
     let mut round = 0;
     while alive(pids[0]) {
@@ -572,7 +572,7 @@ fn ten_takeovers() {
         let mut takeover = baton_handoff::takeover::take_over(&endpoint, PeerCheck::SameUid, WAIT).expect("take over");
         let fd = takeover.listener("main").expect("the listener, by name");
         let l = next.reactor.adopt_listener(fd, ListenOptions::default(), next.parent.recipient()).unwrap();
-        next.parent.attach(l, "main");
+        next.parent.attach(l, "main").unwrap();
         takeover.serving(&next.parent, WAIT).expect("released");
         current.parent.taken_over().recv_timeout(WAIT).expect("the old parent hears it was taken over");
         next.parent.offer_takeover(&endpoint, PeerCheck::SameUid).unwrap();

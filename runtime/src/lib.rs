@@ -76,6 +76,8 @@
 //! rt.shutdown(Duration::from_secs(1)).unwrap();
 //! ```
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 mod actor;
 mod address;

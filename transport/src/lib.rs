@@ -38,6 +38,7 @@
 //! connection's deadline is skipped when it comes and swept out when such entries outnumber the
 //! live sources.
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod connection;
 mod listener;

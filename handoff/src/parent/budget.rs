@@ -65,7 +65,7 @@ trait Due {
 
 impl Due for Option<Instant> {
     fn is_none_or_due(&self, now: Instant) -> bool {
-        self.map_or(true, |at| now.saturating_duration_since(at) >= EVERY)
+        self.is_none_or(|at| now.saturating_duration_since(at) >= EVERY)
     }
 }
 

@@ -1,8 +1,11 @@
-//! A socket for the parent to place, and why the parent may hand one back.
+//! What goes into the parent: a socket to place ([`Dispatch`]), as its address receives it
+//! ([`ToParent`]), and why the parent may hand one back ([`DispatchError`]).
 
 use std::os::fd::OwnedFd;
 
-use baton_transport::{Address, Stream};
+use baton_transport::{Accepted, Address, Stream};
+
+use super::error::ParentError;
 
 use crate::record::{self, Item, Kind};
 
@@ -68,40 +71,72 @@ impl Dispatch {
     }
 }
 
-/// Why [`Parent::dispatch`](crate::Parent::dispatch) refused a socket (handed back inside).
+/// What the parent's address ([`Parent::recipient`](crate::Parent::recipient)) receives: a
+/// connection one of its listeners accepted, or a socket the application hands over. Both
+/// convert into it (`From`), so the address serves as a listener's owner as it is, and an
+/// actor that holds it sends `dispatch.into()`.
+///
+/// Prefer [`Parent::dispatch`](crate::Parent::dispatch) for a socket of your own: it checks
+/// the key and prelude lengths and hands the socket back in a [`DispatchError`]; a `Dispatch`
+/// sent here that no record can carry is closed and logged.
+#[derive(Debug)]
+pub enum ToParent {
+    /// A connection a listener accepted (the listener's owner is the parent's address).
+    Accepted(Accepted),
+    /// A socket to place.
+    Dispatch(Dispatch),
+}
+
+impl From<Accepted> for ToParent {
+    fn from(a: Accepted) -> ToParent {
+        ToParent::Accepted(a)
+    }
+}
+
+impl From<Dispatch> for ToParent {
+    fn from(d: Dispatch) -> ToParent {
+        ToParent::Dispatch(d)
+    }
+}
+
+impl From<ToParent> for super::handoff::HandoffMsg {
+    fn from(m: ToParent) -> super::handoff::HandoffMsg {
+        match m {
+            ToParent::Accepted(a) => super::handoff::HandoffMsg::Accepted(a),
+            ToParent::Dispatch(d) => super::handoff::HandoffMsg::Dispatch(d),
+        }
+    }
+}
+
+/// Why [`Parent::dispatch`](crate::Parent::dispatch) refused a socket; the socket is handed
+/// back inside ([`DispatchError::into_inner`]).
 #[derive(Debug)]
 pub enum DispatchError {
     /// The routing key is longer than [`record::MAX_KEY`].
     KeyTooLong(Box<Dispatch>),
     /// The prelude is longer than [`record::MAX_PRELUDE`].
     PreludeTooLong(Box<Dispatch>),
-    /// The parent has stopped.
-    Stopped(Box<Dispatch>),
-    /// The parent's mailbox is full and the calling thread does not wait for room: it is a
-    /// pool thread or an event loop (see [`baton_runtime::SendError::Full`]).
-    Full(Box<Dispatch>),
+    /// The parent did not take it: it has stopped, or its mailbox is full on a thread that
+    /// does not wait ([`ParentError`]).
+    Parent(ParentError, Box<Dispatch>),
 }
 
 impl DispatchError {
     /// The socket, back.
     pub fn into_inner(self) -> Dispatch {
         match self {
-            DispatchError::KeyTooLong(d)
-            | DispatchError::PreludeTooLong(d)
-            | DispatchError::Stopped(d)
-            | DispatchError::Full(d) => *d,
+            DispatchError::KeyTooLong(d) | DispatchError::PreludeTooLong(d) | DispatchError::Parent(_, d) => *d,
         }
     }
 }
 
 impl std::fmt::Display for DispatchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DispatchError::KeyTooLong(_) => "routing key longer than MAX_KEY",
-            DispatchError::PreludeTooLong(_) => "prelude longer than MAX_PRELUDE",
-            DispatchError::Stopped(_) => "the parent has stopped",
-            DispatchError::Full(_) => "the parent's mailbox is full, and this thread does not wait for room",
-        })
+        match self {
+            DispatchError::KeyTooLong(_) => f.write_str("routing key longer than MAX_KEY"),
+            DispatchError::PreludeTooLong(_) => f.write_str("prelude longer than MAX_PRELUDE"),
+            DispatchError::Parent(e, _) => e.fmt(f),
+        }
     }
 }
 

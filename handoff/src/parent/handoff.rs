@@ -51,7 +51,7 @@ pub const UNATTACHED_TAG: crate::Tag = u32::MAX;
 
 /// The Handoff actor's messages.
 #[derive(Debug)]
-pub enum HandoffMsg {
+pub(crate) enum HandoffMsg {
     /// A socket to place (an application that read a handshake, a migration, a takeover).
     Dispatch(Dispatch),
     /// A connection one of the parent's listeners accepted.
@@ -86,7 +86,7 @@ impl From<Readiness> for HandoffMsg {
 
 /// Requests the [`Parent`](crate::Parent) handle makes of its actor.
 #[derive(Debug)]
-pub enum Control {
+pub(crate) enum Control {
     /// Spawn the configured workers.
     Start(ReplyTo<io::Result<()>>),
     /// Pause this listener while nothing can take sockets; give it to a successor by this name;
@@ -113,7 +113,7 @@ pub enum Control {
 /// A listening socket the parent shares with its workers (see
 /// [`Parent::share_listener`](crate::Parent::share_listener)).
 #[derive(Debug)]
-pub struct SharedListener {
+pub(crate) struct SharedListener {
     pub(crate) fd: OwnedFd,
     pub(crate) local: Address,
     pub(crate) tag: u32,
@@ -125,7 +125,7 @@ pub struct SharedListener {
 impl SharedListener {
     /// Whether workers of `slot` accept on it.
     pub(crate) fn for_slot(&self, slot: usize) -> bool {
-        self.slot.map_or(true, |s| s == slot)
+        self.slot.is_none_or(|s| s == slot)
     }
 
     /// What a successor asks for it by.
@@ -225,7 +225,7 @@ pub(crate) struct Config {
 }
 
 /// The Handoff actor (build it with [`Parent::builder`](crate::Parent::builder)).
-pub struct Handoff {
+pub(crate) struct Handoff {
     /// Sockets adopted so far, readable without a message ([`Parent::adopted`](crate::Parent::adopted)).
     pub(super) adopted_total: Arc<AtomicU64>,
     pub(super) reactor: Reactor,
@@ -280,7 +280,7 @@ impl Handoff {
     ) -> Handoff {
         let now = Instant::now();
         let slot_groups: Vec<usize> =
-            config.groups.iter().enumerate().flat_map(|(g, (_, n, _))| std::iter::repeat(g).take(*n)).collect();
+            config.groups.iter().enumerate().flat_map(|(g, (_, n, _))| std::iter::repeat_n(g, *n)).collect();
         let n = slot_groups.len();
         Handoff {
             adopted_total,

@@ -650,7 +650,7 @@ trait GroupMatch {
 
 impl GroupMatch for Option<usize> {
     fn is_none_or_eq(&self, group: usize) -> bool {
-        self.map_or(true, |g| g == group)
+        self.is_none_or(|g| g == group)
     }
 }
 

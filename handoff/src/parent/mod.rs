@@ -38,6 +38,7 @@
 
 mod budget;
 mod dispatch;
+mod error;
 mod handoff;
 pub mod handshake;
 pub(crate) mod ledger;
@@ -55,11 +56,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_runtime::{Addr, AskError, Intensity, Mailbox, Recipient, Runtime, SendError, SpawnError};
+use baton_runtime::{Addr, Intensity, IntoRecipient, Mailbox, Recipient, Runtime, SendError, SpawnError};
 use baton_transport::{Address, ListenOptions, Listener, Reactor};
 
-pub use self::dispatch::{Dispatch, DispatchError};
-pub use self::handoff::{Control, Handoff, HandoffMsg, SharedListener, UNATTACHED_TAG};
+pub use self::dispatch::{Dispatch, DispatchError, ToParent};
+pub use self::error::ParentError;
+pub use self::handoff::UNATTACHED_TAG;
+
+use self::handoff::{Control, Handoff, HandoffMsg, SharedListener};
 pub use self::stats::{DrainReport, Stats, WorkerStats, LATENCY_WINDOW};
 
 use self::handoff::Config;
@@ -286,9 +290,24 @@ impl Parent {
         ParentBuilder::default()
     }
 
-    /// Where to send sockets: give it to a listener as its owner, or send [`Dispatch`]es.
-    pub fn recipient(&self) -> Recipient<HandoffMsg> {
-        self.addr.recipient()
+    /// The parent's address for sockets: give it to a listener as its owner (it takes
+    /// [`Accepted`](baton_transport::Accepted)), or send it [`Dispatch`]es (see [`ToParent`];
+    /// [`Parent::dispatch`] checks them first and hands a refused one back).
+    ///
+    /// # Examples
+    ///
+    /// A listener bound by hand, then attached so the parent can pause it and hand it to a
+    /// successor ([`Parent::listen_tcp`] does both):
+    ///
+    /// ```no_run
+    /// # fn f(parent: &baton_handoff::Parent, reactor: &baton_transport::Reactor) -> std::io::Result<()> {
+    /// let options = baton_transport::ListenOptions::default();
+    /// let listener = reactor.listen_tcp("127.0.0.1:8080".parse().unwrap(), options, parent.recipient())?;
+    /// parent.attach(listener, "main")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn recipient(&self) -> Recipient<ToParent> {
+        self.addr.clone().into_recipient()
     }
 
     /// Binds a TCP listener whose connections go straight to this parent, and lets the parent
@@ -302,7 +321,7 @@ impl Parent {
     /// [`Parent::attach`] for others.
     pub fn listen_tcp(&self, addr: std::net::SocketAddr, options: ListenOptions) -> io::Result<Listener> {
         let listener = self.reactor.listen_tcp(addr, options, self.recipient())?;
-        self.attach(listener.clone(), "main");
+        self.attach(listener.clone(), "main")?;
         Ok(listener)
     }
 
@@ -339,7 +358,7 @@ impl Parent {
         limits: handshake::HandshakeOptions,
     ) -> io::Result<Listener> {
         let listener = self.reactor.listen_tcp(addr, options, self.recipient())?;
-        self.attach_with(listener.clone(), "main", handshake, limits);
+        self.attach_with(listener.clone(), "main", handshake, limits)?;
         Ok(listener)
     }
 
@@ -358,10 +377,12 @@ impl Parent {
             return Err(refuse(Box::new(socket)));
         }
         self.addr.send(HandoffMsg::Dispatch(socket)).map_err(|e| {
-            let full = matches!(e, SendError::Full(_));
+            let why = match e {
+                SendError::Closed(_) => ParentError::Stopped,
+                SendError::Full(_) => ParentError::Full,
+            };
             match e.into_inner() {
-                HandoffMsg::Dispatch(d) if full => DispatchError::Full(Box::new(d)),
-                HandoffMsg::Dispatch(d) => DispatchError::Stopped(Box::new(d)),
+                HandoffMsg::Dispatch(d) => DispatchError::Parent(why, Box::new(d)),
                 _ => unreachable!("sent a Dispatch"),
             }
         })
@@ -375,9 +396,8 @@ impl Parent {
     ///
     /// # Errors
     ///
-    /// `InvalidInput` when `fd` is not a listening stream socket; `NotConnected` when the
-    /// parent has stopped; `WouldBlock` when its mailbox is full on a pool thread or an event
-    /// loop, which do not wait for room.
+    /// `InvalidInput` when `fd` is not a listening stream socket; a [`ParentError`] (inside
+    /// the `io::Error`) when the parent did not take it.
     pub fn share_listener(&self, fd: std::os::fd::OwnedFd, tag: crate::Tag) -> io::Result<Address> {
         use rustix::net::{sockopt, AddressFamily, SocketType};
         let listening = sockopt::socket_type(&fd).ok() == Some(SocketType::STREAM)
@@ -391,7 +411,7 @@ impl Parent {
         };
         self.addr
             .send(HandoffMsg::Control(Control::Share(SharedListener { fd, local: local.clone(), tag, slot: None })))
-            .map_err(refused)?;
+            .map_err(ParentError::from)?;
         Ok(local)
     }
 
@@ -412,7 +432,7 @@ impl Parent {
     /// # Errors
     ///
     /// What `bind` or `listen` say (`AddrInUse` for an address held outside the group);
-    /// `NotConnected` when the parent has stopped.
+    /// a [`ParentError`] (inside the `io::Error`) when the parent did not take the group.
     ///
     /// # Examples
     ///
@@ -441,8 +461,8 @@ impl Parent {
     /// # Errors
     ///
     /// `InvalidInput` when a socket is not a listening TCP socket with `SO_REUSEPORT`, or
-    /// `sockets` is empty; what `bind` and `listen` say for new members; `NotConnected` when
-    /// the parent has stopped.
+    /// `sockets` is empty; what `bind` and `listen` say for new members; a [`ParentError`]
+    /// (inside the `io::Error`) when the parent did not take them.
     pub fn steer(
         &self,
         sockets: Vec<std::os::fd::OwnedFd>,
@@ -466,33 +486,38 @@ impl Parent {
         let group = steering::GroupOptions { backlog: options.backlog, defer_accept: options.defer_accept };
         let (members, local) = steering::complete_group(sockets, addr, self.slots.max(1), group)?;
         let local = Address::Inet(local);
-        self.addr.send(HandoffMsg::Control(Control::Steer(members, local.clone(), tag))).map_err(refused)?;
+        self.addr.send(HandoffMsg::Control(Control::Steer(members, local.clone(), tag))).map_err(ParentError::from)?;
         Ok(local)
     }
 
     /// Lets the parent pause `listener` (whose owner should be [`Parent::recipient`]) while no
     /// worker can take more, close it on drain, and hand it to a successor as `name`.
-    pub fn attach(&self, listener: Listener, name: &str) {
-        if let Err(e) = self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), None))) {
-            log::warn!("handoff: attach refused: {}", refused(e));
-        }
+    ///
+    /// # Errors
+    ///
+    /// [`ParentError`] when the parent did not take the listener (it is closed then, when
+    /// the message carrying it is dropped).
+    pub fn attach(&self, listener: Listener, name: &str) -> Result<(), ParentError> {
+        Ok(self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), None)))?)
     }
 
     /// [`Parent::attach`], with a handshake for each connection `listener` accepts (see
     /// [`Parent::listen_tcp_with`]). A successor taking the listener over attaches it with its
     /// own handshake.
+    ///
+    /// # Errors
+    ///
+    /// As [`Parent::attach`].
     pub fn attach_with<H: handshake::Handshake>(
         &self,
         listener: Listener,
         name: &str,
         handshake: impl Fn() -> H + Send + Sync + 'static,
         limits: handshake::HandshakeOptions,
-    ) {
+    ) -> Result<(), ParentError> {
         let make: handshake::HandshakeFactory = Arc::new(move || Box::new(handshake()));
         let spec = handshake::HandshakeSpec { make, options: limits };
-        if let Err(e) = self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), Some(spec)))) {
-            log::warn!("handoff: attach refused: {}", refused(e));
-        }
+        Ok(self.addr.send(HandoffMsg::Control(Control::Attach(listener, name.to_string(), Some(spec))))?)
     }
 
     /// Accepts workers that connect to `endpoint` (a socket path or an abstract name) and pass
@@ -500,10 +525,11 @@ impl Parent {
     ///
     /// # Errors
     ///
-    /// From [`ChannelListener::bind`].
+    /// From [`ChannelListener::bind`]; a [`ParentError`] (inside the `io::Error`) when the
+    /// parent did not take the request.
     pub fn accept_workers(&self, endpoint: &Endpoint, check: PeerCheck) -> io::Result<()> {
         let listener = ChannelListener::bind(endpoint, check)?;
-        self.addr.send(HandoffMsg::Control(Control::AcceptWorkers(listener))).map_err(refused)
+        self.addr.send(HandoffMsg::Control(Control::AcceptWorkers(listener))).map_err(|e| ParentError::from(e).into())
     }
 
     /// Sockets adopted by workers so far: a shared counter, read without asking the actor
@@ -523,10 +549,13 @@ impl Parent {
     ///
     /// # Errors
     ///
-    /// From [`ChannelListener::bind`].
+    /// From [`ChannelListener::bind`]; a [`ParentError`] (inside the `io::Error`) when the
+    /// parent did not take the request.
     pub fn offer_takeover(&self, endpoint: &Endpoint, check: PeerCheck) -> io::Result<()> {
         let listener = ChannelListener::bind(endpoint, check)?;
-        self.addr.send(HandoffMsg::Control(Control::OfferTakeover(listener, endpoint.clone(), check))).map_err(refused)
+        self.addr
+            .send(HandoffMsg::Control(Control::OfferTakeover(listener, endpoint.clone(), check)))
+            .map_err(|e| ParentError::from(e).into())
     }
 
     /// Waits until there is at least one worker and every worker slot that has not been given
@@ -564,19 +593,23 @@ impl Parent {
     /// Drains worker `slot` alone: it takes no new sockets, finishes (or, if its application
     /// uses a [`Migrator`](crate::Migrator), hands back) its connections within `deadline`, and
     /// exits; a spawned worker is then restarted. A rolling restart is this, slot by slot.
-    pub fn retire_worker(&self, slot: usize, deadline: Duration) {
-        if let Err(e) = self.addr.send(HandoffMsg::Control(Control::Retire(slot, deadline))) {
-            log::warn!("handoff: retire refused: {}", refused(e));
-        }
+    ///
+    /// # Errors
+    ///
+    /// [`ParentError`] when the parent did not take the request.
+    pub fn retire_worker(&self, slot: usize, deadline: Duration) -> Result<(), ParentError> {
+        Ok(self.addr.send(HandoffMsg::Control(Control::Retire(slot, deadline)))?)
     }
 
     /// A snapshot of the counters.
     ///
     /// # Errors
     ///
-    /// When the actor does not answer within a second, or has stopped.
-    pub fn stats(&self) -> Result<Stats, AskError> {
-        self.addr.ask(|r| HandoffMsg::Control(Control::Stats(r)), Duration::from_secs(1))
+    /// [`ParentError::Stopped`]; [`ParentError::NoAnswer`] when the actor does not answer
+    /// within a second, or this is a thread that may not wait (a pool thread, the parent's
+    /// reactor thread).
+    pub fn stats(&self) -> Result<Stats, ParentError> {
+        Ok(self.addr.ask(|r| HandoffMsg::Control(Control::Stats(r)), Duration::from_secs(1))?)
     }
 
     /// Graceful stop: close the listeners, place every socket already accepted, tell the workers
@@ -585,26 +618,18 @@ impl Parent {
     ///
     /// # Errors
     ///
-    /// When the actor has stopped.
-    pub fn drain(&self, deadline: Duration) -> Result<DrainReport, AskError> {
-        self.addr
-            .ask(|r| HandoffMsg::Control(Control::Drain(deadline, r)), deadline.saturating_add(Duration::from_secs(5)))
+    /// [`ParentError::Stopped`] when the actor has stopped; [`ParentError::NoAnswer`] on a
+    /// thread that may not wait, or when it did not finish within five seconds past the
+    /// deadline.
+    pub fn drain(&self, deadline: Duration) -> Result<DrainReport, ParentError> {
+        Ok(self.addr.ask(
+            |r| HandoffMsg::Control(Control::Drain(deadline, r)),
+            deadline.saturating_add(Duration::from_secs(5)),
+        )?)
     }
 
     /// Stops the actor; its `stopped` hook stops and reaps every worker it spawned.
     pub fn stop(&self) {
         self.addr.stop();
-    }
-}
-
-/// Why the parent's actor refused a message sent with `send`: it has stopped, or its mailbox
-/// is full and the calling thread (a pool thread or an event loop) does not wait for room.
-fn refused<M>(e: SendError<M>) -> io::Error {
-    match e {
-        SendError::Closed(_) => io::Error::new(io::ErrorKind::NotConnected, "the parent has stopped"),
-        SendError::Full(_) => io::Error::new(
-            io::ErrorKind::WouldBlock,
-            "the parent's mailbox is full, and this thread does not wait for room",
-        ),
     }
 }

@@ -351,7 +351,7 @@ mod tests {
         let v1 = b"PROXY TCP4 192.0.2.7 198.51.100.1 4000 443\r\n";
         assert!(matches!(run(&mut trusted(Versions::V2), &[v1], "127.0.0.1:9"), Step::Reject(_)));
         assert!(matches!(run(&mut trusted(Versions::V1), &[&v2(1, 0x11, &V4, &[])], "127.0.0.1:9"), Step::Reject(_)));
-        let endless = [b'P', b'R', b'O', b'X', b'Y', b' '].iter().copied().chain(std::iter::repeat(b'1').take(200));
+        let endless = [b'P', b'R', b'O', b'X', b'Y', b' '].iter().copied().chain(std::iter::repeat_n(b'1', 200));
         assert!(matches!(
             run(&mut trusted(Versions::V1), &[&endless.collect::<Vec<u8>>()], "127.0.0.1:9"),
             Step::Reject(_)

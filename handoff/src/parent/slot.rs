@@ -170,7 +170,7 @@ impl Slot {
 
     /// Whether a down slot restarts now; records the restart when it does.
     pub(crate) fn restart(&mut self, now: Instant, intensity: Intensity) -> Restart {
-        if !self.spawned || self.gave_up || self.phase != Phase::Down || !self.restart_at.is_some_and(|at| at <= now) {
+        if !self.spawned || self.gave_up || self.phase != Phase::Down || self.restart_at.is_none_or(|at| at > now) {
             return Restart::No;
         }
         self.restart_at = None;

@@ -140,7 +140,7 @@ fn name_in(message: &[u8]) -> Hello {
 
 /// `byte` is `b`, or not there yet.
 fn byte_is(byte: Option<&u8>, b: u8) -> bool {
-    byte.map_or(true, |&x| x == b)
+    byte.is_none_or(|&x| x == b)
 }
 
 impl Handshake for ServerName {

@@ -182,4 +182,18 @@ impl Worker {
     pub fn open(&self) -> u32 {
         self.shared.open.load(SeqCst)
     }
+
+    /// A handle for telling the parent this worker is busy (see [`Status`]); the same as
+    /// [`Incoming::status`], to be had before any socket arrives (hand it to the application
+    /// actor at start).
+    pub fn status(&self) -> Status {
+        Status { shared: self.shared.clone() }
+    }
+
+    /// A handle for handing live connections back to the parent (see [`Migrator`]); the same
+    /// as [`Incoming::migrator`]. Give it to the application actor at start, so it has one at
+    /// [`WorkerEvent::Drain`], when no [`Incoming`] is at hand.
+    pub fn migrator(&self) -> Migrator {
+        Migrator { shared: self.shared.clone() }
+    }
 }

@@ -21,6 +21,9 @@ pub enum Msg {
     Conn(ConnEvent),
     /// Hand this connection back to the parent (reading was paused a turn earlier).
     Migrate(ConnId),
+    /// The worker's migrator, sent once `Worker::serve` returned: it is at hand at `Drain`
+    /// even when no socket ever arrived.
+    Migrator(baton_handoff::Migrator),
 }
 baton_runtime::from_variants!(Msg::Worker(WorkerEvent), Msg::Conn(ConnEvent));
 
@@ -53,7 +56,6 @@ impl Actor for EchoApp {
     fn handle(&mut self, ctx: &mut Context<Self>, msg: Msg) {
         match msg {
             Msg::Worker(WorkerEvent::Incoming(inc)) => {
-                self.migrator.get_or_insert_with(|| inc.migrator());
                 let greet = inc.tag != MIGRATED;
                 // TEST_GREET_PROXY: say also what the parent said of the balancer.
                 let line = if std::env::var_os("TEST_GREET_PROXY").is_some() {
@@ -83,6 +85,7 @@ impl Actor for EchoApp {
                     let _ = ctx.address().try_send(Msg::Migrate(id));
                 }
             }
+            Msg::Migrator(m) => self.migrator = Some(m),
             Msg::Migrate(id) => {
                 let (Some(conn), Some(m)) = (self.conns.get(&id), self.migrator.as_ref()) else { return };
                 match m.migrate(conn, MIGRATED, None) {
@@ -137,7 +140,8 @@ impl InProcessWorker {
         let runtime = Runtime::builder().threads(2).build();
         let reactor = Reactor::start().expect("reactor");
         let app = runtime.spawn(EchoApp::new());
-        let worker = Worker::serve(channel, &runtime, &reactor, app, WorkerOptions::default()).expect("serve");
+        let worker = Worker::serve(channel, &runtime, &reactor, app.clone(), WorkerOptions::default()).expect("serve");
+        app.send(Msg::Migrator(worker.migrator())).expect("the app is running");
         InProcessWorker { runtime, reactor, worker }
     }
 
