@@ -180,6 +180,19 @@ impl Shakes {
     }
 }
 
+/// The most connections a listener accepts per readiness event (`ListenOptions::batch`'s default).
+const ACCEPT_BATCH: usize = 64;
+
+/// How many connections may be in their handshake at once before the oldest is evicted: at
+/// most `max_pending`, and at most half the descriptor budget (`max_in_flight`), but never fewer
+/// than one readiness event of a listener can bring before the listener pauses (its accept
+/// batch). With room only for half a budget of one, a second client accepted in the same
+/// wake-up as the first evicted the first, which saw its connection closed before it had said
+/// anything wrong.
+fn handshake_room(max_pending: usize, max_in_flight: usize) -> usize {
+    max_pending.min((max_in_flight / 2).max(ACCEPT_BATCH)).max(1)
+}
+
 /// What reading a connection's bytes came to.
 enum Outcome {
     Wait(Shaking),
@@ -191,7 +204,7 @@ impl Handoff {
     /// deferred accept, usually everything), and wait for the rest if need be.
     pub(crate) fn shake(&mut self, spec: &HandshakeSpec, stream: Stream, peer: Address, local: Address, tag: u32) {
         let now = Instant::now();
-        let room = spec.options.max_pending.min(self.ledger_mut().limits().max_in_flight / 2).max(1);
+        let room = handshake_room(spec.options.max_pending, self.ledger_mut().limits().max_in_flight);
         while self.shakes.len() >= room {
             self.evict_oldest_handshake();
         }
@@ -405,5 +418,18 @@ fn same_kind(like: &Stream, fd: OwnedFd) -> Stream {
     match like {
         Stream::Tcp(_) => Stream::Tcp(std::net::TcpStream::from(fd)),
         Stream::Unix(_) => Stream::Unix(std::os::unix::net::UnixStream::from(fd)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{handshake_room, ACCEPT_BATCH};
+
+    #[test]
+    fn a_small_descriptor_budget_leaves_room_for_a_whole_accept_batch_of_handshakes() {
+        assert_eq!(handshake_room(1024, 1), ACCEPT_BATCH);
+        assert_eq!(handshake_room(1024, 10_000), 1024);
+        assert_eq!(handshake_room(16, 1), 16, "max_pending still bounds it");
+        assert_eq!(handshake_room(0, 0), 1);
     }
 }
