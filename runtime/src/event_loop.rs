@@ -17,10 +17,14 @@
 //! The protocol:
 //!
 //! - The driving thread calls [`EventLoop::bind`] once, then [`EventLoop::run_ready`] after each
-//!   of its waits. `run_ready` runs one turn of each actor that was runnable when it started
-//!   (a turn handles up to a batch of messages; an actor with more goes to the back and runs in
-//!   the next call), and says whether more are runnable, in which case the driver should not
-//!   block in its next wait.
+//!   of its waits. `run_ready` runs turns until no actor is runnable, so a message handed from
+//!   one actor on the loop to another is handled in the same call, with no trip through the
+//!   driver's wait (a request/response pair, a ring, a pipeline: that trip would cost a system
+//!   call per message). Two bounds keep the driver's own work (its I/O) from waiting behind the
+//!   actors: an actor whose turn ended with its mailbox still full (a turn handles up to a batch
+//!   of messages) runs again only in the next call, and one call runs at most
+//!   [`EventLoop::TURNS_PER_PASS`] turns. It says whether more are runnable, in which case the
+//!   driver should not block in its next wait.
 //! - Making an actor runnable from the driving thread itself only queues it: the driver runs
 //!   `run_ready` before it waits again. From any other thread it queues it and calls the wake
 //!   function given to [`EventLoop::new`] (for a reactor: `Poller::notify`), so the driver
@@ -68,6 +72,9 @@ struct LoopQueue {
     /// Runnable actors, each with its own runtime's pool (actors of several runtimes may
     /// share a loop), where it goes if the loop closes.
     runnable: VecDeque<(Task, Arc<Pool>)>,
+    /// Actors whose turn ended with a full batch and more mail: they run in the next pass,
+    /// after the driver has looked at its I/O.
+    next_pass: VecDeque<(Task, Arc<Pool>)>,
     /// The driver's last batch, emptied: swapped with `runnable` on each pass, so neither side
     /// allocates at steady state.
     spare: VecDeque<(Task, Arc<Pool>)>,
@@ -88,7 +95,12 @@ impl EventLoop {
     pub fn new(wake: impl Fn() + Send + Sync + 'static) -> EventLoop {
         EventLoop {
             inner: Arc::new(LoopInner {
-                queue: Mutex::new(LoopQueue { runnable: VecDeque::new(), spare: VecDeque::new(), closed: false }),
+                queue: Mutex::new(LoopQueue {
+                    runnable: VecDeque::new(),
+                    next_pass: VecDeque::new(),
+                    spare: VecDeque::new(),
+                    closed: false,
+                }),
                 wake: Box::new(wake),
             }),
         }
@@ -102,29 +114,43 @@ impl EventLoop {
         crate::ask::mark_pool_thread();
     }
 
-    /// Runs one turn of every actor that was runnable when called. Returns true if actors are
-    /// runnable again (they had more than a batch of messages, or were sent more meanwhile): the
-    /// driver should then poll without blocking and call this again.
+    /// The most turns one [`EventLoop::run_ready`] runs before it hands the thread back to its
+    /// driver: enough that the driver's wait (a system call) is a small part of a chain of
+    /// hand-offs between actors on the loop, few enough that its I/O is looked at often.
+    pub const TURNS_PER_PASS: usize = 256;
+
+    /// Runs turns until no actor on the loop is runnable, at most
+    /// [`EventLoop::TURNS_PER_PASS`] of them; an actor whose turn ended with a full batch and
+    /// more mail waits for the next call. Returns true if actors are runnable when it returns:
+    /// the driver should then poll without blocking and call this again.
     pub fn run_ready(&self) -> bool {
-        let mut batch = {
-            let mut q = self.inner.queue.lock();
-            if q.runnable.is_empty() {
-                return false;
+        let mut turns = 0;
+        let mut batch = VecDeque::new();
+        loop {
+            {
+                let mut q = self.inner.queue.lock();
+                if batch.capacity() > 0 {
+                    // The batch just run, emptied: the next swap's spare.
+                    batch.shrink_to(KEEP_BATCH);
+                    q.spare = std::mem::take(&mut batch);
+                }
+                if q.runnable.is_empty() || turns >= Self::TURNS_PER_PASS {
+                    let later = std::mem::take(&mut q.next_pass);
+                    q.runnable.extend(later);
+                    return !q.runnable.is_empty();
+                }
+                let spare = std::mem::take(&mut q.spare);
+                batch = std::mem::replace(&mut q.runnable, spare);
             }
-            let spare = std::mem::take(&mut q.spare);
-            std::mem::replace(&mut q.runnable, spare)
-        };
-        for (task, _) in batch.drain(..) {
-            // Cells catch handler panics themselves; this backstop keeps the driver (and the
-            // actors queued behind it) alive if anything else unwinds.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
-                log::error!("a task unwound onto an event loop");
+            turns += batch.len();
+            for (task, _) in batch.drain(..) {
+                // Cells catch handler panics themselves; this backstop keeps the driver (and
+                // the actors queued behind it) alive if anything else unwinds.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
+                    log::error!("a task unwound onto an event loop");
+                }
             }
         }
-        batch.shrink_to(KEEP_BATCH);
-        let mut q = self.inner.queue.lock();
-        q.spare = batch;
-        !q.runnable.is_empty()
     }
 
     /// The driver is stopping: queued actors and every later wake-up go to the runtime's pool,
@@ -132,7 +158,8 @@ impl EventLoop {
     pub fn close(&self) {
         let mut q = self.inner.queue.lock();
         q.closed = true;
-        let stranded = std::mem::take(&mut q.runnable);
+        let mut stranded = std::mem::take(&mut q.runnable);
+        stranded.append(&mut q.next_pass);
         drop(q);
         for (task, pool) in stranded {
             pool.push_fair(task);
@@ -141,7 +168,8 @@ impl EventLoop {
 
     /// Actors runnable now and waiting for [`EventLoop::run_ready`].
     pub fn runnable(&self) -> usize {
-        self.inner.queue.lock().runnable.len()
+        let q = self.inner.queue.lock();
+        q.runnable.len() + q.next_pass.len()
     }
 
     fn id(&self) -> usize {
@@ -155,16 +183,30 @@ impl LoopInner {
         Arc::as_ptr(self) as *const u8 as usize
     }
 
-    /// Queues `task` (an actor of the runtime whose pool is `pool`); on a closed loop, hands it
-    /// to that pool instead.
+    /// Queues `task` (an actor of the runtime whose pool is `pool`) for the current pass; on a
+    /// closed loop, hands it to that pool instead.
     pub(crate) fn schedule(self: &Arc<Self>, task: Task, pool: &Arc<Pool>) {
+        self.enqueue(task, pool, false);
+    }
+
+    /// As [`LoopInner::schedule`], for an actor that used up its batch: it runs in the next
+    /// pass, after the driver's I/O.
+    pub(crate) fn schedule_next_pass(self: &Arc<Self>, task: Task, pool: &Arc<Pool>) {
+        self.enqueue(task, pool, true);
+    }
+
+    fn enqueue(self: &Arc<Self>, task: Task, pool: &Arc<Pool>, next_pass: bool) {
         let mut q = self.queue.lock();
         if q.closed {
             drop(q);
             pool.push_fair(task);
             return;
         }
-        q.runnable.push_back((task, pool.clone()));
+        if next_pass {
+            q.next_pass.push_back((task, pool.clone()));
+        } else {
+            q.runnable.push_back((task, pool.clone()));
+        }
         drop(q);
         if BOUND.with(|b| b.get()) != self.id() {
             (self.wake)();

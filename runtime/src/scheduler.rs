@@ -172,7 +172,8 @@ impl Executor {
     pub(crate) fn schedule_fair(&self, task: Task) {
         match self {
             Executor::Pool(pool) => pool.push_fair(task),
-            Executor::Dedicated(_) | Executor::Loop(..) => self.schedule(task),
+            Executor::Loop(event_loop, pool) => event_loop.schedule_next_pass(task, pool),
+            Executor::Dedicated(_) => self.schedule(task),
         }
     }
 }
