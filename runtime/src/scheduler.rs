@@ -86,6 +86,13 @@ impl Pool {
         }
     }
 
+    /// True when the calling thread has nothing queued for it: its LIFO slot and the shared
+    /// queue are empty. A streaming turn spins for its next message only then; with other
+    /// actors waiting the spin would only hold them up.
+    pub(crate) fn nothing_else_to_run(&self) -> bool {
+        self.rx.is_empty() && LOCAL.with(|l| !matches!(l.borrow().as_ref(), Some(local) if local.slot.is_some()))
+    }
+
     /// Enqueues at the back of the shared queue, bypassing the LIFO slot.
     pub(crate) fn push_fair(&self, task: Task) {
         let _ = self.tx.send(Job::Run(task));
@@ -166,6 +173,16 @@ impl Executor {
                 let _ = wake.send(());
             }
             Executor::Loop(event_loop, pool) => event_loop.schedule(task, pool),
+        }
+    }
+
+    /// Whether a streaming turn may spin for its next message (see `Cell::turn`): on a pool
+    /// thread with nothing else to run, or on the actor's own thread.
+    pub(crate) fn may_spin(&self) -> bool {
+        match self {
+            Executor::Pool(pool) => pool.nothing_else_to_run(),
+            Executor::Dedicated(_) => true,
+            Executor::Loop(..) => false,
         }
     }
 
