@@ -225,8 +225,16 @@ impl<A: Actor> Cell<A> {
         }
     }
 
+    #[inline]
     fn call_room_waiters(&self) {
-        if self.has_room_waiters.load(SeqCst) && self.has_room_waiters.swap(false, SeqCst) {
+        if self.has_room_waiters.load(SeqCst) {
+            self.call_room_waiters_now();
+        }
+    }
+
+    #[cold]
+    fn call_room_waiters_now(&self) {
+        if self.has_room_waiters.swap(false, SeqCst) {
             let waiters = std::mem::take(&mut *self.room_waiters.lock());
             for w in waiters {
                 if catch_unwind(AssertUnwindSafe(w)).is_err() {
@@ -584,6 +592,13 @@ impl<A: Actor> Runnable for Cell<A> {
             // the batch bound really lets other actors run.
             self.runnable_since.store(0, Relaxed);
             self.executor.schedule_fair(self.clone());
+        }
+    }
+
+    fn run_on_pool(self: Arc<Self>) {
+        match &self.executor {
+            Executor::Pool(pool) | Executor::Loop(_, pool) => pool.clone().push_fair(self),
+            Executor::Dedicated(_) => self.executor.schedule(self.clone()),
         }
     }
 }

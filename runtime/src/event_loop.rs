@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::scheduler::{Pool, Task};
+use crate::scheduler::Task;
 
 thread_local! {
     /// The loop bound to this thread (its address, as an id), or 0.
@@ -69,15 +69,14 @@ pub(crate) struct LoopInner {
 const KEEP_BATCH: usize = 1024;
 
 struct LoopQueue {
-    /// Runnable actors, each with its own runtime's pool (actors of several runtimes may
-    /// share a loop), where it goes if the loop closes.
-    runnable: VecDeque<(Task, Arc<Pool>)>,
+    /// Runnable actors (of any runtime: several may share a loop).
+    runnable: VecDeque<Task>,
     /// Actors whose turn ended with a full batch and more mail: they run in the next pass,
     /// after the driver has looked at its I/O.
-    next_pass: VecDeque<(Task, Arc<Pool>)>,
+    next_pass: VecDeque<Task>,
     /// The driver's last batch, emptied: swapped with `runnable` on each pass, so neither side
     /// allocates at steady state.
-    spare: VecDeque<(Task, Arc<Pool>)>,
+    spare: VecDeque<Task>,
     /// Set by [`EventLoop::close`]: turns go to the actors' pools from then on.
     closed: bool,
 }
@@ -131,7 +130,9 @@ impl EventLoop {
                 let mut q = self.inner.queue.lock();
                 if batch.capacity() > 0 {
                     // The batch just run, emptied: the next swap's spare.
-                    batch.shrink_to(KEEP_BATCH);
+                    if batch.capacity() > KEEP_BATCH {
+                        batch.shrink_to(KEEP_BATCH);
+                    }
                     q.spare = std::mem::take(&mut batch);
                 }
                 if q.runnable.is_empty() || turns >= Self::TURNS_PER_PASS {
@@ -143,7 +144,7 @@ impl EventLoop {
                 batch = std::mem::replace(&mut q.runnable, spare);
             }
             turns += batch.len();
-            for (task, _) in batch.drain(..) {
+            for task in batch.drain(..) {
                 // Cells catch handler panics themselves; this backstop keeps the driver (and
                 // the actors queued behind it) alive if anything else unwinds.
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
@@ -161,8 +162,8 @@ impl EventLoop {
         let mut stranded = std::mem::take(&mut q.runnable);
         stranded.append(&mut q.next_pass);
         drop(q);
-        for (task, pool) in stranded {
-            pool.push_fair(task);
+        for task in stranded {
+            task.run_on_pool();
         }
     }
 
@@ -183,29 +184,28 @@ impl LoopInner {
         Arc::as_ptr(self) as *const u8 as usize
     }
 
-    /// Queues `task` (an actor of the runtime whose pool is `pool`) for the current pass; on a
-    /// closed loop, hands it to that pool instead.
-    pub(crate) fn schedule(self: &Arc<Self>, task: Task, pool: &Arc<Pool>) {
-        self.enqueue(task, pool, false);
+    /// Queues `task` for the current pass; on a closed loop, hands it to its runtime's pool.
+    pub(crate) fn schedule(self: &Arc<Self>, task: Task) {
+        self.enqueue(task, false);
     }
 
     /// As [`LoopInner::schedule`], for an actor that used up its batch: it runs in the next
     /// pass, after the driver's I/O.
-    pub(crate) fn schedule_next_pass(self: &Arc<Self>, task: Task, pool: &Arc<Pool>) {
-        self.enqueue(task, pool, true);
+    pub(crate) fn schedule_next_pass(self: &Arc<Self>, task: Task) {
+        self.enqueue(task, true);
     }
 
-    fn enqueue(self: &Arc<Self>, task: Task, pool: &Arc<Pool>, next_pass: bool) {
+    fn enqueue(self: &Arc<Self>, task: Task, next_pass: bool) {
         let mut q = self.queue.lock();
         if q.closed {
             drop(q);
-            pool.push_fair(task);
+            task.run_on_pool();
             return;
         }
         if next_pass {
-            q.next_pass.push_back((task, pool.clone()));
+            q.next_pass.push_back(task);
         } else {
-            q.runnable.push_back((task, pool.clone()));
+            q.runnable.push_back(task);
         }
         drop(q);
         if BOUND.with(|b| b.get()) != self.id() {

@@ -13,6 +13,9 @@ use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 /// Something the pool can run: an actor cell with work to do.
 pub(crate) trait Runnable: Send + Sync {
     fn run(self: Arc<Self>);
+    /// Queues this on its runtime's pool whatever its placement: an event loop that closes
+    /// hands its queue over this way.
+    fn run_on_pool(self: Arc<Self>);
 }
 
 pub(crate) type Task = Arc<dyn Runnable>;
@@ -172,7 +175,7 @@ impl Executor {
             Executor::Dedicated(wake) => {
                 let _ = wake.send(());
             }
-            Executor::Loop(event_loop, pool) => event_loop.schedule(task, pool),
+            Executor::Loop(event_loop, _) => event_loop.schedule(task),
         }
     }
 
@@ -189,7 +192,7 @@ impl Executor {
     pub(crate) fn schedule_fair(&self, task: Task) {
         match self {
             Executor::Pool(pool) => pool.push_fair(task),
-            Executor::Loop(event_loop, pool) => event_loop.schedule_next_pass(task, pool),
+            Executor::Loop(event_loop, _) => event_loop.schedule_next_pass(task),
             Executor::Dedicated(_) => self.schedule(task),
         }
     }
