@@ -114,7 +114,10 @@ impl Pool {
         loop {
             let local = LOCAL.with(|l| l.borrow_mut().as_mut().and_then(|l| l.slot.take()));
             let job = match local {
-                Some(task) if lifo_streak < LIFO_LIMIT => {
+                // Past the limit the slot yields only to actors actually waiting: with an
+                // empty shared queue nobody is starved, and sending the slot there would wake
+                // the other thread to run a chain that is not parallel.
+                Some(task) if lifo_streak < LIFO_LIMIT || self.rx.is_empty() => {
                     lifo_streak += 1;
                     Job::Run(task)
                 }
