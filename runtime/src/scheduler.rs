@@ -28,6 +28,12 @@ pub(crate) type Task = Arc<dyn Runnable>;
 /// again; keeps a ping-pong pair from starving everyone else.
 const LIFO_LIMIT: u32 = 32;
 
+/// Actors waiting in a thread's own queue before a wake-up from that thread also wakes a
+/// parked thread to steal them. One or two are a hand-off chain the running thread gets to in
+/// a moment; waking another thread for them costs a futex call and moves the actors' data to
+/// another core for work that is not parallel.
+const WAKE_BACKLOG: usize = 4;
+
 /// Rounds of looking for work (with a growing pause between them, about 10 µs in all) before
 /// an idle thread parks: an actor that answers within that time costs no futex wake-up.
 const SEARCH_ROUNDS: u32 = 10;
@@ -102,7 +108,9 @@ impl Pool {
                 Some(local) if local.pool == self.id => {
                     if let Some(displaced) = local.slot.replace(task) {
                         local.queue.push(displaced);
-                        self.wake_one();
+                        if local.queue.len() >= WAKE_BACKLOG {
+                            self.wake_one();
+                        }
                     }
                     None
                 }
