@@ -38,7 +38,8 @@
 //!   (a blocking API built on asks, `std::thread::sleep`, waiting on a child process) does not
 //!   belong in a handler on a loop.
 
-use std::cell::Cell as StdCell;
+use std::cell::{Cell as StdCell, RefCell};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -50,6 +51,9 @@ use crate::scheduler::Task;
 thread_local! {
     /// The loop bound to this thread (its address, as an id), or 0.
     static BOUND: StdCell<usize> = const { StdCell::new(0) };
+    /// Actors of the bound loop made runnable on this thread itself (a handler on the loop sent
+    /// them a message): the driver's own run queue, which needs no lock.
+    static DRIVEN: RefCell<VecDeque<Task>> = const { RefCell::new(VecDeque::new()) };
 }
 
 /// A run queue of actors drained by one thread of your own (see the module docs).
@@ -61,7 +65,11 @@ pub struct EventLoop {
 }
 
 pub(crate) struct LoopInner {
+    /// What other threads made runnable (and actors waiting for the next pass).
     queue: Mutex<LoopQueue>,
+    /// Set by [`EventLoop::close`] (under `queue`'s lock): the driver's thread reads it before
+    /// queuing on its own.
+    closed: AtomicBool,
     wake: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -74,17 +82,12 @@ struct LoopQueue {
     /// Actors whose turn ended with a full batch and more mail: they run in the next pass,
     /// after the driver has looked at its I/O.
     next_pass: VecDeque<Task>,
-    /// The driver's last batch, emptied: swapped with `runnable` on each pass, so neither side
-    /// allocates at steady state.
-    spare: VecDeque<Task>,
-    /// Set by [`EventLoop::close`]: turns go to the actors' pools from then on.
-    closed: bool,
 }
 
 impl fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let q = self.inner.queue.lock();
-        f.debug_struct("EventLoop").field("runnable", &q.runnable.len()).field("closed", &q.closed).finish()
+        f.debug_struct("EventLoop").field("runnable", &q.runnable.len()).field("closed", &self.inner.closed.load(SeqCst)).finish()
     }
 }
 
@@ -97,9 +100,8 @@ impl EventLoop {
                 queue: Mutex::new(LoopQueue {
                     runnable: VecDeque::new(),
                     next_pass: VecDeque::new(),
-                    spare: VecDeque::new(),
-                    closed: false,
                 }),
+                closed: AtomicBool::new(false),
                 wake: Box::new(wake),
             }),
         }
@@ -123,54 +125,85 @@ impl EventLoop {
     /// more mail waits for the next call. Returns true if actors are runnable when it returns:
     /// the driver should then poll without blocking and call this again.
     pub fn run_ready(&self) -> bool {
-        let mut turns = 0;
-        let mut batch = VecDeque::new();
-        loop {
-            {
-                let mut q = self.inner.queue.lock();
-                if batch.capacity() > 0 {
-                    // The batch just run, emptied: the next swap's spare.
-                    if batch.capacity() > KEEP_BATCH {
-                        batch.shrink_to(KEEP_BATCH);
-                    }
-                    q.spare = std::mem::take(&mut batch);
+        let bound = self.is_bound_here();
+        if self.inner.closed.load(SeqCst) {
+            // Closed meanwhile from another thread: what this thread had queued goes to the pool.
+            if bound {
+                for task in DRIVEN.with(|d| std::mem::take(&mut *d.borrow_mut())) {
+                    task.run_on_pool();
                 }
-                if q.runnable.is_empty() || turns >= Self::TURNS_PER_PASS {
-                    let later = std::mem::take(&mut q.next_pass);
-                    q.runnable.extend(later);
-                    return !q.runnable.is_empty();
-                }
-                let spare = std::mem::take(&mut q.spare);
-                batch = std::mem::replace(&mut q.runnable, spare);
             }
-            turns += batch.len();
-            for task in batch.drain(..) {
-                // Cells catch handler panics themselves; this backstop keeps the driver (and
-                // the actors queued behind it) alive if anything else unwinds.
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
-                    log::error!("a task unwound onto an event loop");
-                }
+            return false;
+        }
+        // Other threads' wake-ups, and the actors held back from the last pass, go first.
+        self.take_shared(true);
+        let mut turns = 0;
+        while turns < Self::TURNS_PER_PASS {
+            let next = DRIVEN.with(|d| d.borrow_mut().pop_front());
+            let task = match next {
+                Some(task) => task,
+                // Run dry: look at what other threads queued meanwhile before giving up.
+                None if self.take_shared(false) => continue,
+                None => break,
+            };
+            turns += 1;
+            // Cells catch handler panics themselves; this backstop keeps the driver (and the
+            // actors queued behind it) alive if anything else unwinds.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run())).is_err() {
+                log::error!("a task unwound onto an event loop");
             }
         }
+        if DRIVEN.with(|d| d.borrow().capacity() > KEEP_BATCH) {
+            DRIVEN.with(|d| d.borrow_mut().shrink_to(KEEP_BATCH));
+        }
+        self.runnable() > 0
+    }
+
+    /// Moves what other threads queued (with `held_back`, also the actors that used up their
+    /// batch in the last pass) onto this thread's queue; says whether there was any.
+    fn take_shared(&self, held_back: bool) -> bool {
+        let mut q = self.inner.queue.lock();
+        if q.runnable.is_empty() && (!held_back || q.next_pass.is_empty()) {
+            return false;
+        }
+        DRIVEN.with(|d| {
+            let mut d = d.borrow_mut();
+            if held_back {
+                d.extend(q.next_pass.drain(..));
+            }
+            d.extend(q.runnable.drain(..));
+        });
+        true
+    }
+
+    fn is_bound_here(&self) -> bool {
+        BOUND.with(|b| b.get()) == self.id()
     }
 
     /// The driver is stopping: queued actors and every later wake-up go to the runtime's pool,
-    /// so actors on this loop keep running (on pool threads) until they stop.
+    /// so actors on this loop keep running (on pool threads) until they stop. Call it on the
+    /// driving thread, or before that thread's last [`EventLoop::run_ready`]: what the driver
+    /// queued on its own thread is handed over there.
     pub fn close(&self) {
         let mut q = self.inner.queue.lock();
-        q.closed = true;
+        self.inner.closed.store(true, SeqCst);
         let mut stranded = std::mem::take(&mut q.runnable);
         stranded.append(&mut q.next_pass);
         drop(q);
+        if self.is_bound_here() {
+            stranded.extend(DRIVEN.with(|d| std::mem::take(&mut *d.borrow_mut())));
+        }
         for task in stranded {
             task.run_on_pool();
         }
     }
 
-    /// Actors runnable now and waiting for [`EventLoop::run_ready`].
+    /// Actors runnable now and waiting for [`EventLoop::run_ready`] (on the driving thread,
+    /// including those it queued itself).
     pub fn runnable(&self) -> usize {
+        let own = if self.is_bound_here() { DRIVEN.with(|d| d.borrow().len()) } else { 0 };
         let q = self.inner.queue.lock();
-        q.runnable.len() + q.next_pass.len()
+        own + q.runnable.len() + q.next_pass.len()
     }
 
     fn id(&self) -> usize {
@@ -196,8 +229,14 @@ impl LoopInner {
     }
 
     fn enqueue(self: &Arc<Self>, task: Task, next_pass: bool) {
+        let here = BOUND.with(|b| b.get()) == self.id();
+        if here && !next_pass && !self.closed.load(SeqCst) {
+            // The driver's own wake-up: its queue, no lock, no wake.
+            DRIVEN.with(|d| d.borrow_mut().push_back(task));
+            return;
+        }
         let mut q = self.queue.lock();
-        if q.closed {
+        if self.closed.load(SeqCst) {
             drop(q);
             task.run_on_pool();
             return;
@@ -208,7 +247,7 @@ impl LoopInner {
             q.runnable.push_back(task);
         }
         drop(q);
-        if BOUND.with(|b| b.get()) != self.id() {
+        if !here {
             (self.wake)();
         }
     }
