@@ -100,7 +100,9 @@ pub struct Down {
 /// What a handler can do besides changing its own state: learn its address, stop, monitor
 /// others, and set timers that send to itself.
 pub struct Context<A: Actor> {
-    pub(crate) cell: Arc<Cell<A>>,
+    /// The running actor's cell, borrowed for the turn without a count of its own (see
+    /// `Cell::turn`): never dropped, and never outlives the turn.
+    pub(crate) cell: std::mem::ManuallyDrop<Arc<Cell<A>>>,
     pub(crate) stop_requested: bool,
 }
 
@@ -112,7 +114,7 @@ impl<A: Actor> Context<A> {
 
     /// An address of this actor.
     pub fn address(&self) -> Addr<A> {
-        Addr::from_cell(self.cell.clone())
+        Addr::from_cell(Arc::clone(&self.cell))
     }
 
     /// Stops the actor once the current message is handled. Messages already accepted into its
@@ -124,7 +126,7 @@ impl<A: Actor> Context<A> {
     /// Delivers a [`Down`] to this actor (through [`Actor::down`]) when `other` stops.
     /// If `other` has already stopped, the notice comes at once.
     pub fn monitor<B: Actor>(&self, other: &Addr<B>) {
-        let me = self.cell.clone();
+        let me = Arc::clone(&self.cell);
         other.cell.add_monitor(Box::new(move |down| me.signal_down(down)));
     }
 

@@ -307,7 +307,12 @@ impl<A: Actor> Cell<A> {
             return false;
         }
         let previous = crate::ask::set_current_actor(Some(self.id));
-        let mut ctx = Context { cell: self.clone(), stop_requested: false };
+        // SAFETY: `self` holds a strong count for the whole turn, and the context does not
+        // outlive it (handlers get `&mut Context`, and nothing else makes one, so it cannot be
+        // moved out); `ManuallyDrop` keeps this borrowed pointer from giving back a count it
+        // never took. Taking one would be two atomic operations on every turn.
+        let cell = unsafe { Arc::from_raw(Arc::as_ptr(self)) };
+        let mut ctx = Context { cell: std::mem::ManuallyDrop::new(cell), stop_requested: false };
 
         // Start first, so a Down or Stop that arrived before the first turn finds an instance.
         if inner.phase == Phase::Starting {
