@@ -10,7 +10,6 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
-use crossbeam_utils::sync::{Parker, Unparker};
 use crossbeam_utils::Backoff;
 use parking_lot::Mutex;
 
@@ -47,7 +46,7 @@ pub(crate) struct Pool {
     /// The local queues, until `start` hands each to its thread.
     workers: Mutex<Vec<Worker<Task>>>,
     /// Threads parked for want of work (see `wake_one`), and their count for a lock-free look.
-    sleepers: Mutex<Vec<(usize, Unparker)>>,
+    sleepers: Mutex<Vec<(usize, std::thread::Thread)>>,
     idle: AtomicUsize,
     stopping: AtomicBool,
     parks: metrics::Counter,
@@ -145,9 +144,9 @@ impl Pool {
             }
             sleeper
         };
-        if let Some((_, unparker)) = sleeper {
+        if let Some((_, thread)) = sleeper {
             self.unparks.increment(1);
-            unparker.unpark();
+            thread.unpark();
         }
     }
 
@@ -169,8 +168,8 @@ impl Pool {
             self.idle.store(0, Ordering::SeqCst);
             std::mem::take(&mut *sleepers)
         };
-        for (_, unparker) in sleepers {
-            unparker.unpark();
+        for (_, thread) in sleepers {
+            thread.unpark();
         }
     }
 
@@ -221,31 +220,31 @@ impl Pool {
 
     /// Parks the calling thread until `wake_one` or `stop_threads` picks it, unless work shows
     /// up while it announces itself.
-    fn park(&self, me: usize, parker: &Parker) {
+    fn park(&self, me: usize) {
         {
             let mut sleepers = self.sleepers.lock();
-            sleepers.push((me, parker.unparker().clone()));
+            sleepers.push((me, std::thread::current()));
             self.idle.fetch_add(1, Ordering::SeqCst);
         }
         fence(Ordering::SeqCst);
-        if self.has_queued_work() || self.stopping.load(Ordering::SeqCst) {
-            // Take ourselves off the list again, unless a waker already did (and unparked us:
-            // the token is then consumed by the next park, which returns at once).
-            let mut sleepers = self.sleepers.lock();
-            if let Some(i) = sleepers.iter().position(|(who, _)| *who == me) {
-                sleepers.swap_remove(i);
-                self.idle.fetch_sub(1, Ordering::SeqCst);
-            }
-            return;
+        if !self.has_queued_work() && !self.stopping.load(Ordering::SeqCst) {
+            self.parks.increment(1);
+            // A futex wait; an `unpark` that came first makes it return at once.
+            std::thread::park();
         }
-        self.parks.increment(1);
-        parker.park();
+        // Off the list, unless a waker took us off already. `park` can also return for
+        // other reasons (a spurious wake-up, an unpark meant for a blocking call a handler
+        // made): a stale entry would have the next waker unpark a thread that is not asleep.
+        let mut sleepers = self.sleepers.lock();
+        if let Some(i) = sleepers.iter().position(|(who, _)| *who == me) {
+            sleepers.swap_remove(i);
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     fn work(self: Arc<Self>, me: usize, queue: Worker<Task>) {
         crate::ask::mark_pool_thread();
         LOCAL.with(|l| *l.borrow_mut() = Some(Local { pool: self.id, slot: None, queue }));
-        let parker = Parker::new();
         let mut lifo_streak = 0u32;
         'run: loop {
             let mut task = self.find_task(&mut lifo_streak);
@@ -259,7 +258,7 @@ impl Pool {
                     rounds += 1;
                     backoff.snooze();
                 } else {
-                    self.park(me, &parker);
+                    self.park(me);
                     rounds = 0;
                     backoff.reset();
                 }
