@@ -39,9 +39,9 @@
 //!   belong in a handler on a loop.
 
 use std::cell::{Cell as StdCell, RefCell};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -87,7 +87,10 @@ struct LoopQueue {
 impl fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let q = self.inner.queue.lock();
-        f.debug_struct("EventLoop").field("runnable", &q.runnable.len()).field("closed", &self.inner.closed.load(SeqCst)).finish()
+        f.debug_struct("EventLoop")
+            .field("runnable", &q.runnable.len())
+            .field("closed", &self.inner.closed.load(SeqCst))
+            .finish()
     }
 }
 
@@ -97,10 +100,7 @@ impl EventLoop {
     pub fn new(wake: impl Fn() + Send + Sync + 'static) -> EventLoop {
         EventLoop {
             inner: Arc::new(LoopInner {
-                queue: Mutex::new(LoopQueue {
-                    runnable: VecDeque::new(),
-                    next_pass: VecDeque::new(),
-                }),
+                queue: Mutex::new(LoopQueue { runnable: VecDeque::new(), next_pass: VecDeque::new() }),
                 closed: AtomicBool::new(false),
                 wake: Box::new(wake),
             }),

@@ -425,7 +425,8 @@ impl Actor for FjWorker {
 pub fn fork_join(placement: Placement) -> Bench {
     let env = Env::new(placement);
     let (done, seen) = unbounded();
-    let workers: Vec<Addr<FjWorker>> = (0..FJ_WORKERS).map(|_| env.spawn(FjWorker { seen: 0, done: done.clone() })).collect();
+    let workers: Vec<Addr<FjWorker>> =
+        (0..FJ_WORKERS).map(|_| env.spawn(FjWorker { seen: 0, done: done.clone() })).collect();
     let w = workers.clone();
     Bench {
         round: Box::new(move || {

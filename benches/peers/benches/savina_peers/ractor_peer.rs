@@ -341,7 +341,8 @@ pub fn big() -> Bench {
     let (done, pongs) = unbounded();
     let actors: Vec<ActorRef<BigMsg>> = (0..BIG_ACTORS)
         .map(|me| {
-            let state = BigState { me, all: None, left: 0, pongs: 0, rng: XorShift::new(me as u64), done: done.clone() };
+            let state =
+                BigState { me, all: None, left: 0, pongs: 0, rng: XorShift::new(me as u64), done: done.clone() };
             spawn(&rt, BigActor, state)
         })
         .collect();
