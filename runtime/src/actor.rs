@@ -123,7 +123,7 @@ impl<A: Actor> Context<A> {
 
     /// An address of this actor.
     pub fn address(&self) -> Addr<A> {
-        Addr::from_cell(self.cell.clone())
+        Addr::from_cell(Arc::clone(&self.cell))
     }
 
     /// Stops the actor once the current message is handled. Messages already accepted into its
@@ -135,7 +135,7 @@ impl<A: Actor> Context<A> {
     /// Delivers a [`Down`] to this actor (through [`Actor::down`]) when `other` stops.
     /// If `other` has already stopped, the notice comes at once.
     pub fn monitor<B: Actor>(&self, other: &Addr<B>) {
-        let me = self.cell.clone();
+        let me = Arc::clone(&self.cell);
         other.cell.add_monitor(Box::new(move |down| me.signal_down(down)));
     }
 

@@ -14,7 +14,7 @@ use crate::actor::{Actor, Context, Down, ExitReason};
 use crate::address::ActorId;
 use crate::mailbox::{SendTimeoutError, TrySendError};
 use crate::metrics::ActorMetrics;
-use crate::queue::{Batch, MessageQueue};
+use crate::queue::{Batch, MessageQueue, Refused};
 use crate::runtime::RuntimeShared;
 use crate::scheduler::{Executor, Runnable};
 use crate::supervisor::Restart;
@@ -31,8 +31,6 @@ const STREAM_MIN: u64 = 4;
 
 /// Polls of an empty mailbox before ending a streaming turn (about a microsecond in all).
 const STREAM_SPINS: u32 = 24;
-
-const CLOSED: usize = 1 << (usize::BITS - 1);
 
 pub(crate) enum Signal {
     Stop(ExitReason),
@@ -90,10 +88,6 @@ pub(crate) struct Cell<A: Actor> {
     control: Mutex<VecDeque<Signal>>,
     has_control: AtomicBool,
     scheduled: AtomicBool,
-    /// The `CLOSED` bit (the mailbox stops accepting) and, below it, the number of senders in
-    /// flight. One word, so announcing a send and learning whether the mailbox closed is a
-    /// single atomic operation (see SCHEDULER.md, "Closing a mailbox").
-    send_state: AtomicUsize,
     terminated: AtomicBool,
     /// When the actor became runnable (nanoseconds since the runtime started), or 0 when this
     /// turn is not sampled. Only the thread that won the `scheduled` flag writes it.
@@ -136,7 +130,6 @@ impl<A: Actor> Cell<A> {
             control: Mutex::new(VecDeque::new()),
             has_control: AtomicBool::new(false),
             scheduled: AtomicBool::new(false),
-            send_state: AtomicUsize::new(0),
             terminated: AtomicBool::new(false),
             runnable_since: AtomicU64::new(0),
             // Each actor starts its sampling count at a different phase: a short-lived actor
@@ -164,27 +157,9 @@ impl<A: Actor> Cell<A> {
 
     // ---- sending -------------------------------------------------------------------------
 
-    fn enter_send(self: &Arc<Self>) -> bool {
-        if self.send_state.fetch_add(1, SeqCst) & CLOSED != 0 {
-            self.send_state.fetch_sub(1, SeqCst);
-            // A draining actor may have counted this sender and now waits for it to leave.
-            if !self.terminated.load(SeqCst) {
-                self.wake();
-            }
-            return false;
-        }
-        true
-    }
-
-    fn leave_send(self: &Arc<Self>, delivered: bool) {
-        let state = self.send_state.fetch_sub(1, SeqCst);
-        if delivered {
-            self.metrics.sent.increment(1);
-            self.wake();
-        } else if state & CLOSED != 0 {
-            // A stopping actor may be waiting for this sender to leave.
-            self.wake();
-        }
+    fn delivered(self: &Arc<Self>) {
+        self.metrics.sent.increment(1);
+        self.wake();
     }
 
     pub(crate) fn try_send(self: &Arc<Self>, msg: A::Message) -> Result<(), TrySendError<A::Message>> {
@@ -194,13 +169,14 @@ impl<A: Actor> Cell<A> {
     /// As `try_send`, for the message `make` builds: it is called only if the message is
     /// accepted, and handed back uncalled otherwise (see `MessageQueue::try_send_with`).
     pub(crate) fn try_send_with<F: FnOnce() -> A::Message>(self: &Arc<Self>, make: F) -> Result<(), TrySendError<F>> {
-        if !self.enter_send() {
-            return Err(TrySendError::Closed(make));
+        match self.mailbox.try_send_with(make) {
+            Ok(()) => {
+                self.delivered();
+                Ok(())
+            }
+            Err(Refused::Full(m)) => Err(TrySendError::Full(m)),
+            Err(Refused::Closed(m)) => Err(TrySendError::Closed(m)),
         }
-        let sending = Sending(self);
-        let r = self.mailbox.try_send_with(make);
-        sending.leave(r.is_ok());
-        r.map_err(TrySendError::Full)
     }
 
     pub(crate) fn send(
@@ -231,32 +207,13 @@ impl<A: Actor> Cell<A> {
                     );
                     return Err(SendTimeoutError::Full(m));
                 }
-                if !self.enter_send() {
-                    return Err(SendTimeoutError::Closed(m));
-                }
-                let sending = Sending(self);
-                // Wait in slices so a mailbox closed meanwhile is noticed.
-                let mut m = m;
-                loop {
-                    let slice = Instant::now() + std::time::Duration::from_millis(10);
-                    let until = deadline.map_or(slice, |d| d.min(slice));
-                    match self.mailbox.send_deadline_with(m, until) {
-                        Ok(()) => {
-                            sending.leave(true);
-                            return Ok(());
-                        }
-                        Err(back) => {
-                            if deadline.is_some_and(|d| Instant::now() >= d) {
-                                sending.leave(false);
-                                return Err(SendTimeoutError::Timeout(back));
-                            }
-                            if self.is_closed() {
-                                sending.leave(false);
-                                return Err(SendTimeoutError::Closed(back));
-                            }
-                            m = back;
-                        }
+                match self.mailbox.send_deadline_with(m, deadline.unwrap_or_else(far_future)) {
+                    Ok(()) => {
+                        self.delivered();
+                        Ok(())
                     }
+                    Err(Refused::Full(m)) => Err(SendTimeoutError::Timeout(m)),
+                    Err(Refused::Closed(m)) => Err(SendTimeoutError::Closed(m)),
                 }
             }
         }
@@ -275,7 +232,7 @@ impl<A: Actor> Cell<A> {
                 self.has_room_waiters.store(true, SeqCst);
                 // The actor may have emptied its mailbox between the failed push and the
                 // registration; it would then never look at the waiters. Check again.
-                if !self.mailbox.is_full() || self.is_closed() {
+                if !self.mailbox.is_full() || self.mailbox.is_closed() {
                     self.call_room_waiters();
                 }
                 Err(TrySendError::Full(m))
@@ -284,8 +241,16 @@ impl<A: Actor> Cell<A> {
         }
     }
 
+    #[inline]
     fn call_room_waiters(&self) {
-        if self.has_room_waiters.load(SeqCst) && self.has_room_waiters.swap(false, SeqCst) {
+        if self.has_room_waiters.load(SeqCst) {
+            self.call_room_waiters_now();
+        }
+    }
+
+    #[cold]
+    fn call_room_waiters_now(&self) {
+        if self.has_room_waiters.swap(false, SeqCst) {
             let waiters = std::mem::take(&mut *self.room_waiters.lock());
             for w in waiters {
                 if catch_unwind(AssertUnwindSafe(w)).is_err() {
@@ -337,15 +302,15 @@ impl<A: Actor> Cell<A> {
         if !self.scheduled.swap(true, SeqCst) {
             // Timing every wake-up costs a clock read per message when the consumer keeps up;
             // one in SAMPLE_EVERY is enough for the histogram.
-            let n = self.wakes.fetch_add(1, Relaxed);
+            // Only the winner of the flag gets here, one at a time (each win follows the
+            // previous turn's store of `false`), so a load and a store count without a locked
+            // instruction.
+            let n = self.wakes.load(Relaxed);
+            self.wakes.store(n.wrapping_add(1), Relaxed);
             let since = if n % SAMPLE_EVERY == 0 { self.runtime.now_nanos().max(1) } else { 0 };
             self.runnable_since.store(since, Relaxed);
             self.executor.schedule(self.clone());
         }
-    }
-
-    fn is_closed(&self) -> bool {
-        self.send_state.load(SeqCst) & CLOSED != 0
     }
 
     // ---- running -------------------------------------------------------------------------
@@ -358,6 +323,8 @@ impl<A: Actor> Cell<A> {
             return false;
         }
         let previous = crate::ask::set_current_actor(Some(self.id));
+        // The context's own count (two atomic operations per turn): the runtime crate has no
+        // unsafe code, and borrowing the count without one would need it.
         let mut ctx = Context { cell: self.clone(), stop_requested: false };
 
         // Start first, so a Down or Stop that arrived before the first turn finds an instance.
@@ -365,7 +332,8 @@ impl<A: Actor> Cell<A> {
             self.start_instance(&mut inner, &mut ctx);
         }
 
-        if self.has_control.swap(false, SeqCst) {
+        // A load first: signals are rare, and the swap is a write to a line senders read.
+        if self.has_control.load(SeqCst) && self.has_control.swap(false, SeqCst) {
             let signals: Vec<Signal> = self.control.lock().drain(..).collect();
             for sig in signals {
                 self.on_signal(&mut inner, &mut ctx, sig);
@@ -386,9 +354,12 @@ impl<A: Actor> Cell<A> {
                     Some(msg) => msg,
                     // A stream is flowing (this turn already handled several messages): wait a
                     // moment for the next one rather than end the turn and pay a reschedule,
-                    // and likely a cross-CPU wake-up, per message. Not on an event loop: there
-                    // the producer is usually the loop's own thread, which the spin would hold.
-                    None if handled >= STREAM_MIN && !matches!(self.executor, Executor::Loop(..)) => {
+                    // and likely a cross-CPU wake-up, per message. Only on a pool thread with
+                    // nothing else to run: other runnable actors would wait behind the spin
+                    // (many actors messaging each other at random fill their mailboxes in
+                    // bursts and would spin after every one). Not on an event loop: there the
+                    // producer is usually the loop's own thread, which the spin would hold.
+                    None if handled >= STREAM_MIN && self.executor.may_spin() => {
                         match self.spin_for_message(&mut inner.batch) {
                             Some(msg) => msg,
                             None => break,
@@ -420,9 +391,8 @@ impl<A: Actor> Cell<A> {
                 self.call_room_waiters();
             }
             if let Phase::Draining(reason) = inner.phase.clone() {
-                // Count first: a sender that entered before CLOSED has pushed by the time it
-                // leaves, so "no sender, then empty" cannot miss its message.
-                if self.send_state.load(SeqCst) & !CLOSED == 0 && self.mailbox.is_empty() {
+                // The mailbox is closed: it can only shrink, so empty now is empty for good.
+                if self.mailbox.is_empty() {
                     self.exit_instance(&mut inner, &mut ctx, reason);
                 }
             }
@@ -442,6 +412,9 @@ impl<A: Actor> Cell<A> {
 
     fn spin_for_message(&self, batch: &mut Batch<A::Message>) -> Option<A::Message> {
         for i in 0..STREAM_SPINS {
+            if i % 4 == 3 && !self.executor.may_spin() {
+                return None;
+            }
             for _ in 0..(1 << i.min(4)) {
                 std::hint::spin_loop();
             }
@@ -527,7 +500,7 @@ impl<A: Actor> Cell<A> {
                 self.metrics.restarts.increment(1);
                 inner.actor = Some(actor);
                 inner.phase = Phase::Starting;
-                self.send_state.fetch_and(!CLOSED, SeqCst);
+                self.mailbox.reopen();
                 self.start_instance(inner, ctx);
                 if self.runtime.is_shutting_down() && inner.phase == Phase::Running {
                     // Restarted during shutdown: finish what was accepted, then stop for good.
@@ -555,7 +528,7 @@ impl<A: Actor> Cell<A> {
     }
 
     fn begin_drain(self: &Arc<Self>, inner: &mut Inner<A>, reason: ExitReason) {
-        self.send_state.fetch_or(CLOSED, SeqCst);
+        self.mailbox.close();
         inner.phase = Phase::Draining(reason);
     }
 
@@ -609,20 +582,12 @@ impl<A: Actor> Cell<A> {
         inner.phase = Phase::Terminated;
         inner.actor = None;
         inner.factory = None;
-        self.send_state.fetch_or(CLOSED, SeqCst);
-        // Senders that entered before CLOSED may still push; wait for them so nothing they
-        // were told was accepted stays behind in a dead mailbox.
+        self.mailbox.close();
+        // Closed: nothing more can arrive, so what is left is all there will be.
         let mut dropped = 0usize;
-        loop {
-            let in_flight = self.send_state.load(SeqCst) & !CLOSED;
-            while let Some(msg) = self.mailbox.recv(&mut inner.batch) {
-                dropped += 1;
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(msg)));
-            }
-            if in_flight == 0 {
-                break;
-            }
-            std::thread::yield_now();
+        while let Some(msg) = self.mailbox.recv(&mut inner.batch) {
+            dropped += 1;
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(msg)));
         }
         if dropped > 0 {
             log::warn!("{} ({}) stopped ({reason}) with {dropped} unhandled messages", self.id, self.type_name);
@@ -646,24 +611,6 @@ impl<A: Actor> Cell<A> {
     }
 }
 
-/// A sender counted in `send_state` (by `enter_send`), until `leave` or, should building the
-/// message panic (a user's `From`), until dropped: a sender counted for ever would keep a
-/// stopping actor waiting for it.
-struct Sending<'a, A: Actor>(&'a Arc<Cell<A>>);
-
-impl<A: Actor> Sending<'_, A> {
-    fn leave(self, delivered: bool) {
-        self.0.leave_send(delivered);
-        std::mem::forget(self);
-    }
-}
-
-impl<A: Actor> Drop for Sending<'_, A> {
-    fn drop(&mut self) {
-        self.0.leave_send(false);
-    }
-}
-
 impl<A: Actor> Runnable for Cell<A> {
     fn run(self: Arc<Self>) {
         let handles_user_messages = self.turn();
@@ -673,6 +620,13 @@ impl<A: Actor> Runnable for Cell<A> {
             // the batch bound really lets other actors run.
             self.runnable_since.store(0, Relaxed);
             self.executor.schedule_fair(self.clone());
+        }
+    }
+
+    fn run_on_pool(self: Arc<Self>) {
+        match &self.executor {
+            Executor::Pool(pool) | Executor::Loop(_, pool) => pool.clone().push_fair(self),
+            Executor::Dedicated(_) => self.executor.schedule(self.clone()),
         }
     }
 }
@@ -698,4 +652,9 @@ pub(crate) fn short_type_name<A>() -> &'static str {
     let base = full.split('<').next().unwrap_or(full);
     let start = base.rfind("::").map_or(0, |i| i + 2);
     &full[start..]
+}
+
+/// A deadline no send waits for: "no deadline" for [`MessageQueue::send_deadline`].
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(60 * 60 * 24 * 365)
 }

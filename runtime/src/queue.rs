@@ -21,7 +21,7 @@
 //! deque and in the consumer's batch alike, so `Mailbox::Bounded(n)` means at most `n` waiting.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
@@ -51,8 +51,31 @@ impl<M> Default for Batch<M> {
     }
 }
 
+/// Why [`MessageQueue::try_send_with`] handed a message back.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused<M> {
+    /// At the bound.
+    Full(M),
+    /// Closed ([`MessageQueue::close`]): the actor is stopping.
+    Closed(M),
+}
+
+#[cfg(test)]
+impl<M> Refused<M> {
+    pub(crate) fn map<N>(self, f: impl FnOnce(M) -> N) -> Refused<N> {
+        match self {
+            Refused::Full(m) => Refused::Full(f(m)),
+            Refused::Closed(m) => Refused::Closed(f(m)),
+        }
+    }
+}
+
 pub(crate) struct MessageQueue<M> {
     shared: Mutex<VecDeque<M>>,
+    /// No more messages are accepted. Changed only under `shared`'s lock, and read under it by
+    /// every push: a message is either in the queue before it closed or handed back, with no
+    /// count of senders in flight to wait for.
+    closed: AtomicBool,
     /// Accepted and not yet taken: in `shared`, in the consumer's batch, and (until the
     /// consumer publishes) handed out by the consumer since its last `publish`.
     len: AtomicUsize,
@@ -67,6 +90,7 @@ impl<M> MessageQueue<M> {
     pub(crate) fn new(bound: usize) -> MessageQueue<M> {
         MessageQueue {
             shared: Mutex::new(VecDeque::new()),
+            closed: AtomicBool::new(false),
             len: AtomicUsize::new(0),
             bound: bound.max(1),
             room: Condvar::new(),
@@ -74,36 +98,43 @@ impl<M> MessageQueue<M> {
         }
     }
 
-    /// Accepts `msg`, or hands it back when the queue is at its bound.
+    /// Accepts `msg`, or hands it back when the queue is at its bound or closed.
     #[cfg(test)]
-    pub(crate) fn try_send(&self, msg: M) -> Result<(), M> {
-        self.try_send_with(move || msg).map_err(|make| make())
+    pub(crate) fn try_send(&self, msg: M) -> Result<(), Refused<M>> {
+        self.try_send_with(move || msg).map_err(|r| r.map(|make| make()))
     }
 
     /// Accepts the message `make` builds, or hands `make` back uncalled when the queue is at its
-    /// bound. The message is built only once it is accepted (under the lock: keep `make`
-    /// cheap), so a sender holding a value of another type converts it only if it goes in,
-    /// and keeps it otherwise.
-    pub(crate) fn try_send_with<F: FnOnce() -> M>(&self, make: F) -> Result<(), F> {
+    /// bound or closed. The message is built only once it is accepted (under the lock: keep
+    /// `make` cheap), so a sender holding a value of another type converts it only if it goes
+    /// in, and keeps it otherwise.
+    pub(crate) fn try_send_with<F: FnOnce() -> M>(&self, make: F) -> Result<(), Refused<F>> {
         let mut shared = self.shared.lock();
+        if self.closed.load(SeqCst) {
+            return Err(Refused::Closed(make));
+        }
         if self.len.load(SeqCst) >= self.bound {
-            return Err(make);
+            return Err(Refused::Full(make));
         }
         shared.push_back(make());
         self.len.fetch_add(1, SeqCst);
         Ok(())
     }
 
-    /// Accepts `msg`, waiting until `until` for room; hands it back if none came.
+    /// Accepts `msg`, waiting until `until` for room; hands it back if none came, or as soon as
+    /// the queue closes.
     #[cfg(test)]
-    pub(crate) fn send_deadline(&self, msg: M, until: Instant) -> Result<(), M> {
-        self.send_deadline_with(move || msg, until).map_err(|make| make())
+    pub(crate) fn send_deadline(&self, msg: M, until: Instant) -> Result<(), Refused<M>> {
+        self.send_deadline_with(move || msg, until).map_err(|r| r.map(|make| make()))
     }
 
     /// As [`MessageQueue::try_send_with`], waiting until `until` for room.
-    pub(crate) fn send_deadline_with<F: FnOnce() -> M>(&self, make: F, until: Instant) -> Result<(), F> {
+    pub(crate) fn send_deadline_with<F: FnOnce() -> M>(&self, make: F, until: Instant) -> Result<(), Refused<F>> {
         let mut shared = self.shared.lock();
         loop {
+            if self.closed.load(SeqCst) {
+                return Err(Refused::Closed(make));
+            }
             // Announce the wait before looking at the count: the consumer frees room, then
             // looks for sleepers, so one of the two always sees the other (see `taken`).
             self.sleepers.fetch_add(1, SeqCst);
@@ -116,9 +147,27 @@ impl<M> MessageQueue<M> {
             let timed_out = self.room.wait_until(&mut shared, until).timed_out();
             self.sleepers.fetch_sub(1, SeqCst);
             if timed_out && Instant::now() >= until {
-                return Err(make);
+                return Err(Refused::Full(make));
             }
         }
+    }
+
+    /// Stops accepting messages; senders waiting for room get theirs back. What was accepted
+    /// stays for the consumer.
+    pub(crate) fn close(&self) {
+        let _shared = self.shared.lock();
+        self.closed.store(true, SeqCst);
+        self.room.notify_all();
+    }
+
+    /// Accepts messages again (a restarted actor).
+    pub(crate) fn reopen(&self) {
+        let _shared = self.shared.lock();
+        self.closed.store(false, SeqCst);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(SeqCst)
     }
 
     /// The next message for the consumer, refilling `batch` (the consumer's own deque, empty
@@ -215,14 +264,14 @@ mod tests {
         for i in 0..3 {
             q.try_send(i).unwrap();
         }
-        assert_eq!(q.try_send(3), Err(3));
+        assert!(matches!(q.try_send(3), Err(Refused::Full(3))));
         // The first recv moves all three into the batch; only one is taken.
         assert_eq!(q.recv(&mut batch), Some(0));
         assert_eq!(q.len(), 3, "counted until the consumer publishes what it took");
         q.publish(&mut batch);
         assert_eq!(q.len(), 2);
         q.try_send(3).unwrap();
-        assert_eq!(q.try_send(4), Err(4), "two in the batch and one shared fill the bound");
+        assert!(matches!(q.try_send(4), Err(Refused::Full(4))), "two in the batch and one shared fill the bound");
         let got: Vec<i32> = std::iter::from_fn(|| q.recv(&mut batch)).collect();
         assert_eq!(got, vec![1, 2, 3], "order kept across the swap");
         assert!(q.is_empty());
@@ -246,7 +295,7 @@ mod tests {
         let q = Arc::new(MessageQueue::new(1));
         q.try_send(0).unwrap();
         let t = Instant::now();
-        assert_eq!(q.send_deadline(1, Instant::now() + Duration::from_millis(30)), Err(1));
+        assert!(matches!(q.send_deadline(1, Instant::now() + Duration::from_millis(30)), Err(Refused::Full(1))));
         assert!(t.elapsed() >= Duration::from_millis(30));
         let sender = {
             let q = q.clone();
@@ -257,7 +306,7 @@ mod tests {
         }
         let mut batch = Batch::default();
         assert_eq!(q.recv(&mut batch), Some(0));
-        assert_eq!(sender.join().unwrap(), Ok(()), "woken by the room the consumer made");
+        assert!(sender.join().unwrap().is_ok(), "woken by the room the consumer made");
         assert_eq!(q.recv(&mut batch), Some(2));
     }
 
@@ -284,7 +333,7 @@ mod tests {
                 let q = q.clone();
                 std::thread::spawn(move || {
                     for i in 0..10_000u64 {
-                        q.send_deadline(s << 32 | i, Instant::now() + Duration::from_secs(30)).unwrap();
+                        assert!(q.send_deadline(s << 32 | i, Instant::now() + Duration::from_secs(30)).is_ok());
                     }
                 })
             })

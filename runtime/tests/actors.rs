@@ -666,3 +666,50 @@ fn context_send_interval_to_ticks_another_actor() {
     wait_stopped(&tick);
     rt.shutdown(WAIT).unwrap();
 }
+
+/// Stops itself while handling 1, then waits at a gate; records what it handled.
+struct StopsAtOne {
+    started: Sender<()>,
+    gate: Receiver<()>,
+    handled: Sender<u32>,
+}
+
+impl Actor for StopsAtOne {
+    type Message = u32;
+    fn handle(&mut self, ctx: &mut Context<Self>, n: u32) {
+        if n == 1 {
+            ctx.stop();
+            self.started.send(()).unwrap();
+            self.gate.recv().unwrap();
+        }
+        self.handled.send(n).unwrap();
+    }
+}
+
+#[test]
+fn a_sender_waiting_for_room_gets_its_message_back_when_the_mailbox_closes() {
+    let rt = Runtime::builder().threads(1).build();
+    let (started, has_started) = unbounded();
+    let (open_gate, gate) = unbounded();
+    let (handled, was_handled) = unbounded();
+    let actor = rt.try_spawn(StopsAtOne { started, gate, handled }, Mailbox::Bounded(1)).unwrap();
+    actor.send(1).unwrap();
+    has_started.recv_timeout(WAIT).unwrap();
+    actor.send(2).unwrap();
+    let waiting = {
+        let actor = actor.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            (actor.send_timeout(3, Duration::from_secs(30)), t.elapsed())
+        })
+    };
+    // The mailbox holds 2 and is full: the sender above waits for room.
+    std::thread::sleep(Duration::from_millis(50));
+    open_gate.send(()).unwrap();
+    let (result, waited) = waiting.join().unwrap();
+    assert!(matches!(result, Err(SendTimeoutError::Closed(3))), "the closed mailbox hands 3 back");
+    assert!(waited < WAIT, "woken by the close, not by its deadline");
+    let got: Vec<u32> = was_handled.iter().take(2).collect();
+    assert_eq!(got, vec![1, 2], "what was accepted before the close is handled");
+    rt.shutdown(WAIT).unwrap();
+}

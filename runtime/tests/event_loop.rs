@@ -342,3 +342,73 @@ fn a_supervised_child_on_a_loop_is_restarted_on_the_same_loop() {
     driver.stop();
     rt.shutdown(WAIT).unwrap();
 }
+
+/// Bounces a count with its partner on the same loop until it reaches zero.
+struct Bouncer {
+    partner: Option<Addr<Bouncer>>,
+    hops: Arc<AtomicUsize>,
+}
+
+impl Actor for Bouncer {
+    type Message = BounceMsg;
+    fn handle(&mut self, _ctx: &mut Context<Self>, msg: BounceMsg) {
+        match msg {
+            BounceMsg::Partner(p) => self.partner = Some(p),
+            BounceMsg::Left(0) => {}
+            BounceMsg::Left(n) => {
+                self.hops.fetch_add(1, SeqCst);
+                self.partner.as_ref().unwrap().try_send(BounceMsg::Left(n - 1)).unwrap();
+            }
+        }
+    }
+}
+
+enum BounceMsg {
+    Partner(Addr<Bouncer>),
+    Left(u32),
+}
+
+/// Two bouncers on a loop driven by the test thread, partnered with each other.
+fn bouncers(rt: &Runtime, event_loop: &EventLoop, hops: &Arc<AtomicUsize>) -> Addr<Bouncer> {
+    let a = rt.spawn_on(event_loop, Bouncer { partner: None, hops: hops.clone() }, Mailbox::Unbounded).unwrap();
+    let b = rt.spawn_on(event_loop, Bouncer { partner: None, hops: hops.clone() }, Mailbox::Unbounded).unwrap();
+    a.try_send(BounceMsg::Partner(b.clone())).unwrap();
+    b.try_send(BounceMsg::Partner(a.clone())).unwrap();
+    while event_loop.run_ready() {}
+    a
+}
+
+#[test]
+fn hand_offs_between_actors_on_the_loop_run_in_one_call() {
+    let rt = Runtime::builder().threads(1).build();
+    let (event_loop, _wakeups, _) = new_loop();
+    event_loop.bind();
+    let hops = Arc::new(AtomicUsize::new(0));
+    let a = bouncers(&rt, &event_loop, &hops);
+    a.try_send(BounceMsg::Left(100)).unwrap();
+    assert!(!event_loop.run_ready(), "nothing is left after one call");
+    assert_eq!(hops.load(SeqCst), 100, "all hundred hand-offs ran in that call, with no wait between them");
+    event_loop.close();
+    rt.shutdown(WAIT).unwrap();
+}
+
+#[test]
+fn one_call_runs_a_bounded_number_of_turns() {
+    let rt = Runtime::builder().threads(1).build();
+    let (event_loop, _wakeups, _) = new_loop();
+    event_loop.bind();
+    let hops = Arc::new(AtomicUsize::new(0));
+    let a = bouncers(&rt, &event_loop, &hops);
+    let endless = 10 * EventLoop::TURNS_PER_PASS as u32;
+    a.try_send(BounceMsg::Left(endless)).unwrap();
+    assert!(event_loop.run_ready(), "a long chain hands the thread back to its driver");
+    assert_eq!(hops.load(SeqCst), EventLoop::TURNS_PER_PASS, "one turn per hop, up to the bound");
+    let mut calls = 1;
+    while event_loop.run_ready() {
+        calls += 1;
+        assert!(calls < 100, "run_ready never settles");
+    }
+    assert_eq!(hops.load(SeqCst), endless as usize);
+    event_loop.close();
+    rt.shutdown(WAIT).unwrap();
+}
