@@ -96,15 +96,23 @@ for round in $(seq "$rounds"); do
         for rate in $rates; do
             start "$v"
             # "N requests/s, p50 X, p90 Y, p99 Z, max M, F failed; H heavy: p50 A, max B"
-            line=$(E2E_SECS=$secs E2E_RATE=$rate E2E_SLOW_PATH="/block?ms=20" E2E_LOAD="skew $addr" "$bin")
+            line=$(E2E_SECS=$secs E2E_RATE=$rate E2E_SLOW_PATH="/block?ms=20" E2E_LOAD="skew $addr" "$bin") || {
+                stop "$v"
+                echo "placement.sh: the load client failed against $v at $rate/s in round $round" >&2
+                continue
+            }
             stop "$v"
             echo "$round $v open@$rate $line" | tee -a "$results.txt"
             echo "$round $v open@$rate $(echo "$line" | sed -E 's/ ?(requests\/s|p50|p90|p99|max|failed|heavy)[:,;]?//g; s/,//g')" >>"$results"
         done
         start "$v"
-        out=$(wrk -t2 -c64 -d"${secs}s" --latency -H 'Connection: close' -s "$dir/placement.lua" "http://$addr/")
+        out=$(wrk -t2 -c64 -d"${secs}s" --latency -H 'Connection: close' -s "$dir/placement.lua" "http://$addr/" 2>&1) || true
         stop "$v"
         rate=$(echo "$out" | sed -n 's/Requests\/sec: *//p')
+        if [ -z "$rate" ]; then
+            echo "placement.sh: wrk gave no rate for $v in round $round: $(echo "$out" | tail -2)" >&2
+            continue
+        fi
         errors=$(echo "$out" | sed -n 's/.*Socket errors: //p')
         echo "$round $v wrk $rate req/s ${errors:+errors $errors}" | tee -a "$results.txt"
         echo "$round $v wrk $rate" >>"$results"
