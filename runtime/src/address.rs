@@ -46,7 +46,7 @@ impl<A: Actor> Clone for Addr<A> {
 
 impl<A: Actor> fmt::Debug for Addr<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Addr({}, {})", self.cell.id, self.cell.type_name)
+        write!(f, "Addr({}, {})", self.cell.id, self.cell.type_name())
     }
 }
 

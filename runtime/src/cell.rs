@@ -54,10 +54,16 @@ type Factory<A> = Box<dyn FnMut() -> A + Send>;
 type Monitor = Box<dyn FnOnce(Down) + Send>;
 type RoomWaiter = Box<dyn FnOnce() + Send>;
 
+/// What few actors ever use, kept out of the cell until one does: an idle actor (one per
+/// connection, say) is smaller by two locks and their vectors.
 #[derive(Default)]
-struct Monitors {
+struct Cold {
+    /// Monitors waiting for this actor's exit.
     waiting: Vec<Monitor>,
+    /// Why it exited, once it has (a monitor added later hears at once).
     exit: Option<ExitReason>,
+    /// Producers that found the mailbox full and want a call when there is room again.
+    room_waiters: Vec<RoomWaiter>,
 }
 pub(crate) type SupervisorHook = Box<dyn Fn(Down) + Send + Sync>;
 
@@ -82,7 +88,6 @@ pub(crate) trait Control: Send + Sync {
 
 pub(crate) struct Cell<A: Actor> {
     pub(crate) id: ActorId,
-    pub(crate) type_name: &'static str,
     pub(crate) runtime: Arc<RuntimeShared>,
     pub(crate) mailbox: MessageQueue<A::Message>,
     control: Mutex<VecDeque<Signal>>,
@@ -96,9 +101,8 @@ pub(crate) struct Cell<A: Actor> {
     wakes: AtomicU32,
     pub(crate) executor: Executor,
     inner: Mutex<Inner<A>>,
-    monitors: Mutex<Monitors>,
-    /// Producers that found the mailbox full and want a call when there is room again.
-    room_waiters: Mutex<Vec<RoomWaiter>>,
+    /// Monitors, the exit reason and room waiters, allocated by the first that needs them.
+    cold: Mutex<Option<Box<Cold>>>,
     has_room_waiters: AtomicBool,
     supervisor: Option<SupervisorHook>,
     restart: Restart,
@@ -106,6 +110,13 @@ pub(crate) struct Cell<A: Actor> {
     /// Supervision depth: 0 for top-level actors, one more than the parent otherwise.
     pub(crate) depth: u32,
     metrics: Arc<ActorMetrics>,
+}
+
+impl<A: Actor> Cell<A> {
+    /// The actor type's short name (for log lines and thread names).
+    pub(crate) fn type_name(&self) -> &'static str {
+        self.metrics.name
+    }
 }
 
 pub(crate) struct CellParts<A: Actor> {
@@ -121,10 +132,8 @@ pub(crate) struct CellParts<A: Actor> {
 impl<A: Actor> Cell<A> {
     pub(crate) fn new(id: ActorId, runtime: Arc<RuntimeShared>, parts: CellParts<A>) -> Arc<Self> {
         let metrics = runtime.metrics_for::<A>();
-        let type_name = metrics.name;
         Arc::new(Cell {
             id,
-            type_name,
             runtime,
             mailbox: parts.mailbox,
             control: Mutex::new(VecDeque::new()),
@@ -144,8 +153,7 @@ impl<A: Actor> Cell<A> {
                 busy_turns: id.0 as u32,
                 batch: Batch::default(),
             }),
-            monitors: Mutex::new(Monitors::default()),
-            room_waiters: Mutex::new(Vec::new()),
+            cold: Mutex::new(None),
             has_room_waiters: AtomicBool::new(false),
             supervisor: parts.supervisor,
             restart: parts.restart,
@@ -203,7 +211,7 @@ impl<A: Actor> Cell<A> {
                     log::debug!(
                         "send to the full mailbox of {} ({}) on a thread that may not wait",
                         self.id,
-                        self.type_name
+                        self.metrics.name
                     );
                     return Err(SendTimeoutError::Full(m));
                 }
@@ -228,7 +236,7 @@ impl<A: Actor> Cell<A> {
     ) -> Result<(), TrySendError<F>> {
         match self.try_send_with(make) {
             Err(TrySendError::Full(m)) => {
-                self.room_waiters.lock().push(notify());
+                self.cold.lock().get_or_insert_with(Box::default).room_waiters.push(notify());
                 self.has_room_waiters.store(true, SeqCst);
                 // The actor may have emptied its mailbox between the failed push and the
                 // registration; it would then never look at the waiters. Check again.
@@ -251,7 +259,7 @@ impl<A: Actor> Cell<A> {
     #[cold]
     fn call_room_waiters_now(&self) {
         if self.has_room_waiters.swap(false, SeqCst) {
-            let waiters = std::mem::take(&mut *self.room_waiters.lock());
+            let waiters = self.cold.lock().as_mut().map(|c| std::mem::take(&mut c.room_waiters)).unwrap_or_default();
             for w in waiters {
                 if catch_unwind(AssertUnwindSafe(w)).is_err() {
                     log::error!("a room-waiter callback of {} panicked", self.id);
@@ -278,13 +286,14 @@ impl<A: Actor> Cell<A> {
     }
 
     pub(crate) fn add_monitor(&self, monitor: Monitor) {
-        let mut monitors = self.monitors.lock();
-        match monitors.exit.clone() {
+        let mut cold = self.cold.lock();
+        let cold_ref = cold.get_or_insert_with(Box::default);
+        match cold_ref.exit.clone() {
             Some(reason) => {
-                drop(monitors);
+                drop(cold);
                 monitor(Down { id: self.id, reason });
             }
-            None => monitors.waiting.push(monitor),
+            None => cold_ref.waiting.push(monitor),
         }
     }
 
@@ -508,7 +517,7 @@ impl<A: Actor> Cell<A> {
                 }
             }
             Err(p) => {
-                log::error!("{} ({}): factory panicked during restart", self.id, self.type_name);
+                log::error!("{} ({}): factory panicked during restart", self.id, self.metrics.name);
                 self.crashed(inner, ctx, p);
             }
         }
@@ -534,7 +543,7 @@ impl<A: Actor> Cell<A> {
 
     fn crashed(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>, payload: Box<dyn std::any::Any + Send>) {
         let text = panic_text(&payload);
-        log::error!("{} ({}) panicked: {text}", self.id, self.type_name);
+        log::error!("{} ({}) panicked: {text}", self.id, self.metrics.name);
         self.metrics.panics.increment(1);
         let reason = ExitReason::Panicked(text);
         // The state may be half-updated by the panic, but its `Drop` runs on it anyway; so does
@@ -546,7 +555,12 @@ impl<A: Actor> Cell<A> {
                 drop(actor);
             }));
             if let Err(p) = r {
-                log::error!("{} ({}) panicked in stopped after a panic: {}", self.id, self.type_name, panic_text(&p));
+                log::error!(
+                    "{} ({}) panicked in stopped after a panic: {}",
+                    self.id,
+                    self.metrics.name,
+                    panic_text(&p)
+                );
             }
         }
         self.after_exit(inner, ctx, reason);
@@ -560,7 +574,7 @@ impl<A: Actor> Cell<A> {
                 drop(actor);
             }));
             if let Err(p) = r {
-                log::error!("{} ({}) panicked while stopping: {}", self.id, self.type_name, panic_text(&p));
+                log::error!("{} ({}) panicked while stopping: {}", self.id, self.metrics.name, panic_text(&p));
             }
         }
         self.after_exit(inner, ctx, reason);
@@ -590,14 +604,15 @@ impl<A: Actor> Cell<A> {
             let _ = catch_unwind(AssertUnwindSafe(move || drop(msg)));
         }
         if dropped > 0 {
-            log::warn!("{} ({}) stopped ({reason}) with {dropped} unhandled messages", self.id, self.type_name);
+            log::warn!("{} ({}) stopped ({reason}) with {dropped} unhandled messages", self.id, self.metrics.name);
             self.metrics.dropped.increment(dropped as u64);
         }
         let monitors = {
-            let mut m = self.monitors.lock();
+            let mut cold = self.cold.lock();
             self.terminated.store(true, SeqCst);
-            m.exit = Some(reason.clone());
-            std::mem::take(&mut m.waiting)
+            let c = cold.get_or_insert_with(Box::default);
+            c.exit = Some(reason.clone());
+            std::mem::take(&mut c.waiting)
         };
         for m in monitors {
             let down = Down { id: self.id, reason: reason.clone() };

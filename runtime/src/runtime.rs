@@ -144,7 +144,7 @@ impl RuntimeShared {
             let task = cell.clone();
             let watch = cell.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("baton-{}", cell.type_name))
+                .name(format!("baton-{}", cell.type_name()))
                 .spawn(move || dedicated_loop(task, wakeups, move || watch.is_terminated()));
             match spawned {
                 Ok(handle) => {
