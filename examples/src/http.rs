@@ -538,8 +538,9 @@ struct HeavyRequest {
 struct HeavySlot(Arc<Shared>);
 
 impl HeavySlot {
-    fn take(shared: &Arc<Shared>, max: usize) -> Option<HeavySlot> {
+    fn take(shared: &Arc<Shared>) -> Option<HeavySlot> {
         use std::sync::atomic::Ordering::Relaxed;
+        let max = shared.options.max_heavy;
         shared.heavy.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
         Some(HeavySlot(shared.clone()))
     }
@@ -592,8 +593,7 @@ impl HttpConn {
                         let _busy = self.status.as_ref().map(|s| s.busy());
                         std::thread::sleep(wait);
                     }
-                    let heavy_slot =
-                        heavy(&req).map(|wait| (wait, HeavySlot::take(&self.shared, self.shared.options.max_heavy)));
+                    let heavy_slot = heavy(&req).map(|wait| (wait, HeavySlot::take(&self.shared)));
                     if let Some((_, None)) = heavy_slot {
                         // As many heavy requests as the server takes are running or waiting
                         // for a thread: say so now rather than queue without bound.

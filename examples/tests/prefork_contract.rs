@@ -68,8 +68,7 @@ impl Server {
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        signal(self.child.id(), rustix::process::Signal::TERM);
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -406,8 +405,7 @@ fn socket_activated_by_systemd_socket_activate_when_it_is_installed() {
         !String::from_utf8_lossy(&environ).contains("LISTEN_"),
         "socket-activation variables must not reach the workers"
     );
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    signal(child.id(), rustix::process::Signal::TERM);
     let deadline = Instant::now() + WAIT;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -442,12 +440,10 @@ fn a_successor_killed_20_ms_200_ms_or_2_s_after_it_starts_leaves_a_server_and_no
     let load = ClientLoop::start(move || get(addr, "/").0);
     for after in [Duration::from_millis(20), Duration::from_millis(200), Duration::from_secs(2)] {
         std::thread::sleep(Duration::from_millis(200));
-        let pid = rustix::process::Pid::from_raw(parent as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::USR2).unwrap();
+        signal(parent, rustix::process::Signal::USR2);
         let successor = u.pids.recv_timeout(WAIT).expect("a successor started");
         std::thread::sleep(after);
-        let spid = rustix::process::Pid::from_raw(successor as i32).unwrap();
-        rustix::process::kill_process(spid, rustix::process::Signal::KILL).unwrap();
+        signal(successor, rustix::process::Signal::KILL);
         // Reaped by the parent that started it (a zombie still has its /proc entry).
         let deadline = Instant::now() + WAIT;
         while std::path::Path::new(&format!("/proc/{successor}")).exists() {
@@ -463,11 +459,7 @@ fn a_successor_killed_20_ms_200_ms_or_2_s_after_it_starts_leaves_a_server_and_no
     // The old parent offers the takeover again after each rollback: the next upgrade works.
     std::thread::sleep(Duration::from_millis(300));
     let (ok, failed) = load.stop();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(parent as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    signal(parent, rustix::process::Signal::TERM);
     let _ = u.first.wait();
     eprintln!("{ok} requests served, {} failed: {failed:?}", failed.len());
     assert!(
@@ -539,8 +531,7 @@ fn behind_haproxy_whoami_is_the_client_and_an_upgrade_fails_no_request() {
     }
     let load = ClientLoop::start(move || get_from([127, 0, 0, 9].into(), front, "/").0);
     std::thread::sleep(Duration::from_millis(300));
-    let pid = rustix::process::Pid::from_raw(a.child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::USR2).unwrap();
+    signal(a.child.id(), rustix::process::Signal::USR2);
     // The old parent exits once the successor has lasted its probation and it has drained.
     wait_gone(a.child.id(), "the old instance did not hand over");
     std::thread::sleep(Duration::from_millis(300));
@@ -630,8 +621,7 @@ fn haproxy_agent_check_weights_follow_load_and_a_drain_is_announced_first() {
     let load = ClientLoop::start(move || get(front, "/").0);
     std::thread::sleep(Duration::from_millis(300));
     let b_pid = b.child.id();
-    rustix::process::kill_process(rustix::process::Pid::from_raw(b_pid as i32).unwrap(), rustix::process::Signal::TERM)
-        .unwrap();
+    signal(b_pid, rustix::process::Signal::TERM);
     // HAProxy hears `drain` while `b` still accepts: its admin state says drain (0x08, forced
     // drain, which is what an agent's `drain` sets), or its weight is 0.
     let drained = || haproxy_servers(&admin).into_iter().any(|(n, w, admin)| n == "b" && (w == 0 || admin & 0x18 != 0));

@@ -262,24 +262,7 @@ impl Raw {
             // `tag N` as "tags" does.
             "refuse_listeners" => loop {
                 let (items, fds) = self.next_handoff();
-                let (mut adopted, mut refused) = (Vec::new(), Vec::new());
-                for (item, fd) in items.into_iter().zip(fds) {
-                    if item.kind == Kind::Listener {
-                        refused.push((item.id, Reason::Malformed));
-                        continue;
-                    }
-                    let mut stream = TcpStream::from(fd);
-                    let _ = stream.write_all(format!("tag {}\n", item.tag).as_bytes());
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                    adopted.push(item.id);
-                }
-                if !refused.is_empty() {
-                    self.send(&Record::Rejected(refused));
-                }
-                if !adopted.is_empty() {
-                    self.send(&Record::Adopted(adopted.clone()));
-                    self.send(&Record::Closed(adopted));
-                }
+                self.answer_tags(items, fds, true);
             },
             // Hands back one live connection before it answers for what it was sent.
             "return_first" => {
@@ -417,17 +400,32 @@ impl Raw {
                 // Slow to answer: the parent holds its copies meanwhile.
                 std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
             }
-            let mut adopted = Vec::new();
-            for (item, fd) in items.into_iter().zip(fds) {
-                if item.kind == Kind::Listener {
+            self.answer_tags(items, fds, false);
+        }
+    }
+
+    /// Answers each connection with `tag N` and closes it; takes each listener shared (without
+    /// accepting on it) or refuses it (REJECTED 3); reports as the protocol says.
+    fn answer_tags(&self, items: Vec<Item>, fds: Vec<OwnedFd>, refuse_listeners: bool) {
+        let (mut adopted, mut refused) = (Vec::new(), Vec::new());
+        for (item, fd) in items.into_iter().zip(fds) {
+            if item.kind == Kind::Listener {
+                if refuse_listeners {
+                    refused.push((item.id, Reason::Malformed));
+                } else {
                     adopted.push(item.id);
-                    continue;
                 }
-                let mut stream = TcpStream::from(fd);
-                let _ = stream.write_all(format!("tag {}\n", item.tag).as_bytes());
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-                adopted.push(item.id);
+                continue;
             }
+            let mut stream = TcpStream::from(fd);
+            let _ = stream.write_all(format!("tag {}\n", item.tag).as_bytes());
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            adopted.push(item.id);
+        }
+        if !refused.is_empty() {
+            self.send(&Record::Rejected(refused));
+        }
+        if !adopted.is_empty() {
             self.send(&Record::Adopted(adopted.clone()));
             self.send(&Record::Closed(adopted));
         }
