@@ -147,7 +147,7 @@ impl<A: Actor> Context<A> {
     /// [`SpawnError::ShuttingDown`] once shutdown has begun.
     pub fn spawn<B: Actor>(&self, actor: B, mailbox: Mailbox) -> Result<Addr<B>, SpawnError> {
         let options = SpawnOptions { mailbox, placement: Placement::Pool, depth: self.cell.depth + 1 };
-        self.cell.runtime.spawn_cell(actor, None, None, options)
+        self.cell.runtime.spawn_cell(actor, None, options)
     }
 
     /// Spawns a child actor on an [`crate::EventLoop`] (see [`crate::Runtime::spawn_on`]).
@@ -163,7 +163,7 @@ impl<A: Actor> Context<A> {
     ) -> Result<Addr<B>, SpawnError> {
         let options =
             SpawnOptions { mailbox, placement: Placement::Loop(event_loop.clone()), depth: self.cell.depth + 1 };
-        self.cell.runtime.spawn_cell(actor, None, None, options)
+        self.cell.runtime.spawn_cell(actor, None, options)
     }
 
     /// Spawns a child actor on a thread of its own (see [`crate::Runtime::spawn_dedicated`]).
@@ -173,7 +173,7 @@ impl<A: Actor> Context<A> {
     /// [`SpawnError`] once shutdown has begun, or when no thread can be started.
     pub fn spawn_dedicated<B: Actor>(&self, actor: B, mailbox: Mailbox) -> Result<Addr<B>, SpawnError> {
         let options = SpawnOptions { mailbox, placement: Placement::Dedicated, depth: self.cell.depth + 1 };
-        self.cell.runtime.spawn_cell(actor, None, None, options)
+        self.cell.runtime.spawn_cell(actor, None, options)
     }
 
     /// Sends `msg` to this actor after `delay`. See [`crate::Runtime::send_after`].

@@ -2,7 +2,6 @@
 //!
 //! See `SCHEDULER.md` beside this crate for the wake-up protocol in prose.
 
-use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
@@ -55,9 +54,11 @@ type Monitor = Box<dyn FnOnce(Down) + Send>;
 type RoomWaiter = Box<dyn FnOnce() + Send>;
 
 /// What few actors ever use, kept out of the cell until one does: an idle actor (one per
-/// connection, say) is smaller by two locks and their vectors.
+/// connection, say) is smaller by its vectors and their lock.
 #[derive(Default)]
 struct Cold {
+    /// Control signals (stop, down, restart) not yet handled: their own lane, never full.
+    signals: Vec<Signal>,
     /// Monitors waiting for this actor's exit.
     waiting: Vec<Monitor>,
     /// Why it exited, once it has (a monitor added later hears at once).
@@ -67,12 +68,23 @@ struct Cold {
 }
 pub(crate) type SupervisorHook = Box<dyn Fn(Down) + Send + Sync>;
 
+/// What only a supervised child has, behind one pointer: an actor that is not supervised (one
+/// per connection, say) carries none of it.
+pub(crate) struct Supervision<A: Actor> {
+    /// Builds the next instance for a restart.
+    pub factory: Factory<A>,
+    /// Tells the supervisor of an exit it decides on.
+    pub hook: SupervisorHook,
+    pub restart: Restart,
+    /// Why the last instance exited, while the supervisor decides.
+    pub last_exit: Option<ExitReason>,
+}
+
 struct Inner<A: Actor> {
     actor: Option<A>,
-    factory: Option<Factory<A>>,
     phase: Phase,
-    /// Why the last instance exited, while the supervisor decides.
-    last_exit: Option<ExitReason>,
+    /// Dropped when the actor terminates: the hook holds its supervisor's cell.
+    supervision: Option<Box<Supervision<A>>>,
     /// Turns that handled messages (counted from a phase of the actor's id); one in
     /// `SAMPLE_EVERY` is timed.
     busy_turns: u32,
@@ -90,7 +102,7 @@ pub(crate) struct Cell<A: Actor> {
     pub(crate) id: ActorId,
     pub(crate) runtime: Arc<RuntimeShared>,
     pub(crate) mailbox: MessageQueue<A::Message>,
-    control: Mutex<VecDeque<Signal>>,
+    /// Signals wait in `cold`; this says some may.
     has_control: AtomicBool,
     scheduled: AtomicBool,
     terminated: AtomicBool,
@@ -101,11 +113,10 @@ pub(crate) struct Cell<A: Actor> {
     wakes: AtomicU32,
     pub(crate) executor: Executor,
     inner: Mutex<Inner<A>>,
-    /// Monitors, the exit reason and room waiters, allocated by the first that needs them.
+    /// Signals, monitors, the exit reason and room waiters, allocated by the first that needs
+    /// them.
     cold: Mutex<Option<Box<Cold>>>,
     has_room_waiters: AtomicBool,
-    supervisor: Option<SupervisorHook>,
-    restart: Restart,
     pub(crate) registry_key: AtomicUsize,
     /// Supervision depth: 0 for top-level actors, one more than the parent otherwise.
     pub(crate) depth: u32,
@@ -122,9 +133,7 @@ impl<A: Actor> Cell<A> {
 pub(crate) struct CellParts<A: Actor> {
     pub depth: u32,
     pub actor: A,
-    pub factory: Option<Factory<A>>,
-    pub supervisor: Option<SupervisorHook>,
-    pub restart: Restart,
+    pub supervision: Option<Box<Supervision<A>>>,
     pub mailbox: MessageQueue<A::Message>,
     pub executor: Executor,
 }
@@ -136,7 +145,6 @@ impl<A: Actor> Cell<A> {
             id,
             runtime,
             mailbox: parts.mailbox,
-            control: Mutex::new(VecDeque::new()),
             has_control: AtomicBool::new(false),
             scheduled: AtomicBool::new(false),
             terminated: AtomicBool::new(false),
@@ -147,16 +155,13 @@ impl<A: Actor> Cell<A> {
             executor: parts.executor,
             inner: Mutex::new(Inner {
                 actor: Some(parts.actor),
-                factory: parts.factory,
                 phase: Phase::Starting,
-                last_exit: None,
+                supervision: parts.supervision,
                 busy_turns: id.0 as u32,
                 batch: Batch::default(),
             }),
             cold: Mutex::new(None),
             has_room_waiters: AtomicBool::new(false),
-            supervisor: parts.supervisor,
-            restart: parts.restart,
             registry_key: AtomicUsize::new(usize::MAX),
             depth: parts.depth,
             metrics,
@@ -272,7 +277,7 @@ impl<A: Actor> Cell<A> {
         if self.terminated.load(SeqCst) {
             return;
         }
-        self.control.lock().push_back(sig);
+        self.cold.lock().get_or_insert_with(Box::default).signals.push(sig);
         self.has_control.store(true, SeqCst);
         self.wake();
     }
@@ -343,7 +348,7 @@ impl<A: Actor> Cell<A> {
 
         // A load first: signals are rare, and the swap is a write to a line senders read.
         if self.has_control.load(SeqCst) && self.has_control.swap(false, SeqCst) {
-            let signals: Vec<Signal> = self.control.lock().drain(..).collect();
+            let signals = self.cold.lock().as_mut().map(|c| std::mem::take(&mut c.signals)).unwrap_or_default();
             for sig in signals {
                 self.on_signal(&mut inner, &mut ctx, sig);
                 self.apply_stop_request(&mut inner, &mut ctx);
@@ -462,8 +467,11 @@ impl<A: Actor> Cell<A> {
                 Phase::AwaitingSupervisor => {
                     // Shutdown overtook the supervisor's decision. A child it would restart is
                     // rebuilt now so the messages it had accepted are still handled.
-                    let last = inner.last_exit.clone().unwrap_or(ExitReason::Normal);
-                    if reason == ExitReason::Shutdown && self.restart.restarts_after(&last) {
+                    let restarts = inner
+                        .supervision
+                        .as_ref()
+                        .is_some_and(|s| s.restart.restarts_after(s.last_exit.as_ref().unwrap_or(&ExitReason::Normal)));
+                    if reason == ExitReason::Shutdown && restarts {
                         self.rebuild(inner, ctx);
                     } else {
                         self.terminate(inner, reason);
@@ -482,7 +490,7 @@ impl<A: Actor> Cell<A> {
             Signal::Restart => match inner.phase {
                 // Without a factory (a nested supervisor) there is nothing to rebuild from.
                 // A draining actor keeps draining: a pending stop outranks a sibling's restart.
-                Phase::Running if inner.factory.is_some() => {
+                Phase::Running if inner.supervision.is_some() => {
                     if let Some(mut actor) = inner.actor.take() {
                         let _ = catch_unwind(AssertUnwindSafe(|| {
                             actor.stopping(ctx);
@@ -500,11 +508,11 @@ impl<A: Actor> Cell<A> {
     }
 
     fn rebuild(self: &Arc<Self>, inner: &mut Inner<A>, ctx: &mut Context<A>) {
-        let Some(factory) = inner.factory.as_mut() else {
+        let Some(supervision) = inner.supervision.as_mut() else {
             self.terminate(inner, ExitReason::Normal);
             return;
         };
-        match catch_unwind(AssertUnwindSafe(factory)) {
+        match catch_unwind(AssertUnwindSafe(&mut supervision.factory)) {
             Ok(actor) => {
                 self.metrics.restarts.increment(1);
                 inner.actor = Some(actor);
@@ -581,12 +589,12 @@ impl<A: Actor> Cell<A> {
     }
 
     fn after_exit(self: &Arc<Self>, inner: &mut Inner<A>, _ctx: &mut Context<A>, reason: ExitReason) {
-        match &self.supervisor {
+        match inner.supervision.as_mut() {
             // Shutdown and escalation are final: there is no supervisor left to decide.
-            Some(hook) if !matches!(reason, ExitReason::Shutdown | ExitReason::Escalated) => {
+            Some(supervision) if !matches!(reason, ExitReason::Shutdown | ExitReason::Escalated) => {
                 inner.phase = Phase::AwaitingSupervisor;
-                inner.last_exit = Some(reason.clone());
-                hook(Down { id: self.id, reason });
+                supervision.last_exit = Some(reason.clone());
+                (supervision.hook)(Down { id: self.id, reason });
             }
             _ => self.terminate(inner, reason),
         }
@@ -595,7 +603,7 @@ impl<A: Actor> Cell<A> {
     fn terminate(self: &Arc<Self>, inner: &mut Inner<A>, reason: ExitReason) {
         inner.phase = Phase::Terminated;
         inner.actor = None;
-        inner.factory = None;
+        inner.supervision = None;
         self.mailbox.close();
         // Closed: nothing more can arrive, so what is left is all there will be.
         let mut dropped = 0usize;
@@ -612,6 +620,7 @@ impl<A: Actor> Cell<A> {
             self.terminated.store(true, SeqCst);
             let c = cold.get_or_insert_with(Box::default);
             c.exit = Some(reason.clone());
+            c.signals = Vec::new();
             std::mem::take(&mut c.waiting)
         };
         for m in monitors {
@@ -620,7 +629,6 @@ impl<A: Actor> Cell<A> {
                 log::error!("a monitor of {} panicked", self.id);
             }
         }
-        self.control.lock().clear();
         self.call_room_waiters();
         self.runtime.deregister(self.registry_key.load(SeqCst));
     }
@@ -672,4 +680,25 @@ pub(crate) fn short_type_name<A>() -> &'static str {
 /// A deadline no send waits for: "no deadline" for [`MessageQueue::send_deadline`].
 fn far_future() -> Instant {
     Instant::now() + std::time::Duration::from_secs(60 * 60 * 24 * 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Idle;
+    impl Actor for Idle {
+        type Message = ();
+        fn handle(&mut self, _: &mut Context<Self>, _: ()) {}
+    }
+
+    /// An actor per connection multiplies every byte of the cell by the connections held:
+    /// supervision, signals, monitors and room waiters stay behind pointers until used.
+    #[test]
+    fn an_idle_actor_s_cell_keeps_what_few_actors_use_behind_pointers() {
+        let size = std::mem::size_of::<Cell<Idle>>();
+        eprintln!("cell of a zero-sized actor: {size} bytes");
+        assert!(size <= 256, "{size} bytes");
+        assert_eq!(std::mem::size_of::<Option<Box<Supervision<Idle>>>>(), 8);
+    }
 }

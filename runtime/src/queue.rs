@@ -21,7 +21,7 @@
 //! deque and in the consumer's batch alike, so `Mailbox::Bounded(n)` means at most `n` waiting.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
@@ -82,7 +82,18 @@ pub(crate) struct MessageQueue<M> {
     bound: usize,
     /// Senders waiting for room in [`MessageQueue::send_deadline`].
     room: Condvar,
-    sleepers: AtomicUsize,
+    sleepers: AtomicU32,
+}
+
+/// Appends `msg`. A deque's first allocation holds one message, not the four `VecDeque` makes
+/// room for: most mailboxes hold one message at a time (a request, an event, a reply), and an
+/// idle actor keeps that allocation (an actor per idle connection, thousands of them). A
+/// second waiting message grows it as usual.
+fn push<M>(shared: &mut VecDeque<M>, msg: M) {
+    if shared.capacity() == 0 {
+        shared.reserve_exact(1);
+    }
+    shared.push_back(msg);
 }
 
 impl<M> MessageQueue<M> {
@@ -94,7 +105,7 @@ impl<M> MessageQueue<M> {
             len: AtomicUsize::new(0),
             bound: bound.max(1),
             room: Condvar::new(),
-            sleepers: AtomicUsize::new(0),
+            sleepers: AtomicU32::new(0),
         }
     }
 
@@ -116,7 +127,7 @@ impl<M> MessageQueue<M> {
         if self.len.load(SeqCst) >= self.bound {
             return Err(Refused::Full(make));
         }
-        shared.push_back(make());
+        push(&mut shared, make());
         self.len.fetch_add(1, SeqCst);
         Ok(())
     }
@@ -140,7 +151,7 @@ impl<M> MessageQueue<M> {
             self.sleepers.fetch_add(1, SeqCst);
             if self.len.load(SeqCst) < self.bound {
                 self.sleepers.fetch_sub(1, SeqCst);
-                shared.push_back(make());
+                push(&mut shared, make());
                 self.len.fetch_add(1, SeqCst);
                 return Ok(());
             }
@@ -323,6 +334,21 @@ mod tests {
         q.try_send(1).unwrap();
         assert_eq!(q.recv(&mut batch), Some(1));
         assert!(batch.items.capacity() <= KEEP_CAPACITY && q.shared.lock().capacity() <= KEEP_CAPACITY);
+    }
+
+    #[test]
+    fn a_mailbox_s_first_allocation_holds_one_message_and_grows_for_a_second() {
+        let q = MessageQueue::new(usize::MAX);
+        let mut batch = Batch::default();
+        q.try_send(0u64).unwrap();
+        assert_eq!(q.shared.lock().capacity(), 1, "an idle actor keeps one slot, not four");
+        assert_eq!(q.recv(&mut batch), Some(0));
+        q.try_send(1).unwrap();
+        assert_eq!(q.shared.lock().capacity(), 1, "the slot is reused, not made again");
+        q.try_send(2).unwrap();
+        assert!(q.shared.lock().capacity() >= 2);
+        let got: Vec<u64> = std::iter::from_fn(|| q.recv(&mut batch)).collect();
+        assert_eq!(got, vec![1, 2]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use slab::Slab;
 
 use crate::actor::Actor;
 use crate::address::{ActorId, Addr, IntoRecipient};
-use crate::cell::{Cell, CellParts, Control, SupervisorHook};
+use crate::cell::{Cell, CellParts, Control, Supervision};
 use crate::event_loop::EventLoop;
 use crate::mailbox::Mailbox;
 use crate::metrics::ActorMetrics;
@@ -106,8 +106,7 @@ impl RuntimeShared {
     pub(crate) fn spawn_cell<A: Actor>(
         self: &Arc<Self>,
         actor: A,
-        factory: Option<Box<dyn FnMut() -> A + Send>>,
-        supervisor: Option<(SupervisorHook, crate::supervisor::Restart)>,
+        supervision: Option<Box<Supervision<A>>>,
         spec: SpawnOptions,
     ) -> Result<Addr<A>, SpawnError> {
         let mailbox = MessageQueue::new(match spec.mailbox {
@@ -123,11 +122,7 @@ impl RuntimeShared {
             }
             Placement::Loop(event_loop) => (Executor::Loop(event_loop.inner.clone(), self.pool.clone()), None),
         };
-        let (supervisor, restart) = match supervisor {
-            Some((hook, restart)) => (Some(hook), restart),
-            None => (None, crate::supervisor::Restart::Temporary),
-        };
-        let parts = CellParts { depth: spec.depth, actor, factory, supervisor, restart, mailbox, executor };
+        let parts = CellParts { depth: spec.depth, actor, supervision, mailbox, executor };
         let cell = Cell::new(id, self.clone(), parts);
         let key = {
             // Checked under the registry lock, which shutdown also takes to set the flag: an
@@ -262,7 +257,7 @@ impl Runtime {
     ///
     /// [`SpawnError::ShuttingDown`] once shutdown has begun.
     pub fn try_spawn<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
-        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, placement: Placement::Pool, depth: 0 })
+        self.shared.spawn_cell(actor, None, SpawnOptions { mailbox, placement: Placement::Pool, depth: 0 })
     }
 
     /// Spawns `actor` on an [`EventLoop`]: its turns run on the thread that drives the loop
@@ -279,7 +274,7 @@ impl Runtime {
         mailbox: Mailbox,
     ) -> Result<Addr<A>, SpawnError> {
         let options = SpawnOptions { mailbox, placement: Placement::Loop(event_loop.clone()), depth: 0 };
-        self.shared.spawn_cell(actor, None, None, options)
+        self.shared.spawn_cell(actor, None, options)
     }
 
     /// Spawns `actor` on a thread of its own, for handlers that block (disk, DNS, foreign
@@ -290,7 +285,7 @@ impl Runtime {
     ///
     /// [`SpawnError`] when shutting down or when no thread can be started.
     pub fn spawn_dedicated<A: Actor>(&self, actor: A, mailbox: Mailbox) -> Result<Addr<A>, SpawnError> {
-        self.shared.spawn_cell(actor, None, None, SpawnOptions { mailbox, placement: Placement::Dedicated, depth: 0 })
+        self.shared.spawn_cell(actor, None, SpawnOptions { mailbox, placement: Placement::Dedicated, depth: 0 })
     }
 
     /// Starts a supervisor; add children with [`SupervisorHandle::start_child`].

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use crate::actor::{Actor, Context, Down, ExitReason};
 use crate::address::{ActorId, Addr};
-use crate::cell::{Control, Signal};
+use crate::cell::{Control, Signal, Supervision};
 use crate::mailbox::Mailbox;
 use crate::runtime::{Placement, RuntimeShared, SpawnError, SpawnOptions};
 
@@ -228,7 +228,6 @@ pub(crate) fn start(
     let addr = shared.spawn_cell(
         Supervisor { state: state.clone() },
         None,
-        None,
         SpawnOptions { mailbox: Mailbox::Bounded(1), placement: Placement::Pool, depth },
     )?;
     Ok(SupervisorHandle { addr, state, shared: shared.clone(), depth })
@@ -257,8 +256,7 @@ impl SupervisorHandle {
         }
         let addr = self.shared.spawn_cell(
             first,
-            Some(factory),
-            Some((hook, restart)),
+            Some(Box::new(Supervision { factory, hook, restart, last_exit: None })),
             SpawnOptions { mailbox, placement, depth: self.depth + 1 },
         )?;
         st.children.push(Child { id: addr.id(), restart, control: addr.cell.clone() });
