@@ -114,12 +114,13 @@ impl Incoming {
         // on the reactor thread) between its registration and our report: then the hook leaves
         // CLOSED to us. Both sides decide under the reports lock, so a flush can never take
         // the CLOSED without the ADOPTED before it.
-        // 0: ADOPTED not reported yet; 1: reported; 2: closed before it was reported.
-        let order = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        // 0: ADOPTED not reported yet; 1: reported; 2: closed before it was reported. (Only for
+        // a socket the parent handed over: one accepted here is reported to nobody.)
+        let order = reported.then(|| Arc::new(std::sync::atomic::AtomicU8::new(0)));
         let hook_order = order.clone();
         let hook = Box::new(move |_: &CloseReason| {
             shared.open.fetch_sub(1, SeqCst);
-            if reported {
+            if let Some(hook_order) = hook_order {
                 shared.report(|r| {
                     if hook_order.compare_exchange(0, 2, SeqCst, SeqCst).is_err() {
                         r.closed.push(id);
@@ -131,7 +132,7 @@ impl Incoming {
         self.shared.unanswered.fetch_sub(1, SeqCst);
         match self.shared.reactor.adopt_with(stream, prelude, Some(hook), options, owner) {
             Ok(conn) => {
-                if self.reported {
+                if let Some(order) = order {
                     // Batched with the others adopted in this round: the parent closes its
                     // copy when it hears, and the connection's own close does not wait for
                     // that (the transport shuts a socket down before closing it).
