@@ -527,16 +527,20 @@ impl<S: Held> Ledger<S> {
     /// not adopt (PROTOCOL.md §10.6: after its channel ends a worker adopts nothing more), so
     /// those go elsewhere; what it touched it may be serving still (a worker that lost its
     /// channel finishes its connections, and its unsent ADOPTED went with the channel), so those
-    /// stay held until the process exits, and are never shut down under it.
-    pub(crate) fn release_untouched(&mut self, slot: usize, gen: u64) {
+    /// stay held until the process exits, and are never shut down under it. Returns what it
+    /// ended: an untouched socket that has had all its tries.
+    #[must_use = "an ended socket must be closed and counted, never dropped unseen"]
+    pub(crate) fn release_untouched(&mut self, slot: usize, gen: u64) -> Vec<Ended<S>> {
+        let mut ended = Vec::new();
         for id in self.held_by(gen) {
             let e = self.entries.get_mut(&id).expect("listed");
             if e.socket.touched() == Touch::Untouched {
-                self.verdict(id, slot, true);
+                ended.extend(self.verdict(id, slot, true));
             } else {
                 e.place = Place::Held { slot, gen, until: None };
             }
         }
+        ended
     }
 
     fn held_by(&self, gen: u64) -> Vec<u64> {

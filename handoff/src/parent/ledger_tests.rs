@@ -138,7 +138,7 @@ fn held_sockets_are_judged_when_the_hold_runs_out() {
     l.lost(slot, Lost::MayRun, now);
     assert!(l.hold_expired(now + HOLD / 2).is_empty());
     assert_eq!(l.hold_expired(now + HOLD), [(slot, gen)]);
-    l.release_untouched(slot, gen);
+    assert!(l.release_untouched(slot, gen).is_empty());
     assert!(queued_on(&l, id).is_some_and(|s| s != slot), "untouched: placed on the other worker");
 }
 
@@ -155,11 +155,29 @@ fn a_touched_socket_outliving_the_hold_stays_held_until_its_process_exits() {
     let gen = l.books()[slot].gen;
     l.lost(slot, Lost::MayRun, now);
     touched.set(Touch::Touched);
-    l.release_untouched(slot, gen);
+    assert!(l.release_untouched(slot, gen).is_empty());
     assert_eq!(l.len(), 1, "still held");
     assert!(l.hold_expired(now + 10 * HOLD).is_empty(), "no second deadline: it waits for the exit");
     let ended = l.judge(slot, gen);
     assert_eq!(ended.iter().map(|e| e.why).collect::<Vec<_>>(), [End::Touched]);
+}
+
+#[test]
+fn an_untouched_socket_out_of_tries_when_the_hold_runs_out_is_ended_not_dropped_unseen() {
+    // Regression (found by the property test): a held socket that had used all its tries was
+    // ended when the hold ran out, and the ending was dropped: its socket closed with no
+    // reason counted or logged, and no answer to the client.
+    let now = Instant::now();
+    let mut l = ledger(2, 1);
+    let (s, _) = sock(Touch::Untouched);
+    let id = l.admit(s, None, now);
+    let slot = queued_on(&l, id).unwrap();
+    send_all(&mut l, slot, now);
+    let gen = l.books()[slot].gen;
+    assert!(l.lost(slot, Lost::MayRun, now).is_empty(), "held while the process may run");
+    let ended = l.release_untouched(slot, gen);
+    assert_eq!(ended.iter().map(|e| (e.id, e.why)).collect::<Vec<_>>(), [(id, End::TooManyTries)]);
+    assert!(l.is_empty());
 }
 
 #[test]
@@ -550,7 +568,8 @@ fn run(ops: Vec<Op>, max_per_worker: u32) {
             Op::Advance { ms } => {
                 now += Duration::from_millis(ms);
                 for (slot, gen) in l.hold_expired(now) {
-                    l.release_untouched(slot, gen);
+                    let ended = l.release_untouched(slot, gen);
+                    m.ended(ended);
                 }
             }
             Op::Load { slot, open } => l.report_load(slot, crate::record::Load { open, queued: 0, busy: 0 }),
