@@ -3,21 +3,26 @@
 //! When a worker is lost with sockets it was sent and never answered for, the parent must know
 //! whether the worker read or wrote any of them: a worker may read and answer before it reports
 //! ADOPTED (PROTOCOL.md §9.4). The kernel keeps the answer for TCP sockets, and asking costs a
-//! `getsockopt(TCP_INFO)` and two `ioctl`s, only on that rare path:
+//! `getsockopt(TCP_INFO)`, an `ioctl` and a `poll`, only on that rare path:
 //!
 //! - bytes **consumed** = `tcpi_bytes_received − SIOCINQ` (received minus still queued), less
 //!   one for a received FIN, which both count;
-//! - bytes **written** = `tcpi_bytes_acked + SIOCOUTQ` (acknowledged plus still queued), which
-//!   a FIN sent by `shutdown` also raises (an accepted socket's SYN-ACK is not counted: 0 on a
-//!   fresh one, measured on Linux 6.18);
+//! - bytes **written** = `tcpi_bytes_sent − tcpi_bytes_retrans + tcpi_notsent_bytes` (sent
+//!   once, plus still waiting to be sent: every byte ever queued), all from `TCP_INFO`
+//!   (Linux 4.19 and later; before that, `tcpi_bytes_acked + SIOCOUTQ`, the same sum read
+//!   another way, at the cost of a second `ioctl`). An accepted socket's SYN-ACK is not
+//!   counted: 0 on a fresh one, measured on Linux 6.18;
 //! - a socket whose receiving side was shut down (`POLLRDHUP` while the client has not closed)
-//!   or that left `ESTABLISHED`/`CLOSE_WAIT` was touched too.
+//!   or that left `ESTABLISHED`/`CLOSE_WAIT` (a FIN sent by `shutdown`, say) was touched too.
 //!
 //! A socket the parent accepted itself has consumed and written nothing when it is admitted, so
 //! that path pays nothing. A socket that reaches the parent any other way (an application's
 //! [`Parent::dispatch`](crate::Parent::dispatch) after reading a handshake, a migration, a
-//! takeover) is measured once when admitted, and compared with that. A Unix socket has no such
-//! counters: its verdict is [`Touch::Unknown`], and the ledger treats that as touched.
+//! takeover) is measured once when admitted, and compared with that: a `getsockopt` and an
+//! `ioctl` per socket, not the four system calls of a verdict (the `poll` for a shut-down
+//! receiving side is left to the verdict, which then finds the socket touched: a cautious
+//! answer for a socket that came in that state). A Unix socket has no such counters: its
+//! verdict is [`Touch::Unknown`], and the ledger treats that as touched.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
@@ -50,7 +55,7 @@ impl Baseline {
 
     /// Measures `fd` now.
     pub(crate) fn measure(fd: BorrowedFd<'_>) -> Baseline {
-        match read(fd) {
+        match read(fd, false) {
             Some(Reading { counters, open: true }) => Baseline::Measured(counters),
             _ => Baseline::Unknown,
         }
@@ -63,7 +68,7 @@ impl Baseline {
             Baseline::Measured(c) => c,
             Baseline::Unknown => return Touch::Unknown,
         };
-        match read(fd) {
+        match read(fd, true) {
             None => Touch::Unknown,
             Some(now) if !now.open || now.counters.consumed > base.consumed || now.counters.written > base.written => {
                 Touch::Touched
@@ -87,7 +92,9 @@ const TCP_LAST_ACK: u8 = 9;
 const TCP_CLOSING: u8 = 11;
 const TCP_TIME_WAIT: u8 = 6;
 
-fn read(fd: BorrowedFd<'_>) -> Option<Reading> {
+/// The socket's counters; with `shut_read`, also whether its receiving side was shut down (a
+/// `poll`), else only what `TCP_INFO` says of its state.
+fn read(fd: BorrowedFd<'_>, shut_read: bool) -> Option<Reading> {
     let raw = fd.as_fd().as_raw_fd();
     let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -100,15 +107,23 @@ fn read(fd: BorrowedFd<'_>) -> Option<Reading> {
     // SAFETY: zero-initialised, then filled by the kernel; every field is a plain integer.
     let info = unsafe { info.assume_init() };
     let inq = ioctl_int(raw, libc::FIONREAD)?; // SIOCINQ
-    let outq = ioctl_int(raw, libc::TIOCOUTQ)?; // SIOCOUTQ
     let fin_in = matches!(info.tcpi_state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING | TCP_TIME_WAIT);
     let consumed = info.tcpi_bytes_received.saturating_sub(inq).saturating_sub(u64::from(fin_in));
-    let written = info.tcpi_bytes_acked + outq;
+    let written = if len as usize >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_retrans) + 8 {
+        written_from_info(&info)
+    } else {
+        info.tcpi_bytes_acked + ioctl_int(raw, libc::TIOCOUTQ)? // SIOCOUTQ
+    };
     let mut open = matches!(info.tcpi_state, TCP_ESTABLISHED | TCP_CLOSE_WAIT);
-    if info.tcpi_state == TCP_ESTABLISHED && read_shut(fd) {
+    if shut_read && info.tcpi_state == TCP_ESTABLISHED && read_shut(fd) {
         open = false; // SHUT_RD by someone: the client has sent no FIN
     }
     Some(Reading { counters: Counters { consumed, written }, open })
+}
+
+/// Every byte ever queued for sending: sent once (retransmissions counted out), or not sent yet.
+fn written_from_info(info: &libc::tcp_info) -> u64 {
+    info.tcpi_bytes_sent.saturating_sub(info.tcpi_bytes_retrans) + u64::from(info.tcpi_notsent_bytes)
 }
 
 fn ioctl_int(raw: i32, request: libc::Ioctl) -> Option<u64> {
@@ -131,6 +146,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
 
     fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -141,6 +157,33 @@ mod tests {
 
     fn settle() {
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    /// The two ways of counting written bytes agree, with bytes still queued and unsent (a
+    /// client that reads nothing).
+    #[test]
+    fn written_bytes_from_tcp_info_alone_match_acked_plus_the_send_queue() {
+        let (_client, server) = pair();
+        server.set_nonblocking(true).unwrap();
+        let mut sent = 0u64;
+        let chunk = [b'x'; 65536];
+        while let Ok(n) = (&server).write(&chunk) {
+            sent += n as u64;
+        }
+        settle();
+        let raw = server.as_raw_fd();
+        let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: as in `read`.
+        let rc = unsafe { libc::getsockopt(raw, libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len) };
+        assert_eq!(rc, 0);
+        // SAFETY: as in `read`.
+        let info = unsafe { info.assume_init() };
+        let outq = ioctl_int(raw, libc::TIOCOUTQ).unwrap();
+        assert!(outq > 0, "some bytes wait in the send queue");
+        assert_eq!(written_from_info(&info), info.tcpi_bytes_acked + outq);
+        assert_eq!(written_from_info(&info), sent);
+        assert_eq!(Baseline::measure(server.as_fd()).touched(server.as_fd()), Touch::Untouched);
     }
 
     #[test]
