@@ -40,6 +40,14 @@
 //!   user binding a `SO_REUSEPORT` socket to the address would join the group and take a share
 //!   (the program's indexes would still name ours first). A socket from systemd needs
 //!   `ReusePort=yes` so that the parent can add the others.
+//! - A takeover keeps the mode: the old parent offers the group's members by name
+//!   (`steered:TAG:i`), and a successor takes them with `Takeover::steered`. A successor that
+//!   asks for a plain listener on the group's address instead cannot bind it (the members hold
+//!   it without a plain socket among them); it fails on probation and the old parent, which
+//!   kept everything, serves on. Changing modes is a restart, not an upgrade.
+//! - The group has one member per spawned worker slot. Workers that connect by name
+//!   (`Parent::accept_workers`) get none; they receive what the parent hands over (the queues
+//!   of absent or busy slots).
 
 use std::io;
 use std::net::SocketAddr;
