@@ -93,20 +93,23 @@ END {
     name["steered"] = "(a'"'"''"'"') baton, steered"
     name["reuseport-fin"] = "(b+) SO_REUSEPORT, baton TCP opts"
     printf "wrk, %ss per run, medians of %s interleaved rounds\n", secs, rounds
-    printf "%-34s %12s %8s %8s %10s %14s %8s\n", "variant", "close req/s", "x/b", "x/b+", "cpu/req x/b", "keep req/s", "x/b"
+    printf "%-34s %12s %8s %8s %10s %14s %8s %10s\n", "variant", "close req/s", "x/b", "x/b+", "cpu/req x/b", "keep req/s", "x/b", "cpu/req x/b"
     for (k = 1; k <= 6; k++) {
-        v = order[k]; rc = ""; rf = ""; rk = ""; cc = ""
+        v = order[k]; rc = ""; rf = ""; rk = ""; cc = ""; ck = ""
         for (r = 1; r <= rounds; r++) {
             rc = rc " " ratio(rate[r, v, "close"], rate[r, "reuseport", "close"])
             cc = cc " " ratio(cpu[r, v, "close"], cpu[r, "reuseport", "close"])
             rf = rf " " ratio(rate[r, v, "close"], rate[r, "reuseport-fin", "close"])
-            if (v != "reuseport-fin") rk = rk " " ratio(rate[r, v, "keep"], rate[r, "reuseport", "keep"])
+            if (v != "reuseport-fin") {
+                rk = rk " " ratio(rate[r, v, "keep"], rate[r, "reuseport", "keep"])
+                ck = ck " " ratio(cpu[r, v, "keep"], cpu[r, "reuseport", "keep"])
+            }
         }
         if (v == "reuseport-fin")
-            printf "%-34s %12.0f %8.3f %8.3f %10.3f %14s %8s\n", name[v], median(all[v, "close"]), median(rc), median(rf), median(cc), "-", "-"
+            printf "%-34s %12.0f %8.3f %8.3f %10.3f %14s %8s %10s\n", name[v], median(all[v, "close"]), median(rc), median(rf), median(cc), "-", "-", "-"
         else
-            printf "%-34s %12.0f %8.3f %8.3f %10.3f %14.0f %8.3f\n", name[v], median(all[v, "close"]), median(rc), median(rf), median(cc), median(all[v, "keep"]), median(rk)
+            printf "%-34s %12.0f %8.3f %8.3f %10.3f %14.0f %8.3f %10.3f\n", name[v], median(all[v, "close"]), median(rc), median(rf), median(cc), median(all[v, "keep"]), median(rk), median(ck)
     }
     print "(ratios: the median over rounds of the ratio measured in the same round; cpu/req: the"
-    print " server processes'"'"' CPU time per request, new connection per request, over (b)'"'"'s)"
+    print " server processes'"'"' CPU time per request over (b)'"'"'s, new connection per request and keep-alive)"
 }' "$results"
