@@ -8,7 +8,7 @@
 //!   (`Incoming::take`) and closes it, the worker reports ADOPTED and CLOSED, the parent closes
 //!   its copy. The same work as the raw loop below, through baton's machinery.
 //! - **Handoff/baton-1-reactor** — the same, but the application adopts each socket into the
-//!   worker's reactor (`Incoming::adopt`: non-blocking mode, epoll registration and removal)
+//!   worker's reactor (`Incoming::adopt`: epoll registration and removal)
 //!   before closing it, as a server on baton's transport does. Not comparable to raw: more work.
 //! - **Handoff/raw-1** — the baseline: a parent process `sendmsg`s one descriptor per packet
 //!   over a SEQPACKET socket to a child process (up to 256 in flight), which `recvmsg`s it,

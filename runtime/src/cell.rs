@@ -274,10 +274,15 @@ impl<A: Actor> Cell<A> {
     }
 
     pub(crate) fn push_signal(self: &Arc<Self>, sig: Signal) {
-        if self.terminated.load(SeqCst) {
-            return;
+        {
+            // `terminate` sets the flag under this lock: a signal is either in before the
+            // signals are cleared, or refused, never left behind for a dead actor.
+            let mut cold = self.cold.lock();
+            if self.terminated.load(SeqCst) {
+                return;
+            }
+            cold.get_or_insert_with(Box::default).signals.push(sig);
         }
-        self.cold.lock().get_or_insert_with(Box::default).signals.push(sig);
         self.has_control.store(true, SeqCst);
         self.wake();
     }

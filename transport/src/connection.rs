@@ -705,10 +705,16 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// `NotConnected` when the connection is already closed.
+    /// `NotConnected` when the connection is already closed; the system's error when the
+    /// socket cannot be made non-blocking (the connection is then left as it was).
     pub fn detach(&self) -> io::Result<Detached> {
         let src = &self.source;
         let mut state = src.state.lock();
+        // Adopting did not touch the flags (see `send_flags`): `Detached`'s promise is kept
+        // here, before anything changes, so that a failure leaves the connection as it was.
+        if let Some(stream) = state.stream.as_ref() {
+            rustix::io::ioctl_fionbio(stream.as_fd(), true)?;
+        }
         let mut unread = Vec::new();
         for ev in state.pending.take() {
             if let ConnEvent::Data(_, bytes) = ev {
@@ -716,13 +722,7 @@ impl Connection {
             }
         }
         match src.finish(&self.reactor, &mut state, CloseReason::Detached, true) {
-            Some(stream) => {
-                // Adopting did not touch the flags (see `send_flags`): the promise is kept here.
-                if let Err(e) = rustix::io::ioctl_fionbio(stream.as_fd(), true) {
-                    log::warn!("connection {:?}: detached socket left as it came, not made non-blocking: {e}", src.id);
-                }
-                Ok(Detached { stream, unread })
-            }
+            Some(stream) => Ok(Detached { stream, unread }),
             None => Err(io::Error::new(io::ErrorKind::NotConnected, "connection already closed")),
         }
     }

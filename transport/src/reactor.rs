@@ -323,6 +323,7 @@ impl Default for Deadlines {
 
 impl Deadlines {
     fn push(&mut self, at: Instant, key: usize, source: &Arc<dyn Source>, due: Due, shared: &Shared) {
+        debug_assert!(u32::try_from(key).is_ok(), "a slab key past u32::MAX: more sources than descriptors");
         let entry = Deadline { at: since_epoch(at), key: key as u32, due, source: Arc::downgrade(source) };
         self.heap.push(std::cmp::Reverse(entry));
         if self.heap.len() > self.sweep_at && self.heap.len() > 2 * shared.sources.lock().len() {

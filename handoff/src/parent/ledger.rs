@@ -535,7 +535,10 @@ impl<S: Held> Ledger<S> {
         for id in self.held_by(gen) {
             let e = self.entries.get_mut(&id).expect("listed");
             if e.socket.touched() == Touch::Untouched {
-                ended.extend(self.verdict(id, slot, true));
+                // Judged already: placed again, or ended if out of tries (asking the kernel a
+                // second time could answer otherwise, and end it as touched under a worker
+                // that may be serving it).
+                ended.extend(self.again(id, slot));
             } else {
                 e.place = Place::Held { slot, gen, until: None };
             }

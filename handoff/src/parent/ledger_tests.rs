@@ -166,7 +166,7 @@ fn a_touched_socket_outliving_the_hold_stays_held_until_its_process_exits() {
 fn an_untouched_socket_out_of_tries_when_the_hold_runs_out_is_ended_not_dropped_unseen() {
     // Regression (found by the property test): a held socket that had used all its tries was
     // ended when the hold ran out, and the ending was dropped: its socket closed with no
-    // reason counted or logged, and no answer to the client.
+    // reason counted or logged.
     let now = Instant::now();
     let mut l = ledger(2, 1);
     let (s, _) = sock(Touch::Untouched);

@@ -8,10 +8,14 @@
 //! - bytes **consumed** = `tcpi_bytes_received − SIOCINQ` (received minus still queued), less
 //!   one for a received FIN, which both count;
 //! - bytes **written** = `tcpi_bytes_sent − tcpi_bytes_retrans + tcpi_notsent_bytes` (sent
-//!   once, plus still waiting to be sent: every byte ever queued), all from `TCP_INFO`
-//!   (Linux 4.19 and later; before that, `tcpi_bytes_acked + SIOCOUTQ`, the same sum read
-//!   another way, at the cost of a second `ioctl`). An accepted socket's SYN-ACK is not
-//!   counted: 0 on a fresh one, measured on Linux 6.18;
+//!   once, plus still waiting to be sent), all from `TCP_INFO` (Linux 4.19 and later; before
+//!   that, `tcpi_bytes_acked + SIOCOUTQ`, at the cost of a second `ioctl`). An accepted
+//!   socket's SYN-ACK is not counted: 0 on a fresh one, measured on Linux 6.18. The kernel
+//!   counts a retransmission in `tcpi_bytes_retrans` before it sends it, even when sending
+//!   fails, so this sum can fall without anyone reading or writing: a socket whose
+//!   `tcpi_bytes_retrans` moved since its baseline is therefore judged touched, whatever the
+//!   sum says (a cautious answer: retransmissions need bytes written, and a fresh socket has
+//!   none);
 //! - a socket whose receiving side was shut down (`POLLRDHUP` while the client has not closed)
 //!   or that left `ESTABLISHED`/`CLOSE_WAIT` (a FIN sent by `shutdown`, say) was touched too.
 //!
@@ -33,6 +37,8 @@ use super::ledger::Touch;
 pub(crate) struct Counters {
     consumed: u64,
     written: u64,
+    /// `tcpi_bytes_retrans` (0 where the kernel does not count it).
+    retrans: u64,
 }
 
 /// What a socket looked like when the parent admitted it.
@@ -50,7 +56,7 @@ impl Baseline {
     /// A socket the parent accepted and read `n` bytes from itself (a handshake), writing
     /// nothing: no system call needed.
     pub(crate) fn read_by_parent(n: usize) -> Baseline {
-        Baseline::Measured(Counters { consumed: n as u64, written: 0 })
+        Baseline::Measured(Counters { consumed: n as u64, written: 0, retrans: 0 })
     }
 
     /// Measures `fd` now.
@@ -70,11 +76,19 @@ impl Baseline {
         };
         match read(fd, true) {
             None => Touch::Unknown,
-            Some(now) if !now.open || now.counters.consumed > base.consumed || now.counters.written > base.written => {
-                Touch::Touched
-            }
-            Some(_) => Touch::Untouched,
+            Some(now) => compare(base, &now),
         }
+    }
+}
+
+/// The verdict: anything read, written or retransmitted since the baseline, or a socket shut
+/// down, is a touch.
+fn compare(base: Counters, now: &Reading) -> Touch {
+    let c = now.counters;
+    if !now.open || c.consumed > base.consumed || c.written > base.written || c.retrans != base.retrans {
+        Touch::Touched
+    } else {
+        Touch::Untouched
     }
 }
 
@@ -109,19 +123,24 @@ fn read(fd: BorrowedFd<'_>, shut_read: bool) -> Option<Reading> {
     let inq = ioctl_int(raw, libc::FIONREAD)?; // SIOCINQ
     let fin_in = matches!(info.tcpi_state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING | TCP_TIME_WAIT);
     let consumed = info.tcpi_bytes_received.saturating_sub(inq).saturating_sub(u64::from(fin_in));
-    let written = if len as usize >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_retrans) + 8 {
-        written_from_info(&info)
+    let (written, retrans) = if has_bytes_sent(len) {
+        (written_from_info(&info), info.tcpi_bytes_retrans)
     } else {
-        info.tcpi_bytes_acked + ioctl_int(raw, libc::TIOCOUTQ)? // SIOCOUTQ
+        (info.tcpi_bytes_acked + ioctl_int(raw, libc::TIOCOUTQ)?, 0) // SIOCOUTQ
     };
     let mut open = matches!(info.tcpi_state, TCP_ESTABLISHED | TCP_CLOSE_WAIT);
     if shut_read && info.tcpi_state == TCP_ESTABLISHED && read_shut(fd) {
         open = false; // SHUT_RD by someone: the client has sent no FIN
     }
-    Some(Reading { counters: Counters { consumed, written }, open })
+    Some(Reading { counters: Counters { consumed, written, retrans }, open })
 }
 
-/// Every byte ever queued for sending: sent once (retransmissions counted out), or not sent yet.
+/// The kernel filled `tcpi_bytes_sent` and `tcpi_bytes_retrans` (Linux 4.19 and later).
+fn has_bytes_sent(len: libc::socklen_t) -> bool {
+    len as usize >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_retrans) + 8
+}
+
+/// Bytes queued for sending: sent once (retransmissions counted out), or not sent yet.
 fn written_from_info(info: &libc::tcp_info) -> u64 {
     info.tcpi_bytes_sent.saturating_sub(info.tcpi_bytes_retrans) + u64::from(info.tcpi_notsent_bytes)
 }
@@ -175,8 +194,13 @@ mod tests {
         let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         // SAFETY: as in `read`.
-        let rc = unsafe { libc::getsockopt(raw, libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len) };
+        let rc =
+            unsafe { libc::getsockopt(raw, libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len) };
         assert_eq!(rc, 0);
+        if !has_bytes_sent(len) {
+            eprintln!("skipped: this kernel's TCP_INFO has no tcpi_bytes_sent (before 4.19)");
+            return;
+        }
         // SAFETY: as in `read`.
         let info = unsafe { info.assume_init() };
         let outq = ioctl_int(raw, libc::TIOCOUTQ).unwrap();
@@ -184,6 +208,18 @@ mod tests {
         assert_eq!(written_from_info(&info), info.tcpi_bytes_acked + outq);
         assert_eq!(written_from_info(&info), sent);
         assert_eq!(Baseline::measure(server.as_fd()).touched(server.as_fd()), Touch::Untouched);
+    }
+
+    /// A retransmission the kernel counted but could not send makes the written sum fall: it
+    /// must not hide a write by the worker.
+    #[test]
+    fn a_retransmission_counted_since_the_baseline_is_a_touch_even_when_the_sum_fell() {
+        let base = Counters { consumed: 0, written: 100, retrans: 0 };
+        let now = |written, retrans| Reading { counters: Counters { consumed: 0, written, retrans }, open: true };
+        assert_eq!(compare(base, &now(100, 0)), Touch::Untouched);
+        assert_eq!(compare(base, &now(101, 0)), Touch::Touched);
+        assert_eq!(compare(base, &now(90, 10)), Touch::Touched, "a write hidden by a failed retransmission");
+        assert_eq!(compare(base, &Reading { counters: base, open: false }), Touch::Touched);
     }
 
     #[test]

@@ -284,12 +284,11 @@ impl Handoff {
         // Held past the hold deadline by a process that still runs: what it has not touched
         // by now it refuses (it has seen its channel end).
         for (slot, gen) in self.ledger.hold_expired(now) {
+            // Out of tries: only the parent's copy is closed. Its worker's process may hold
+            // one too, and may even be serving it (an ADOPTED lost with its channel before the
+            // client said anything), so no shutdown under it; a process that holds it without
+            // serving it is killed at its exit deadline if we spawned it, which closes that copy.
             let ended = self.ledger.release_untouched(slot, gen);
-            for e in &ended {
-                // Out of tries, but its worker's process still runs and may hold a copy: shut
-                // it down, or the client waits for that process to exit.
-                let _ = rustix::net::shutdown(e.socket.socket.stream.as_fd(), rustix::net::Shutdown::Both);
-            }
             self.close_ended(ended);
         }
     }
