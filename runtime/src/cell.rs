@@ -61,7 +61,9 @@ struct Cold {
     signals: Vec<Signal>,
     /// Monitors waiting for this actor's exit.
     waiting: Vec<Monitor>,
-    /// Why it exited, once it has (a monitor added later hears at once).
+    /// Why it exited, once it has, unless the reason was `Normal` and nothing had made this
+    /// box yet: an actor that ends normally, unwatched, allocates nothing at its end (one per
+    /// connection ends with every connection). A monitor added later hears at once.
     exit: Option<ExitReason>,
     /// Producers that found the mailbox full and want a call when there is room again.
     room_waiters: Vec<RoomWaiter>,
@@ -297,14 +299,14 @@ impl<A: Actor> Cell<A> {
 
     pub(crate) fn add_monitor(&self, monitor: Monitor) {
         let mut cold = self.cold.lock();
-        let cold_ref = cold.get_or_insert_with(Box::default);
-        match cold_ref.exit.clone() {
-            Some(reason) => {
-                drop(cold);
-                monitor(Down { id: self.id, reason });
-            }
-            None => cold_ref.waiting.push(monitor),
+        // `terminate` sets the flag under this lock, with the reason unless it was `Normal`.
+        if self.terminated.load(SeqCst) {
+            let reason = cold.as_ref().and_then(|c| c.exit.clone()).unwrap_or(ExitReason::Normal);
+            drop(cold);
+            monitor(Down { id: self.id, reason });
+            return;
         }
+        cold.get_or_insert_with(Box::default).waiting.push(monitor);
     }
 
     pub(crate) fn is_terminated(&self) -> bool {
@@ -623,10 +625,19 @@ impl<A: Actor> Cell<A> {
         let monitors = {
             let mut cold = self.cold.lock();
             self.terminated.store(true, SeqCst);
-            let c = cold.get_or_insert_with(Box::default);
-            c.exit = Some(reason.clone());
-            c.signals = Vec::new();
-            std::mem::take(&mut c.waiting)
+            match cold.as_mut() {
+                Some(c) => {
+                    c.exit = Some(reason.clone());
+                    c.signals = Vec::new();
+                    std::mem::take(&mut c.waiting)
+                }
+                // Nobody watches, and a later monitor hears `Normal` without a box.
+                None if reason == ExitReason::Normal => Vec::new(),
+                None => {
+                    cold.get_or_insert_with(Box::default).exit = Some(reason.clone());
+                    Vec::new()
+                }
+            }
         };
         for m in monitors {
             let down = Down { id: self.id, reason: reason.clone() };

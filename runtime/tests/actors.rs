@@ -239,9 +239,13 @@ struct Crashy {
 
 impl Actor for Crashy {
     type Message = &'static str;
-    fn handle(&mut self, _ctx: &mut Context<Self>, msg: &'static str) {
+    fn handle(&mut self, ctx: &mut Context<Self>, msg: &'static str) {
         if msg == "panic" {
             panic!("boom");
+        }
+        if msg == "stop" {
+            ctx.stop();
+            return;
         }
         self.log.send(msg.into()).unwrap();
     }
@@ -285,6 +289,33 @@ fn monitors_receive_down_with_the_reason_and_panics_stay_isolated() {
     for _ in 0..100 {
         log.recv_timeout(WAIT).unwrap();
     }
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// An actor that ends unwatched keeps no record of a normal end (nothing is allocated for it),
+/// yet a monitor added afterwards still hears the right reason, normal or not.
+#[test]
+fn a_monitor_added_after_an_unwatched_actor_ended_hears_its_reason() {
+    let rt = Runtime::builder().threads(2).build();
+    let (log_tx, _log) = unbounded();
+    let (down_tx, downs) = unbounded();
+    let watcher = rt.spawn(Watcher { downs: down_tx });
+    let normal = rt.spawn(Crashy { log: log_tx.clone() });
+    let crashed = rt.spawn(Crashy { log: log_tx });
+    // From its own handler: no signal, so nothing made the box where a reason would go.
+    normal.send("stop").unwrap();
+    crashed.send("panic").unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !(normal.is_stopped() && crashed.is_stopped()) {
+        assert!(Instant::now() < deadline, "both end");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    watcher.send(normal.clone()).unwrap();
+    let down = downs.recv_timeout(WAIT).unwrap();
+    assert_eq!((down.id, down.reason), (normal.id(), ExitReason::Normal));
+    watcher.send(crashed.clone()).unwrap();
+    let down = downs.recv_timeout(WAIT).unwrap();
+    assert_eq!((down.id, down.reason), (crashed.id(), ExitReason::Panicked("boom".into())));
     rt.shutdown(WAIT).unwrap();
 }
 
