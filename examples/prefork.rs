@@ -43,7 +43,7 @@ use baton_handoff::proxy::{ProxyProtocol, Versions};
 use baton_handoff::systemd::{Notifier, State};
 use baton_handoff::{channel_from_env, policy, Parent, PeerCheck, Worker, WorkerCommand, WorkerOptions};
 use baton_runtime::{Actor, Context, Runtime};
-use baton_transport::{Accepted, Address, ConnEvent, ConnId, ConnOptions, Connection, Reactor};
+use baton_transport::{Accepted, Address, ConnEvent, ConnId, ConnOptions, Connection, ListenOptions, Reactor};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// `eprintln!` that never panics: a closed stderr must not turn a graceful stop into a crash.
@@ -115,7 +115,7 @@ struct Flags {
     #[arg(long, value_name = "PATH")]
     takeover: Option<std::path::PathBuf>,
     /// How long a successor must live before this parent lets go, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    #[arg(long, value_name = "MS", default_value_t = 5000, requires = "takeover")]
     probation: u64,
     /// Read a PROXY protocol header from the balancer first (needs --trusted).
     #[arg(long = "proxy-protocol", value_enum, value_name = "VERSION")]
@@ -127,7 +127,7 @@ struct Flags {
     #[arg(long, value_name = "ADDR")]
     agent: Option<SocketAddr>,
     /// How long a graceful stop says `drain` to the agent check before it stops accepting, in ms.
-    #[arg(long = "drain-grace", value_name = "MS", default_value_t = 1000)]
+    #[arg(long = "drain-grace", value_name = "MS", default_value_t = 1000, requires = "agent")]
     drain_grace: u64,
     /// Place each connection by the Host of its first request (sticky), read in the parent.
     #[arg(long = "route-by-host")]
@@ -182,9 +182,12 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
             std::process::exit(0);
         }
         Err(e) => {
+            // clap's message, up to its own usage line, on one line.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or_default();
-            return Err(first.strip_prefix("error: ").unwrap_or(first).to_string());
+            let message: Vec<&str> =
+                text.lines().map(str::trim).take_while(|l| !l.is_empty() && !l.starts_with("Usage:")).collect();
+            let message = message.join(" ");
+            return Err(message.strip_prefix("error: ").unwrap_or(&message).to_string());
         }
     };
     flags.check()
@@ -319,6 +322,15 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     };
     let rt = Runtime::new();
     let reactor = Reactor::start()?;
+    // Before any worker starts: a port that cannot be had is a mistake to say at once. Bound
+    // with SO_REUSEPORT, so that a successor binds it beside its predecessor during an upgrade
+    // (both answer until the old one exits) instead of losing it.
+    if let (Some(addr), Some(handle)) = (opts.metrics, metrics) {
+        let server = rt.spawn(MetricsServer { handle, reactor: reactor.clone(), conns: Default::default(), me: None });
+        let options = ListenOptions { reuse_port: true, ..HttpServer::listen_options() };
+        let l = reactor.listen_tcp(addr, options, server.recipient()).map_err(|e| at("--metrics", addr, e))?;
+        note!("prefork: metrics on http://{}/metrics", show(l.local_addr()));
+    }
     // Routing by host places by key: sticky.
     let policy_name = if opts.route_by_host { "sticky" } else { opts.policy.as_str() };
     let policy = policy::by_name(policy_name).map_err(|p| std::io::Error::other(format!("unknown policy {p}")))?;
@@ -342,7 +354,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             let options = HttpServer::listen_options();
             let group: Vec<_> = if steered.is_empty() { given.into_iter().collect() } else { steered };
             if group.is_empty() {
-                parent.listen_steered(opts.listen, &options, 0)?
+                parent.listen_steered(opts.listen, &options, 0).map_err(|e| at("--listen", opts.listen, e))?
             } else {
                 parent.steer(group, &options, 0)?
             }
@@ -356,10 +368,13 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             l.local_addr().clone()
         }
         (None, Mode::Listeners) => {
-            parent.share_listener(deferred(std::net::TcpListener::bind(opts.listen)?.into()), 0)?
+            let l = std::net::TcpListener::bind(opts.listen).map_err(|e| at("--listen", opts.listen, e))?;
+            parent.share_listener(deferred(l.into()), 0)?
         }
         (None, Mode::Handoff) => {
-            let l = reactor.listen_tcp(opts.listen, HttpServer::listen_options(), parent.recipient())?;
+            let l = reactor
+                .listen_tcp(opts.listen, HttpServer::listen_options(), parent.recipient())
+                .map_err(|e| at("--listen", opts.listen, e))?;
             attach(&parent, &l, &opts)?;
             l.local_addr().clone()
         }
@@ -367,26 +382,14 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     // HAProxy's agent check: our weight from the workers' load, `drain` before a stop. (Bound
     // with SO_REUSEPORT: during an upgrade both generations answer on it.)
     let agent = match opts.agent {
-        Some(addr) => match baton_handoff::agent::AgentCheck::serve(&rt, &reactor, parent.clone(), addr, 64) {
-            Ok(a) => {
-                note!("prefork: agent check on {}", show(a.local_addr()));
-                Some(a)
-            }
-            Err(e) => {
-                note!("prefork: no agent check: {e}");
-                None
-            }
-        },
+        Some(addr) => {
+            let a = baton_handoff::agent::AgentCheck::serve(&rt, &reactor, parent.clone(), addr, 64)
+                .map_err(|e| at("--agent", addr, e))?;
+            note!("prefork: agent check on {}", show(a.local_addr()));
+            Some(a)
+        }
         None => None,
     };
-    if let (Some(addr), Some(handle)) = (opts.metrics, metrics) {
-        let server = rt.spawn(MetricsServer { handle, reactor: reactor.clone(), conns: Default::default(), me: None });
-        // (During a takeover the predecessor may still hold the port for a moment.)
-        match reactor.listen_tcp(addr, HttpServer::listen_options(), server.recipient()) {
-            Ok(l) => note!("prefork: metrics on http://{}/metrics", show(l.local_addr())),
-            Err(e) => note!("prefork: no metrics endpoint: {e}"),
-        }
-    }
     // "Ready to serve" means workers that answered, before the line below or a predecessor's
     // release. (Sockets accepted meanwhile wait in the parent.)
     if !parent.wait_ready(Duration::from_secs(10)) {
@@ -602,6 +605,11 @@ fn status_line(parent: &Parent) -> Option<String> {
         s.workers.len(),
         s.in_flight
     ))
+}
+
+/// `e`, saying which option's address it is about.
+fn at(option: &str, addr: SocketAddr, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{option} {addr}: {e}"))
 }
 
 fn show(addr: &Address) -> String {

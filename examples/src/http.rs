@@ -511,8 +511,11 @@ enum Socket {
 enum ConnMsg {
     /// The connection's events.
     Event(ConnEvent),
-    /// The worker drains: close when idle.
-    Drain,
+    /// The worker drains: answer what comes with `Connection: close`, and close an idle
+    /// connection after this grace.
+    Drain(Duration),
+    /// A drain's grace for an idle connection is over.
+    DrainIdle,
     /// A heavy request's work, done on a pool thread, is over: answer it.
     HeavyDone,
     /// The deadline of a request head (the `n`th set on this connection) has come.
@@ -689,8 +692,14 @@ impl HttpConn {
         }
     }
 
+    /// Between requests: answered at least once, nothing read and unanswered, no heavy
+    /// request under way.
+    fn is_idle(&self) -> bool {
+        self.conn.is_some() && self.buf.is_empty() && self.answered > 0 && self.heavy.is_none()
+    }
+
     fn close_if_idle(&mut self) {
-        if self.conn.is_some() && self.buf.is_empty() && self.answered > 0 && self.heavy.is_none() {
+        if self.is_idle() {
             self.close();
         }
     }
@@ -742,10 +751,18 @@ impl Actor for HttpConn {
 
     fn handle(&mut self, ctx: &mut Context<Self>, msg: ConnMsg) {
         match msg {
-            ConnMsg::Drain => {
+            ConnMsg::Drain(grace) => {
                 self.draining = true;
-                self.close_if_idle();
+                // An idle keep-alive connection may have its client's next request on the way:
+                // closed at once, that request would be lost. It gets the grace to arrive (and
+                // be answered with `Connection: close`).
+                if grace.is_zero() {
+                    self.close_if_idle();
+                } else if self.is_idle() {
+                    ctx.send_after(grace, ConnMsg::DrainIdle);
+                }
             }
+            ConnMsg::DrainIdle => self.close_if_idle(),
             ConnMsg::Event(ConnEvent::Data(_, bytes)) => {
                 if !self.closing {
                     if self.buf.is_empty() {
@@ -818,7 +835,17 @@ pub struct HttpOptions {
     /// faster than its pool works would otherwise make each heavy request wait for all those
     /// before it). Default [`MAX_HEAVY`].
     pub max_heavy: usize,
+    /// When the worker drains (an upgrade, a stop), how long an idle keep-alive connection
+    /// stays open for its client's next request, which is answered with `Connection: close`
+    /// (at most half the time the drain has). A client that sends without pause (a load
+    /// generator, a proxy's connection pool) then never has a request cut off by the close;
+    /// one that sends later finds the connection closed, which HTTP clients retry. Zero closes
+    /// idle connections at once. Default [`DRAIN_IDLE_GRACE`].
+    pub drain_idle_grace: Duration,
 }
+
+/// How long a draining server keeps an idle keep-alive connection open, by default.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// Heavy requests a server runs or queues at once, by default: with the example's two pool
 /// threads, a heavy request waits for at most three others ahead of it on each.
@@ -826,7 +853,12 @@ pub const MAX_HEAVY: usize = 8;
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        HttpOptions { head_timeout: HEAD_TIMEOUT, idle_timeout: IDLE_TIMEOUT, max_heavy: MAX_HEAVY }
+        HttpOptions {
+            head_timeout: HEAD_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            max_heavy: MAX_HEAVY,
+            drain_idle_grace: DRAIN_IDLE_GRACE,
+        }
     }
 }
 
@@ -934,13 +966,16 @@ impl Actor for HttpServer {
                 let reactor = self.reactor.clone();
                 self.start(ctx, Socket::Accepted(acc, reactor));
             }
-            HttpMsg::Worker(WorkerEvent::Drain { .. }) => {
-                // Idle keep-alive connections close now; busy and new ones after their next
-                // answer (which says `Connection: close`).
+            HttpMsg::Worker(WorkerEvent::Drain { deadline }) => {
+                // Busy and new connections close after their next answer (which says
+                // `Connection: close`); idle keep-alive ones too if a request comes within the
+                // grace (at most half the time left), else when it ends.
                 self.draining = true;
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let grace = self.shared.options.drain_idle_grace.min(left / 2);
                 for (_, c) in self.shared.conns.lock().iter() {
                     if let Some(c) = c {
-                        let _ = c.try_send(ConnMsg::Drain);
+                        let _ = c.try_send(ConnMsg::Drain(grace));
                     }
                 }
             }

@@ -420,7 +420,7 @@ fn socket_activated_by_systemd_socket_activate_when_it_is_installed() {
 
 #[test]
 fn sigusr2_upgrades_ten_times_without_a_failed_request() {
-    let path = upgrades_fail_no_request("takeover", &[], 10, Duration::from_millis(100));
+    let path = upgrades_fail_no_request("takeover", &[], Client::Close, 10, Duration::from_millis(100));
     assert!(!path.exists(), "the control socket is removed at the end");
 }
 
@@ -783,7 +783,13 @@ fn steered_mode_serves_the_queue_of_a_worker_that_died() {
 /// A successor takes the whole group over (its members in order): upgrades fail no request.
 #[test]
 fn steered_mode_upgrades_without_a_failed_request() {
-    upgrades_fail_no_request("steered", &["--workers", "2", "--mode", "steered"], 3, Duration::from_millis(200));
+    upgrades_fail_no_request(
+        "steered",
+        &["--workers", "2", "--mode", "steered"],
+        Client::Close,
+        3,
+        Duration::from_millis(200),
+    );
 }
 
 /// The regression: a worker told to drain closed its shared listeners and, once it had nothing
@@ -792,13 +798,94 @@ fn steered_mode_upgrades_without_a_failed_request() {
 /// not drained until every connection its listeners accepted has been served.
 #[test]
 fn a_draining_worker_serves_what_its_shared_listener_accepted_before_it_closed() {
-    upgrades_fail_no_request("listeners", &["--workers", "2", "--mode", "listeners"], 3, Duration::from_millis(200));
+    upgrades_fail_no_request(
+        "listeners",
+        &["--workers", "2", "--mode", "listeners"],
+        Client::Close,
+        3,
+        Duration::from_millis(200),
+    );
 }
 
 /// `times` SIGUSR2 upgrades, `pause` apart, of a prefork started with `extra` (every generation
 /// logs "prefork: parent <pid> serving" on the shared stderr), under a client loop: none
 /// fails, and each old parent exits. Returns the control socket's path.
-fn upgrades_fail_no_request(name: &str, extra: &[&str], times: usize, pause: Duration) -> std::path::PathBuf {
+/// The regression: a draining worker closed its idle keep-alive connections at once, so a
+/// client whose next request was already on its way saw the connection close under it (wrk,
+/// keep-alive: one read error per connection at every upgrade). Now an idle connection gets a
+/// grace for that request, which is answered with `Connection: close`. The metrics endpoint
+/// comes through the upgrades too (it was lost at every other one: the successor could not
+/// bind the port its predecessor held).
+#[test]
+fn keep_alive_clients_and_metrics_come_through_upgrades() {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
+    let flag = metrics.to_string();
+    for mode in ["handoff", "steered"] {
+        upgrades_fail_no_request(
+            &format!("keep-alive-{mode}"),
+            &["--workers", "2", "--mode", mode, "--metrics", &flag],
+            Client::KeepAlive,
+            2,
+            Duration::from_millis(300),
+        );
+    }
+}
+
+/// How the client loop of [`upgrades_fail_no_request`] talks.
+#[derive(Clone, Copy, Debug)]
+enum Client {
+    /// A new connection per request (`Connection: close`).
+    Close,
+    /// One connection, kept alive until the server says `Connection: close`, then a new one.
+    KeepAlive,
+}
+
+/// A request on the kept-alive connection in `conn` (made first if there is none): its
+/// status line, or "" when the connection ended without an answer.
+fn keep_alive_get(conn: &std::sync::Mutex<Option<BufReader<TcpStream>>>, addr: SocketAddr) -> String {
+    let mut slot = conn.lock().unwrap();
+    let mut r = match slot.take() {
+        Some(r) => r,
+        None => {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            BufReader::new(s)
+        }
+    };
+    if write!(r.get_mut(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+        return String::new();
+    }
+    let mut status = String::new();
+    if r.read_line(&mut status).is_err() || status.is_empty() {
+        return String::new();
+    }
+    let (mut len, mut close) = (0, false);
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        let h = h.to_ascii_lowercase();
+        if let Some(v) = h.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+        close |= h.starts_with("connection:") && h.contains("close");
+    }
+    r.read_exact(&mut vec![0; len]).unwrap();
+    if !close {
+        *slot = Some(r);
+    }
+    status.trim().to_string()
+}
+
+fn upgrades_fail_no_request(
+    name: &str,
+    extra: &[&str],
+    client: Client,
+    times: usize,
+    pause: Duration,
+) -> std::path::PathBuf {
     let mut u =
         Upgradable::start_with(name, 100, extra, |l| l.strip_prefix("prefork: parent ")?.strip_suffix(" serving"));
     let (addr, path) = (u.addr, u.path.clone());
@@ -809,7 +896,14 @@ fn upgrades_fail_no_request(name: &str, extra: &[&str], times: usize, pause: Dur
             .unwrap_or_else(|_| panic!("{what}; the servers said:\n{}", log.lock().unwrap().join("\n")))
     };
     let mut parent = next_serving("first parent serving");
-    let load = ClientLoop::start(move || get(addr, "/").0);
+    let metrics = extra.iter().position(|f| *f == "--metrics").map(|i| extra[i + 1].parse::<SocketAddr>().unwrap());
+    let load = match client {
+        Client::Close => ClientLoop::start(move || get(addr, "/").0),
+        Client::KeepAlive => {
+            let conn = std::sync::Mutex::new(None);
+            ClientLoop::start(move || keep_alive_get(&conn, addr))
+        }
+    };
     for _ in 0..times {
         std::thread::sleep(pause);
         signal(parent, rustix::process::Signal::USR2);
@@ -817,6 +911,11 @@ fn upgrades_fail_no_request(name: &str, extra: &[&str], times: usize, pause: Dur
         assert_ne!(next, parent);
         wait_gone(parent, "the old parent did not exit after the takeover");
         parent = next;
+        if let Some(m) = metrics {
+            let (status, body) = get(m, "/metrics");
+            assert_eq!(status, "HTTP/1.1 200 OK", "{name}: metrics after an upgrade");
+            assert!(body.contains("baton_handoff_"), "{name}: the successor's metrics: {body}");
+        }
     }
     std::thread::sleep(pause);
     let (ok, failed) = load.stop();
