@@ -74,7 +74,7 @@ fn main() -> std::io::Result<()> {
         let flags = Flags::parse();
         let parent = Parent::builder().spawn(flags.workers, WorkerCommand::current_exe()?).start(&rt, &reactor)?;
         let listener = parent.listen_tcp(flags.listen, ListenOptions::default())?;
-        println!("echo on {:?}; Ctrl-C to stop", listener.local_addr());
+        println!("echo on {}; Ctrl-C to stop", listener.local_addr());
         loop {
             std::thread::park();
         }

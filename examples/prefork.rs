@@ -43,7 +43,7 @@ use baton_handoff::proxy::{ProxyProtocol, Versions};
 use baton_handoff::systemd::{Notifier, State};
 use baton_handoff::{channel_from_env, policy, Parent, PeerCheck, Worker, WorkerCommand, WorkerOptions};
 use baton_runtime::{Actor, Context, Runtime};
-use baton_transport::{Accepted, Address, ConnEvent, ConnId, ConnOptions, Connection, ListenOptions, Reactor};
+use baton_transport::{Accepted, ConnEvent, ConnId, ConnOptions, Connection, ListenOptions, Reactor};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// `eprintln!` that never panics: a closed stderr must not turn a graceful stop into a crash.
@@ -329,7 +329,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
         let server = rt.spawn(MetricsServer { handle, reactor: reactor.clone(), conns: Default::default(), me: None });
         let options = ListenOptions { reuse_port: true, ..HttpServer::listen_options() };
         let l = reactor.listen_tcp(addr, options, server.recipient()).map_err(|e| at("--metrics", addr, e))?;
-        note!("prefork: metrics on http://{}/metrics", show(l.local_addr()));
+        note!("prefork: metrics on http://{}/metrics", l.local_addr());
     }
     // Routing by host places by key: sticky.
     let policy_name = if opts.route_by_host { "sticky" } else { opts.policy.as_str() };
@@ -385,7 +385,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
         Some(addr) => {
             let a = baton_handoff::agent::AgentCheck::serve(&rt, &reactor, parent.clone(), addr, 64)
                 .map_err(|e| at("--agent", addr, e))?;
-            note!("prefork: agent check on {}", show(a.local_addr()));
+            note!("prefork: agent check on {}", a.local_addr());
             Some(a)
         }
         None => None,
@@ -435,7 +435,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     note!("prefork: parent {me} serving");
     let mut out = std::io::stdout();
     // (A successor's stdout may have no reader any more: not a reason to stop serving.)
-    let _ = writeln!(out, "listening on http://{}", show(&bound));
+    let _ = writeln!(out, "listening on http://{}", &bound);
     let _ = out.flush();
 
     // Successors started by SIGUSR2: one that fails is reaped here (and this parent, whose
@@ -534,7 +534,7 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
         }
     }
     match parent.drain(DRAIN) {
-        Ok(report) => note!("prefork: drained: {report:?}"),
+        Ok(report) => note!("prefork: drained: {report}"),
         Err(e) => note!("prefork: drain failed: {e}"),
     }
     parent.stop();
@@ -610,13 +610,6 @@ fn status_line(parent: &Parent) -> Option<String> {
 /// `e`, saying which option's address it is about.
 fn at(option: &str, addr: SocketAddr, e: std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{option} {addr}: {e}"))
-}
-
-fn show(addr: &Address) -> String {
-    match addr {
-        Address::Inet(a) => a.to_string(),
-        other => format!("{other:?}"),
-    }
 }
 
 fn worker(channel: std::io::Result<baton_handoff::Channel>) -> ExitCode {

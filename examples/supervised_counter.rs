@@ -6,6 +6,13 @@
 use std::time::Duration;
 
 use baton_runtime::{Actor, ChildSpec, Context, Intensity, ReplyTo, Restart, Runtime, Strategy};
+use clap::Parser;
+
+/// A supervised counter that crashes on a negative input (the panic and its restart are
+/// logged), is restarted in place and keeps serving the same address; it prints the totals
+/// and exits. No options.
+#[derive(Parser)]
+struct Flags {}
 
 enum Msg {
     Add(i64),
@@ -35,6 +42,7 @@ impl Actor for Counter {
 }
 
 fn main() {
+    Flags::parse();
     // The restart is logged by the supervisor (target `baton_runtime`): the logger shows it.
     baton_examples::init_logging("supervised_counter");
     let rt = Runtime::new();

@@ -69,6 +69,17 @@ pub enum Address {
     Unix(Option<PathBuf>),
 }
 
+/// `127.0.0.1:8080`, `[::1]:8080`, `unix:/run/app.sock`, or `unix:(unnamed)`.
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Inet(a) => write!(f, "{a}"),
+            Address::Unix(Some(p)) => write!(f, "unix:{}", p.display()),
+            Address::Unix(None) => f.write_str("unix:(unnamed)"),
+        }
+    }
+}
+
 /// The message a listener posts to its owner for every connection it accepts.
 #[derive(Debug)]
 pub struct Accepted {

@@ -1092,7 +1092,7 @@ impl Handoff {
                 Verdict::NoReady | Verdict::Hung => Down::Deadline,
                 Verdict::Overstayed => Down::Overstayed,
             };
-            log::warn!("handoff: worker {slot} (pid {:?}): {verdict:?}", self.slots[slot].pid);
+            log::warn!("handoff: worker {slot} (pid {}): {verdict}", super::slot::pid_text(self.slots[slot].pid));
             self.lose(slot, why);
         }
         self.watch_exits(now);
@@ -1237,16 +1237,19 @@ impl Handoff {
             for (i, v) in views.iter_mut().enumerate().take(n) {
                 v.ready &= self.steered[g].serving[i] == self.slots[i].gen;
             }
-            if now >= self.steered[g].refresh_at {
-                self.steered[g].attached = None;
+            // Attached again now and then even when nothing changed (see `REFRESH`): not a change.
+            let refresh = now >= self.steered[g].refresh_at;
+            if refresh {
                 self.steered[g].refresh_at = now + steering::REFRESH;
             }
             if !active {
                 self.steered[g].attached = None;
             } else {
                 let weights = steering::weights(&views, n);
-                if self.steered[g].attached.as_ref() != Some(&weights) {
+                let changed = self.steered[g].attached.as_ref() != Some(&weights);
+                if changed || refresh {
                     match steering::attach(self.shared[first].fd.as_fd(), &steering::program(&weights)) {
+                        Ok(()) if !changed => {}
                         Ok(()) => {
                             metrics::counter!("baton_handoff_steering_changes_total").increment(1);
                             let total: u32 = weights.iter().sum();

@@ -45,6 +45,22 @@ pub(crate) enum Verdict {
     Overstayed,
 }
 
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Fine => "fine",
+            Verdict::NoReady => "not ready within the startup deadline",
+            Verdict::Hung => "sockets unanswered past the adoption deadline and nothing heard for as long",
+            Verdict::Overstayed => "still draining past its deadline",
+        })
+    }
+}
+
+/// The pid for a log line: the number, or `-` for a worker not (yet) known by one.
+pub(crate) fn pid_text(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "-".to_string(), |p| p.to_string())
+}
+
 /// What to do about a slot that is down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Restart {

@@ -114,6 +114,17 @@ pub struct DrainReport {
     pub killed: usize,
 }
 
+/// `2 workers exited, 0 killed, 0 connections never placed`.
+impl std::fmt::Display for DrainReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} worker(s) exited, {} killed, {} connection(s) never placed",
+            self.exited, self.killed, self.unplaced
+        )
+    }
+}
+
 /// The last [`LATENCY_WINDOW`] accept-to-adopted times.
 #[derive(Debug, Default)]
 pub(crate) struct Latencies(VecDeque<Duration>);

@@ -178,9 +178,9 @@ impl Handoff {
         let (gen, pid) = (s.gen, s.pid);
         let quiet = why == Down::EndOfFile && (matches!(s.phase, Phase::Draining { .. }) || self.drain.is_some());
         if quiet {
-            log::info!("handoff: worker {slot} (pid {pid:?}) finished");
+            log::info!("handoff: worker {slot} (pid {}) finished", super::slot::pid_text(pid));
         } else {
-            log::warn!("handoff: worker {slot} (pid {pid:?}) is down: {why}");
+            log::warn!("handoff: worker {slot} (pid {}) is down: {why}", super::slot::pid_text(pid));
             metrics::counter!("baton_handoff_worker_down_total").increment(1);
         }
         let mut process = self.procs[slot].take();

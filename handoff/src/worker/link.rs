@@ -352,7 +352,10 @@ impl Link {
         let Some(me) = self.me.clone() else { return };
         match self.shared.reactor.adopt_listener(fd, ListenOptions::default(), me.recipient()) {
             Ok(listener) => {
-                log::info!("handoff worker: accepting on {:?} (shared by the parent)", listener.local_addr());
+                log::info!(
+                    "handoff worker: accepting on {} (a listening socket from the parent)",
+                    listener.local_addr()
+                );
                 if self.listeners_paused {
                     listener.pause();
                 }
