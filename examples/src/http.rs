@@ -473,7 +473,7 @@ struct HttpConn {
     /// announcement (when there is a parent to tell), and whether the client asked to close.
     heavy: Option<(Option<baton_handoff::Busy>, bool)>,
     /// Responses written: a connection that has not had one is not idle, only new (its first
-    /// request may be on the wire), and a drain must not close it.
+    /// request may be on the wire): a drain closes it only after its grace.
     answered: u32,
     /// A response with `Connection: close` went out: ignore what follows.
     closing: bool,
@@ -692,10 +692,14 @@ impl HttpConn {
         }
     }
 
-    /// Between requests: answered at least once, nothing read and unanswered, no heavy
-    /// request under way.
+    /// Between requests: answered at least once, and quiet.
     fn is_idle(&self) -> bool {
-        self.conn.is_some() && self.buf.is_empty() && self.answered > 0 && self.heavy.is_none()
+        self.answered > 0 && self.is_quiet()
+    }
+
+    /// Nothing read and unanswered, no heavy request under way: idle, or new and silent.
+    fn is_quiet(&self) -> bool {
+        self.conn.is_some() && self.buf.is_empty() && self.heavy.is_none()
     }
 
     fn close_if_idle(&mut self) {
@@ -756,13 +760,19 @@ impl Actor for HttpConn {
                 // An idle keep-alive connection may have its client's next request on the way:
                 // closed at once, that request would be lost. It gets the grace to arrive (and
                 // be answered with `Connection: close`).
+                // A new one too: its first request may be on the way, and a client that opened
+                // it and says nothing must not hold the drain to its deadline.
                 if grace.is_zero() {
                     self.close_if_idle();
-                } else if self.is_idle() {
+                } else if self.is_quiet() {
                     ctx.send_after(grace, ConnMsg::DrainIdle);
                 }
             }
-            ConnMsg::DrainIdle => self.close_if_idle(),
+            ConnMsg::DrainIdle => {
+                if self.is_quiet() {
+                    self.close();
+                }
+            }
             ConnMsg::Event(ConnEvent::Data(_, bytes)) => {
                 if !self.closing {
                     if self.buf.is_empty() {
@@ -836,8 +846,9 @@ pub struct HttpOptions {
     /// before it). Default [`MAX_HEAVY`].
     pub max_heavy: usize,
     /// When the worker drains (an upgrade, a stop), how long an idle keep-alive connection
-    /// stays open for its client's next request, which is answered with `Connection: close`
-    /// (at most half the time the drain has). A client that sends without pause (a load
+    /// (or a new one that has not sent its first request) stays open for its client's next
+    /// request, which is answered with `Connection: close` (at most half the time the drain
+    /// has). A client that sends without pause (a load
     /// generator, a proxy's connection pool) then never has a request cut off by the close;
     /// one that sends later finds the connection closed, which HTTP clients retry. Zero closes
     /// idle connections at once. Default [`DRAIN_IDLE_GRACE`].

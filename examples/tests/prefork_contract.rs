@@ -831,6 +831,60 @@ fn keep_alive_clients_and_metrics_come_through_upgrades() {
     }
 }
 
+/// The regression: a client that opened a connection and sent nothing held its worker's drain
+/// to the deadline (5 s, then `DeadlineExpired { open: 1 }`): a new connection was never closed
+/// by a drain. Now it gets the same grace as an idle one, then the worker closes it and exits.
+#[test]
+fn a_silent_new_connection_does_not_hold_a_drain_to_its_deadline() {
+    let mut child = Command::new(prefork_binary())
+        .process_group(0)
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--metrics", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start prefork");
+    let _group = GroupGuard(child.id());
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr: SocketAddr = line.trim().strip_prefix("listening on http://").unwrap().parse().unwrap();
+    let (found, metrics) = std::sync::mpsc::channel();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for l in err.lines().map_while(Result::ok) {
+            if let Some(m) = l.strip_prefix("prefork: metrics on http://") {
+                let _ = found.send(m.trim_end_matches("/metrics").parse::<SocketAddr>().unwrap());
+            }
+            all.push_str(&l);
+            all.push('\n');
+        }
+        all
+    });
+    let metrics = metrics.recv_timeout(WAIT).expect("the metrics line");
+    assert_eq!(get(addr, "/").0, "HTTP/1.1 200 OK");
+    // One that says nothing: the kernel holds it for the deferred accept (about a second),
+    // then the parent accepts it and the worker adopts it, which its load says.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !get(metrics, "/metrics").1.lines().any(|l| l.starts_with("baton_handoff_worker_load") && l.ends_with(" 1")) {
+        assert!(Instant::now() < deadline, "the silent connection never reached the worker");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(child.id(), rustix::process::Signal::TERM);
+    assert_eq!(silent.read(&mut [0u8; 16]).unwrap(), 0, "closed by the drain, not left open");
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "prefork did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = log.join().unwrap();
+    assert!(log.contains("exiting: Drained"), "{log}");
+    assert!(!log.contains("DeadlineExpired"), "{log}");
+}
+
 /// How the client loop of [`upgrades_fail_no_request`] talks.
 #[derive(Clone, Copy, Debug)]
 enum Client {
