@@ -807,9 +807,6 @@ fn a_draining_worker_serves_what_its_shared_listener_accepted_before_it_closed()
     );
 }
 
-/// `times` SIGUSR2 upgrades, `pause` apart, of a prefork started with `extra` (every generation
-/// logs "prefork: parent <pid> serving" on the shared stderr), under a client loop: none
-/// fails, and each old parent exits. Returns the control socket's path.
 /// The regression: a draining worker closed its idle keep-alive connections at once, so a
 /// client whose next request was already on its way saw the connection close under it (wrk,
 /// keep-alive: one read error per connection at every upgrade). Now an idle connection gets a
@@ -933,6 +930,9 @@ fn keep_alive_get(conn: &std::sync::Mutex<Option<BufReader<TcpStream>>>, addr: S
     status.trim().to_string()
 }
 
+/// `times` SIGUSR2 upgrades, `pause` apart, of a prefork started with `extra` (every generation
+/// logs "prefork: parent <pid> serving" on the shared stderr), under a client loop talking as `client` says: none
+/// fails, and each old parent exits. Returns the control socket's path.
 fn upgrades_fail_no_request(
     name: &str,
     extra: &[&str],
