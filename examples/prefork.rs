@@ -324,12 +324,34 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
     let reactor = Reactor::start()?;
     // Before any worker starts: a port that cannot be had is a mistake to say at once. Bound
     // with SO_REUSEPORT, so that a successor binds it beside its predecessor during an upgrade
-    // (both answer until the old one exits) instead of losing it.
+    // (both answer until the old one is taken over) instead of losing it. A predecessor built
+    // before that holds the port alone: a successor then binds it once that one lets go.
+    let metrics_listener = std::sync::Arc::new(std::sync::Mutex::new(None::<baton_transport::Listener>));
     if let (Some(addr), Some(handle)) = (opts.metrics, metrics) {
         let server = rt.spawn(MetricsServer { handle, reactor: reactor.clone(), conns: Default::default(), me: None });
         let options = ListenOptions { reuse_port: true, ..HttpServer::listen_options() };
-        let l = reactor.listen_tcp(addr, options, server.recipient()).map_err(|e| at("--metrics", addr, e))?;
-        note!("prefork: metrics on http://{}/metrics", l.local_addr());
+        match reactor.listen_tcp(addr, options, server.recipient()) {
+            Ok(l) => {
+                note!("prefork: metrics on http://{}/metrics", l.local_addr());
+                *metrics_listener.lock().unwrap() = Some(l);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && takeover.is_some() => {
+                note!("prefork: --metrics {addr}: held by the parent we take over from; bound once it lets go");
+                let (reactor, slot) = (reactor.clone(), metrics_listener.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..METRICS_RETRIES {
+                        std::thread::sleep(Duration::from_millis(250));
+                        if let Ok(l) = reactor.listen_tcp(addr, options, server.recipient()) {
+                            note!("prefork: metrics on http://{}/metrics", l.local_addr());
+                            *slot.lock().unwrap() = Some(l);
+                            return;
+                        }
+                    }
+                    note!("prefork: --metrics {addr}: still in use after a minute; no metrics endpoint");
+                });
+            }
+            Err(e) => return Err(at("--metrics", addr, e)),
+        }
     }
     // Routing by host places by key: sticky.
     let policy_name = if opts.route_by_host { "sticky" } else { opts.policy.as_str() };
@@ -339,6 +361,18 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
         .boxed_policy(policy)
         .takeover_probation(opts.probation)
         .start(&rt, &reactor)?;
+    // HAProxy's agent check: our weight from the workers' load, `drain` before a stop. (Bound
+    // with SO_REUSEPORT: during an upgrade both generations answer on it.) Before the
+    // listening socket: a failure here must not drop what that socket would have accepted.
+    let agent = match opts.agent {
+        Some(addr) => {
+            let a = baton_handoff::agent::AgentCheck::serve(&rt, &reactor, parent.clone(), addr, 64)
+                .map_err(|e| at("--agent", addr, e))?;
+            note!("prefork: agent check on {}", a.local_addr());
+            Some(a)
+        }
+        None => None,
+    };
     if takeover.is_some() {
         // A successor accepts only once its workers can take what it accepts: if it dies
         // before, every connection queued meanwhile is still in the socket for its predecessor.
@@ -378,17 +412,6 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
             attach(&parent, &l, &opts)?;
             l.local_addr().clone()
         }
-    };
-    // HAProxy's agent check: our weight from the workers' load, `drain` before a stop. (Bound
-    // with SO_REUSEPORT: during an upgrade both generations answer on it.)
-    let agent = match opts.agent {
-        Some(addr) => {
-            let a = baton_handoff::agent::AgentCheck::serve(&rt, &reactor, parent.clone(), addr, 64)
-                .map_err(|e| at("--agent", addr, e))?;
-            note!("prefork: agent check on {}", a.local_addr());
-            Some(a)
-        }
-        None => None,
     };
     // "Ready to serve" means workers that answered, before the line below or a predecessor's
     // release. (Sockets accepted meanwhile wait in the parent.)
@@ -527,6 +550,9 @@ fn parent(opts: Options, activated: Vec<baton_handoff::systemd::Activated>) -> s
                 if let Some(agent) = &agent {
                     agent.close(); // the successor answers the balancer now
                 }
+                if let Some(l) = metrics_listener.lock().unwrap().take() {
+                    l.close(); // and the scraper: counters from one process, not two in turn
+                }
                 // No STOPPING=1: the manager applies it to the unit, which our successor serves.
                 note!("prefork: taken over by a successor: draining (up to {DRAIN:?})");
                 break;
@@ -606,6 +632,9 @@ fn status_line(parent: &Parent) -> Option<String> {
         s.in_flight
     ))
 }
+
+/// How often a successor tries the metrics port its predecessor holds alone, 250 ms apart.
+const METRICS_RETRIES: u32 = 240;
 
 /// `e`, saying which option's address it is about.
 fn at(option: &str, addr: SocketAddr, e: std::io::Error) -> std::io::Error {

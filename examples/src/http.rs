@@ -692,6 +692,36 @@ impl HttpConn {
         }
     }
 
+    /// The worker drains: every answer from now on says `Connection: close`. A connection with
+    /// no request under way gets `grace` for one to arrive or be completed: an idle keep-alive
+    /// one (its client's next request may be on the wire: closed at once, it would be lost), a
+    /// new one that has said nothing (likewise its first), one holding part of a head. After
+    /// the grace the first two are closed and the last is answered `408`: none of them holds
+    /// the drain to its deadline. A zero grace closes idle ones at once and leaves the others
+    /// to their own timeouts.
+    fn drain(&mut self, ctx: &mut Context<Self>, grace: Duration) {
+        self.draining = true;
+        if grace.is_zero() {
+            self.close_if_idle();
+        } else if self.conn.is_some() && self.heavy.is_none() {
+            ctx.send_after(grace, ConnMsg::DrainIdle);
+        }
+    }
+
+    fn drain_grace_over(&mut self) {
+        if self.conn.is_none() || self.heavy.is_some() || self.closing {
+            return; // closed, or a heavy request's answer will close it
+        }
+        if self.buf.is_empty() {
+            self.close();
+        } else {
+            // Part of a head: what its own deadline would answer, sooner.
+            self.head_timer = None;
+            self.buf.clear();
+            self.send(&head_timeout_response(), true);
+        }
+    }
+
     /// Between requests: answered at least once, and quiet.
     fn is_idle(&self) -> bool {
         self.answered > 0 && self.is_quiet()
@@ -751,28 +781,15 @@ impl Actor for HttpConn {
             Ok(conn) => self.conn = Some(conn),
             Err(_) => ctx.stop(),
         }
+        if let (true, Some(&grace)) = (self.draining, self.shared.drain_grace.get()) {
+            self.drain(ctx, grace);
+        }
     }
 
     fn handle(&mut self, ctx: &mut Context<Self>, msg: ConnMsg) {
         match msg {
-            ConnMsg::Drain(grace) => {
-                self.draining = true;
-                // An idle keep-alive connection may have its client's next request on the way:
-                // closed at once, that request would be lost. It gets the grace to arrive (and
-                // be answered with `Connection: close`).
-                // A new one too: its first request may be on the way, and a client that opened
-                // it and says nothing must not hold the drain to its deadline.
-                if grace.is_zero() {
-                    self.close_if_idle();
-                } else if self.is_quiet() {
-                    ctx.send_after(grace, ConnMsg::DrainIdle);
-                }
-            }
-            ConnMsg::DrainIdle => {
-                if self.is_quiet() {
-                    self.close();
-                }
-            }
+            ConnMsg::Drain(grace) => self.drain(ctx, grace),
+            ConnMsg::DrainIdle => self.drain_grace_over(),
             ConnMsg::Event(ConnEvent::Data(_, bytes)) => {
                 if !self.closing {
                     if self.buf.is_empty() {
@@ -826,6 +843,9 @@ struct Shared {
     options: HttpOptions,
     /// Heavy requests running or waiting for a pool thread (at most `options.max_heavy`).
     heavy: std::sync::atomic::AtomicUsize,
+    /// The grace of the drain under way, once one began: a connection that starts after it
+    /// (one the worker's listener accepted just before it closed) drains from its start.
+    drain_grace: std::sync::OnceLock<Duration>,
 }
 
 /// How an [`HttpServer`] bounds its connections' time.
@@ -907,7 +927,12 @@ impl HttpServer {
     ///
     /// [`SpawnError`] when the runtime is shutting down.
     pub fn spawn_with(rt: &Runtime, reactor: &Reactor, options: HttpOptions) -> Result<Addr<HttpServer>, SpawnError> {
-        let shared = Arc::new(Shared { conns: Mutex::default(), options, heavy: Default::default() });
+        let shared = Arc::new(Shared {
+            conns: Mutex::default(),
+            options,
+            heavy: Default::default(),
+            drain_grace: std::sync::OnceLock::new(),
+        });
         let server = HttpServer { reactor: reactor.clone(), shared, status: None, draining: false };
         rt.spawn_on(reactor.event_loop(), server, Mailbox::DEFAULT)
     }
@@ -983,7 +1008,7 @@ impl Actor for HttpServer {
                 // grace (at most half the time left), else when it ends.
                 self.draining = true;
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let grace = self.shared.options.drain_idle_grace.min(left / 2);
+                let grace = *self.shared.drain_grace.get_or_init(|| self.shared.options.drain_idle_grace.min(left / 2));
                 for (_, c) in self.shared.conns.lock().iter() {
                     if let Some(c) = c {
                         let _ = c.try_send(ConnMsg::Drain(grace));

@@ -817,7 +817,7 @@ fn a_draining_worker_serves_what_its_shared_listener_accepted_before_it_closed()
 fn keep_alive_clients_and_metrics_come_through_upgrades() {
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
     let flag = metrics.to_string();
-    for mode in ["handoff", "steered"] {
+    for mode in ["handoff", "listeners", "steered"] {
         upgrades_fail_no_request(
             &format!("keep-alive-{mode}"),
             &["--workers", "2", "--mode", mode, "--metrics", &flag],
@@ -830,7 +830,9 @@ fn keep_alive_clients_and_metrics_come_through_upgrades() {
 
 /// The regression: a client that opened a connection and sent nothing held its worker's drain
 /// to the deadline (5 s, then `DeadlineExpired { open: 1 }`): a new connection was never closed
-/// by a drain. Now it gets the same grace as an idle one, then the worker closes it and exits.
+/// by a drain, nor was one holding part of a request head (its own deadline is 10 s). Now both
+/// get the same grace as an idle one; then the silent one is closed, the partial head answered
+/// `408`, and the worker exits drained.
 #[test]
 fn a_silent_new_connection_does_not_hold_a_drain_to_its_deadline() {
     let mut child = Command::new(prefork_binary())
@@ -860,18 +862,36 @@ fn a_silent_new_connection_does_not_hold_a_drain_to_its_deadline() {
         all
     });
     let metrics = metrics.recv_timeout(WAIT).expect("the metrics line");
+    // The worker's load, as the parent last heard it (reports come every 50 ms or so).
+    let load_is = |n: u32| {
+        let deadline = Instant::now() + WAIT;
+        let want = format!(" {n}");
+        while !get(metrics, "/metrics")
+            .1
+            .lines()
+            .any(|l| l.starts_with("baton_handoff_worker_load") && l.ends_with(&want))
+        {
+            assert!(Instant::now() < deadline, "the worker's load never read {n}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     assert_eq!(get(addr, "/").0, "HTTP/1.1 200 OK");
+    load_is(0);
     // One that says nothing: the kernel holds it for the deferred accept (about a second),
     // then the parent accepts it and the worker adopts it, which its load says.
     let mut silent = TcpStream::connect(addr).unwrap();
     silent.set_read_timeout(Some(WAIT)).unwrap();
-    let deadline = Instant::now() + WAIT;
-    while !get(metrics, "/metrics").1.lines().any(|l| l.starts_with("baton_handoff_worker_load") && l.ends_with(" 1")) {
-        assert!(Instant::now() < deadline, "the silent connection never reached the worker");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    load_is(1);
+    // One that sends part of a head.
+    let mut partial = TcpStream::connect(addr).unwrap();
+    partial.set_read_timeout(Some(WAIT)).unwrap();
+    partial.write_all(b"GET / HTTP/1.1\r\nHost").unwrap();
+    load_is(2);
     signal(child.id(), rustix::process::Signal::TERM);
     assert_eq!(silent.read(&mut [0u8; 16]).unwrap(), 0, "closed by the drain, not left open");
+    let mut answer = String::new();
+    partial.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     let deadline = Instant::now() + WAIT;
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "prefork did not exit after SIGTERM");
@@ -894,14 +914,16 @@ enum Client {
 /// A request on the kept-alive connection in `conn` (made first if there is none): its
 /// status line, or "" when the connection ended without an answer.
 fn keep_alive_get(conn: &std::sync::Mutex<Option<BufReader<TcpStream>>>, addr: SocketAddr) -> String {
-    let mut slot = conn.lock().unwrap();
+    let mut slot = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut r = match slot.take() {
         Some(r) => r,
-        None => {
-            let s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(WAIT)).unwrap();
-            BufReader::new(s)
-        }
+        None => match TcpStream::connect(addr) {
+            Ok(s) => {
+                let _ = s.set_read_timeout(Some(WAIT));
+                BufReader::new(s)
+            }
+            Err(e) => return format!("connect: {e}"),
+        },
     };
     if write!(r.get_mut(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
         return String::new();
@@ -913,17 +935,21 @@ fn keep_alive_get(conn: &std::sync::Mutex<Option<BufReader<TcpStream>>>, addr: S
     let (mut len, mut close) = (0, false);
     loop {
         let mut h = String::new();
-        r.read_line(&mut h).unwrap();
+        if r.read_line(&mut h).is_err() {
+            return format!("{} (cut in its head)", status.trim());
+        }
         if h == "\r\n" || h.is_empty() {
             break;
         }
         let h = h.to_ascii_lowercase();
         if let Some(v) = h.strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap();
+            len = v.trim().parse().unwrap_or(0);
         }
         close |= h.starts_with("connection:") && h.contains("close");
     }
-    r.read_exact(&mut vec![0; len]).unwrap();
+    if r.read_exact(&mut vec![0; len]).is_err() {
+        return format!("{} (cut in its body)", status.trim());
+    }
     if !close {
         *slot = Some(r);
     }

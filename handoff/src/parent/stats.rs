@@ -114,7 +114,7 @@ pub struct DrainReport {
     pub killed: usize,
 }
 
-/// `2 workers exited, 0 killed, 0 connections never placed`.
+/// `2 worker(s) exited, 0 killed, 0 connection(s) never placed`.
 impl std::fmt::Display for DrainReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

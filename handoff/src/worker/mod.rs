@@ -87,9 +87,11 @@ use self::reports::Shared;
 pub enum WorkerEvent {
     /// A socket from the parent: adopt it, take it, or drop it to refuse it.
     Incoming(Incoming),
-    /// The worker is draining (told by the parent, or orphaned): no more sockets will come.
-    /// Close idle connections, finish busy ones (HTTP: answer with `Connection: close`); the
-    /// worker exits when none is left open, or at `deadline`.
+    /// The worker is draining (told by the parent, or orphaned): the parent sends no more
+    /// sockets, and listening sockets it shared are closed, but a connection one of them
+    /// accepted just before may still follow this event (it is served, not dropped: treat it
+    /// as draining from its start). Close idle connections, finish busy ones (HTTP: answer
+    /// with `Connection: close`); the worker exits when none is left open, or at `deadline`.
     Drain {
         /// When the worker stops waiting for open connections.
         deadline: Instant,
