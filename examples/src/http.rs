@@ -787,8 +787,19 @@ impl Actor for HttpConn {
     }
 
     fn handle(&mut self, ctx: &mut Context<Self>, msg: ConnMsg) {
+        // A `Drain` that found this mailbox full was not delivered: the drain under way is
+        // read here instead (an atomic load per message).
+        if !self.draining {
+            if let Some(&grace) = self.shared.drain_grace.get() {
+                self.drain(ctx, grace);
+            }
+        }
         match msg {
-            ConnMsg::Drain(grace) => self.drain(ctx, grace),
+            ConnMsg::Drain(grace) => {
+                if !self.draining {
+                    self.drain(ctx, grace);
+                }
+            }
             ConnMsg::DrainIdle => self.drain_grace_over(),
             ConnMsg::Event(ConnEvent::Data(_, bytes)) => {
                 if !self.closing {
