@@ -83,9 +83,12 @@ impl KeyReader {
         let key = r.buf[..end].strip_suffix(b"\r").unwrap_or(&r.buf[..end]).to_vec();
         let mut prelude = r.buf;
         prelude.extend_from_slice(&detached.unread);
+        // We accepted it, read exactly the prelude from it and wrote nothing: the parent needs
+        // not ask the kernel (see `Parent::dispatch_read`).
+        let read = prelude.len();
         let socket =
             Dispatch { stream: detached.stream, peer: r.peer, local: r.local, tag: 0, key: Some(key), prelude };
-        if let Err(e) = self.parent.dispatch(socket) {
+        if let Err(e) = self.parent.dispatch_read(socket, read) {
             log::error!("route_by_key: dispatch failed: {e}");
         }
     }

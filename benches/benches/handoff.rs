@@ -7,6 +7,9 @@
 //!   (`batch(1)`): the parent sends each socket, the worker's application takes it
 //!   (`Incoming::take`) and closes it, the worker reports ADOPTED and CLOSED, the parent closes
 //!   its copy. The same work as the raw loop below, through baton's machinery.
+//! - **Handoff/baton-1-known** — the same through `Parent::dispatch_read`: the application
+//!   gives each socket's history (nothing read or written, true of these), so the parent does
+//!   not ask the kernel for it (two system calls per socket that `dispatch` makes).
 //! - **Handoff/baton-1-reactor** — the same, but the application adopts each socket into the
 //!   worker's reactor (`Incoming::adopt`: epoll registration and removal)
 //!   before closing it, as a server on baton's transport does. Not comparable to raw: more work.
@@ -210,7 +213,9 @@ impl BatonPeer {
         BatonPeer { rt, reactor, parent }
     }
 
-    fn round(&self, source: &TcpStream, peer: &Address, local: &Address, n: usize) {
+    /// `known`: with `Parent::dispatch_read` (the socket's history given: nothing read or
+    /// written, which is true of these), else `Parent::dispatch` (the parent measures it).
+    fn round(&self, source: &TcpStream, peer: &Address, local: &Address, n: usize, known: bool) {
         let target = self.parent.adopted() + n as u64;
         for _ in 0..n {
             let socket = Dispatch {
@@ -221,7 +226,11 @@ impl BatonPeer {
                 key: None,
                 prelude: Vec::new(),
             };
-            self.parent.dispatch(socket).expect("dispatch");
+            if known {
+                self.parent.dispatch_read(socket, 0).expect("dispatch");
+            } else {
+                self.parent.dispatch(socket).expect("dispatch");
+            }
         }
         let deadline = Instant::now() + ROUND_TIMEOUT;
         while self.parent.adopted() < target {
@@ -248,14 +257,13 @@ fn source() -> (TcpStream, TcpStream, Address, Address) {
 
 fn bench_pair(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, per: usize) {
     let (_client, server, peer, local) = source();
-    for into_reactor in [false, true] {
+    for (suffix, into_reactor, known) in [("", false, false), ("-known", false, true), ("-reactor", true, false)] {
         let baton = BatonPeer::start(per, into_reactor);
-        let name = if into_reactor { format!("baton-{per}-reactor") } else { format!("baton-{per}") };
-        g.bench_function(name, |b| {
+        g.bench_function(format!("baton-{per}{suffix}"), |b| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    baton.round(&server, &peer, &local, N);
+                    baton.round(&server, &peer, &local, N, known);
                 }
                 start.elapsed()
             })

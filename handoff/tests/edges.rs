@@ -59,6 +59,7 @@ fn main() {
     let tests: &[(&str, fn())] = &[
         ("a_worker_that_reads_a_request_and_dies_before_adopted_leaves_no_client_hanging", read_and_die),
         ("a_socket_a_dead_worker_never_read_is_served_by_another_worker", die_unread),
+        ("a_socket_dispatched_with_its_history_is_judged_by_that_history", dispatch_read_history),
         ("drain_lets_a_worker_finish_its_own_clean_up_after_wait_returns", clean_up_after_wait),
         ("a_cut_off_named_worker_does_not_leave_its_clients_hanging", cut_off_named_worker),
         ("a_worker_that_says_it_is_draining_and_stays_is_restarted", draining_and_staying),
@@ -458,6 +459,41 @@ fn die_unread() {
     assert_eq!((stats.ended_touched, stats.replaced), (0, 1), "{stats:?}");
     drop(client);
     s.stop();
+}
+
+/// `Parent::dispatch_read`: the parent takes the application's word for what the socket has
+/// read (instead of asking the kernel), and judges a lost worker's socket against it. The
+/// application read its handshake, 4 bytes, itself; the worker the socket goes to dies without
+/// reading. Told the truth, the parent places the socket again and the client is served; told
+/// that nothing was read (less than the truth), it sees 4 bytes consumed since, takes the
+/// socket as touched, and ends it (the cautious side: the client sees the end).
+fn dispatch_read_history() {
+    for (claimed, placed_again) in [(4, true), (0, false)] {
+        let s = start(2, &[("TEST_ROLE_0", "die_unread")], |b| b.policy(SlotZeroFirst));
+        let other = s.pid(1).unwrap();
+        let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut client, mut socket) = accepted_socket(&front);
+        client.write_all(b"key\nhello\n").unwrap();
+        let baton_transport::Stream::Tcp(stream) = &mut socket.stream else { unreachable!() };
+        stream.read_exact(&mut [0u8; 4]).unwrap(); // the application's handshake
+        s.parent.dispatch_read(socket, claimed).expect("dispatched");
+        let mut reader = std::io::BufReader::new(client);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        let stats = s.parent.stats().unwrap();
+        if placed_again {
+            assert_eq!(line.trim(), other.to_string(), "served by the worker that is left: {stats:?}");
+            line.clear();
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+            assert_eq!(line, "hello\n", "the rest of what the client sent, echoed");
+            assert_eq!((stats.ended_touched, stats.replaced), (0, 1), "{stats:?}");
+        } else {
+            assert_eq!(line, "", "ended, not served: {stats:?}");
+            wait_until("ended as touched", || s.parent.stats().is_ok_and(|st| st.ended_touched == 1));
+        }
+        drop(reader); // the client leaves, so its worker drains at once
+        s.stop();
+    }
 }
 
 fn clean_up_after_wait() {

@@ -103,7 +103,7 @@ impl From<ToParent> for super::handoff::HandoffMsg {
     fn from(m: ToParent) -> super::handoff::HandoffMsg {
         match m {
             ToParent::Accepted(a) => super::handoff::HandoffMsg::Accepted(a),
-            ToParent::Dispatch(d) => super::handoff::HandoffMsg::Dispatch(d),
+            ToParent::Dispatch(d) => super::handoff::HandoffMsg::Dispatch(d, None),
         }
     }
 }

@@ -52,8 +52,10 @@ pub const UNATTACHED_TAG: crate::Tag = u32::MAX;
 /// The Handoff actor's messages.
 #[derive(Debug)]
 pub(crate) enum HandoffMsg {
-    /// A socket to place (an application that read a handshake, a migration, a takeover).
-    Dispatch(Dispatch),
+    /// A socket to place (an application that read a handshake, a migration, a takeover), with
+    /// its history when the application knows it (see `Parent::dispatch_read`); else the
+    /// parent measures it (`probe.rs`).
+    Dispatch(Dispatch, Option<Baseline>),
     /// A connection one of the parent's listeners accepted.
     Accepted(Accepted),
     /// A worker channel (or a named socket) is ready.
@@ -74,7 +76,7 @@ impl From<Accepted> for HandoffMsg {
 
 impl From<Dispatch> for HandoffMsg {
     fn from(d: Dispatch) -> HandoffMsg {
-        HandoffMsg::Dispatch(d)
+        HandoffMsg::Dispatch(d, None)
     }
 }
 
@@ -328,8 +330,8 @@ impl Actor for Handoff {
 
     fn handle(&mut self, ctx: &mut Context<Self>, msg: HandoffMsg) {
         match msg {
-            HandoffMsg::Dispatch(d) => {
-                let baseline = Baseline::measure(d.stream.as_fd());
+            HandoffMsg::Dispatch(d, baseline) => {
+                let baseline = baseline.unwrap_or_else(|| Baseline::measure(d.stream.as_fd()));
                 self.admit(d, None, baseline);
             }
             HandoffMsg::Accepted(a) => self.accepted(a),
