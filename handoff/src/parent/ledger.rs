@@ -179,6 +179,11 @@ pub(crate) struct Limits {
 pub(crate) struct Ledger<S> {
     entries: HashMap<u64, Entry<S>, BuildIdHasher>,
     waiting: VecDeque<u64>,
+    /// How many in `waiting` any worker could take (bound to no group), kept as they join
+    /// and leave: the parent asks after every message, and counting a long line each time
+    /// made its work grow with the square of the backlog (a tenth of its thread in the handoff
+    /// benchmark).
+    waiting_any: usize,
     next_id: u64,
     books: Vec<Book>,
     policy: Box<dyn Policy>,
@@ -192,6 +197,7 @@ impl<S: Held> Ledger<S> {
         Ledger {
             entries: HashMap::default(),
             waiting: VecDeque::new(),
+            waiting_any: 0,
             next_id: 1,
             books: Vec::new(),
             policy,
@@ -245,7 +251,15 @@ impl<S: Held> Ledger<S> {
     /// Entries waiting that any worker could take (not bound to a group): the listeners pause
     /// while there are some. Sockets waiting for a group's workers do not hold up the others.
     pub(crate) fn waiting_for_anyone(&self) -> usize {
-        self.waiting.iter().filter(|id| self.entries.get(id).is_some_and(|e| e.socket.group().is_none())).count()
+        self.waiting_any
+    }
+
+    /// Puts `id` at the end of the waiting line.
+    fn wait(&mut self, id: u64) {
+        if self.entries.get(&id).is_some_and(|e| e.socket.group().is_none()) {
+            self.waiting_any += 1;
+        }
+        self.waiting.push_back(id);
     }
 
     /// Ends the entries bound to a group that have waited longer than `limit` since they were
@@ -345,7 +359,7 @@ impl<S: Held> Ledger<S> {
             candidates = self.books.iter().enumerate().filter(|(_, b)| eligible(b)).map(candidate).collect();
         }
         if candidates.is_empty() {
-            self.waiting.push_back(id);
+            self.wait(id);
             return false;
         }
         let choice = self.policy.choose(&candidates, e.socket.key());
@@ -366,6 +380,7 @@ impl<S: Held> Ledger<S> {
             return;
         }
         let line: Vec<u64> = self.waiting.drain(..).collect();
+        self.waiting_any = 0;
         for id in line {
             if !self.entries.get(&id).is_some_and(|e| e.place == Place::Waiting) {
                 continue;
@@ -373,7 +388,7 @@ impl<S: Held> Ledger<S> {
             if self.can_place() {
                 self.place(id); // back in the line if nobody of its group can take it
             } else {
-                self.waiting.push_back(id);
+                self.wait(id);
             }
         }
     }
@@ -607,7 +622,14 @@ impl<S: Held> Ledger<S> {
                 b.in_flight = b.in_flight.saturating_sub(1);
                 b.outbox.retain(|&o| o != id);
             }
-            Place::Waiting => self.waiting.retain(|&w| w != id),
+            Place::Waiting => {
+                // (A socket being judged is `Waiting` without being in the line.)
+                let before = self.waiting.len();
+                self.waiting.retain(|&w| w != id);
+                if self.waiting.len() < before && e.socket.group().is_none() {
+                    self.waiting_any -= 1;
+                }
+            }
             Place::Held { .. } => {}
         }
         Some(Ended { id, socket: e.socket, why })

@@ -208,6 +208,7 @@ fn a_socket_for_a_group_goes_only_to_its_workers_and_waits_without_holding_up_ot
     let sock = |group| Sock { id: 0, touched: Rc::new(Cell::new(Touch::Untouched)), group };
     let for_0 = l.admit(sock(Some(0)), None, now);
     assert_eq!(queued_on(&l, for_0), None, "group 0 has nobody able: it waits");
+    assert_eq!((l.waiting(), l.waiting_for_anyone()), (1, 0), "waiting for its group, not for anyone");
     let for_1: Vec<u64> = (0..4).map(|_| l.admit(sock(Some(1)), None, now)).collect();
     assert!(for_1.iter().all(|&id| matches!(queued_on(&l, id), Some(1 | 2))), "group 1's workers only");
     let any = l.admit(sock(None), None, now);
@@ -215,6 +216,7 @@ fn a_socket_for_a_group_goes_only_to_its_workers_and_waits_without_holding_up_ot
     l.book(0).accepting = true;
     l.place_waiting();
     assert_eq!(queued_on(&l, for_0), Some(0));
+    assert_eq!((l.waiting(), l.waiting_for_anyone()), (0, 0));
 }
 
 #[test]
@@ -457,6 +459,8 @@ fn check(l: &Ledger<Sock>, m: &Model, max_per_worker: u32) {
     for &id in &l.waiting {
         assert!(l.entries.get(&id).is_some_and(|e| e.place == Place::Waiting), "{id} in line but not waiting");
     }
+    let any = l.waiting.iter().filter(|id| l.entries.get(id).is_some_and(|e| e.socket.group().is_none())).count();
+    assert_eq!(l.waiting_for_anyone(), any, "the count of the line's entries any worker could take");
 }
 
 fn run(ops: Vec<Op>, max_per_worker: u32) {
