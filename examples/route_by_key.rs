@@ -9,9 +9,12 @@
 //! A client that never sends its line is closed after `--line-timeout-ms` (default 5000); a line
 //! longer than 256 bytes is refused (`ERR line too long`). Neither holds up other clients.
 //!
+//! It serves until its standard input closes (or a signal ends it): started with `< /dev/null`,
+//! or in the background of a script whose input is closed, it stops at once.
+//!
 //! ```sh
 //! cargo run --example route_by_key -- [--listen ADDR] [--workers N] [--line-timeout-ms MS]
-//! printf 'alice\nhello\n' | nc -q1 127.0.0.1 7008
+//! printf 'alice\nhello\n' | nc -N 127.0.0.1 7008
 //! ```
 
 use std::collections::HashMap;

@@ -500,6 +500,11 @@ fn main() -> ExitCode {
         };
     }
     let options = parse_args();
+    // A usage error, like every other bad flag (exit 2), before anything starts.
+    if let Some((name, _)) = options.given.iter().find(|(_, (cert, key))| cert.is_none() || key.is_none()) {
+        note!("tls_router: {name}: --cert and --key go together");
+        return ExitCode::from(2);
+    }
     match serve_parent(options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -341,3 +341,12 @@ fn each_name_reaches_its_own_group_however_its_client_hello_arrives() {
     }
     assert!(!certs_dir.exists(), "{} left behind", certs_dir.display());
 }
+
+/// A bad flag is a usage error (exit 2) before anything starts, `--cert` without its `--key`
+/// included (it was exit 1, from deep in the start-up).
+#[test]
+fn a_cert_without_its_key_is_a_usage_error() {
+    let out = std::process::Command::new(binary()).args(["--cert", "my.test=my.pem"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cert and --key go together"));
+}

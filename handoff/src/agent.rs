@@ -1,8 +1,10 @@
 //! HAProxy's agent check: a balancer in front of several parents asks each how much it can
 //! take, and places by the load the parent already measures.
 //!
-//! HAProxy (`server ... agent-check agent-port P agent-inter 1s`) connects to the agent port
-//! every interval and reads one line. [`AgentCheck`] answers it from the parent's [`Stats`]:
+//! HAProxy (`server ... weight 100 agent-check agent-port P agent-inter 1s`) connects to the
+//! agent port every interval and reads one line. The `W%` below is a share of the server's
+//! configured weight: give it one of 100 or so, since with HAProxy's default of 1 every share
+//! under 100 % rounds to 0, which takes the server out of rotation under any load. [`AgentCheck`] answers it from the parent's [`Stats`]:
 //!
 //! - `up W% ready` while serving, with the weight `W` computed by [`weight`] from what the
 //!   workers report: the share of worker slots ready, less the share of those busy with heavy
