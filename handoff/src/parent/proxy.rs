@@ -14,7 +14,8 @@
 //!   connection is the balancer's own; the peer stays the balancer's address.
 //! - The header is consumed exactly: bytes that came after it in the same read (TLVs followed by
 //!   data, a request sent with the header) are the worker's prelude. Zero-length TLVs are valid;
-//!   TLVs that run past the header's length refuse the connection.
+//!   TLVs that run past the header's length refuse the connection, and so does a binary header
+//!   that says it is longer than 16 KiB, as soon as its length arrives.
 //! - Whatever follows can be read by another handshake ([`ProxyProtocol::then`]), which sees
 //!   the stream after the header and the client's address as the peer: a TLS ClientHello
 //!   behind a balancer, say.
@@ -85,6 +86,11 @@ struct Header {
 const MAX_TLVS: usize = 2048;
 
 /// The signatures a header starts with.
+/// The longest binary header accepted, TLVs included: HAProxy's own buffers (16 KiB by default)
+/// bound what it sends. A header that says it is longer is refused as soon as its length is
+/// read, rather than waited for until the handshake times out.
+const MAX_V2: usize = 16 * 1024;
+
 const V1_PREFIX: &[u8] = b"PROXY ";
 const V2_PREFIX: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 
@@ -129,6 +135,12 @@ impl ProxyProtocol {
         let v1_ok = matches!(self.versions, Versions::V1 | Versions::Both);
         let inet = |ip: std::net::IpAddr, port: u16| Some(Address::Inet(SocketAddr::new(ip, port)));
         if v2_ok && starts(read, V2_PREFIX) {
+            // Bytes 14 and 15: the length of what follows the 16-byte fixed part.
+            if let [_, _, _, _, _, _, _, _, _, _, _, _, _, _, hi, lo, ..] = *read {
+                if 16 + usize::from(u16::from_be_bytes([hi, lo])) > MAX_V2 {
+                    return Err("proxy header too long");
+                }
+            }
             return match v2::Header::try_from(read) {
                 Ok(h) => {
                     if h.tlvs().any(|t| t.is_err()) {
@@ -343,6 +355,19 @@ mod tests {
     fn tlvs_running_past_the_header_are_refused() {
         let input = v2(1, 0x11, &V4, &[0x01, 0x00, 0x09, b'x']);
         assert!(matches!(run(&mut trusted(Versions::V2), &[&input], "127.0.0.1:9"), Step::Reject(_)));
+    }
+
+    /// It was waited for until the handshake timed out (10 s in `prefork`).
+    #[test]
+    fn a_v2_header_that_claims_more_than_a_balancer_sends_is_refused_at_once() {
+        let mut fixed = V2_PREFIX.to_vec();
+        fixed.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
+        assert!(matches!(run(&mut trusted(Versions::V2), &[&fixed], "127.0.0.1:9"), Step::Reject(_)));
+        // The longest accepted length still waits for its bytes.
+        let mut longest = V2_PREFIX.to_vec();
+        longest.extend_from_slice(&[0x21, 0x11]);
+        longest.extend_from_slice(&((MAX_V2 - 16) as u16).to_be_bytes());
+        assert!(matches!(run(&mut trusted(Versions::V2), &[&longest], "127.0.0.1:9"), Step::More));
     }
 
     #[test]
