@@ -184,6 +184,8 @@ pub(crate) struct Ledger<S> {
     /// made its work grow with the square of the backlog (a tenth of its thread in the handoff
     /// benchmark).
     waiting_any: usize,
+    /// The candidates of the last placement, kept so that a placement allocates nothing.
+    candidates: Vec<Candidate>,
     next_id: u64,
     books: Vec<Book>,
     policy: Box<dyn Policy>,
@@ -198,6 +200,7 @@ impl<S: Held> Ledger<S> {
             entries: HashMap::default(),
             waiting: VecDeque::new(),
             waiting_any: 0,
+            candidates: Vec::new(),
             next_id: 1,
             books: Vec::new(),
             policy,
@@ -341,6 +344,14 @@ impl<S: Held> Ledger<S> {
 
     /// Chooses a worker for entry `id` (which is `Waiting`), or leaves it waiting. True when placed.
     fn place(&mut self, id: u64) -> bool {
+        let mut candidates = std::mem::take(&mut self.candidates);
+        let placed = self.place_among(id, &mut candidates);
+        self.candidates = candidates;
+        placed
+    }
+
+    /// [`Ledger::place`], with a vector to fill with the candidates.
+    fn place_among(&mut self, id: u64, candidates: &mut Vec<Candidate>) -> bool {
         let Some(e) = self.entries.get(&id) else { return false };
         let candidate = |(slot, b): (usize, &Book)| Candidate {
             slot,
@@ -352,17 +363,17 @@ impl<S: Held> Ledger<S> {
         let fresh = |slot: usize| slot >= 64 || e.tried & (1 << slot) == 0;
         let group = e.socket.group();
         let eligible = |b: &Book| self.eligible(b) && group.is_none_or_eq(b.group);
-        let mut candidates: Vec<Candidate> =
-            self.books.iter().enumerate().filter(|&(slot, b)| eligible(b) && fresh(slot)).map(candidate).collect();
+        candidates.clear();
+        candidates.extend(self.books.iter().enumerate().filter(|&(slot, b)| eligible(b) && fresh(slot)).map(candidate));
         if candidates.is_empty() && e.tried != 0 {
             // Every able worker already had a go: try them again rather than wait forever.
-            candidates = self.books.iter().enumerate().filter(|(_, b)| eligible(b)).map(candidate).collect();
+            candidates.extend(self.books.iter().enumerate().filter(|(_, b)| eligible(b)).map(candidate));
         }
         if candidates.is_empty() {
             self.wait(id);
             return false;
         }
-        let choice = self.policy.choose(&candidates, e.socket.key());
+        let choice = self.policy.choose(candidates, e.socket.key());
         let slot = candidates.get(choice).unwrap_or(&candidates[0]).slot;
         let e = self.entries.get_mut(&id).expect("checked above");
         e.place = Place::Queued(slot);
