@@ -511,9 +511,9 @@ enum Socket {
 enum ConnMsg {
     /// The connection's events.
     Event(ConnEvent),
-    /// The worker drains: answer what comes with `Connection: close`, and close an idle
-    /// connection after this grace.
-    Drain(Duration),
+    /// The worker drains (its grace is in what the server shares): a wake-up for a
+    /// connection that has nothing else to hear.
+    Drain,
     /// A drain's grace for an idle connection is over.
     DrainIdle,
     /// A heavy request's work, done on a pool thread, is over: answer it.
@@ -722,6 +722,15 @@ impl HttpConn {
         }
     }
 
+    /// Drains once the server does (see `drain`).
+    fn follow_drain(&mut self, ctx: &mut Context<Self>) {
+        if !self.draining {
+            if let Some(&grace) = self.shared.drain_grace.get() {
+                self.drain(ctx, grace);
+            }
+        }
+    }
+
     /// Between requests: answered at least once, and quiet.
     fn is_idle(&self) -> bool {
         self.answered > 0 && self.is_quiet()
@@ -781,25 +790,17 @@ impl Actor for HttpConn {
             Ok(conn) => self.conn = Some(conn),
             Err(_) => ctx.stop(),
         }
-        if let (true, Some(&grace)) = (self.draining, self.shared.drain_grace.get()) {
-            self.drain(ctx, grace);
-        }
+        // Started after the drain began (a connection the worker's listener accepted just
+        // before it closed): it drains from its start.
+        self.follow_drain(ctx);
     }
 
     fn handle(&mut self, ctx: &mut Context<Self>, msg: ConnMsg) {
-        // A `Drain` that found this mailbox full was not delivered: the drain under way is
-        // read here instead (an atomic load per message).
-        if !self.draining {
-            if let Some(&grace) = self.shared.drain_grace.get() {
-                self.drain(ctx, grace);
-            }
-        }
+        // Read at every message (an atomic load), not only at `Drain`: a `Drain` that found
+        // this mailbox full was not delivered.
+        self.follow_drain(ctx);
         match msg {
-            ConnMsg::Drain(grace) => {
-                if !self.draining {
-                    self.drain(ctx, grace);
-                }
-            }
+            ConnMsg::Drain => {} // followed above
             ConnMsg::DrainIdle => self.drain_grace_over(),
             ConnMsg::Event(ConnEvent::Data(_, bytes)) => {
                 if !self.closing {
@@ -918,7 +919,6 @@ pub struct HttpServer {
     shared: Arc<Shared>,
     /// Tells the parent when a heavy request is running (handoff workers only).
     status: Option<baton_handoff::Status>,
-    draining: bool,
 }
 
 impl HttpServer {
@@ -944,7 +944,7 @@ impl HttpServer {
             heavy: Default::default(),
             drain_grace: std::sync::OnceLock::new(),
         });
-        let server = HttpServer { reactor: reactor.clone(), shared, status: None, draining: false };
+        let server = HttpServer { reactor: reactor.clone(), shared, status: None };
         rt.spawn_on(reactor.event_loop(), server, Mailbox::DEFAULT)
     }
 
@@ -983,7 +983,7 @@ impl HttpServer {
             write_backlog: false,
             answered: 0,
             closing: false,
-            draining: self.draining,
+            draining: false, // until `started` or a message finds the server's drain
             status: self.status.clone(),
             socket: Some(Box::new(socket)),
             head_timer: None,
@@ -1017,12 +1017,11 @@ impl Actor for HttpServer {
                 // Busy and new connections close after their next answer (which says
                 // `Connection: close`); idle keep-alive ones too if a request comes within the
                 // grace (at most half the time left), else when it ends.
-                self.draining = true;
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let grace = *self.shared.drain_grace.get_or_init(|| self.shared.options.drain_idle_grace.min(left / 2));
+                self.shared.drain_grace.get_or_init(|| self.shared.options.drain_idle_grace.min(left / 2));
                 for (_, c) in self.shared.conns.lock().iter() {
                     if let Some(c) = c {
-                        let _ = c.try_send(ConnMsg::Drain(grace));
+                        let _ = c.try_send(ConnMsg::Drain);
                     }
                 }
             }
