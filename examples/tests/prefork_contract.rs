@@ -226,22 +226,34 @@ impl Upgradable {
 
 /// Reads one HTTP response (status line, headers, Content-Length body).
 fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
+    let (status, body, _) = try_read_response(r).unwrap_or_else(|e| panic!("a response: {e:?}"));
+    (status, body)
+}
+
+/// One HTTP response: its status line (empty when the connection ended first), its
+/// Content-Length body and whether it said `Connection: close`; or, when it was cut off or
+/// malformed, the status line and what went wrong.
+fn try_read_response(r: &mut BufReader<TcpStream>) -> Result<(String, String, bool), String> {
     let mut status = String::new();
-    r.read_line(&mut status).expect("status line");
-    let mut len = 0;
+    r.read_line(&mut status).map_err(|e| format!("no status line: {e}"))?;
+    let status = status.trim().to_string();
+    let (mut len, mut close) = (0, false);
     loop {
         let mut h = String::new();
-        r.read_line(&mut h).unwrap();
+        r.read_line(&mut h).map_err(|_| format!("{status} (cut in its head)"))?;
         if h == "\r\n" || h.is_empty() {
             break;
         }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap();
+        let h = h.to_ascii_lowercase();
+        if let Some(v) = h.strip_prefix("content-length:") {
+            len = v.trim().parse().map_err(|_| format!("{status} (bad Content-Length)"))?;
         }
+        close |= h.starts_with("connection:") && h.contains("close");
     }
     let mut body = vec![0; len];
-    r.read_exact(&mut body).unwrap();
-    (status.trim().to_string(), String::from_utf8(body).unwrap())
+    r.read_exact(&mut body).map_err(|_| format!("{status} (cut in its body)"))?;
+    let body = String::from_utf8(body).map_err(|_| format!("{status} (a body not in UTF-8)"))?;
+    Ok((status, body, close))
 }
 
 fn get(addr: SocketAddr, path: &str) -> (String, String) {
@@ -928,32 +940,15 @@ fn keep_alive_get(conn: &std::sync::Mutex<Option<BufReader<TcpStream>>>, addr: S
     if write!(r.get_mut(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
         return String::new();
     }
-    let mut status = String::new();
-    if r.read_line(&mut status).is_err() || status.is_empty() {
-        return String::new();
-    }
-    let (mut len, mut close) = (0, false);
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).is_err() {
-            return format!("{} (cut in its head)", status.trim());
+    match try_read_response(&mut r) {
+        Ok((status, _, close)) => {
+            if !close && !status.is_empty() {
+                *slot = Some(r);
+            }
+            status
         }
-        if h == "\r\n" || h.is_empty() {
-            break;
-        }
-        let h = h.to_ascii_lowercase();
-        if let Some(v) = h.strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-        close |= h.starts_with("connection:") && h.contains("close");
+        Err(e) => e,
     }
-    if r.read_exact(&mut vec![0; len]).is_err() {
-        return format!("{} (cut in its body)", status.trim());
-    }
-    if !close {
-        *slot = Some(r);
-    }
-    status.trim().to_string()
 }
 
 /// `times` SIGUSR2 upgrades, `pause` apart, of a prefork started with `extra` (every generation
