@@ -40,17 +40,7 @@ enum HolderMsg {
     Conn(ConnEvent),
 }
 
-impl From<Accepted> for HolderMsg {
-    fn from(a: Accepted) -> Self {
-        HolderMsg::Accepted(a)
-    }
-}
-
-impl From<ConnEvent> for HolderMsg {
-    fn from(e: ConnEvent) -> Self {
-        HolderMsg::Conn(e)
-    }
-}
+baton_runtime::from_variants!(HolderMsg::Accepted(Accepted), HolderMsg::Conn(ConnEvent));
 
 impl Actor for Holder {
     type Message = HolderMsg;

@@ -87,17 +87,7 @@ pub enum ToParent {
     Dispatch(Dispatch),
 }
 
-impl From<Accepted> for ToParent {
-    fn from(a: Accepted) -> ToParent {
-        ToParent::Accepted(a)
-    }
-}
-
-impl From<Dispatch> for ToParent {
-    fn from(d: Dispatch) -> ToParent {
-        ToParent::Dispatch(d)
-    }
-}
+baton_runtime::from_variants!(ToParent::Accepted(Accepted), ToParent::Dispatch(Dispatch));
 
 impl From<ToParent> for super::handoff::HandoffMsg {
     fn from(m: ToParent) -> super::handoff::HandoffMsg {

@@ -68,23 +68,7 @@ pub(crate) enum HandoffMsg {
     Control(Control),
 }
 
-impl From<Accepted> for HandoffMsg {
-    fn from(a: Accepted) -> HandoffMsg {
-        HandoffMsg::Accepted(a)
-    }
-}
-
-impl From<Dispatch> for HandoffMsg {
-    fn from(d: Dispatch) -> HandoffMsg {
-        HandoffMsg::Dispatch(d, None)
-    }
-}
-
-impl From<Readiness> for HandoffMsg {
-    fn from(r: Readiness) -> HandoffMsg {
-        HandoffMsg::Ready(r)
-    }
-}
+baton_runtime::from_variants!(HandoffMsg::Accepted(Accepted), HandoffMsg::Ready(Readiness));
 
 /// Requests the [`Parent`](crate::Parent) handle makes of its actor.
 #[derive(Debug)]
